@@ -1,0 +1,32 @@
+"""Shared fixtures: the real development data beside the checkout, and the bundled models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+MODELS = REPO / "Resources" / "Models"
+
+MR_IMAGE = DATA / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"  # a held-out subject
+MR_LABELS = DATA / "mr-lumbar-vb3" / "VB3_17_seg.nii.gz"
+CT_IMAGE = DATA / "ct-chest" / "cxr_ct_int16.nii.gz"
+CT_LABELS = DATA / "ct-chest" / "mask.nii.gz"
+
+
+def xray_image() -> Path:
+    """A held-out AASCE image (file names contain spaces)."""
+    import json
+
+    card = json.loads((MODELS / "verdiff-xray.json").read_text())
+    name = card["training"]["split"]["validation"][0]
+    return DATA / "xray-aasce" / "data" / "training" / f"{name}.jpg"
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    if not DATA.is_dir():
+        pytest.fail(f"the development data is missing: {DATA}")
+    return DATA

@@ -1,0 +1,1 @@
+"""Inference: sagittal slicing in physical space, and the diffusion ensemble sampler."""

@@ -1,0 +1,150 @@
+"""Bundled models: their JSON cards, integrity checks and loading.
+
+A model is a pair in ``Resources/Models``: ``NAME.json`` (the card) and the weights file
+it names. The card's ``sha256`` must match the weights before anything is unpickled, and
+weights load with ``torch.load(..., weights_only=True)``: a tampered or foreign file is a
+clear error, never code execution.
+
+Each card names its ``family``; a family ties a network class to its scheduler and
+sampler, so new families (VerseDiff-UNet, ImgX-DiffSeg, LDSeg, a U-Net baseline) plug in
+here without touching the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .errors import VerdiffError
+from .inferers.ensemble import sample_ensemble
+from .networks import VerdiffNet
+from .schedulers import PriorShiftedScheduler
+
+
+@dataclass(frozen=True)
+class Family:
+    network: type
+    scheduler: type
+    sample: callable
+
+
+FAMILIES = {"verdiff-net": Family(VerdiffNet, PriorShiftedScheduler, sample_ensemble)}
+
+# Which card "auto" takes for each detected modality.
+AUTO_MODALITY = {"XR": "verdiff-xray", "CT": "verdiff-ct", "MR": "verdiff-mr"}
+
+
+def models_dir() -> Path:
+    """``$VERDIFF_MODELS_DIR``, else ``Resources/Models`` of this checkout (or of the installed module)."""
+    if os.environ.get("VERDIFF_MODELS_DIR"):
+        return Path(os.environ["VERDIFF_MODELS_DIR"])
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        candidate = parent / "Resources" / "Models"
+        if candidate.is_dir():
+            return candidate
+    return here.parents[2] / "Resources" / "Models"
+
+
+@dataclass
+class ModelCard:
+    path: Path
+    data: dict = field(repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def weights_path(self) -> Path:
+        return self.path.parent / self.data["weights"]
+
+    @property
+    def spacing_mm(self) -> float:
+        return float(self.data["input"]["spacing_mm"])
+
+    @property
+    def normalisation(self) -> dict:
+        return self.data["input"]["normalisation"]
+
+    @property
+    def labels(self) -> list[dict]:
+        return self.data["labels"]
+
+    @property
+    def default_steps(self) -> int:
+        return int(self.data["defaults"]["steps"])
+
+    @property
+    def default_ensemble(self) -> int:
+        return int(self.data["defaults"]["ensemble"])
+
+    @property
+    def family(self) -> Family:
+        try:
+            return FAMILIES[self.data["family"]]
+        except KeyError:
+            raise VerdiffError(f"model {self.name}: unknown family {self.data['family']!r}") from None
+
+    def summary(self) -> str:
+        labels = "; ".join(f"{label['name']} ({label['covers']})" for label in self.labels)
+        return f"{self.name}  v{self.data['version']}  {self.data['family']}  {self.data['modality']}  labels: {labels}"
+
+
+REQUIRED_KEYS = ("name", "family", "version", "modality", "weights", "sha256", "labels", "network", "input", "defaults")
+
+
+def read_card(path: Path) -> ModelCard:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as error:
+        raise VerdiffError(f"cannot read model card {path}: {error}") from None
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise VerdiffError(f"model card {path} lacks {', '.join(missing)}")
+    return ModelCard(Path(path), data)
+
+
+def list_cards(directory: Path | None = None) -> list[ModelCard]:
+    directory = directory or models_dir()
+    return [read_card(p) for p in sorted(Path(directory).glob("*.json"))]
+
+
+def get_card(name: str, directory: Path | None = None) -> ModelCard:
+    cards = {card.name: card for card in list_cards(directory)}
+    if name not in cards:
+        raise VerdiffError(f"unknown model {name!r}; bundled models: {', '.join(sorted(cards)) or 'none'}")
+    return cards[name]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Check the weights' sha256 against the card, then build the family's network and load them."""
+    path = card.weights_path
+    if not path.is_file():
+        raise VerdiffError(f"weights of model {card.name} not found: {path}")
+    if sha256_of(path) != card.data["sha256"]:
+        raise VerdiffError(f"weights of model {card.name} do not match the sha256 in its card ({path.name} was changed or damaged)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        network = card.family.network(**card.data["network"])
+        network.load_state_dict(state)
+    except Exception as error:  # noqa: BLE001 - any failure here means unusable weights
+        raise VerdiffError(f"weights of model {card.name} cannot be loaded: {type(error).__name__}: {str(error)[:200]}") from None
+    return network.to(device).eval()
+
+
+def make_scheduler(card: ModelCard):
+    return card.family.scheduler(**card.data.get("scheduler", {}))

@@ -1,0 +1,7 @@
+"""PyTorch networks, one file per architecture, configured by constructor keywords."""
+
+from .conditional_unet import ConditionalUNet, MultiScaleFusionModule
+from .diffusion_unet import DiffusionUNet, NoiseSemanticAdapter
+from .verdiff_net import Condition, VerdiffNet
+
+__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "VerdiffNet"]

@@ -1,0 +1,78 @@
+"""Building blocks shared by the U-Nets: time embedding, residual blocks, resampling.
+
+Normalisation is GroupNorm rather than the paper's BatchNorm inside the U-Nets: the
+ensemble is run as one batch of slices x samples, and GroupNorm makes each sample's
+output independent of what else is in the batch (BatchNorm stays only in the MSFM's
+fully connected layer, where the paper names it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    """GroupNorm with up to 8 groups that divide ``channels``."""
+    groups = math.gcd(8, channels)
+    return nn.GroupNorm(groups, channels)
+
+
+class SinusoidalTimeEmbedding(nn.Module):
+    """Transformer-style sinusoidal embedding of the integer timestep, then an MLP."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.dim = dim
+        self.mlp = nn.Sequential(nn.Linear(dim, dim * 2), nn.SiLU(), nn.Linear(dim * 2, dim))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]
+        return self.mlp(torch.cat([args.sin(), args.cos()], dim=1))
+
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 convolutions with a residual path; the time embedding, if any, is added between them."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int | None = None):
+        super().__init__()
+        self.norm1 = group_norm(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.time = nn.Linear(time_dim, out_channels) if time_dim else None
+        self.norm2 = group_norm(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.act = nn.SiLU()
+        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+
+    def forward(self, x: torch.Tensor, time_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.conv1(self.act(self.norm1(x)))
+        if self.time is not None and time_embedding is not None:
+            h = h + self.time(time_embedding)[:, :, None, None]
+        h = self.conv2(self.act(self.norm2(h)))
+        return h + self.skip(x)
+
+
+class Downsample(nn.Module):
+    """Strided 3x3 convolution: halves height and width."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour doubling then a 3x3 convolution (no checkerboard artefacts)."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -1,0 +1,167 @@
+"""Image in, segmentation and uncertainty out, in the image's own geometry.
+
+``segment(image, card)`` is the one path the command line, the Slicer module, the
+benchmarks and validation all use:
+
+1. check the image; a single-slice 3D image (an X-ray in Slicer) is handled as 2D;
+2. resample to the canonical sagittal grid at the model's in-plane spacing
+   (``inferers.sagittal``) and normalise as the card says;
+3. pad (never squash) to a multiple of the network's down-sampling, and sample the
+   diffusion ensemble in batches of slices (``inferers.ensemble``);
+4. label map = mean probability above 0.5; uncertainty = the standard deviation of the
+   probability across the ensemble's samples (0 where only the prior was used);
+5. map both back onto the input voxel grid: labels by nearest neighbour, uncertainty
+   linearly.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .errors import VerdiffError
+from .inferers.ensemble import labels_from_probability
+from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
+from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
+from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
+from .transforms import intensity_range, normalise, pad_to_multiple
+
+
+class Cancelled(Exception):
+    """Raised inside ``segment`` when the caller's ``cancel()`` returns True."""
+
+
+@dataclass
+class SegmentationResult:
+    labels: sitk.Image  # uint8 label map on the input grid
+    uncertainty: sitk.Image  # float32 on the input grid
+    segments: list[dict]  # per label: value, name, covers, color, voxels, volume_mm3, mean/max uncertainty
+    settings: dict
+    timings: dict = field(default_factory=dict)
+
+
+def detect_modality(image: sitk.Image) -> str:
+    """"XR" for 2D or single-slice images, "CT" for Hounsfield units, else "MR"."""
+    if image.GetDimension() == 2 or single_slice_axis(image) is not None:
+        return "XR"
+    return "CT" if looks_like_ct(image) else "MR"
+
+
+def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
+    return get_card(AUTO_MODALITY[detect_modality(image)] if name == "auto" else name)
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise VerdiffError("--device cuda was asked for but PyTorch sees no CUDA GPU")
+    if device not in ("cpu", "cuda"):
+        raise VerdiffError(f"unknown device {device!r}; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+def segment(
+    image: sitk.Image,
+    card: ModelCard,
+    steps: int | None = None,
+    ensemble: int | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 8,
+    network: torch.nn.Module | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> SegmentationResult:
+    """Segment ``image`` with the model of ``card``. ``progress(stage, done, total)`` is called
+    as slices are done; ``cancel()`` returning True stops with ``Cancelled`` between batches."""
+    timings = {}
+    clock = time.perf_counter()
+    steps = card.default_steps if steps is None else int(steps)
+    ensemble = card.default_ensemble if ensemble is None else int(ensemble)
+    if not 1 <= ensemble <= 32:
+        raise VerdiffError(f"ensemble size must be between 1 and 32, got {ensemble}")
+    torch_device = resolve_device(device)
+    check_image(image)
+    scheduler = make_scheduler(card)
+    try:
+        scheduler.set_timesteps(steps)
+    except ValueError as error:
+        raise VerdiffError(str(error)) from None
+    network = network or load_network(card, torch_device)
+    timings["load_model"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    planar = as_plane(image) if single_slice_axis(image) is not None else image
+    reference = sagittal_reference(planar, card.spacing_mm)
+    stack = to_sagittal_stack(planar, reference, card.spacing_mm)
+    low, high = intensity_range(sitk.GetArrayViewFromImage(planar), card.normalisation)
+    stack, (rows, cols) = pad_to_multiple(normalise(stack, low, high), network.input_multiple)
+    timings["preprocess"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    generator = torch.Generator().manual_seed(int(seed))
+    n_slices = stack.shape[0]
+    probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
+    spread = np.zeros_like(probability)
+    diffused = 0
+    for start in range(0, n_slices, batch_size):
+        if cancel is not None and cancel():
+            raise Cancelled()
+        batch = torch.from_numpy(stack[start : start + batch_size, None]).to(torch_device)
+        mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
+        probability[start : start + len(batch)] = mean[..., :rows, :cols]
+        spread[start : start + len(batch)] = std[..., :rows, :cols]
+        diffused += n
+        if progress is not None:
+            progress("inference", min(start + batch_size, n_slices), n_slices)
+    timings["inference"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    labels_stack = labels_from_probability(probability)
+    uncertainty_stack = spread.max(axis=1).astype(np.float32)
+    labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
+    uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
+    if planar is not image:
+        labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
+    segments = segment_statistics(labels, uncertainty, card.labels)
+    timings["postprocess"] = time.perf_counter() - clock
+    settings = {
+        "model": card.name,
+        "model_version": card.data["version"],
+        "family": card.data["family"],
+        "steps": steps,
+        "ensemble": ensemble,
+        "device": str(torch_device),
+        "seed": int(seed),
+        "slices": n_slices,
+        "diffused_slices": diffused,
+    }
+    return SegmentationResult(labels, uncertainty, segments, settings, timings)
+
+
+def segment_statistics(labels: sitk.Image, uncertainty: sitk.Image, label_info: list[dict]) -> list[dict]:
+    """Per label: voxel count, volume in mm^3 (area in mm^2 for 2D), mean and max uncertainty inside."""
+    label_array = sitk.GetArrayViewFromImage(labels)
+    uncertainty_array = sitk.GetArrayViewFromImage(uncertainty)
+    voxel_size = float(np.prod(labels.GetSpacing()))
+    out = []
+    for info in label_info:
+        inside = label_array == info["value"]
+        count = int(inside.sum())
+        values = uncertainty_array[inside]
+        out.append(
+            {
+                **info,
+                "voxels": count,
+                ("volume_mm3" if labels.GetDimension() == 3 else "area_mm2"): round(count * voxel_size, 3),
+                "mean_uncertainty": round(float(values.mean()), 6) if count else None,
+                "max_uncertainty": round(float(values.max()), 6) if count else None,
+            }
+        )
+    return out

@@ -1,0 +1,6 @@
+"""Diffusion processes, one algorithm per file, each with ``set_timesteps(n)`` then ``step(...)``."""
+
+from .beta_schedules import cosine_betas, linear_betas, make_betas
+from .prior_shifted import PriorShiftedScheduler
+
+__all__ = ["PriorShiftedScheduler", "cosine_betas", "linear_betas", "make_betas"]

@@ -1,0 +1,1 @@
+"""Headless training of the networks the VerdiffSegment module runs (same classes, same slicing)."""

@@ -1,0 +1,229 @@
+"""The Slicer module's logic, headless: real MRML scenes (slicer-core), real dev data, the
+real bundled models at small settings (steps=2, ensemble=2).
+
+The test bodies live in ``VerdiffSegmentLib/testing.py`` so that ``VerdiffSegmentTest``
+runs the same checks inside 3D Slicer (``Slicer --testing``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+
+try:
+    from VerdiffSegmentLib import mrml, slicer_logic, testing
+except ImportError:  # not installed: use the checkout
+    sys.path.insert(0, str(REPO / "VerdiffSegment"))
+    from VerdiffSegmentLib import mrml, slicer_logic, testing
+from VerdiffSegmentLib.errors import VerdiffError
+from VerdiffSegmentLib.models import list_cards
+
+import slicer
+
+# Central sagittal slices of the held-out MR volume that the MR tests segment: the real
+# subject, geometry and spine, at a fraction of the full volume's sampling time.
+MR_SAGITTAL_SLICES = 24
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _data_present():
+    if not DATA.is_dir():
+        pytest.fail(f"the development data is missing: {DATA}")
+
+
+@pytest.fixture
+def scene():
+    scene = mrml.new_scene()
+    yield scene
+    mrml.close_scene(scene)
+
+
+@pytest.fixture(scope="module")
+def mr():
+    """One MR segmentation shared by the MR tests: (scene, volume node, source image,
+    outputs, computation). Building it already checks every output."""
+    scene = mrml.new_scene()
+    source = testing.mr_image(DATA, MR_SAGITTAL_SLICES)
+    volume = testing.add_volume(scene, source, testing.MR_CASE)
+    outputs, computation = testing.check_segment_volume(scene, volume, source, expected_model="verdiff-mr")
+    yield scene, volume, source, outputs, computation
+    mrml.close_scene(scene)
+
+
+# --------------------------------------------------------------------------- input
+
+
+def test_read_input_is_exact_for_the_full_mr_volume(scene):
+    """RAS->LPS, IJK order and voxel values survive the node -> SimpleITK conversion
+    (the MR file has a left-handed IPR grid, which Slicer's reader would otherwise flip)."""
+    source = testing.mr_image(DATA)
+    volume = testing.add_volume(scene, source, "full MR")
+    image = testing.check_read_input_exact(volume, source)
+    assert image.GetDirection() == pytest.approx(source.GetDirection(), abs=1e-12)
+    assert image.GetOrigin() == pytest.approx(source.GetOrigin(), abs=1e-9)
+    assert image.GetSpacing() == pytest.approx(source.GetSpacing(), abs=1e-12)
+
+
+def test_read_input_is_exact_for_an_oblique_volume(scene):
+    source = testing.synthetic_image()
+    volume = testing.add_volume(scene, source, "oblique")
+    testing.check_read_input_exact(volume, source)
+
+
+def test_read_input_of_an_xray_is_a_single_slice(scene):
+    source = testing.xray_image(DATA)
+    assert source.GetDimension() == 2
+    volume = testing.add_volume(scene, source, "xray")
+    image = testing.check_read_input_exact(volume, source)
+    assert image.GetSize() == (*source.GetSize(), 1)
+
+
+def test_read_input_turns_rgb_into_grey(scene):
+    """A colour image loaded in Slicer is a vector volume: it is read by luminance."""
+    rgb = np.zeros((1, 20, 30, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    rgb[0, 5:10, 5:10] = (10, 20, 30)
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(node, rgb)
+    grey = sitk.GetArrayFromImage(slicer_logic.read_input(node))
+    assert grey.shape == (1, 20, 30)
+    assert grey[0, 0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
+    assert grey[0, 6, 6] == pytest.approx(0.299 * 10 + 0.587 * 20 + 0.114 * 30, abs=1e-3)
+
+
+# ------------------------------------------------------------------------------ MR
+
+
+def test_mr_outputs_geometry_names_colours_terminology_hierarchy(mr):
+    scene, volume, source, outputs, computation = mr
+    # check_segment_volume ran every check when the fixture was built; spell out the essentials
+    assert computation.card.name == "verdiff-mr"
+    assert computation.result.settings["steps"] == 2 and computation.result.settings["ensemble"] == 2
+    segment = outputs.segmentation.GetSegmentation().GetNthSegment(0)
+    assert segment.GetName() == "Lumbar vertebral bodies"
+    entry = testing._segment_tag(segment, "TerminologyEntry")
+    assert "SCT^3572006^Vertebral body" in entry and "SCT^122496007^Lumbar spine" in entry
+    assert outputs.uncertainty.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
+    rows = testing._table_rows(outputs.statistics)
+    assert rows[0]["Voxels"] > 0, "the MR model found no vertebral body in the held-out subject"
+
+
+def test_mr_applying_again_replaces_the_outputs(mr):
+    scene, volume, source, _outputs, computation = mr
+    previous = [nodes[0] for nodes in slicer_logic.find_outputs(scene, volume).values()]
+    count = scene.GetNumberOfNodes()
+    again = slicer_logic.apply_result(scene, volume, computation)
+    testing.check_outputs(scene, volume, again, computation)
+    assert scene.GetNumberOfNodes() == count
+    assert all(scene.GetNodeByID(node.GetID()) is None for node in previous)
+
+
+def test_mr_cancel_mid_run_leaves_the_scene_unchanged(mr):
+    scene, volume, *_ = mr
+    testing.check_cancel_leaves_scene_unchanged(scene, volume)
+
+
+def test_mr_errors_leave_the_scene_unchanged(mr):
+    scene, volume, *_ = mr
+    testing.check_errors_leave_scene_unchanged(scene, volume)
+
+
+def test_mr_tampered_weights_leave_the_scene_unchanged(mr):
+    scene, volume, *_ = mr
+    testing.check_tampered_weights_leave_scene_unchanged(scene, volume, "verdiff-mr")
+
+
+def test_mr_failure_while_adding_outputs_rolls_back(mr):
+    scene, volume, source, outputs, computation = mr
+    testing.check_failed_apply_rolls_back(scene, volume, computation)
+
+
+# --------------------------------------------------------------------------- X-ray
+
+
+def test_xray_outputs_under_a_transform(scene):
+    """A 2D X-ray loaded as a single-slice volume: auto picks the X-ray model, outputs are
+    single slices on its grid, the table reports areas, and outputs follow the input's
+    parent transform."""
+    source = testing.xray_image(DATA)
+    volume = testing.add_volume(scene, source, "xray")
+    transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "table tilt")
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    outputs, computation = testing.check_segment_volume(scene, volume, source, expected_model="verdiff-xray")
+    assert outputs.uncertainty.GetImageData().GetDimensions()[2] == 1
+    assert outputs.uncertainty.GetTransformNodeID() == transform.GetID()
+    assert "Area" in testing._table_rows(outputs.statistics)[0]
+
+
+def test_xray_second_run_replaces_and_spares_other_inputs(scene):
+    source = testing.xray_image(DATA)
+    volume = testing.add_volume(scene, source, "xray")
+    other = testing.add_volume(scene, source, "xray copy")
+    testing.check_second_run_replaces(scene, volume, other_volume_node=other)
+
+
+def test_xray_cancel_after_sampling_leaves_the_scene_unchanged(scene):
+    """One batch only: the cancel lands after sampling, before the scene is touched."""
+    source = testing.xray_image(DATA)
+    volume = testing.add_volume(scene, source, "xray")
+    testing.check_cancel_leaves_scene_unchanged(scene, volume)
+
+
+# ---------------------------------------------------------------------- small parts
+
+
+def test_terminology_of_every_bundled_model_reads_back_in_slicer():
+    cards = {card.name: card for card in list_cards()}
+    assert {"verdiff-mr", "verdiff-ct", "verdiff-xray"} <= set(cards)
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    for name, (type_code, region_code) in testing.EXPECTED_TERMINOLOGY.items():
+        for label in cards[name].labels:
+            entry = slicer_logic.terminology_for_label(label)
+            terminology = slicer.vtkSlicerTerminologyEntry()
+            assert logic.DeserializeTerminologyEntry(entry, terminology), entry
+            assert logic.SerializeTerminologyEntry(terminology) == entry
+            assert terminology.GetTypeObject().GetCodingSchemeDesignator() == "SCT"
+            assert terminology.GetTypeObject().GetCodeValue() == type_code
+            assert terminology.GetCategoryObject().GetCodeValue() == "123037004"
+            parsed = slicer_logic.parse_terminology(entry)
+            assert parsed["region"][1] == region_code
+
+
+def test_terminology_follows_what_a_label_covers():
+    body = slicer_logic.parse_terminology(slicer_logic.terminology_for_label({"name": "Vertebral bodies", "covers": "T1-L5"}))
+    assert body["type"] == slicer_logic.VERTEBRAL_BODY and body["region"] == ("", "", "")
+    whole = slicer_logic.parse_terminology(slicer_logic.terminology_for_label({"name": "Vertebrae", "covers": "whole vertebrae C3-C7"}))
+    assert whole["type"] == slicer_logic.VERTEBRA and whole["region"] == slicer_logic.SPINE_REGIONS["C"]
+    given = "ctx~SCT^1^a~SCT^2^b~^^~anat~^^~^^"
+    assert slicer_logic.terminology_for_label({"name": "x", "terminology": given}) == given
+
+
+def test_device_choice_falls_back_to_cpu_with_a_warning():
+    assert slicer_logic.choose_device("cpu") == ("cpu", None)
+    info = slicer_logic.device_info()
+    device, warning = slicer_logic.choose_device("cuda")
+    if info["cuda"]:
+        assert (device, warning) == ("cuda", None)
+    else:
+        assert device == "cpu" and "CUDA was selected" in warning
+        assert slicer_logic.choose_device("auto")[1]
+    with pytest.raises(VerdiffError):
+        slicer_logic.choose_device("tpu")
+
+
+def test_list_models_gives_the_bundled_cards():
+    assert {card.name for card in slicer_logic.list_models()} >= {"verdiff-mr", "verdiff-ct", "verdiff-xray"}
+
+
+def test_background_job_progress_cancel_and_errors(scene):
+    """The worker thread the Slicer GUI polls, on a few real MR slices."""
+    source = testing.mr_image(DATA, 6)
+    volume = testing.add_volume(scene, source, "MR slab")
+    testing.check_background_job(scene, volume)

@@ -41,16 +41,18 @@ def output_stem(path: Path) -> str:
     return name
 
 
-def run_segment(args) -> dict:
+def run_segment(input, output, model="auto", steps=None, ensemble=None, device="auto", seed=0, batch_size=8) -> dict:
+    """Segment the image at ``input`` and write every output into the folder ``output``;
+    returns the report that is also written as JSON."""
     total = time.perf_counter()
     clock = time.perf_counter()
-    source = Path(args.input)
+    source = Path(input)
     image = read_image(source)
     read_seconds = time.perf_counter() - clock
-    card = choose_card(image, args.model)
-    result = segment(image, card, args.steps, args.ensemble, args.device, args.seed, args.batch_size)
+    card = choose_card(image, model)
+    result = segment(image, card, steps, ensemble, device, seed, batch_size)
     stem = output_stem(source)
-    outdir = Path(args.output)
+    outdir = Path(output)
     if outdir.exists() and not outdir.is_dir():
         raise VerdiffError(f"output {outdir} exists and is not a folder")
     outdir.parent.mkdir(parents=True, exist_ok=True)
@@ -118,7 +120,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "segment":
-            report = run_segment(args)
+            report = run_segment(args.input, args.output, args.model, args.steps, args.ensemble, args.device, args.seed, args.batch_size)
             print(json.dumps({"outputs": report["outputs"], "timings_seconds": report["timings_seconds"]}, indent=2))
         else:
             run_models(args)

@@ -1,0 +1,132 @@
+"""The main job end to end, through the ``verdiff`` command, on real images of each modality."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from conftest import CT_IMAGE, CT_LABELS, DATA, MR_IMAGE, MR_LABELS, xray_image
+from VerdiffSegmentLib.metrics import dice
+from VerdiffSegmentLib.mrml import close_scene, nodes_by_class, read_scene_bundle
+
+
+def verdiff(*args) -> dict:
+    result = subprocess.run([sys.executable, "-m", "VerdiffSegmentLib.cli", *map(str, args)], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def segment_to(input_path: Path, outdir: Path, *options) -> dict:
+    verdiff("segment", input_path, "-o", outdir, *options)
+    reports = list(outdir.glob("*.json"))
+    assert len(reports) == 1, "the JSON report must be the only .json in OUTDIR"
+    return json.loads(reports[0].read_text())
+
+
+def assert_same_geometry(image: sitk.Image, reference: sitk.Image):
+    assert image.GetSize() == reference.GetSize()
+    assert np.allclose(image.GetSpacing(), reference.GetSpacing())
+    assert np.allclose(image.GetOrigin(), reference.GetOrigin(), atol=1e-4)
+    assert np.allclose(image.GetDirection(), reference.GetDirection(), atol=1e-6)
+
+
+def check_outputs(report: dict, source: Path, expected_dimension: int):
+    source_image = sitk.ReadImage(str(source))
+    outputs = report["outputs"]
+    for key in ("labels", "uncertainty", "segmentation", "scene"):
+        assert Path(outputs[key]).is_file(), key
+    labels = sitk.ReadImage(outputs["labels"])
+    uncertainty = sitk.ReadImage(outputs["uncertainty"])
+    assert labels.GetDimension() == expected_dimension
+    assert_same_geometry(labels, source_image)
+    assert_same_geometry(uncertainty, source_image)
+    assert uncertainty.GetPixelID() == sitk.sitkFloat32
+    u = sitk.GetArrayViewFromImage(uncertainty)
+    assert np.isfinite(u).all() and u.min() >= 0 and u.max() <= 0.5 + 1e-6  # std of values in [0, 1]
+    for key in ("model", "model_version", "steps", "ensemble", "device", "seed", "timings_seconds", "segments"):
+        assert key in report, key
+    for stage in ("read", "preprocess", "inference", "postprocess", "write", "total"):
+        assert report["timings_seconds"][stage] >= 0
+    segment = report["segments"][0]
+    assert segment["name"] and segment["voxels"] > 0 and segment["mean_uncertainty"] is not None
+    scene = read_scene_bundle(outputs["scene"])
+    try:
+        volumes = nodes_by_class(scene, "vtkMRMLScalarVolumeNode")
+        segmentations = nodes_by_class(scene, "vtkMRMLSegmentationNode")
+        assert len(volumes) == 2 and len(segmentations) == 1
+        assert segmentations[0].GetSegmentation().GetNumberOfSegments() == len(report["segments"])
+    finally:
+        close_scene(scene)
+    return sitk.GetArrayFromImage(labels)
+
+
+def test_models_lists_the_bundled_models():
+    out = verdiff("models").stdout
+    for name in ("verdiff-ct", "verdiff-mr", "verdiff-xray"):
+        assert name in out
+    cards = json.loads(verdiff("models", "--json").stdout)
+    assert {card["modality"] for card in cards} >= {"CT", "MR", "XR"}
+
+
+def test_segment_mr_volume(tmp_path):
+    report = segment_to(MR_IMAGE, tmp_path / "mr", "--seed", "3")
+    assert report["model"] == "verdiff-mr"  # chosen by modality
+    labels = check_outputs(report, MR_IMAGE, 3)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(MR_LABELS))) > 0
+    assert dice(labels > 0, truth) >= 0.85
+
+
+def test_segment_xray_image_with_spaces_in_its_name(tmp_path):
+    source = xray_image()
+    assert " " in source.name
+    report = segment_to(source, tmp_path / "x ray")
+    assert report["model"] == "verdiff-xray"
+    check_outputs(report, source, 2)
+    assert (tmp_path / "x ray" / (source.name[:-4] + ".seg.nrrd")).is_file()
+
+
+def test_segment_dev_chest_ct_reaches_dice(tmp_path):
+    report = segment_to(CT_IMAGE, tmp_path / "ct")
+    assert report["model"] == "verdiff-ct"
+    labels = check_outputs(report, CT_IMAGE, 3)
+    truth = np.isin(sitk.GetArrayFromImage(sitk.ReadImage(str(CT_LABELS))), range(29, 47))
+    assert dice(labels > 0, truth) >= 0.85
+
+
+def test_dicom_series_folder(tmp_path):
+    """A DICOM series folder takes the same path (written here from a real MR volume)."""
+    image = sitk.ReadImage(str(MR_IMAGE))[:, :, 30:46]
+    folder = tmp_path / "dicom"
+    folder.mkdir()
+    series = sitk.Cast(image, sitk.sitkInt16)
+    direction = series.GetDirection()
+    for k in range(series.GetDepth()):
+        plane = series[:, :, k]
+        writer = sitk.ImageFileWriter()
+        writer.KeepOriginalImageUIDOn()
+        position = series.TransformIndexToPhysicalPoint((0, 0, k))
+        for tag, value in (
+            ("0008|0060", "MR"),
+            ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.12345"),
+            ("0020|000d", "1.2.826.0.1.3680043.2.1125.1.1234"),
+            ("0020|0032", "\\".join(map(str, position))),
+            ("0020|0037", "\\".join(map(str, direction[0::3] + direction[1::3]))),
+            ("0020|0013", str(k + 1)),
+            ("0028|0030", "\\".join(map(str, series.GetSpacing()[:2]))),
+            ("0018|0050", str(series.GetSpacing()[2])),
+        ):
+            plane.SetMetaData(tag, value)
+        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
+        writer.Execute(plane)
+    report = segment_to(folder, tmp_path / "out", "--steps", "2", "--ensemble", "1")
+    labels = sitk.ReadImage(report["outputs"]["labels"])
+    assert labels.GetSize() == image.GetSize()
+    assert np.allclose(labels.GetOrigin(), image.GetOrigin(), atol=1e-3)
+    shutil.rmtree(folder)

@@ -37,15 +37,20 @@ def test_canonical_grid_is_independent_of_storage_order():
 
 
 def test_sagittal_stack_puts_superior_up_and_anterior_left():
-    """On the chest CT (LAS) the canonical rows run head to feet: the lungs (air) lie above the
-    liver, and the anterior columns hold the front of the body."""
+    """On the chest CT (stored LAS) the canonical rows run head to feet: 4 cm left of the middle,
+    the lung (air) lies above the upper abdomen (soft tissue)."""
     image = sitk.ReadImage(str(CT_IMAGE))
     reference = sagittal_reference(image, 1.5)
     stack = to_sagittal_stack(image, reference, 1.5)
     assert stack.shape[0] == image.GetSize()[0]  # one network slice per sagittal slice (LR axis)
-    spine_to_left = stack[stack.shape[0] // 2 + 60]  # a slice through the right lung and the liver
-    top, bottom = spine_to_left[: stack.shape[1] // 3], spine_to_left[-stack.shape[1] // 3 :]
+    lateral = stack[stack.shape[0] // 2 + 60]  # slices run towards the patient's left
+    top, bottom = lateral[: stack.shape[1] // 3], lateral[-stack.shape[1] // 3 :]
     assert np.median(top) < np.median(bottom)  # air above soft tissue
+    # columns run front to back: the vertebrae lie in the back half of the body
+    labels = to_sagittal_stack(sitk.ReadImage(str(CT_IMAGE).replace("cxr_ct_int16", "mask")), reference, 1.5, is_label=True)
+    spine_columns = np.nonzero(np.isin(labels, range(29, 47)))[2]
+    body_columns = np.nonzero(stack > -500)[2]
+    assert np.median(spine_columns) > np.median(body_columns)
 
 
 def test_round_trip_of_labels_is_exact_on_the_input_grid():

@@ -26,6 +26,7 @@ def main(argv=None) -> None:
     p.add_argument("--seed", type=int, default=35)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     p.add_argument("--limit", type=int, default=None, help="train on the first N training subjects only (tests)")
+    p.add_argument("--init", type=Path, default=None, help="start from these weights (continue an earlier stage)")
     e = sub.add_parser("export", help="copy a run's weights into Resources/Models with a validated model card")
     e.add_argument("model", choices=["verdiff-mr", "verdiff-ct", "verdiff-xray"])
     e.add_argument("--run", type=Path, required=True)
@@ -46,7 +47,7 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python -m training " + " ".join(argv if argv is not None else sys.argv[1:])
     (args.out / "command.txt").write_text(command + "\n")
-    path = train(args.model, args.data, args.out, args.steps, args.batch_size, args.crop, args.lr, args.seed, device=device, limit=args.limit)
+    path = train(args.model, args.data, args.out, args.steps, args.batch_size, args.crop, args.lr, args.seed, device=device, limit=args.limit, init=args.init)
     print(f"wrote {path}")
 
 

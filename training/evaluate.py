@@ -71,7 +71,16 @@ def evaluate(card: ModelCard, data_root: Path, split: dict, steps=None, ensemble
             per_case.append({"case": name, "dice": round(dice(pred, true), 4), "iou": round(iou(pred, true), 4)})
     # The CT's "whole" figure includes slices trained on; the mean uses held-out figures only.
     dices = [c["dice"] for c in per_case if "trained on" not in c["case"]]
+    extra = {}
+    if card.name == "verdiff-xray":
+        # AASCE names hold a patient id before the first space ("...-205 A AP", "...-205 B AP"):
+        # the image split can put one patient on both sides, so also report unseen patients only.
+        trained_patients = {name.split(" ")[0] for name in split["train"]}
+        unseen = [c["dice"] for c in per_case if c["case"].split(" ")[0] not in trained_patients]
+        extra = {"unseen_patients": len(unseen), "dice_mean_unseen_patients": round(statistics.mean(unseen), 4) if unseen else None,
+                 "dice_sd_unseen_patients": round(statistics.pstdev(unseen), 4) if unseen else None}
     return {
+        **extra,
         "cases": per_case,
         "dice_mean": round(statistics.mean(dices), 4),
         "dice_sd": round(statistics.pstdev(dices), 4),

@@ -106,14 +106,19 @@ class SliceSampler:
 
 
 def train(model_name: str, data_root: Path, out_dir: Path, steps: int = 1500, batch_size: int = 8, crop: int = 160,
-          lr: float = 1e-3, seed: int = 35, channels=(8, 16, 32, 64), device: str = "cpu", limit: int | None = None) -> Path:
-    """Train one bundled model's recipe; writes ``model.pt`` (a plain state dict), the split and a CSV log."""
+          lr: float = 1e-3, seed: int = 35, channels=(8, 16, 32, 64), device: str = "cpu", limit: int | None = None,
+          init: Path | None = None) -> Path:
+    """Train one bundled model's recipe; writes ``model.pt`` (a plain state dict), the split and a CSV log.
+    ``init``: start from these weights (a second stage continuing an earlier run) instead of at random."""
     torch.manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
     cases, split = build_cases(model_name, data_root, seed, limit)
     (out_dir / "split.json").write_text(json.dumps(split, indent=1))
     sampler = SliceSampler(cases, crop, seed)
-    model = VerdiffNet(channels=channels).to(device)
+    model = VerdiffNet(channels=channels)
+    if init is not None:
+        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
+    model = model.to(device)
     scheduler = PriorShiftedScheduler()
     optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))

@@ -7,6 +7,10 @@ single slice (a 2D X-ray loaded in Slicer) is handled as 2D by the pipeline.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +27,44 @@ def read_image(path: str | Path) -> sitk.Image:
     if not path.exists():
         raise VerdiffError(f"input not found: {path}")
     if path.is_dir():
-        image = _read_dicom_series(path)
+        with _native_stderr_captured():  # GDCM warns on stderr about harmless tag issues
+            image = _read_dicom_series(path)
     else:
-        try:
-            image = sitk.ReadImage(str(path))
-        except RuntimeError:
+        with _native_stderr_captured() as native:
+            try:
+                image = sitk.ReadImage(str(path))
+            except RuntimeError:
+                image = None
+        if image is None:
+            detail = f" ({native.text})" if native.text else ""
             raise VerdiffError(
-                f"cannot read {path.name} as an image (supported: NIfTI, NRRD, MHA, a DICOM series folder, JPG, PNG)"
-            ) from None
+                f"cannot read {path.name} as an image{detail}; supported: NIfTI, NRRD, MHA, a DICOM series folder, JPG, PNG"
+            )
     check_image(image, path.name)
     return image
+
+
+class _CapturedText:
+    text = ""
+
+
+@contextlib.contextmanager
+def _native_stderr_captured():
+    """Capture what C libraries (libpng, libjpeg, ITK) print to file descriptor 2 while reading,
+    so a corrupt file gives one error line that quotes them instead of stray output."""
+    captured = _CapturedText()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = [line.strip() for line in sink.read().decode(errors="replace").splitlines() if line.strip()]
+            captured.text = "; ".join(lines)[:200]
 
 
 def _read_dicom_series(folder: Path) -> sitk.Image:

@@ -89,6 +89,21 @@ def evaluate(card: ModelCard, data_root: Path, split: dict, steps=None, ensemble
     }
 
 
+def training_command(run_dir: Path) -> str | None:
+    """The run's command; a run started ``--init`` from another run's weights is preceded by that
+    run's command, so the card holds the whole recipe from random weights."""
+    path = run_dir / "command.txt"
+    if not path.exists():
+        return None
+    command = path.read_text().strip()
+    words = command.split()
+    if "--init" in words:
+        earlier = Path(words[words.index("--init") + 1]).parent
+        earlier = earlier if earlier.is_absolute() else run_dir.parent.parent / earlier
+        return f"{training_command(earlier)} && {command}"
+    return command
+
+
 def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int, ensemble: int, channels, version="0.1.0") -> dict:
     """Copy ``run_dir/model.pt`` into ``models_dir`` with its card, then validate through the card."""
     recipe = RECIPES[model_name]
@@ -110,7 +125,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
         "training": {
             "data": recipe["data"],
             "split": split,
-            "command": (run_dir / "command.txt").read_text().strip() if (run_dir / "command.txt").exists() else None,
+            "command": training_command(run_dir),
         },
         "licence": "Weights derived from the training data named above; follow its licence and cite its authors.",
     }

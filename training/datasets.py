@@ -1,15 +1,25 @@
 """Training data read exactly as inference reads it: through the canonical sagittal grid.
 
-Adapters:
-- ``aasce_xray``: AASCE X-ray JPGs with ``p2`` landmarks (68 points = 17 vertebrae T1..L5,
-  corners TL, TR, BL, BR) -> vertebral-body masks by filling each quadrilateral in the
-  polygon order TL, TR, BR, BL.
-- ``labelled_volume``: a NIfTI/NRRD/MHA image and its label map; ``label_ids`` are the
-  source's ids that count as spine (VerSe / TotalSegmentator vertebrae ids, MR 1..5).
+Adapters (each gives ``Item``s, one labelled image each, grouped by subject):
+- ``aasce``: AASCE X-ray JPGs with ``p2`` landmarks (68 points = 17 vertebrae T1..L5,
+  corners TL, TR, BL, BR) -> a label map by filling each quadrilateral in the polygon
+  order TL, TR, BR, BL with its level index 1..17 (source ``aasce``). Subject = the
+  patient number in the file name ("...-162 A AP" and "...-162 B AP" are patient 162);
+  names without one ("coronal7") are their own subject.
+- ``volume``: a NIfTI/NRRD/MHA image and its label map of source ids (VerSe,
+  TotalSegmentator, 1..5), matched by the part of the file name a ``*`` stands for.
+
+``load_case`` resamples an item onto the sagittal grid with the core's own functions
+(``sagittal_reference``, ``to_sagittal_stack``, ``intensity_range``, ``normalise``) and
+maps source ids to the product's labels (``labels.LabelScheme``).
+
+The bundled recipes keep their own data and held-out split (``configs`` docstring):
+``training_cases`` and ``evaluation_cases`` dispatch between them and config data sets.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,62 +28,270 @@ import scipy.io
 import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
-from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_stack
+from VerdiffSegmentLib.inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from VerdiffSegmentLib.io import read_image
 from VerdiffSegmentLib.transforms import intensity_range, normalise
+
+from .configs import MR_VALIDATION, RECIPES, RunConfig
+from .labels import LabelScheme
+from .splits import split_subjects
 
 
 @dataclass
 class Case:
-    """One subject as normalised sagittal slices [S, H, W] and binary masks [S, H, W]."""
+    """One labelled image as normalised sagittal slices [S, H, W] (float32 in [0, 1]) and
+    product label maps [S, H, W] (uint8: 0 background, 1..K the product's labels)."""
 
     name: str
     images: np.ndarray
-    masks: np.ndarray
+    labels: np.ndarray
+
+
+@dataclass(frozen=True)
+class Item:
+    """One labelled image of a data set, not yet read."""
+
+    name: str
+    subject: str
+    kind: str  # "volume" or "aasce"
+    image: Path
+    labels: Path  # label map (volume) or landmark .mat file (aasce)
+    source: str  # label source, see ``labels.SOURCES``
+
+
+# -- AASCE X-ray ---------------------------------------------------------------------------
+AASCE_PATIENT = re.compile(r"^sunhl-1th-\d+-[A-Za-z]+-\d{4}-(\d+) [A-Za-z]+ AP")
 
 
 def aasce_mask(image: sitk.Image, mat_path: Path) -> sitk.Image:
-    """Vertebral-body mask of one AASCE image from its landmark file."""
+    """Label map of one AASCE image: quadrilateral k (top to bottom, T1..L5) filled with k.
+    Where two quadrilaterals overlap the lower one wins; ``> 0`` is the vertebral-body mask."""
     points = scipy.io.loadmat(str(mat_path))["p2"].astype(float)
     if points.shape != (68, 2):
         raise ValueError(f"{mat_path}: expected 68x2 landmarks, got {points.shape}")
     canvas = Image.new("L", image.GetSize(), 0)
     draw = ImageDraw.Draw(canvas)
-    for vertebra in points.reshape(17, 4, 2):
+    for level, vertebra in enumerate(points.reshape(17, 4, 2), start=1):
         top_left, top_right, bottom_left, bottom_right = vertebra
-        draw.polygon([tuple(p) for p in (top_left, top_right, bottom_right, bottom_left)], fill=1)
+        draw.polygon([tuple(p) for p in (top_left, top_right, bottom_right, bottom_left)], fill=level)
     mask = sitk.GetImageFromArray(np.asarray(canvas, dtype=np.uint8))
     mask.CopyInformation(image)
     return mask
 
 
+def aasce_subject(name: str) -> str:
+    match = AASCE_PATIENT.match(name)
+    return f"patient-{match.group(1)}" if match else name
+
+
 def aasce_cases(root: Path) -> list[tuple[str, Path, Path]]:
     """(name, image, landmarks) for every AASCE training image that has landmarks."""
-    images = sorted((root / "data" / "training").glob("*.jpg"))
+    images = sorted((Path(root) / "data" / "training").glob("*.jpg"))
     out = []
     for path in images:
-        mat = root / "labels" / "training" / (path.name + ".mat")
+        mat = Path(root) / "labels" / "training" / (path.name + ".mat")
         if mat.exists():
             out.append((path.stem, path, mat))
     return out
 
 
-def slice_case(name: str, image: sitk.Image, label: sitk.Image, label_ids, spacing_mm: float, normalisation: dict) -> Case:
-    """Resample a labelled image to the canonical sagittal grid, as inference does."""
+def aasce_items(root: Path) -> list[Item]:
+    return [Item(name, aasce_subject(name), "aasce", image, mat, "aasce") for name, image, mat in aasce_cases(root)]
+
+
+# -- labelled volumes ----------------------------------------------------------------------
+def _star_regex(pattern: str) -> re.Pattern:
+    """A regex for a path pattern with one ``*``; the ``*`` part is group 1."""
+    before, after = pattern.split("*")
+    return re.compile(re.escape(before) + "(.+)" + re.escape(after) + "$")
+
+
+def volume_items(images: str, labels: str, source: str, data_root: Path, subject: str | None = None, include=None) -> list[Item]:
+    """Image/label pairs matched by the ``*`` of two path patterns (relative to ``data_root``
+    unless absolute). ``subject``: a regex whose group 1, searched in the ``*`` part, is the
+    subject id (default: the whole ``*`` part). ``include``: keep only these subjects."""
+    root = Path(data_root)
+    image_pattern = str(root / images) if not Path(images).is_absolute() else images
+    label_pattern = str(root / labels) if not Path(labels).is_absolute() else labels
+    regex = _star_regex(image_pattern)
+    folder = Path(image_pattern).parent
+    items = []
+    for path in sorted(folder.glob(Path(image_pattern).name)):
+        match = regex.match(str(path))
+        if not match:
+            continue
+        case_id = match.group(1)
+        label_path = Path(label_pattern.replace("*", case_id))
+        if not label_path.exists():
+            raise FileNotFoundError(f"no label map for {path.name}: expected {label_path}")
+        subject_id = case_id
+        if subject:
+            found = re.search(subject, case_id)
+            if not found:
+                raise ValueError(f"subject pattern {subject!r} does not match case id {case_id!r}")
+            subject_id = found.group(1)
+        items.append(Item(case_id, subject_id, "volume", path, label_path, source))
+    if not items:
+        raise FileNotFoundError(f"no images match {image_pattern}")
+    return [item for item in items if include is None or item.subject in set(include)]
+
+
+def dataset_items(entry: dict, data_root: Path) -> list[Item]:
+    """The items of one ``[[datasets]]`` entry of a config."""
+    if entry["kind"] == "aasce":
+        root = Path(entry["root"])
+        items = aasce_items(root if root.is_absolute() else Path(data_root) / root)
+        return [item for item in items if "include" not in entry or item.subject in set(entry["include"])]
+    return volume_items(entry["images"], entry["labels"], entry["source"], data_root, entry.get("subject"), entry.get("include"))
+
+
+# -- reading and slicing -------------------------------------------------------------------
+def read_item(item: Item) -> tuple[sitk.Image, sitk.Image]:
+    """(image, label map of source ids on the image's grid)."""
+    image = read_image(item.image)
+    if item.kind == "aasce":
+        return image, aasce_mask(image, item.labels)
+    labels = sitk.ReadImage(str(item.labels))
+    if labels.GetSize() != image.GetSize():
+        raise ValueError(f"{item.labels.name} is {labels.GetSize()} voxels but {item.image.name} is {image.GetSize()}")
+    return image, labels
+
+
+def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: str, scheme: LabelScheme, spacing_mm: float, normalisation: dict) -> Case:
+    """Resample a labelled image to the canonical sagittal grid, as inference does, and map
+    its source ids to the product's labels."""
     reference = sagittal_reference(image, spacing_mm)
     stack = to_sagittal_stack(image, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(image), normalisation)
-    labels = to_sagittal_stack(label, reference, spacing_mm, is_label=True)
-    mask = np.isin(labels, list(label_ids)).astype(np.uint8)
-    return Case(name, normalise(stack, low, high), mask)
+    ids = to_sagittal_stack(source_labels, reference, spacing_mm, is_label=True)
+    return Case(name, normalise(stack, low, high), scheme.apply(ids, source))
 
 
-def load_volume_case(image_path: Path, label_path: Path, label_ids, spacing_mm: float, normalisation: dict) -> Case:
-    image = read_image(image_path)
-    label = sitk.ReadImage(str(label_path))
-    return slice_case(Path(image_path).name, image, label, label_ids, spacing_mm, normalisation)
+def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict) -> Case:
+    image, labels = read_item(item)
+    return slice_case(item.name, image, labels, item.source, scheme, spacing_mm, normalisation)
 
 
-def load_aasce_case(image_path: Path, mat_path: Path, spacing_mm: float, normalisation: dict) -> Case:
-    image = read_image(image_path)
-    return slice_case(Path(image_path).name, image, aasce_mask(image, mat_path), [1], spacing_mm, normalisation)
+def truth_on_image_grid(item: Item, scheme: LabelScheme) -> tuple[sitk.Image, np.ndarray]:
+    """(image, product labels as a numpy array on the image's own grid): what evaluation compares."""
+    image, labels = read_item(item)
+    return image, scheme.apply(sitk.GetArrayFromImage(labels), item.source)
+
+
+# -- the bundled recipes' data -------------------------------------------------------------
+MR_FOLDER, CT_CHEST, CT_ABDOMEN = "mr-lumbar-vb3", "ct-chest", "ct-abdomen-small"
+
+
+def mr_item(data_root: Path, subject: str) -> Item:
+    folder = Path(data_root) / MR_FOLDER
+    return Item(subject, subject, "volume", folder / f"{subject}_img.nii.gz", folder / f"{subject}_seg.nii.gz", "lumbar-1-5")
+
+
+def ct_chest_item(data_root: Path) -> Item:
+    folder = Path(data_root) / CT_CHEST
+    return Item("ct-chest", "ct-chest", "volume", folder / "cxr_ct_int16.nii.gz", folder / "mask.nii.gz", "totalsegmentator")
+
+
+def ct_abdomen_item(data_root: Path) -> Item:
+    folder = Path(data_root) / CT_ABDOMEN
+    return Item("example_ct.nii.gz", "ct-abdomen", "volume", folder / "example_ct.nii.gz", folder / "example_ct_vertebrae.nii.gz", "totalsegmentator")
+
+
+def ct_validation_start(labels: np.ndarray) -> int:
+    """First held-out sagittal slice of the chest CT: the spine's median slice."""
+    per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
+    cumulative = np.cumsum(per_slice)
+    return int(np.searchsorted(cumulative, cumulative[-1] / 2))
+
+
+def _recipe_training_cases(run: RunConfig, data_root: Path, seed: int, limit: int | None):
+    recipe, scheme = run.recipe_settings, run.labels
+    sp, norm = recipe["spacing_mm"], recipe["normalisation"]
+    if run.recipe == "verdiff-mr":
+        subjects = sorted(p.name[:6] for p in (Path(data_root) / MR_FOLDER).glob("VB3_*_img.nii.gz"))
+        train = [s for s in subjects if s not in MR_VALIDATION][:limit]
+        return [load_case(mr_item(data_root, s), scheme, sp, norm) for s in train], {"train": train, "validation": MR_VALIDATION}
+    if run.recipe == "verdiff-xray":
+        items = aasce_items(Path(data_root) / "xray-aasce")
+        order = np.random.default_rng(seed).permutation(len(items))
+        n_val = len(items) // 10
+        validation = sorted(items[i].name for i in order[:n_val])
+        train_items = [items[i] for i in sorted(order[n_val:])][:limit]
+        return [load_case(item, scheme, sp, norm) for item in train_items], {"train": [i.name for i in train_items], "validation": validation}
+    if run.recipe == "verdiff-ct":
+        chest = load_case(ct_chest_item(data_root), scheme, sp, norm)
+        centre = ct_validation_start(chest.labels)
+        chest.images, chest.labels = chest.images[:centre], chest.labels[:centre]
+        abdomen = load_case(ct_abdomen_item(data_root), scheme, sp, norm)
+        split = {"train": ["ct-chest slices [0, %d)" % centre, "ct-abdomen-small example_ct"], "validation": ["ct-chest slices [%d, end)" % centre]}
+        return [chest, abdomen], split
+    raise KeyError(run.recipe)
+
+
+def config_items(run: RunConfig, data_root: Path) -> list[Item]:
+    items = [item for entry in run.datasets for item in dataset_items(entry, data_root)]
+    names = [item.name for item in items]
+    if len(set(names)) != len(names):
+        raise ValueError("two data sets give images of the same name; rename or use include")
+    return items
+
+
+def config_split(run: RunConfig, data_root: Path) -> tuple[list[Item], dict]:
+    items = config_items(run, data_root)
+    s = run.split
+    split = split_subjects(
+        [item.subject for item in items], s["seed"], s["validation"], s["test"], s.get("validation_subjects", ()), s.get("test_subjects", ())
+    )
+    return items, split
+
+
+def training_cases(run: RunConfig, data_root: Path, seed: int = 35, limit: int | None = None) -> tuple[list[Case], dict]:
+    """(training cases, split) of a run: the recipe's own, or its config's split by subject.
+    ``limit``: the first N training subjects only (tests, quick runs)."""
+    if not run.datasets:
+        return _recipe_training_cases(run, data_root, seed, limit)
+    items, split = config_split(run, data_root)
+    subjects = split["train"][:limit]
+    recipe = run.recipe_settings
+    cases = [load_case(item, run.labels, recipe["spacing_mm"], recipe["normalisation"]) for item in items if item.subject in subjects]
+    return cases, split
+
+
+def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = "validation", limit: int | None = None):
+    """Yield (name, image, truth labels on the image grid, {report name: voxel selector or None},
+    image path) for the subjects of ``split[which]``. The CT recipe's held-out half is a voxel selector
+    on the one chest CT; its "whole" figure includes slices trained on and is reported apart."""
+    if not run.datasets:
+        if run.recipe == "verdiff-mr":
+            # The recipe's own list: splits written by early runs also name a VB3_19 that does not exist.
+            items = [mr_item(data_root, s) for s in (MR_VALIDATION if which == "validation" else split[which])]
+        elif run.recipe == "verdiff-xray":
+            by_name = {item.name: item for item in aasce_items(Path(data_root) / "xray-aasce")}
+            items = [by_name[name] for name in split[which]]
+        elif run.recipe == "verdiff-ct":
+            if which != "validation":
+                raise ValueError("the CT recipe has a validation half only")
+            item = ct_chest_item(data_root)
+            image, truth = truth_on_image_grid(item, run.labels)
+            selectors = {"ct-chest (held-out half)": ct_held_out_selector(image, data_root, run.labels), "ct-chest (whole, half trained on)": None}
+            yield item.name, image, truth, selectors, item.image
+            return
+        else:
+            raise KeyError(run.recipe)
+    else:
+        wanted = set(split[which])
+        items = [item for item in config_items(run, data_root) if item.subject in wanted]
+    for item in items[:limit]:
+        image, truth = truth_on_image_grid(item, run.labels)
+        yield item.name, image, truth, {item.name: None}, item.image
+
+
+def ct_held_out_selector(image: sitk.Image, data_root: Path, scheme: LabelScheme) -> np.ndarray:
+    """Boolean array on the chest CT grid: the voxels of the held-out sagittal slices."""
+    recipe = RECIPES["verdiff-ct"]
+    case = load_case(ct_chest_item(data_root), scheme, recipe["spacing_mm"], recipe["normalisation"])
+    start = ct_validation_start(case.labels)
+    reference = sagittal_reference(image, recipe["spacing_mm"])
+    held = np.zeros(case.labels.shape, np.uint8)
+    held[start:] = 1
+    return sitk.GetArrayFromImage(from_sagittal_stack(held, reference, image, is_label=True)) > 0

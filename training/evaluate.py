@@ -1,14 +1,23 @@
-"""Validation of a trained model through the same ``segment`` path users run, and export
-of the weights with their model card into ``Resources/Models``.
+"""Evaluation through the same ``segment`` path users run: Dice, IoU, 95 % Hausdorff
+distance and normalised surface Dice, per case and mean +- sd.
 
-Figures are binary Dice and IoU of the label map against the held-out subjects' labels,
-on the input voxel grid (what a user gets), with the card's default steps and ensemble.
+Figures are computed on the input voxel grid (what a user gets), in mm where the image
+knows its spacing, in pixels where it does not (JPG/PNG X-rays: the card's "pixel units").
+Multi-label models are scored on the union of their labels ("any vertebra") per case and
+per label. Validation during training, the export's figures and the ``evaluate``
+command all come from ``evaluate`` here.
+
+Decisions: the NSD tolerance defaults to 2.0 (mm, or px without spacing); a case where
+exactly one of prediction and truth is empty has an infinite HD95, reported as null and
+left out of the HD95 mean (``hd95_undefined`` counts them). The CT recipe's held-out
+half is scored with both masks cut to the held-out slices; the cut face is common to
+both, which flatters the surface metrics a little.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
+import math
 import statistics
 import time
 from pathlib import Path
@@ -16,122 +25,168 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from VerdiffSegmentLib.io import read_image
-from VerdiffSegmentLib.metrics import dice, iou
-from VerdiffSegmentLib.models import ModelCard, sha256_of
+from VerdiffSegmentLib.metrics import dice, hd95, iou, nsd
+from VerdiffSegmentLib.models import ModelCard, get_card
 from VerdiffSegmentLib.pipeline import segment
 
-from . import datasets
-from .configs import MR_VALIDATION, RECIPES
-from .train import ct_validation_start
+from .configs import RECIPES, RunConfig, recipe_config
+from .datasets import aasce_subject, evaluation_cases, truth_on_image_grid, volume_items
+from .labels import LabelScheme, default_levels
+
+PIXEL_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+DEFAULT_NSD_TOLERANCE = 2.0
 
 
-def validation_cases(model_name: str, data_root: Path, split: dict):
-    """(name, image, truth mask as numpy bool on the image grid, {report name: voxel selector or None})."""
-    if model_name == "verdiff-mr":
-        folder = data_root / "mr-lumbar-vb3"
-        for subject in MR_VALIDATION:
-            truth = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / f"{subject}_seg.nii.gz"))) > 0
-            yield subject, read_image(folder / f"{subject}_img.nii.gz"), truth, {subject: None}
-    elif model_name == "verdiff-xray":
-        items = {name: (p, m) for name, p, m in datasets.aasce_cases(data_root / "xray-aasce")}
-        for name in split["validation"]:
-            image = read_image(items[name][0])
-            yield name, image, sitk.GetArrayFromImage(datasets.aasce_mask(image, items[name][1])) > 0, {name: None}
-    elif model_name == "verdiff-ct":
-        image = read_image(data_root / "ct-chest/cxr_ct_int16.nii.gz")
-        truth = np.isin(sitk.GetArrayFromImage(sitk.ReadImage(str(data_root / "ct-chest/mask.nii.gz"))), range(29, 47))
-        held_out = ct_held_out_selector(image, data_root)
-        yield "ct-chest", image, truth, {"ct-chest (held-out half)": held_out, "ct-chest (whole, half trained on)": None}
-    else:
-        raise KeyError(model_name)
-
-
-def ct_held_out_selector(image: sitk.Image, data_root: Path) -> np.ndarray:
-    """Boolean array on the chest CT grid: the voxels of the held-out sagittal slices."""
-    from VerdiffSegmentLib.inferers.sagittal import from_sagittal_stack, sagittal_reference
-
-    recipe = RECIPES["verdiff-ct"]
-    case = datasets.load_volume_case(data_root / "ct-chest/cxr_ct_int16.nii.gz", data_root / "ct-chest/mask.nii.gz", range(29, 47), recipe["spacing_mm"], recipe["normalisation"])
-    start = ct_validation_start(case.masks)
-    reference = sagittal_reference(image, recipe["spacing_mm"])
-    held = np.zeros(case.masks.shape, np.uint8)
-    held[start:] = 1
-    return sitk.GetArrayFromImage(from_sagittal_stack(held, reference, image, is_label=True)) > 0
-
-
-def evaluate(card: ModelCard, data_root: Path, split: dict, steps=None, ensemble=None, seed: int = 0, network=None) -> dict:
-    per_case, seconds = [], []
-    for _, image, truth, selectors in validation_cases(card.name, data_root, split):
-        start = time.perf_counter()
-        labels = sitk.GetArrayFromImage(segment(image, card, steps, ensemble, "auto", seed, network=network).labels) > 0
-        seconds.append(time.perf_counter() - start)
-        for name, selector in selectors.items():
-            pred, true = (labels, truth) if selector is None else (labels[selector], truth[selector])
-            per_case.append({"case": name, "dice": round(dice(pred, true), 4), "iou": round(iou(pred, true), 4)})
-    # The CT's "whole" figure includes slices trained on; the mean uses held-out figures only.
-    dices = [c["dice"] for c in per_case if "trained on" not in c["case"]]
-    extra = {}
-    if card.name == "verdiff-xray":
-        # AASCE names hold a patient id before the first space ("...-205 A AP", "...-205 B AP"):
-        # the image split can put one patient on both sides, so also report unseen patients only.
-        trained_patients = {name.split(" ")[0] for name in split["train"]}
-        unseen = [c["dice"] for c in per_case if c["case"].split(" ")[0] not in trained_patients]
-        extra = {"unseen_patients": len(unseen), "dice_mean_unseen_patients": round(statistics.mean(unseen), 4) if unseen else None,
-                 "dice_sd_unseen_patients": round(statistics.pstdev(unseen), 4) if unseen else None}
+def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemble: int, version: str = "0.1.0") -> dict:
+    """A model card for ``run``'s network (the same fields ``export`` writes)."""
+    recipe = run.recipe_settings
+    channels = list(run.channels)
     return {
-        **extra,
-        "cases": per_case,
-        "dice_mean": round(statistics.mean(dices), 4),
-        "dice_sd": round(statistics.pstdev(dices), 4),
-        "iou_mean": round(statistics.mean(c["iou"] for c in per_case if "trained on" not in c["case"]), 4),
-        "seconds_per_case": round(statistics.mean(seconds), 2),
-    }
-
-
-def training_command(run_dir: Path) -> str | None:
-    """The run's command; a run started ``--init`` from another run's weights is preceded by that
-    run's command, so the card holds the whole recipe from random weights."""
-    path = run_dir / "command.txt"
-    if not path.exists():
-        return None
-    command = path.read_text().strip()
-    words = command.split()
-    if "--init" in words:
-        earlier = Path(words[words.index("--init") + 1]).parent
-        earlier = earlier if earlier.is_absolute() else run_dir.parent.parent / earlier
-        return f"{training_command(earlier)} && {command}"
-    return command
-
-
-def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int, ensemble: int, channels, version="0.1.0") -> dict:
-    """Copy ``run_dir/model.pt`` into ``models_dir`` with its card, then validate through the card."""
-    recipe = RECIPES[model_name]
-    weights = models_dir / f"{model_name}.pt"
-    shutil.copyfile(run_dir / "model.pt", weights)
-    split = json.loads((run_dir / "split.json").read_text())
-    card = {
-        "name": model_name,
+        "name": run.name,
         "family": "verdiff-net",
         "version": version,
         "modality": recipe["modality"],
-        "weights": weights.name,
-        "sha256": sha256_of(weights),
-        "labels": recipe["labels"],
-        "network": {"in_channels": 1, "num_classes": 1, "channels": list(channels), "time_dim": 64},
+        "weights": weights_name,
+        "sha256": sha256,
+        "labels": run.card_labels,
+        "network": {"in_channels": 1, "num_classes": run.labels.num_classes, "channels": channels, "time_dim": 64},
         "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear"},
         "input": {"spacing_mm": recipe["spacing_mm"], "spacing_note": "pixel units for 2D images without spacing", "normalisation": recipe["normalisation"], "pad_multiple": 2 ** (len(channels) - 1)},
         "defaults": {"steps": steps, "ensemble": ensemble},
-        "training": {
-            "data": recipe["data"],
-            "split": split,
-            "command": training_command(run_dir),
-        },
-        "licence": "Weights derived from the training data named above; follow its licence and cite its authors.",
     }
-    path = models_dir / f"{model_name}.json"
-    path.write_text(json.dumps(card, indent=2))
-    card["validation"] = evaluate(ModelCard(path, card), data_root, split, steps, ensemble)
-    card["validation"]["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0}
-    path.write_text(json.dumps(card, indent=2))
-    return card
+
+
+def run_config_of_card(card: ModelCard) -> RunConfig:
+    """The config a card was trained with: stored in new cards, else its bundled recipe."""
+    stored = card.data.get("training", {}).get("config")
+    if stored:
+        return RunConfig.from_dict(stored, str(card.path))
+    if card.name in RECIPES:
+        return recipe_config(card.name, channels=card.data["network"]["channels"])
+    raise ValueError(f"card {card.path} names no training config and is not a bundled recipe")
+
+
+def image_units(image: sitk.Image, path: Path | None) -> tuple[str, np.ndarray]:
+    """("mm" or "px", spacing in numpy axis order)."""
+    spacing = np.array(image.GetSpacing()[::-1], float)
+    if path is not None and Path(path).suffix.lower() in PIXEL_FORMATS:
+        return "px", np.ones_like(spacing)
+    return "mm", spacing
+
+
+def score(prediction: np.ndarray, truth: np.ndarray, spacing, tolerance: float) -> dict:
+    """Dice, IoU, HD95 and NSD of two boolean masks."""
+    distance = hd95(prediction, truth, spacing)
+    return {
+        "dice": round(dice(prediction, truth), 4),
+        "iou": round(iou(prediction, truth), 4),
+        "hd95": round(distance, 3) if math.isfinite(distance) else None,
+        "nsd": round(nsd(prediction, truth, tolerance, spacing), 4),
+    }
+
+
+def score_case(name: str, labels: np.ndarray, truth: np.ndarray, spacing, tolerance: float, label_info: list[dict], selector=None) -> dict:
+    if selector is not None:
+        labels, truth = np.where(selector, labels, 0), np.where(selector, truth, 0)
+    row = {"case": name, **score(labels > 0, truth > 0, spacing, tolerance)}
+    if len(label_info) > 1:
+        row["labels"] = {info["name"]: score(labels == info["value"], truth == info["value"], spacing, tolerance) for info in label_info}
+    return row
+
+
+def _mean_sd(values) -> tuple[float | None, float | None]:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    return round(statistics.mean(values), 4), round(statistics.pstdev(values), 4)
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Mean +- sd of each metric over the rows (population sd)."""
+    out = {}
+    for key in ("dice", "iou", "hd95", "nsd"):
+        out[f"{key}_mean"], out[f"{key}_sd"] = _mean_sd(r[key] for r in rows)
+    out["hd95_undefined"] = sum(r["hd95"] is None for r in rows)
+    return out
+
+
+def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, network=None, tolerance: float = DEFAULT_NSD_TOLERANCE, device: str = "auto") -> dict:
+    """Segment each case of ``cases`` (name, image, truth, selectors, path) with ``card`` and score it.
+
+    Rows whose name says "trained on" (the CT recipe's whole volume) are reported but left
+    out of the means."""
+    rows, seconds, units = [], [], set()
+    for name, image, truth, selectors, path in cases:
+        start = time.perf_counter()
+        labels = sitk.GetArrayFromImage(segment(image, card, steps, ensemble, device, seed, network=network).labels)
+        seconds.append(time.perf_counter() - start)
+        unit, spacing = image_units(image, path)
+        units.add(unit)
+        for report_name, selector in selectors.items():
+            rows.append(score_case(report_name, labels, truth, spacing, tolerance, card.labels, selector))
+    held_out = [r for r in rows if "trained on" not in r["case"]]
+    result = {"cases": rows, **summarise(held_out)}
+    if len(card.labels) > 1:
+        result["labels"] = {info["name"]: summarise([r["labels"][info["name"]] for r in held_out]) for info in card.labels}
+    result.update(
+        {
+            "units": "/".join(sorted(units)),
+            "nsd_tolerance": tolerance,
+            "seconds_per_case": round(statistics.mean(seconds), 2) if seconds else None,
+        }
+    )
+    return result
+
+
+def unseen_patient_figures(result: dict, run: RunConfig, split: dict) -> dict:
+    """The X-ray recipe splits AASCE by image, so some held-out images show a patient seen in
+    training (``configs`` docstring); report the held-out images of unseen patients apart.
+    Other runs split by subject and need nothing here."""
+    if run.datasets or run.recipe != "verdiff-xray":
+        return {}
+    trained = {aasce_subject(name) for name in split["train"]}
+    unseen = [row["dice"] for row in result["cases"] if aasce_subject(row["case"]) not in trained]
+    mean, sd = _mean_sd(unseen)
+    return {"unseen_patients": len(unseen), "dice_mean_unseen_patients": mean, "dice_sd_unseen_patients": sd}
+
+
+def split_cases(run: RunConfig, data_root: Path, split: dict, which: str = "validation", limit: int | None = None):
+    """The cases of a split, as ``evaluate`` takes them."""
+    return evaluation_cases(run, data_root, split, which, limit)
+
+
+def folder_cases(images: str, labels: str, source: str, scheme: LabelScheme, data_root: Path, limit: int | None = None):
+    """Cases of a folder: image/label pairs matched by one ``*`` (as in a config's data set)."""
+    for item in volume_items(images, labels, source, data_root)[:limit]:
+        image, truth = truth_on_image_grid(item, scheme)
+        yield item.name, image, truth, {item.name: None}, item.image
+
+
+def run_evaluate(args) -> dict:
+    """The ``evaluate`` command: a bundled/exported card (``MODEL``) or a run's weights (``--run``),
+    on a split of its data or on a folder."""
+    from .export import run_card, run_config_of_run
+
+    if args.run:
+        run = run_config_of_run(args.run, args.model)
+        card, network = run_card(run, args.run, args.steps or 5, args.ensemble or 3)
+        split_path = Path(args.run) / "split.json"
+        split = json.loads(split_path.read_text())
+    else:
+        card = get_card(args.model, args.models_dir)
+        run, network = run_config_of_card(card), None
+        split = card.data.get("training", {}).get("split")
+    if args.images:
+        scheme = LabelScheme(run.labels.scheme, tuple(run.labels.levels if run.labels.scheme == "levels" else default_levels([args.source])))
+        cases = folder_cases(args.images, args.labels, args.source, scheme, args.data, args.limit)
+        where = f"folder {args.images}"
+    else:
+        if not split or not split.get(args.split):
+            raise ValueError(f"no {args.split} subjects recorded for {card.name}")
+        cases = split_cases(run, args.data, split, args.split, args.limit)
+        where = f"{args.split} split"
+    result = evaluate(card, cases, args.steps, args.ensemble, args.seed, network=network, tolerance=args.tolerance)
+    if not args.images and args.split == "validation":
+        result.update(unseen_patient_figures(result, run, split))
+    result["model"], result["evaluated_on"] = card.name, where
+    return result

@@ -1,153 +1,302 @@
-"""A compact training loop for Verdiff-Net on 2D sagittal slices (one process, CPU or CUDA).
+"""The training loop for Verdiff-Net on 2D sagittal slices: one process or many (DDP), CPU or CUDA.
 
-Decisions: random crops biased towards the spine (70 % of crops are centred on a spine
-pixel) so small batches see vertebrae; 20 % of slices drawn from anywhere, so the prior
-learns to say "no spine" on lateral slices (ribs, organs); rotation +-15 degrees and a
-random gamma as light augmentation; AdamW with a cosine-decayed learning rate of 1e-3
-(the paper's 1e-4 is for 9000 steps at batch 1 on a GPU; a few thousand CPU steps need
-a larger rate); gradient norm clipped to 1.
+One step: draw a global batch of augmented crops (``sampler``), noise each mask around the
+conditional U-Net's prior at a random timestep (``PriorShiftedScheduler.add_noise``, eq. 5),
+predict the noise, and minimise ``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE +
+Dice), the core's own network, scheduler and loss.
+
+Defaults are the bundled recipes' (so their recorded commands still mean what they did;
+the random stream is new, per-sample seeds for sharding, so a rerun does not reproduce the
+weights of a run made before it bit for bit):
+AdamW with weight decay 1e-4 and a learning rate of 1e-3 decayed by a cosine to 0 over
+the run (the paper's Adam at 1e-4 is for 9000 steps at batch 1 on a GPU; a few thousand
+CPU steps need a larger rate: ``--optimizer adam --lr 1e-4 --weight-decay 0`` is the paper's), no
+warm-up, gradient norm clipped to 1, the ``light`` augmentation, no validation, random
+initial weights (``--init`` starts from a run's weights instead: a second stage).
+Options add: linear warm-up before the cosine, bf16 autocast on CUDA (the default there:
+``--precision auto``), validation Dice/IoU every N steps through ``pipeline.segment`` on
+held-out subjects, the best weights by validation Dice (``best.pt``), early stopping after
+``--patience`` validations without improvement, and resuming (``--resume``) from
+``checkpoint.pt`` bit-exactly.
+
+Outputs in the run folder: ``model.pt`` (final weights, a plain state dict), ``best.pt`` and
+``best.json``, ``checkpoint.pt``, ``split.json``, ``run.json`` (config and settings),
+``command.txt``, ``log.csv``, ``validation.csv``, ``tensorboard/`` and ``summary.json``.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import math
+import random
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.ndimage as ndi
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from VerdiffSegmentLib.losses import verdiff_loss
+from VerdiffSegmentLib.models import ModelCard
 from VerdiffSegmentLib.networks import Condition, VerdiffNet
 from VerdiffSegmentLib.schedulers import PriorShiftedScheduler
 
-from . import datasets
-from .configs import MR_VALIDATION, RECIPES
+from .augment import PRESETS
+from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states
+from .configs import RunConfig
+from .datasets import training_cases
+from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
+from .evaluate import card_data, evaluate, split_cases
+from .logs import RunLog
+from .sampler import SliceSampler
+from .splits import write_split
+
+LOSS_TERMS = ("total", "simple", "bce", "prior")
 
 
-def build_cases(model_name: str, data_root: Path, seed: int = 35, limit: int | None = None):
-    """(train cases, validation description) for a bundled model's recipe."""
-    recipe = RECIPES[model_name]
-    sp, norm = recipe["spacing_mm"], recipe["normalisation"]
-    if model_name == "verdiff-mr":
-        folder = data_root / "mr-lumbar-vb3"
-        subjects = sorted(p.name[:6] for p in folder.glob("VB3_*_img.nii.gz"))
-        train = [s for s in subjects if s not in MR_VALIDATION][:limit]
-        cases = [datasets.load_volume_case(folder / f"{s}_img.nii.gz", folder / f"{s}_seg.nii.gz", range(1, 6), sp, norm) for s in train]
-        return cases, {"train": train, "validation": MR_VALIDATION}
-    if model_name == "verdiff-xray":
-        items = datasets.aasce_cases(data_root / "xray-aasce")
-        order = np.random.default_rng(seed).permutation(len(items))
-        n_val = len(items) // 10
-        val = sorted(items[i][0] for i in order[:n_val])
-        train_items = [items[i] for i in sorted(order[n_val:])][:limit]
-        cases = [datasets.load_aasce_case(p, m, sp, norm) for _, p, m in train_items]
-        return cases, {"train": [n for n, _, _ in train_items], "validation": val}
-    if model_name == "verdiff-ct":
-        chest = datasets.load_volume_case(data_root / "ct-chest/cxr_ct_int16.nii.gz", data_root / "ct-chest/mask.nii.gz", range(29, 47), sp, norm)
-        centre = ct_validation_start(chest.masks)
-        chest.images, chest.masks = chest.images[:centre], chest.masks[:centre]
-        abdomen = datasets.load_volume_case(
-            data_root / "ct-abdomen-small/example_ct.nii.gz", data_root / "ct-abdomen-small/example_ct_vertebrae.nii.gz", range(27, 34), sp, norm
-        )
-        return [chest, abdomen], {"train": ["ct-chest slices [0, %d)" % centre, "ct-abdomen-small example_ct"], "validation": ["ct-chest slices [%d, end)" % centre]}
-    raise KeyError(model_name)
+@dataclass
+class TrainOptions:
+    """Loop settings; each default is the bundled recipes' (module docstring)."""
+
+    steps: int = 1500
+    batch_size: int = 8  # per process; the global batch is batch_size x world size
+    crop: int = 160
+    lr: float = 1e-3
+    seed: int = 35
+    optimizer: str = "adamw"  # or "adam"
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # or "constant"
+    warmup_steps: int = 0
+    clip_grad: float = 1.0  # max gradient norm; 0 turns clipping off
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
+    augmentation: str = "light"  # see augment.PRESETS
+    limit: int | None = None  # first N training subjects only
+    log_every: int = 25
+    checkpoint_every: int = 100
+    val_every: int = 0  # 0: no validation during training
+    val_limit: int | None = None  # first N validation cases only
+    val_steps: int = 5
+    val_ensemble: int = 3
+    patience: int = 0  # stop after this many validations without improvement; 0: never
+    min_delta: float = 0.0
+    init: str | None = None  # start from these weights (a second stage continuing an earlier run)
+    resume: bool = False
+    stop_after: int | None = None  # end this invocation after N steps, as a kill would (tests, time-sliced jobs)
+    device: str = "auto"
+    tensorboard: bool = True
 
 
-def ct_validation_start(masks: np.ndarray) -> int:
-    """First held-out sagittal slice of the chest CT: the spine's median slice."""
-    per_slice = masks.reshape(masks.shape[0], -1).sum(axis=1)
-    cumulative = np.cumsum(per_slice)
-    return int(np.searchsorted(cumulative, cumulative[-1] / 2))
+# Settings a resumed run must share with its checkpoint, or it would not continue the same run.
+RESUME_KEYS = ("steps", "batch_size", "crop", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
-class SliceSampler:
-    """Random augmented crops from the cases' slices."""
+class DiffusionStep(nn.Module):
+    """One training forward of Verdiff-Net returning its loss terms: a module, so that DDP
+    sees a single forward per step. The network runs under autocast (bf16 on CUDA when
+    asked); the noising, x0 and the loss stay in float32 (BCE is not autocast-safe)."""
 
-    def __init__(self, cases, crop: int, seed: int):
-        self.cases, self.crop = cases, crop
-        self.rng = np.random.default_rng(seed)
-        self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
-        self.spine_index = [(c, s) for c, s in self.index if cases[c].masks[s].any()]
+    def __init__(self, network: VerdiffNet, scheduler: PriorShiftedScheduler, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.network, self.scheduler, self.autocast_dtype = network, scheduler, autocast_dtype
 
-    def _crop(self, image, mask):
-        h = self.crop
-        image = np.pad(image, [(0, max(h - image.shape[0], 0)), (0, max(h - image.shape[1], 0))])
-        mask = np.pad(mask, [(0, max(h - mask.shape[0], 0)), (0, max(h - mask.shape[1], 0))])
-        if mask.any() and self.rng.random() < 0.7:
-            rows, cols = np.nonzero(mask)
-            k = self.rng.integers(len(rows))
-            r0, c0 = rows[k] - h // 2, cols[k] - h // 2
-        else:
-            r0, c0 = self.rng.integers(0, image.shape[0] - h + 1), self.rng.integers(0, image.shape[1] - h + 1)
-        r0 = int(np.clip(r0, 0, image.shape[0] - h))
-        c0 = int(np.clip(c0, 0, image.shape[1] - h))
-        return image[r0 : r0 + h, c0 : c0 + h], mask[r0 : r0 + h, c0 : c0 + h]
-
-    def batch(self, size: int):
-        images, masks = [], []
-        for _ in range(size):
-            pool = self.spine_index if self.rng.random() < 0.8 else self.index
-            c, s = pool[self.rng.integers(len(pool))]
-            image, mask = self.cases[c].images[s], self.cases[c].masks[s]
-            if self.rng.random() < 0.5:
-                angle = self.rng.uniform(-15, 15)
-                image = ndi.rotate(image, angle, reshape=False, order=1, mode="nearest")
-                mask = ndi.rotate(mask, angle, reshape=False, order=0, mode="constant")
-            image, mask = self._crop(image, mask)
-            image = np.clip(image, 0, 1) ** self.rng.uniform(0.7, 1.5)
-            images.append(image)
-            masks.append(mask)
-        to_tensor = lambda xs: torch.from_numpy(np.stack(xs)[:, None].astype(np.float32))  # noqa: E731
-        return to_tensor(images), to_tensor(masks)
+    def forward(self, image, mask, t, noise) -> dict[str, torch.Tensor]:
+        autocast = torch.autocast(image.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None)
+        with autocast:
+            condition = self.network.condition(image)
+        prior = condition.prior.detach().float()  # the shift is a fixed input of the diffusion, trained by its own loss
+        x_t = self.scheduler.add_noise(2 * mask - 1, prior, noise, t)
+        with autocast:
+            eps = self.network(x_t, t, Condition(prior, condition.prior_logits, condition.image_features))
+        eps = eps.float()
+        if not bool(torch.isfinite(eps).all() and torch.isfinite(condition.prior_logits).all()):
+            # Diverged weights: report NaN terms, which the loop stops on naming the step
+            # (the BCE would otherwise fail on its input range with an opaque message).
+            nan = torch.full((), float("nan"), device=eps.device)
+            return dict.fromkeys(("total", "simple", "bce", "prior"), nan)
+        return verdiff_loss(eps, noise, self.scheduler.predict_x0(x_t, eps, prior, t), mask, condition.prior_logits.float())
 
 
-def train(model_name: str, data_root: Path, out_dir: Path, steps: int = 1500, batch_size: int = 8, crop: int = 160,
-          lr: float = 1e-3, seed: int = 35, channels=(8, 16, 32, 64), device: str = "cpu", limit: int | None = None,
-          init: Path | None = None) -> Path:
-    """Train one bundled model's recipe; writes ``model.pt`` (a plain state dict), the split and a CSV log.
-    ``init``: start from these weights (a second stage continuing an earlier run) instead of at random."""
-    torch.manual_seed(seed)
+def learning_rate_factor(options: TrainOptions):
+    """Multiplier of the base rate at a step: linear warm-up, then cosine to 0 (or constant)."""
+    warmup, steps = options.warmup_steps, options.steps
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if options.schedule == "constant":
+            return 1.0
+        progress = (step - warmup) / max(steps - warmup, 1)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+    return factor
+
+
+def autocast_dtype(options: TrainOptions, device: torch.device) -> torch.dtype | None:
+    if options.precision == "fp32" or (options.precision == "auto" and device.type != "cuda"):
+        return None
+    if device.type != "cuda":
+        raise ValueError("--precision bf16 is for CUDA; on CPU training runs in fp32")
+    return torch.bfloat16
+
+
+def make_optimiser(options: TrainOptions, parameters) -> torch.optim.Optimizer:
+    if options.optimizer == "adamw":
+        return torch.optim.AdamW(parameters, lr=options.lr, weight_decay=options.weight_decay)
+    if options.optimizer == "adam":
+        return torch.optim.Adam(parameters, lr=options.lr, weight_decay=options.weight_decay)
+    raise ValueError(f"unknown optimizer {options.optimizer!r}; use adamw or adam")
+
+
+def train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions | None = None, command: str | None = None) -> Path:
+    """Train ``run``; returns the path of ``model.pt`` (of ``checkpoint.pt`` after ``stop_after``).
+
+    Under ``torchrun`` every process calls this; rank 0 writes the files."""
+    options = options or TrainOptions()
+    world = init_world(options.device)
+    try:
+        return _train(run, Path(data_root), Path(out_dir), options, world, command)
+    finally:
+        close_world(world)
+
+
+def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions, world: World, command: str | None) -> Path:
+    if options.augmentation not in PRESETS:
+        raise ValueError(f"unknown augmentation {options.augmentation!r}; use {', '.join(PRESETS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    cases, split = build_cases(model_name, data_root, seed, limit)
-    (out_dir / "split.json").write_text(json.dumps(split, indent=1))
-    sampler = SliceSampler(cases, crop, seed)
-    model = VerdiffNet(channels=channels)
-    if init is not None:
-        model.load_state_dict(torch.load(init, map_location="cpu", weights_only=True))
-    model = model.to(device)
+    random.seed(options.seed)
+    np.random.seed(options.seed)
+    torch.manual_seed(options.seed)
+    device = world.device
+    amp_dtype = autocast_dtype(options, device)
+
+    cases, split = training_cases(run, data_root, options.seed, options.limit)
+    if options.val_every and not split.get("validation"):
+        raise ValueError("--val-every needs validation subjects, and this run's split has none")
+    settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size}
+    if world.is_main:
+        write_split(split, out_dir)
+        (out_dir / "run.json").write_text(json.dumps({"config": run.to_dict(), "settings": settings}, indent=1))
+        if command:
+            (out_dir / "command.txt").write_text(command + "\n")
+
+    num_classes = run.labels.num_classes
+    sampler = SliceSampler(cases, options.crop, options.seed, PRESETS[options.augmentation], num_classes)
+    network = VerdiffNet(num_classes=num_classes, channels=run.channels)
+    if options.init:
+        network.load_state_dict(load_weights(options.init))
+    network = network.to(device)
+    if world.distributed:
+        use_global_batch_norm(network, world.batch_norm_group)
     scheduler = PriorShiftedScheduler()
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: 0.5 * (1 + math.cos(math.pi * min(s / steps, 1.0))))
-    generator = torch.Generator().manual_seed(seed)
-    start = time.time()
-    with open(out_dir / "log.csv", "w", newline="") as log_file:
-        log = csv.writer(log_file)
-        log.writerow(["step", "total", "simple", "bce", "prior", "seconds"])
-        for step in range(1, steps + 1):
-            image, mask = (x.to(device) for x in sampler.batch(batch_size))
-            condition = model.condition(image)
-            prior = condition.prior.detach()  # the shift is a fixed input of the diffusion, trained by its own loss
-            t = torch.randint(0, scheduler.num_train_timesteps, (batch_size,), generator=generator).to(device)
-            noise = torch.randn(mask.shape, generator=generator).to(device)
-            x_t = scheduler.add_noise(2 * mask - 1, prior, noise, t)
-            eps = model(x_t, t, Condition(prior, condition.prior_logits, condition.image_features))
-            losses = verdiff_loss(eps, noise, scheduler.predict_x0(x_t, eps, prior, t), mask, condition.prior_logits)
-            if not torch.isfinite(losses["total"]):
-                raise FloatingPointError(f"loss is {losses['total'].item()} at step {step}")
-            optimiser.zero_grad(set_to_none=True)
-            losses["total"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimiser.step()
-            schedule.step()
-            if step % 25 == 0 or step == steps:
-                row = [step] + [round(losses[k].item(), 5) for k in ("total", "simple", "bce", "prior")] + [round(time.time() - start, 1)]
-                log.writerow(row)
-                log_file.flush()
-                print(*row, flush=True)
+    step_module = DiffusionStep(network, scheduler, amp_dtype)
+    trainer = DistributedDataParallel(step_module, device_ids=[world.local_rank] if device.type == "cuda" else None) if world.distributed else step_module
+    optimiser = make_optimiser(options, network.parameters())
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor(options))
+    noise_generator = torch.Generator().manual_seed(options.seed)
+    progress = {"step": 0, "seconds": 0.0, "best_dice": -1.0, "best_step": 0, "bad_validations": 0, "stopped_early": False}
+
+    checkpoint_path = out_dir / "checkpoint.pt"
+    if options.resume and checkpoint_path.exists():
+        checkpoint = load_checkpoint(checkpoint_path)
+        mismatched = {k: (checkpoint["settings"].get(k), settings[k]) for k in (*RESUME_KEYS, "world_size") if checkpoint["settings"].get(k) != settings[k]}
+        if checkpoint["config"] != run.to_dict():
+            mismatched["config"] = "differs"
+        if mismatched:
+            raise ValueError(f"cannot resume {checkpoint_path}: settings differ from the checkpoint's (checkpoint, now): {mismatched}")
+        network.load_state_dict(checkpoint["model"])
+        optimiser.load_state_dict(checkpoint["optimiser"])
+        lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+        sampler.load_state_dict(checkpoint["sampler"])
+        noise_generator.set_state(checkpoint["noise_generator"])
+        restore_rng_states(checkpoint["rng"])
+        progress = dict(checkpoint["progress"])
+        if world.is_main:
+            print(f"resumed from {checkpoint_path} at step {progress['step']}", flush=True)
+
+    def save_checkpoint():
+        if world.is_main:
+            state = {
+                "format": 1,
+                "model": network.state_dict(),
+                "optimiser": optimiser.state_dict(),
+                "lr_schedule": lr_schedule.state_dict(),
+                "sampler": sampler.state_dict(),
+                "noise_generator": noise_generator.get_state(),
+                "rng": rng_states(),
+                "progress": dict(progress),
+                "settings": settings,
+                "config": run.to_dict(),
+            }
+            atomic_save(state, checkpoint_path)
+
+    def validate(step: int) -> None:
+        """Validation Dice/IoU through ``segment`` on rank 0; every rank learns the outcome."""
+        outcome, result, started_at = None, None, time.time()
+        if world.is_main:
+            card = ModelCard(out_dir / f"{run.name}.json", card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble))
+            network.eval()
+            result = evaluate(card, split_cases(run, data_root, split, "validation", options.val_limit), network=network, device=device.type)
+            network.train()
+            outcome = {"dice": result["dice_mean"], "improved": result["dice_mean"] > progress["best_dice"] + options.min_delta}
+            if outcome["improved"]:
+                atomic_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out_dir / "best.pt")
+                (out_dir / "best.json").write_text(json.dumps({"step": step, "dice": result["dice_mean"], "iou": result["iou_mean"], "validation": result}, indent=1))
+        outcome = broadcast(world, outcome)
+        if outcome["improved"]:
+            progress.update(best_dice=outcome["dice"], best_step=step, bad_validations=0)
+        else:
+            progress["bad_validations"] += 1
+        if options.patience and progress["bad_validations"] >= options.patience:
+            progress["stopped_early"] = True
+        if world.is_main:
+            log.validation_row(step, result, progress["best_dice"], progress["best_step"], time.time() - started_at)
+
+    log = RunLog(out_dir, options.steps, progress["step"], enabled=world.is_main, tensorboard=options.tensorboard)
+    global_batch, shard = options.batch_size * world.size, world.shard(options.batch_size)
+    start_step, started = progress["step"], time.time() - progress["seconds"]
+    network.train()
+    for step in range(start_step + 1, options.steps + 1):
+        image, mask = sampler.batch(global_batch, shard)
+        t = torch.randint(0, scheduler.num_train_timesteps, (global_batch,), generator=noise_generator)[shard]
+        noise = torch.randn((global_batch, *mask.shape[1:]), generator=noise_generator)[shard]
+        losses = trainer(image.to(device), mask.to(device), t.to(device), noise.to(device))
+        terms = all_mean(world, torch.stack([losses[k].detach().float() for k in LOSS_TERMS]))
+        if not torch.isfinite(terms).all():
+            bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_TERMS, terms.tolist()))
+            raise FloatingPointError(f"loss is not finite at step {step} ({bad}); lower --lr, or check the data of this run")
+        optimiser.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        max_norm = options.clip_grad if options.clip_grad > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(network.parameters(), max_norm))
+        optimiser.step()
+        lr_schedule.step()
+        progress.update(step=step, seconds=round(time.time() - started, 3))
+        if step % options.log_every == 0 or step == options.steps:
+            log.train_row(step, dict(zip(LOSS_TERMS, terms.tolist())), optimiser.param_groups[0]["lr"], grad_norm, time.time() - started)
+        if options.val_every and (step % options.val_every == 0 or step == options.steps):
+            validate(step)
+        stopping = progress["stopped_early"] or (options.stop_after is not None and step - start_step >= options.stop_after)
+        if (options.checkpoint_every and step % options.checkpoint_every == 0) or step == options.steps or stopping:
+            save_checkpoint()
+        if stopping:
+            break
+    log.close()
+    if options.stop_after is not None and not progress["stopped_early"] and progress["step"] < options.steps:
+        return checkpoint_path
+    return _finish(network, world, out_dir, progress)
+
+
+def _finish(network: nn.Module, world: World, out_dir: Path, progress: dict) -> Path:
+    """Write the final weights and the summary; check that every rank holds the same weights."""
+    digests = gather(world, weights_digest(network))
     path = out_dir / "model.pt"
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, path)
+    if world.is_main:
+        atomic_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
+        summary = {**progress, "world_size": world.size, "rank_weight_sha256": digests}
+        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"done at step {progress['step']}" + (f"; stopped early, best validation Dice {progress['best_dice']:.4f} at step {progress['best_step']}" if progress["stopped_early"] else ""), flush=True)
+    if len(set(digests)) != 1:
+        raise RuntimeError(f"ranks hold different weights at the end of training: {digests}")
     return path

@@ -1,4 +1,4 @@
-"""Overlap metrics on label maps (numpy arrays of any dimension)."""
+"""Overlap and boundary metrics on masks (numpy arrays of any dimension)."""
 
 from __future__ import annotations
 
@@ -17,3 +17,55 @@ def iou(prediction: np.ndarray, truth: np.ndarray) -> float:
     prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
     union = np.logical_or(prediction, truth).sum()
     return 1.0 if union == 0 else float(np.logical_and(prediction, truth).sum() / union)
+
+
+def _surfaces(prediction: np.ndarray, truth: np.ndarray, spacing):
+    """Boundary voxels of both masks, cropped to their joint bounding box plus a margin
+    (exact: the nearest boundary voxel of one mask is always inside that box)."""
+    import scipy.ndimage as ndi
+
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    spacing = np.ones(prediction.ndim) if spacing is None else np.asarray(spacing, float)
+    both = prediction | truth
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(both))
+    prediction, truth = prediction[box], truth[box]
+    cross = ndi.generate_binary_structure(prediction.ndim, 1)
+    # A voxel is on the boundary if a face neighbour is outside the mask (outside the image counts as outside).
+    surface = [m & ~ndi.binary_erosion(m, cross, border_value=0) for m in (prediction, truth)]
+    return surface[0], surface[1], spacing
+
+
+def _surface_distances(prediction, truth, spacing):
+    """Distances (in spacing units) from each boundary voxel of one mask to the other's boundary."""
+    import scipy.ndimage as ndi
+
+    surface_p, surface_t, spacing = _surfaces(prediction, truth, spacing)
+    to_truth = ndi.distance_transform_edt(~surface_t, sampling=spacing)[surface_p]
+    to_prediction = ndi.distance_transform_edt(~surface_p, sampling=spacing)[surface_t]
+    return to_truth, to_prediction
+
+
+def hd95(prediction: np.ndarray, truth: np.ndarray, spacing=None) -> float:
+    """95 % Hausdorff distance between the masks' boundaries, in the units of ``spacing``
+    (per array axis, numpy order; voxels if None): the larger of the two directed 95th
+    percentiles (the MONAI / medpy convention). 0.0 when both are empty, inf when one is."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    if not prediction.any() and not truth.any():
+        return 0.0
+    if not prediction.any() or not truth.any():
+        return float("inf")
+    to_truth, to_prediction = _surface_distances(prediction, truth, spacing)
+    return float(max(np.percentile(to_truth, 95), np.percentile(to_prediction, 95)))
+
+
+def nsd(prediction: np.ndarray, truth: np.ndarray, tolerance: float, spacing=None) -> float:
+    """Normalised surface Dice at ``tolerance`` (units of ``spacing``): the fraction of both
+    boundaries lying within the tolerance of the other. Boundary size is counted in
+    boundary voxels (an approximation of the surface area). 1.0 when both are empty, 0.0 when one is."""
+    prediction, truth = np.asarray(prediction, bool), np.asarray(truth, bool)
+    if not prediction.any() and not truth.any():
+        return 1.0
+    if not prediction.any() or not truth.any():
+        return 0.0
+    to_truth, to_prediction = _surface_distances(prediction, truth, spacing)
+    return float(((to_truth <= tolerance).sum() + (to_prediction <= tolerance).sum()) / (to_truth.size + to_prediction.size))

@@ -139,6 +139,8 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
         raise VerdiffError(f"weights of model {card.name} do not match the sha256 in its card ({path.name} was changed or damaged)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        # Weights may be shipped in fp16 (half the file); the networks compute in float32.
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         network = card.family.network(**card.data["network"])
         network.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - any failure here means unusable weights

@@ -1,0 +1,111 @@
+"""Augmentation (training/augment.py): the paper's ranges, exact geometry, labels kept as
+labels, and reproducibility from a seed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from training.augment import PRESETS, Augmentation, Warp, elastic_displacement, warp
+
+
+def _blob(shape=(64, 80)):
+    """An off-centre, asymmetric image and its two-label map."""
+    image = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    image[10:30, 20:35] = 0.8
+    labels[10:30, 20:35] = 1
+    image[40:50, 50:70] = 0.4
+    labels[40:50, 50:70] = 2
+    return image, labels
+
+
+def _centroid(mask):
+    return np.array(np.nonzero(mask)).mean(axis=1)
+
+
+def test_rotation_by_90_degrees_is_exact_and_counter_clockwise():
+    image, labels = _blob((65, 65))
+    rotated, rotated_labels = warp(image, labels, Warp(angle_deg=90.0))
+    assert np.allclose(rotated, np.rot90(image, 1), atol=1e-5)
+    assert np.array_equal(rotated_labels, np.rot90(labels, 1))
+
+
+def test_shift_moves_the_content_by_the_drawn_pixels():
+    image, labels = _blob()
+    shifted, shifted_labels = warp(image, labels, Warp(shift_px=(3.0, -5.0)))
+    assert np.allclose(_centroid(shifted_labels == 1) - _centroid(labels == 1), [3.0, -5.0])
+    assert np.allclose(shifted[13:33, 15:30], 0.8)
+
+
+def test_drawn_parameters_stay_in_the_papers_ranges():
+    paper = PRESETS["paper"]
+    always = Augmentation(**{**paper.__dict__, "rotation_p": 1.0, "shift_p": 1.0, "elastic_p": 1.0})
+    rng = np.random.default_rng(35)
+    shape = (100, 60)
+    angles, shifts, peaks = [], [], []
+    for _ in range(300):
+        w = always.draw_warp(shape, rng)
+        angles.append(w.angle_deg)
+        shifts.append(np.abs(np.array(w.shift_px)) / np.array(shape))
+        peaks.append(np.sqrt((w.displacement**2).sum(axis=0)).max())
+    angles, shifts = np.array(angles), np.array(shifts)
+    assert angles.min() >= -30 and angles.max() <= 30 and angles.min() < -25 and angles.max() > 25
+    assert shifts.min() >= 0.01 - 1e-9 and shifts.max() <= 0.05 + 1e-9
+    assert max(peaks) <= paper.elastic_px + 1e-9
+    # with probability 0.5 each transform is skipped
+    rng = np.random.default_rng(1)
+    skipped = sum(paper.draw_warp(shape, rng).angle_deg == 0 for _ in range(400))
+    assert 150 < skipped < 250
+
+
+def test_elastic_displacement_is_smooth_and_bounded():
+    field = elastic_displacement((120, 90), 4.0, 20.0, np.random.default_rng(0))
+    magnitude = np.sqrt((field**2).sum(axis=0))
+    assert np.isclose(magnitude.max(), 4.0)
+    assert np.abs(np.diff(field, axis=1)).max() < 0.25  # neighbours move together: local stretch < 25 %
+    image, labels = _blob()
+    _, warped = warp(image, labels, Warp(displacement=elastic_displacement(labels.shape, 4.0, 20.0, np.random.default_rng(3))))
+    for value in (1, 2):
+        assert abs((warped == value).sum() / (labels == value).sum() - 1) < 0.2
+
+
+def test_labels_are_never_interpolated():
+    image, labels = _blob()
+    rng = np.random.default_rng(7)
+    for _ in range(10):
+        _, out = PRESETS["paper"].spatial(image, labels, rng)
+        assert set(np.unique(out)) <= {0, 1, 2}
+        assert out.dtype == labels.dtype
+
+
+def test_contrast_and_gamma_keep_the_range_and_the_order_of_intensities():
+    image = np.linspace(0, 1, 400, dtype=np.float32).reshape(20, 20)
+    strong = Augmentation(contrast=(1.25, 1.25), contrast_p=1.0, gamma=(1.5, 1.5), gamma_p=1.0)
+    out = strong.intensity(image, np.random.default_rng(0))
+    assert out.min() >= 0 and out.max() <= 1 and out.dtype == np.float32
+    assert np.all(np.diff(out.ravel()) >= 0)  # monotone: anatomy keeps its relative brightness
+    assert not np.allclose(out, image)
+
+
+def test_same_seed_same_sample_other_seed_other_sample():
+    image, labels = _blob()
+    paper = PRESETS["paper"]
+
+    def sample(seed):
+        rng = np.random.default_rng(seed)
+        a, b = paper.spatial(image, labels, rng)
+        return paper.intensity(a, rng), b
+
+    first, again, other = sample(35), sample(35), sample(36)
+    assert np.array_equal(first[0], again[0]) and np.array_equal(first[1], again[1])
+    assert not np.array_equal(first[0], other[0])
+
+
+@pytest.mark.parametrize("name", ["light", "paper", "none"])
+def test_presets_run(name):
+    image, labels = _blob()
+    out, out_labels = PRESETS[name].spatial(image, labels, np.random.default_rng(0))
+    assert out.shape == image.shape and out_labels.shape == labels.shape
+    if name == "none":
+        assert np.array_equal(out, image) and np.array_equal(PRESETS[name].intensity(out, np.random.default_rng(0)), image)

@@ -1,0 +1,309 @@
+"""The training package on real dev data: it learns, resumes bit-exactly (also after a kill),
+runs data-parallel with the same result as one process, and every data adapter reads
+what its source means. Runs are tiny (few steps, small crops, one subject, 1 thread)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import scipy.io
+import torch
+
+from VerdiffSegmentLib.inferers.sagittal import from_sagittal_stack, sagittal_reference
+from VerdiffSegmentLib.metrics import dice
+from VerdiffSegmentLib.networks import VerdiffNet
+from VerdiffSegmentLib.schedulers import PriorShiftedScheduler
+from training import datasets
+from training.augment import PRESETS
+from training.configs import MR_VALIDATION, RECIPES, RunConfig, load_config, recipe_config
+from training.labels import LabelScheme
+from training.sampler import SliceSampler
+from training.splits import split_subjects
+from training.train import DiffusionStep, TrainOptions, train
+
+from conftest import MODELS, REPO
+
+TINY = (8, 16, 32)
+TINY_ARGS = ["--crop", "48", "--batch-size", "2", "--threads", "1", "--limit", "1", "--channels", "8,16,32", "--augmentation", "paper", "--no-tensorboard", "--log-every", "1"]
+
+
+def tiny_options(**changes) -> TrainOptions:
+    """The settings TINY_ARGS give on the command line."""
+    base = dict(batch_size=2, crop=48, limit=1, augmentation="paper", tensorboard=False, log_every=1, checkpoint_every=100)
+    return TrainOptions(**{**base, **changes})
+
+
+def mr_run() -> RunConfig:
+    return recipe_config("verdiff-mr", channels=TINY)
+
+
+def load_weights(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def log_rows(run_dir):
+    with open(run_dir / "log.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Bit-exact comparisons need the same thread count in every run (the CLI runs use --threads 1)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, data_dir):
+    """A 10-step run without interruption: the reference of the resume tests."""
+    out = tmp_path_factory.mktemp("uninterrupted")
+    train(mr_run(), data_dir, out, tiny_options(steps=10))
+    return out
+
+
+# -- the loop ----------------------------------------------------------------------------
+def test_a_tiny_model_trained_a_few_steps_lowers_the_loss(tmp_path, data_dir):
+    """Loss on a fixed batch of real MR slices (fixed timesteps and noise) before and after 40 steps."""
+    run = mr_run()
+    train(run, data_dir, tmp_path, TrainOptions(steps=40, batch_size=4, crop=64, limit=1, augmentation="none", tensorboard=False))
+    cases, _ = datasets.training_cases(run, data_dir, limit=1)
+    image, mask = SliceSampler(cases, 64, seed=123, augmentation=PRESETS["none"]).batch(8)
+    t = torch.linspace(0, 999, 8).long()
+    noise = torch.randn(mask.shape, generator=torch.Generator().manual_seed(0))
+
+    def fixed_batch_loss(network):
+        with torch.no_grad():
+            return DiffusionStep(network.train(), PriorShiftedScheduler())(image, mask, t, noise)["total"].item()
+
+    torch.manual_seed(35)  # the run's initial weights
+    initial = VerdiffNet(channels=TINY)
+    trained = VerdiffNet(channels=TINY)
+    trained.load_state_dict(load_weights(tmp_path / "model.pt"))
+    before, after = fixed_batch_loss(initial), fixed_batch_loss(trained)
+    assert after < 0.75 * before, (before, after)
+
+
+def test_resume_continues_bit_exactly(tmp_path, data_dir, uninterrupted):
+    first = train(mr_run(), data_dir, tmp_path, tiny_options(steps=10, stop_after=4))
+    assert first.name == "checkpoint.pt" and not (tmp_path / "model.pt").exists()
+    train(mr_run(), data_dir, tmp_path, tiny_options(steps=10, resume=True))
+    reference, resumed = load_weights(uninterrupted / "model.pt"), load_weights(tmp_path / "model.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+    assert [r["step"] for r in log_rows(tmp_path)] == [str(s) for s in range(1, 11)]
+    assert log_rows(tmp_path)[-1]["total"] == log_rows(uninterrupted)[-1]["total"]
+
+
+def test_a_killed_run_resumes_bit_exactly(tmp_path, data_dir, uninterrupted):
+    """SIGKILL a CLI run at an arbitrary moment after its first checkpoint (one per step, written
+    atomically), then resume: the weights equal the uninterrupted run's."""
+    command = [sys.executable, "-m", "training", "train", "verdiff-mr", "--out", str(tmp_path), "--data", str(data_dir), "--steps", "10", "--checkpoint-every", "1", *TINY_ARGS]
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while not (tmp_path / "checkpoint.pt").exists() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.15)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "model.pt").exists()
+    killed_at = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["progress"]["step"]
+    assert 1 <= killed_at < 10
+    train(mr_run(), data_dir, tmp_path, tiny_options(steps=10, resume=True, checkpoint_every=1))
+    reference, resumed = load_weights(uninterrupted / "model.pt"), load_weights(tmp_path / "model.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_init_starts_from_an_earlier_runs_weights(tmp_path, data_dir, uninterrupted):
+    """``--init``: a second stage starts from the first stage's weights (lr 0 keeps them as they are)."""
+    train(mr_run(), data_dir, tmp_path, tiny_options(steps=1, lr=0.0, init=str(uninterrupted / "model.pt")))
+    earlier, now = load_weights(uninterrupted / "model.pt"), load_weights(tmp_path / "model.pt")
+    assert all(torch.equal(earlier[k], now[k]) for k in earlier if "running" not in k and "num_batches" not in k)
+
+
+def test_resume_refuses_other_settings(tmp_path, data_dir):
+    train(mr_run(), data_dir, tmp_path, tiny_options(steps=3, stop_after=1))
+    with pytest.raises(ValueError, match="lr"):
+        train(mr_run(), data_dir, tmp_path, tiny_options(steps=3, resume=True, lr=5e-4))
+
+
+def test_a_diverging_loss_stops_naming_the_step(tmp_path, data_dir):
+    with pytest.raises(FloatingPointError, match=r"not finite at step \d+"):
+        train(mr_run(), data_dir, tmp_path, tiny_options(steps=5, lr=1e12, clip_grad=0))
+
+
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir):
+    """torchrun, 2 CPU processes (gloo) x batch 2 against 1 process x batch 4: both ranks end with
+    identical weights, the first step's loss is the same global batch's, and the weights differ
+    from the single process's by under 2 % of the update (float summation order; a run that saw
+    only one rank's shard differs by ~14 %)."""
+    ddp, single = tmp_path / "ddp", tmp_path / "single"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training", "train", "verdiff-mr",
+               "--out", str(ddp), "--data", str(data_dir), "--steps", "3", "--lr", "1e-4", *TINY_ARGS]
+    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((ddp / "summary.json").read_text())
+    assert summary["world_size"] == 2 and len(summary["rank_weight_sha256"]) == 2
+    assert summary["rank_weight_sha256"][0] == summary["rank_weight_sha256"][1]
+    assert json.loads((ddp / "run.json").read_text())["settings"]["global_batch"] == 4
+    assert "torchrun --nnodes 1 --nproc_per_node 2" in (ddp / "command.txt").read_text()
+
+    train(mr_run(), data_dir, single, tiny_options(steps=3, lr=1e-4, batch_size=4))
+    assert float(log_rows(ddp)[0]["total"]) == pytest.approx(float(log_rows(single)[0]["total"]), rel=1e-5)
+    torch.manual_seed(35)
+    initial = VerdiffNet(channels=TINY).state_dict()
+    a, b = load_weights(ddp / "model.pt"), load_weights(single / "model.pt")
+
+    def distance(x, y):
+        return math.sqrt(sum(float(((x[k].double() - y[k].double()) ** 2).sum()) for k in x if x[k].is_floating_point()))
+
+    assert distance(a, b) < 0.02 * distance(b, initial)
+
+
+# -- data adapters -------------------------------------------------------------------------
+def _inside_quadrilateral(points: np.ndarray, shape) -> np.ndarray:
+    """Pixel centres inside the convex quadrilateral TL, TR, BR, BL (cross-product signs):
+    an independent rasterisation to check the adapter's polygon fill."""
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]]
+    corners = points[[0, 1, 3, 2]]  # TL, TR, BR, BL
+    signs = []
+    for (x0, y0), (x1, y1) in zip(corners, np.roll(corners, -1, axis=0)):
+        signs.append((x1 - x0) * (rows - y0) - (y1 - y0) * (cols - x0))
+    signs = np.stack(signs)
+    return (signs >= 0).all(axis=0) | (signs <= 0).all(axis=0)
+
+
+def test_aasce_mask_from_landmarks_fills_each_quadrilateral_with_its_level(data_dir):
+    name, image_path, mat_path = datasets.aasce_cases(data_dir / "xray-aasce")[0]
+    image = sitk.ReadImage(str(image_path))
+    labels = sitk.GetArrayFromImage(datasets.aasce_mask(image, mat_path))
+    points = scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)
+    assert set(np.unique(labels)) == set(range(18))
+    union = np.zeros(labels.shape, bool)
+    rows = []
+    for level, quad in enumerate(points, start=1):
+        inside = _inside_quadrilateral(quad, labels.shape)
+        union |= inside
+        assert np.mean(labels[inside] == level) > 0.9  # overlaps with neighbours aside
+        rows.append(np.nonzero(labels == level)[0].mean())
+    assert dice(labels > 0, union) > 0.97
+    assert np.all(np.diff(rows) > 0)  # T1 at the top, L5 at the bottom
+
+
+def test_aasce_items_are_grouped_by_patient_and_split_without_leaks(data_dir):
+    items = datasets.aasce_items(data_dir / "xray-aasce")
+    by_name = {item.name: item.subject for item in items}
+    assert by_name["sunhl-1th-02-Jan-2017-162 A AP"] == by_name["sunhl-1th-02-Jan-2017-162 B AP"] == "patient-162"
+    assert by_name["sunhl-1th-03-Jan-2017-165 A AP"] == by_name["sunhl-1th-04-Jan-2017-165 C AP"]
+    split = split_subjects([item.subject for item in items], seed=35, validation=0.1, test=0.1)
+    assert split == split_subjects([item.subject for item in items], seed=35, validation=0.1, test=0.1)
+    assert split["validation"] != split_subjects([item.subject for item in items], seed=36, validation=0.1, test=0.1)["validation"]
+    for a, b in (("train", "validation"), ("train", "test"), ("validation", "test")):
+        assert not set(split[a]) & set(split[b])
+    assert len(split["validation"]) == len(split["test"]) == len({i.subject for i in items}) // 10
+
+
+def test_aasce_per_level_labels_on_the_network_grid(data_dir):
+    item = datasets.aasce_items(data_dir / "xray-aasce")[0]
+    recipe = RECIPES["verdiff-xray"]
+    levels = LabelScheme("levels", tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6)))
+    case = datasets.load_case(item, levels, recipe["spacing_mm"], recipe["normalisation"])
+    binary = datasets.load_case(item, LabelScheme(), recipe["spacing_mm"], recipe["normalisation"])
+    assert case.images.shape[0] == 1 and 0 <= case.images.min() and case.images.max() <= 1
+    assert set(np.unique(case.labels)) == set(range(18)) and levels.num_classes == 17
+    assert np.array_equal(case.labels > 0, binary.labels == 1)
+
+
+def test_mr_labels_1_to_5_are_lumbar_bodies_on_the_inference_grid(data_dir):
+    recipe = RECIPES["verdiff-mr"]
+    item = datasets.mr_item(data_dir, "VB3_01")
+    levels = LabelScheme("levels", ("L1", "L2", "L3", "L4", "L5"))
+    case = datasets.load_case(item, levels, recipe["spacing_mm"], recipe["normalisation"])
+    assert set(np.unique(case.labels)) == set(range(6))
+    rows = [np.nonzero(case.labels == k)[1].mean() for k in range(1, 6)]
+    assert np.all(np.diff(rows) > 0)  # rows run superior to inferior: L1 above L5
+    # Back on the input grid, as the pipeline maps its results, the labels are the source's.
+    image, truth = datasets.truth_on_image_grid(item, levels)
+    back = from_sagittal_stack(case.labels, sagittal_reference(image, recipe["spacing_mm"]), image, is_label=True)
+    assert dice(sitk.GetArrayFromImage(back) > 0, truth > 0) > 0.9
+    assert np.array_equal(truth, sitk.GetArrayFromImage(sitk.ReadImage(str(item.labels))))
+
+
+def test_ct_chest_totalsegmentator_ids_29_to_46_are_the_vertebrae_c5_to_l3(data_dir):
+    recipe = RECIPES["verdiff-ct"]
+    item = datasets.ct_chest_item(data_dir)
+    levels = LabelScheme("levels")  # C1..L6 and T13: C5 = 5, L3 = 23
+    image, source = datasets.read_item(item)
+    reference = sagittal_reference(image, recipe["spacing_mm"])
+    from VerdiffSegmentLib.inferers.sagittal import to_sagittal_stack
+
+    ids = to_sagittal_stack(source, reference, recipe["spacing_mm"], is_label=True)
+    case = datasets.slice_case(item.name, image, source, item.source, levels, recipe["spacing_mm"], recipe["normalisation"])
+    assert np.array_equal(case.labels > 0, np.isin(ids, range(29, 47)))  # organs and ribs are background
+    present = [levels.levels[v - 1] for v in np.unique(case.labels) if v]
+    assert present == ["C5", "C6", "C7"] + [f"T{i}" for i in range(1, 13)] + ["L1", "L2", "L3"]
+    assert np.nonzero(case.labels == levels.value_of("C5"))[1].mean() < np.nonzero(case.labels == levels.value_of("L3"))[1].mean()
+
+
+def test_ct_abdomen_binary_labels_leave_out_s1_as_the_recipe_does(data_dir):
+    recipe = RECIPES["verdiff-ct"]
+    item = datasets.ct_abdomen_item(data_dir)
+    image, truth = datasets.truth_on_image_grid(item, LabelScheme())
+    source = sitk.GetArrayFromImage(sitk.ReadImage(str(item.labels)))
+    assert np.array_equal(truth > 0, np.isin(source, range(27, 34)))
+    assert (source == 26).any() and not truth[source == 26].any()
+    assert recipe_config("verdiff-ct").labels.levels[-1] == "L5"
+
+
+def test_recipe_splits_are_unchanged(data_dir):
+    """The bundled recipes hold out what their cards say."""
+    _, mr = datasets.training_cases(recipe_config("verdiff-mr"), data_dir, limit=2)
+    assert mr == {"train": ["VB3_01", "VB3_02"], "validation": ["VB3_17", "VB3_18", "VB3_20"]} and MR_VALIDATION == mr["validation"]
+    _, xray = datasets.training_cases(recipe_config("verdiff-xray"), data_dir, limit=0)
+    card = json.loads((MODELS / "verdiff-xray.json").read_text()) if (MODELS / "verdiff-xray.json").exists() else None
+    if card is not None:
+        assert xray["validation"] == card["training"]["split"]["validation"]
+    assert len(xray["validation"]) == 48
+
+
+def test_a_toml_config_describes_data_sets_labels_and_split(tmp_path, data_dir):
+    config = tmp_path / "run.toml"
+    config.write_text(
+        """
+name = "mr-levels"
+recipe = "verdiff-mr"
+channels = [8, 16, 32]
+labels = { scheme = "levels" }
+[split]
+seed = 35
+validation_subjects = ["VB3_03"]
+[[datasets]]
+images = "mr-lumbar-vb3/*_img.nii.gz"
+labels = "mr-lumbar-vb3/*_seg.nii.gz"
+source = "lumbar-1-5"
+include = ["VB3_01", "VB3_02", "VB3_03"]
+"""
+    )
+    run = load_config(config)
+    assert run.labels.levels == ("L1", "L2", "L3", "L4", "L5") and run.labels.num_classes == 5
+    assert [label["name"] for label in run.card_labels] == [f"L{i} vertebral body" for i in range(1, 6)]
+    out = tmp_path / "run"
+    train(run, data_dir, out, tiny_options(steps=2, limit=None))
+    split = json.loads((out / "split.json").read_text())
+    assert split["train"] == ["VB3_01", "VB3_02"] and split["validation"] == ["VB3_03"]
+    assert load_weights(out / "model.pt")["denoiser.head.2.weight"].shape[0] == 5  # one channel per level
+    config.write_text(config.read_text().replace('source = "lumbar-1-5"', 'source = "lumbar-1-5"\nspacing = 2'))
+    with pytest.raises(ValueError, match="unknown keys"):
+        load_config(config)
+    with pytest.raises(ValueError, match="unknown label source"):
+        RunConfig.from_dict({"recipe": "verdiff-mr", "datasets": [{"images": "a/*.nii", "labels": "b/*.nii", "source": "verse2"}]})

@@ -1,0 +1,90 @@
+"""``export`` and ``evaluate`` on a tiny run: the card's sha256, fp16 weights that load with
+``weights_only=True`` through ``models.load_network``, and Dice/IoU/HD95/NSD figures."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from VerdiffSegmentLib.models import get_card, load_network, sha256_of
+from training.__main__ import main
+from training.configs import RunConfig, recipe_config
+from training.evaluate import unseen_patient_figures
+from training.export import training_command
+from training.train import TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_dir):
+    """Three steps on VB3_01, VB3_17 held out: a model to export, not a good one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run = RunConfig.from_dict(
+        {
+            "name": "tiny-mr",
+            "recipe": "verdiff-mr",
+            "channels": [8, 16, 32],
+            "split": {"validation_subjects": ["VB3_17"]},
+            "datasets": [{"images": "mr-lumbar-vb3/*_img.nii.gz", "labels": "mr-lumbar-vb3/*_seg.nii.gz", "source": "lumbar-1-5", "include": ["VB3_01", "VB3_17"]}],
+        }
+    )
+    out = tmp_path_factory.mktemp("run")
+    train(run, data_dir, out, TrainOptions(steps=3, batch_size=2, crop=48, tensorboard=False))
+    yield out
+    torch.set_num_threads(threads)
+
+
+def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_run, data_dir, capsys):
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1"])
+    card = json.loads((tmp_path / "tiny-mr.json").read_text())
+    assert card["sha256"] == sha256_of(tmp_path / "tiny-mr.pt")
+    export = card["export"]
+    assert export["precision"] == ("fp16" if export["fp16_dice_mean"] >= export["fp32_dice_mean"] - export["tolerance"] else "fp32")
+    state = torch.load(tmp_path / "tiny-mr.pt", weights_only=True)
+    expected = torch.float16 if export["precision"] == "fp16" else torch.float32
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {expected}
+    network = load_network(get_card("tiny-mr", tmp_path))
+    assert all(p.dtype == torch.float32 for p in network.parameters())
+    validation = card["validation"]
+    assert [c["case"] for c in validation["cases"]] == ["VB3_17"] and validation["units"] == "mm"
+    for key in ("dice_mean", "iou_mean", "nsd_mean", "dice_sd"):
+        assert 0 <= validation[key] <= 1
+    assert card["training"]["split"]["validation"] == ["VB3_17"] and card["training"]["config"]["name"] == "tiny-mr"
+    assert card["defaults"] == {"steps": 1, "ensemble": 1} and card["network"]["channels"] == [8, 16, 32]
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["dice_mean"] == validation["dice_mean"]
+
+
+def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, data_dir, capsys):
+    out = tmp_path / "figures.json"
+    main(["evaluate", "--run", str(tiny_run), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--out", str(out)])
+    result = json.loads(out.read_text())
+    assert result["evaluated_on"] == "validation split" and len(result["cases"]) == 1
+    row = result["cases"][0]
+    assert set(row) >= {"case", "dice", "iou", "hd95", "nsd"}
+    assert row["hd95"] is None or row["hd95"] > 0  # mm
+    capsys.readouterr()
+    main(["evaluate", "--run", str(tiny_run), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--images", "mr-lumbar-vb3/*_img.nii.gz",
+          "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5", "--limit", "1"])
+    folder = json.loads(capsys.readouterr().out)
+    assert folder["cases"][0]["case"] == "VB3_01" and folder["evaluated_on"].startswith("folder")
+
+
+def test_a_second_stage_card_records_both_commands(tmp_path):
+    first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
+    first.mkdir(parents=True)
+    second.mkdir()
+    (first / "command.txt").write_text("python -m training train verdiff-xray --out runs/a --steps 10\n")
+    (second / "command.txt").write_text("python -m training train verdiff-xray --out runs/b --init runs/a/model.pt --steps 5\n")
+    assert training_command(second) == "python -m training train verdiff-xray --out runs/a --steps 10 && python -m training train verdiff-xray --out runs/b --init runs/a/model.pt --steps 5"
+
+
+def test_xray_recipe_reports_held_out_images_of_unseen_patients_apart():
+    split = {"train": ["sunhl-1th-02-Jan-2017-162 B AP", "sunhl-1th-20-Jul-2016-coronal1"]}
+    result = {"cases": [{"case": "sunhl-1th-02-Jan-2017-162 A AP", "dice": 0.9}, {"case": "sunhl-1th-05-Jan-2017-167 A AP", "dice": 0.7},
+                        {"case": "sunhl-1th-20-Jul-2016-coronal2", "dice": 0.5}]}
+    figures = unseen_patient_figures(result, recipe_config("verdiff-xray"), split)
+    assert figures == {"unseen_patients": 2, "dice_mean_unseen_patients": 0.6, "dice_sd_unseen_patients": 0.1}
+    assert unseen_patient_figures(result, recipe_config("verdiff-mr"), split) == {}

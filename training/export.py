@@ -1,0 +1,128 @@
+"""Export of a run's weights with their model card into ``Resources/Models``.
+
+The weights exported are the run's best by validation Dice (``best.pt``) when it
+validated during training, else its final ``model.pt``. The card records the data, the
+split, the label scheme, the exact training command and configuration, the sha256 of the
+weights, and validation figures computed through the card itself (the same ``segment``
+path users run, loading the file users load).
+
+fp16: half-precision weights halve the file; they are shipped when their validation Dice
+is not lower than the fp32 weights' by more than ``tolerance`` (0.001, the card's last
+digit); otherwise fp32 is kept. Both figures are written to the card under ``export``.
+``models.load_network`` casts fp16 weights to float32 on load, so inference is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from VerdiffSegmentLib.models import ModelCard, sha256_of
+from VerdiffSegmentLib.networks import VerdiffNet
+
+from .checkpoint import atomic_save, load_weights
+from .configs import RECIPES, RunConfig, recipe_config
+from .evaluate import card_data, evaluate, split_cases, unseen_patient_figures
+
+FP16_TOLERANCE = 0.001
+
+
+def run_config_of_run(run_dir: Path, model: str | None = None) -> RunConfig:
+    """The run's config (``run.json``); runs from before it existed are their bundled recipe."""
+    path = Path(run_dir) / "run.json"
+    if path.exists():
+        run = RunConfig.from_dict(json.loads(path.read_text())["config"], str(path))
+        if model and model != run.name:
+            raise ValueError(f"{run_dir} trained model {run.name!r}, not {model!r}")
+        return run
+    if model not in RECIPES:
+        raise ValueError(f"{run_dir} has no run.json; name its bundled recipe ({', '.join(RECIPES)})")
+    return recipe_config(model)
+
+
+def run_weights(run_dir: Path) -> Path:
+    best = Path(run_dir) / "best.pt"
+    return best if best.exists() else Path(run_dir) / "model.pt"
+
+
+def training_command(run_dir: Path) -> str | None:
+    """The run's command; a run started ``--init`` from another run's weights is preceded by that
+    run's command, so the card holds the whole recipe from random weights."""
+    path = Path(run_dir) / "command.txt"
+    if not path.exists():
+        return None
+    command = path.read_text().strip()
+    words = command.split()
+    if "--init" in words:
+        earlier = Path(words[words.index("--init") + 1]).parent
+        earlier = earlier if earlier.is_absolute() else Path(run_dir).parent.parent / earlier
+        return f"{training_command(earlier)} && {command}"
+    return command
+
+
+def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:
+    """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
+    weights = run_weights(run_dir)
+    card = ModelCard(Path(run_dir) / f"{run.name}.json", card_data(run, weights.name, sha256_of(weights), steps, ensemble))
+    network = VerdiffNet(**card.data["network"])
+    network.load_state_dict(load_weights(weights))
+    return card, network.eval()
+
+
+def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int, ensemble: int,
+           precision: str = "auto", tolerance: float = FP16_TOLERANCE, version: str = "0.1.0") -> dict:
+    """Write ``NAME.pt`` and ``NAME.json`` into ``models_dir``; returns the card."""
+    run_dir, models_dir = Path(run_dir), Path(models_dir)
+    run = run_config_of_run(run_dir, model_name)
+    source = run_weights(run_dir)
+    state = load_weights(source)
+    split = json.loads((run_dir / "split.json").read_text())
+    run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").exists() else None
+    command = training_command(run_dir)
+    weights = models_dir / f"{run.name}.pt"
+    path = models_dir / f"{run.name}.json"
+
+    def write(dtype: torch.dtype) -> dict:
+        """Save the weights in ``dtype`` and their card; returns the card (no figures yet)."""
+        atomic_save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, weights)
+        card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version)
+        card["training"] = {
+            "data": run.recipe_settings["data"] if not run.datasets else "; ".join(d.get("images") or d.get("root") for d in run.datasets),
+            "split": split,
+            "command": command,
+            "config": run.to_dict(),
+            "label_scheme": run.labels.to_dict(),
+            "settings": run_info.get("settings"),
+            "weights_from": source.name + (f" (step {best['step']}, validation Dice {best['dice']})" if best and source.name == "best.pt" else ""),
+        }
+        card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."
+        path.write_text(json.dumps(card, indent=2))
+        return card
+
+    def validate(card: dict) -> dict:
+        """Figures through the card on disk: the weights file users load, the path they run."""
+        figures = evaluate(ModelCard(path, card), split_cases(run, data_root, split), steps, ensemble, seed=0)
+        figures.update(unseen_patient_figures(figures, run, split))
+        figures["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0}
+        return figures
+
+    card = write(torch.float32)
+    card["validation"] = validate(card)
+    card["export"] = {"precision": "fp32"}
+    if precision in ("auto", "fp16"):
+        half = write(torch.float16)
+        half["validation"] = validate(half)
+        fp32_dice, fp16_dice = card["validation"]["dice_mean"], half["validation"]["dice_mean"]
+        keep_half = precision == "fp16" or fp16_dice >= fp32_dice - tolerance
+        if keep_half:
+            card = half
+        else:
+            validation = card["validation"]
+            card = write(torch.float32)  # the same fp32 tensors as validated above
+            card["validation"] = validation
+        card["export"] = {"precision": "fp16" if keep_half else "fp32", "fp32_dice_mean": fp32_dice, "fp16_dice_mean": fp16_dice, "tolerance": tolerance}
+    path.write_text(json.dumps(card, indent=2))
+    return card

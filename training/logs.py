@@ -1,0 +1,91 @@
+"""Run logs: ``log.csv`` (training losses), ``validation.csv``, TensorBoard events and a
+plain-text progress bar on stdout.
+
+Both CSVs are appended to and flushed row by row; on resume, rows after the checkpoint's
+step are dropped (they belong to the steps about to be redone), and TensorBoard is told
+to purge them likewise. TensorBoard needs the ``tensorboard`` package; without it the
+run writes the CSVs only and says so once.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from pathlib import Path
+
+TRAIN_COLUMNS = ["step", "total", "simple", "bce", "prior", "seconds", "lr", "grad_norm"]
+VALIDATION_COLUMNS = ["step", "dice", "iou", "best_dice", "best_step", "seconds"]
+
+
+def _truncate_csv(path: Path, columns: list[str], after_step: int) -> None:
+    """Keep the header and the complete rows up to ``after_step``."""
+    if not path.exists() or after_step == 0:
+        path.write_text(",".join(columns) + "\n")
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    # A row cut short by a kill has fewer fields: dropped with the rows after the checkpoint.
+    kept = [columns] + [row for row in rows[1:] if len(row) == len(columns) and int(row[0]) <= after_step]
+    with open(path, "w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+class RunLog:
+    """Writes nothing unless ``enabled`` (rank 0 of a distributed run writes for all)."""
+
+    def __init__(self, out_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True, tensorboard: bool = True):
+        self.enabled, self.total_steps, self.start_step = enabled, total_steps, start_step
+        self.started = time.time()
+        self.tensorboard = None
+        if not enabled:
+            return
+        self.train_path, self.validation_path = Path(out_dir) / "log.csv", Path(out_dir) / "validation.csv"
+        _truncate_csv(self.train_path, TRAIN_COLUMNS, start_step)
+        _truncate_csv(self.validation_path, VALIDATION_COLUMNS, start_step)
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                print("TensorBoard is not installed (pip install tensorboard): writing CSV logs only", flush=True)
+            else:
+                self.tensorboard = SummaryWriter(str(Path(out_dir) / "tensorboard"), purge_step=start_step + 1)
+
+    def _append(self, path: Path, row: list) -> None:
+        with open(path, "a", newline="") as handle:
+            csv.writer(handle).writerow(row)
+
+    def train_row(self, step: int, losses: dict, lr: float, grad_norm: float, seconds: float) -> None:
+        if not self.enabled:
+            return
+        row = [step] + [round(losses[k], 5) for k in ("total", "simple", "bce", "prior")] + [round(seconds, 1), f"{lr:.3g}", round(grad_norm, 4)]
+        self._append(self.train_path, row)
+        if self.tensorboard:
+            for key in ("total", "simple", "bce", "prior"):
+                self.tensorboard.add_scalar(f"loss/{key}", losses[key], step)
+            self.tensorboard.add_scalar("lr", lr, step)
+            self.tensorboard.add_scalar("grad_norm", grad_norm, step)
+            self.tensorboard.flush()
+        self.progress(step, f"loss {losses['total']:.4f} lr {lr:.2e}")
+
+    def validation_row(self, step: int, result: dict, best_dice: float, best_step: int, seconds: float) -> None:
+        if not self.enabled:
+            return
+        self._append(self.validation_path, [step, result["dice_mean"], result["iou_mean"], best_dice, best_step, round(seconds, 1)])
+        if self.tensorboard:
+            self.tensorboard.add_scalar("validation/dice", result["dice_mean"], step)
+            self.tensorboard.add_scalar("validation/iou", result["iou_mean"], step)
+            self.tensorboard.flush()
+        print(f"validation at step {step}: Dice {result['dice_mean']:.4f} IoU {result['iou_mean']:.4f} (best {best_dice:.4f} at step {best_step})", flush=True)
+
+    def progress(self, step: int, text: str) -> None:
+        """``[#####.....] 125/1200  10%  loss ...  6.9 s/step  eta 2:03:40`` (one line per log step,
+        so it reads well in a log file too)."""
+        done = step / self.total_steps
+        per_step = (time.time() - self.started) / max(step - self.start_step, 1)
+        eta = int(per_step * (self.total_steps - step))
+        bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
+        print(f"[{bar}] {step}/{self.total_steps} {100 * done:3.0f}%  {text}  {per_step:.2f} s/step  eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}", flush=True)
+
+    def close(self) -> None:
+        if self.tensorboard:
+            self.tensorboard.close()

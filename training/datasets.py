@@ -28,11 +28,11 @@ import scipy.io
 import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
-from VerdiffSegmentLib.inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
+from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_stack
 from VerdiffSegmentLib.io import read_image
 from VerdiffSegmentLib.transforms import intensity_range, normalise
 
-from .configs import MR_VALIDATION, RECIPES, RunConfig
+from .configs import MR_VALIDATION, RunConfig
 from .labels import LabelScheme
 from .splits import split_subjects
 
@@ -197,13 +197,6 @@ def ct_abdomen_item(data_root: Path) -> Item:
     return Item("example_ct.nii.gz", "ct-abdomen", "volume", folder / "example_ct.nii.gz", folder / "example_ct_vertebrae.nii.gz", "totalsegmentator")
 
 
-def ct_validation_start(labels: np.ndarray) -> int:
-    """First held-out sagittal slice of the chest CT: the spine's median slice."""
-    per_slice = (labels > 0).reshape(labels.shape[0], -1).sum(axis=1)
-    cumulative = np.cumsum(per_slice)
-    return int(np.searchsorted(cumulative, cumulative[-1] / 2))
-
-
 def _recipe_training_cases(run: RunConfig, data_root: Path, seed: int, limit: int | None):
     recipe, scheme = run.recipe_settings, run.labels
     sp, norm = recipe["spacing_mm"], recipe["normalisation"]
@@ -259,8 +252,8 @@ def training_cases(run: RunConfig, data_root: Path, seed: int = 35, limit: int |
 
 def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = "validation", limit: int | None = None):
     """Yield (name, image, truth labels on the image grid, {report name: voxel selector or None},
-    image path) for the subjects of ``split[which]``. The CT recipe's held-out half is a voxel selector
-    on the one chest CT; its "whole" figure includes slices trained on and is reported apart."""
+    image path) for the subjects of ``split[which]``. The CT recipe's held-out subject is the
+    abdominal CT; the chest CT it trained on is reported apart ("trained on")."""
     if not run.datasets:
         if run.recipe == "verdiff-mr":
             # The recipe's own list: splits written by early runs also name a VB3_19 that does not exist.
@@ -283,14 +276,3 @@ def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = 
     for item in items[:limit]:
         image, truth = truth_on_image_grid(item, run.labels)
         yield item.name, image, truth, {item.name: None}, item.image
-
-
-def ct_held_out_selector(image: sitk.Image, data_root: Path, scheme: LabelScheme) -> np.ndarray:
-    """Boolean array on the chest CT grid: the voxels of the held-out sagittal slices."""
-    recipe = RECIPES["verdiff-ct"]
-    case = load_case(ct_chest_item(data_root), scheme, recipe["spacing_mm"], recipe["normalisation"])
-    start = ct_validation_start(case.labels)
-    reference = sagittal_reference(image, recipe["spacing_mm"])
-    held = np.zeros(case.labels.shape, np.uint8)
-    held[start:] = 1
-    return sitk.GetArrayFromImage(from_sagittal_stack(held, reference, image, is_label=True)) > 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from VerdiffSegmentLib.networks import DiffusionUNet, MultiScaleFusionModule, NoiseSemanticAdapter, VerdiffNet
+from VerdiffSegmentLib.networks.layers import DilatedDepthwiseConv2d
 
 
 def test_msfm_branch_weights_are_a_softmax_across_kernel_sizes():
@@ -30,6 +31,22 @@ def test_nsa_gates_its_input():
     assert module(x).shape == x.shape
     assert module.spatial.dilation == (3, 3) and module.spatial.kernel_size == (7, 7)
     assert module.spatial.groups == 16  # depthwise
+
+
+def test_phase_split_dilated_convolution_equals_the_dilated_one():
+    """The NSA's fast dilated depthwise convolution is exact, forward and backward, on sizes
+    that are and are not multiples of the dilation."""
+    torch.manual_seed(0)
+    conv = DilatedDepthwiseConv2d(6, 7, dilation=3)
+    for height, width in ((23, 40), (24, 24), (5, 7)):
+        x = torch.randn(2, 6, height, width, requires_grad=True)
+        reference = torch.nn.functional.conv2d(x, conv.weight, conv.bias, padding=9, dilation=3, groups=6)
+        out = conv(x)
+        assert torch.allclose(out, reference, atol=1e-5)
+        grads = torch.autograd.grad(out.square().sum(), [x, conv.weight])
+        reference_grads = torch.autograd.grad(reference.square().sum(), [x, conv.weight])
+        for grad, reference_grad in zip(grads, reference_grads):
+            assert torch.allclose(grad, reference_grad, atol=1e-3, rtol=1e-4)
 
 
 def test_verdiff_net_shapes_and_noncubic_inputs():

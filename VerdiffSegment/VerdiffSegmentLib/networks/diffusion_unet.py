@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, group_norm
+from .layers import DilatedDepthwiseConv2d, Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, group_norm
 
 
 class NoiseSemanticAdapter(nn.Module):
@@ -38,7 +38,7 @@ class NoiseSemanticAdapter(nn.Module):
             raise ValueError("fine_kernel must be 3 or 5")
         half = max(channels // 2, 1)
         self.fine = nn.Conv2d(channels, channels, fine_kernel, padding=fine_kernel // 2, groups=channels)
-        self.spatial = nn.Conv2d(channels, channels, 7, padding=9, dilation=3, groups=channels)
+        self.spatial = DilatedDepthwiseConv2d(channels, 7, dilation=3)
         self.reduce_fine = nn.Conv2d(channels, half, 1)
         self.reduce_spatial = nn.Conv2d(channels, half, 1)
         self.attention = nn.Conv2d(2, 2, 7, padding=3)

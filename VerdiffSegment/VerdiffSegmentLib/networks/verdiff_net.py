@@ -28,6 +28,9 @@ class Condition:
         """The same conditioning for n ensemble members, batched member-major."""
         return Condition(*(x.repeat(n, 1, 1, 1) for x in (self.prior, self.prior_logits, self.image_features)))
 
+    def channels_last(self) -> "Condition":
+        return Condition(*(x.contiguous(memory_format=torch.channels_last) for x in (self.prior, self.prior_logits, self.image_features)))
+
 
 class VerdiffNet(nn.Module):
     """Args:

@@ -21,14 +21,14 @@ import torch
 from VerdiffSegmentLib.inferers.sagittal import from_sagittal_stack, sagittal_reference
 from VerdiffSegmentLib.metrics import dice
 from VerdiffSegmentLib.networks import VerdiffNet
-from VerdiffSegmentLib.schedulers import PriorShiftedScheduler
 from training import datasets
 from training.augment import PRESETS
 from training.configs import MR_VALIDATION, RECIPES, RunConfig, load_config, recipe_config
 from training.labels import LabelScheme
 from training.sampler import SliceSampler
 from training.splits import split_subjects
-from training.train import DiffusionStep, TrainOptions, train
+from training.objectives import objective_for
+from training.train import TrainOptions, train
 
 from conftest import MODELS, REPO
 
@@ -84,7 +84,7 @@ def test_a_tiny_model_trained_a_few_steps_lowers_the_loss(tmp_path, data_dir):
 
     def fixed_batch_loss(network):
         with torch.no_grad():
-            return DiffusionStep(network.train(), PriorShiftedScheduler())(image, mask, t, noise)["total"].item()
+            return objective_for("verdiff-net", network.train())(image, mask, t, noise)["total"].item()
 
     torch.manual_seed(35)  # the run's initial weights
     initial = VerdiffNet(channels=TINY)

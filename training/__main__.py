@@ -21,7 +21,9 @@ from pathlib import Path
 
 import torch
 
-from .configs import DEFAULT_CHANNELS, RECIPES, RunConfig, load_config, recipe_config
+from VerdiffSegmentLib.families import FAMILY_MODULES
+
+from .configs import DEFAULT_CHANNELS, DEFAULT_FAMILY, RECIPES, RunConfig, load_config, recipe_config
 from .labels import SCHEMES, SOURCES
 from .train import TrainOptions
 
@@ -52,6 +54,7 @@ def _train_parser(sub) -> None:
     data.add_argument("--validation-fraction", type=float, default=0.1)
     data.add_argument("--test-fraction", type=float, default=0.0)
     data.add_argument("--split-seed", type=int, default=35)
+    data.add_argument("--family", choices=sorted(FAMILY_MODULES), default=None, help="model family to train (default verdiff-net)")
     data.add_argument("--channels", type=_channels, default=None, help=f"network channels per level (default {','.join(map(str, DEFAULT_CHANNELS))})")
     loop = p.add_argument_group("the loop")
     defaults = TrainOptions()
@@ -88,10 +91,11 @@ def run_config_from_args(args) -> RunConfig:
     """The run's config from --config, from data set arguments, or from the recipe."""
     levels = args.levels.split(",") if args.levels else None
     if args.config:
-        if args.model or args.images or args.kind == "aasce":
-            raise ValueError("--config describes the whole run; do not also name a recipe or data sets")
+        if args.model or args.images or args.kind == "aasce" or args.family:
+            raise ValueError("--config describes the whole run; do not also name a recipe, a family or data sets")
         return load_config(args.config)
     channels = args.channels or DEFAULT_CHANNELS
+    family = args.family or DEFAULT_FAMILY
     if args.images or args.kind == "aasce":
         if not args.model:
             raise ValueError("name the recipe whose geometry and normalisation to use, e.g. 'train verdiff-mr --images ...'")
@@ -105,6 +109,7 @@ def run_config_from_args(args) -> RunConfig:
             {
                 "name": args.name or args.model,
                 "recipe": args.model,
+                "family": family,
                 "labels": {"scheme": args.label_scheme, **({"levels": levels} if levels else {})},
                 "datasets": [dataset],
                 "split": {"seed": args.split_seed, "validation": args.validation_fraction, "test": args.test_fraction},
@@ -114,7 +119,7 @@ def run_config_from_args(args) -> RunConfig:
         )
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
-    return recipe_config(args.model, args.label_scheme, levels, channels, args.name)
+    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family)
 
 
 def _command_line(argv) -> str:

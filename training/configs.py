@@ -18,6 +18,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from VerdiffSegmentLib.families import FAMILY_MODULES
+
 from .labels import LabelScheme, default_levels, source_levels
 
 if sys.version_info >= (3, 11):
@@ -62,13 +64,14 @@ DEFAULT_CHANNELS = (8, 16, 32, 64)
 DATASET_KINDS = ("volume", "aasce")
 _DATASET_KEYS = {"kind", "images", "labels", "source", "subject", "include", "root"}
 _SPLIT_KEYS = {"seed", "validation", "test", "validation_subjects", "test_subjects"}
-_TOP_KEYS = {"name", "recipe", "labels", "split", "datasets", "channels"}
+_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels"}
+DEFAULT_FAMILY = "verdiff-net"
 
 
 @dataclass
 class RunConfig:
     """What a run trains: a model name, the recipe it takes geometry and normalisation
-    from, the product's labels, and its data. No ``datasets``: the recipe's own data and
+    from, the model family (``VerdiffSegmentLib.families``), the product's labels, and its data. No ``datasets``: the recipe's own data and
     held-out split (above); otherwise the data sets are split by subject with ``split``.
     """
 
@@ -78,6 +81,7 @@ class RunConfig:
     datasets: list[dict] = field(default_factory=list)
     split: dict = field(default_factory=lambda: {"seed": 35, "validation": 0.1, "test": 0.0})
     channels: tuple[int, ...] = DEFAULT_CHANNELS
+    family: str = DEFAULT_FAMILY
 
     @property
     def recipe_settings(self) -> dict:
@@ -96,6 +100,7 @@ class RunConfig:
         return {
             "name": self.name,
             "recipe": self.recipe,
+            "family": self.family,
             "labels": self.labels.to_dict(),
             "datasets": self.datasets,
             "split": self.split,
@@ -125,7 +130,10 @@ class RunConfig:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise ValueError(f"{origin}: name {name!r} must be letters, digits, '.', '_' or '-' (it names files)")
         channels = tuple(int(c) for c in data.get("channels", DEFAULT_CHANNELS))
-        return cls(name, recipe, scheme, datasets, split, channels)
+        family = data.get("family", DEFAULT_FAMILY)
+        if family not in FAMILY_MODULES:
+            raise ValueError(f"{origin}: family must be one of {sorted(FAMILY_MODULES)}, got {family!r}")
+        return cls(name, recipe, scheme, datasets, split, channels, family)
 
 
 def _check_dataset(entry: dict, where: str) -> dict:
@@ -160,7 +168,7 @@ def load_config(path: Path) -> RunConfig:
     return RunConfig.from_dict(data, str(path))
 
 
-def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None) -> RunConfig:
-    """A bundled recipe as a config (its own data and held-out split)."""
+def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None, family: str = DEFAULT_FAMILY) -> RunConfig:
+    """A bundled recipe as a config (its own data and held-out split), for any model family."""
     labels = {"scheme": scheme, **({"levels": list(levels)} if levels else {})}
-    return RunConfig.from_dict({"name": name or model, "recipe": model, "labels": labels, "channels": list(channels)}, model)
+    return RunConfig.from_dict({"name": name or model, "recipe": model, "family": family, "labels": labels, "channels": list(channels)}, model)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.metrics import dice, hd95, iou, nsd
 from VerdiffSegmentLib.models import ModelCard, get_card
 from VerdiffSegmentLib.pipeline import segment
@@ -41,19 +42,24 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
     """A model card for ``run``'s network (the same fields ``export`` writes)."""
     recipe = run.recipe_settings
     channels = list(run.channels)
-    return {
+    family = get_family(run.family)
+    card = {
         "name": run.name,
-        "family": "verdiff-net",
+        "family": run.family,
         "version": version,
         "modality": recipe["modality"],
         "weights": weights_name,
         "sha256": sha256,
         "labels": run.card_labels,
-        "network": {"in_channels": 1, "num_classes": run.labels.num_classes, "channels": channels, "time_dim": 64},
-        "scheduler": {"num_train_timesteps": 1000, "beta_schedule": "linear"},
+        "network": {"in_channels": 1, "num_classes": run.labels.num_classes, "channels": channels, **family.network_defaults},
+        "scheduler": dict(family.scheduler_config),
         "input": {"spacing_mm": recipe["spacing_mm"], "spacing_note": "pixel units for 2D images without spacing", "normalisation": recipe["normalisation"], "pad_multiple": 2 ** (len(channels) - 1)},
         "defaults": {"steps": steps, "ensemble": ensemble},
     }
+    if family.scheduler is None:  # deterministic: no sampling settings to record
+        del card["scheduler"]
+        card["defaults"] = {"steps": family.default_steps, "ensemble": family.default_ensemble}
+    return card
 
 
 def run_config_of_card(card: ModelCard) -> RunConfig:

@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 
 from VerdiffSegmentLib.models import ModelCard, sha256_of
-from VerdiffSegmentLib.networks import VerdiffNet
 
 from .checkpoint import atomic_save, load_weights
 from .configs import RECIPES, RunConfig, recipe_config
@@ -66,7 +65,7 @@ def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[
     """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
     weights = run_weights(run_dir)
     card = ModelCard(Path(run_dir) / f"{run.name}.json", card_data(run, weights.name, sha256_of(weights), steps, ensemble))
-    network = VerdiffNet(**card.data["network"])
+    network = card.family.network(**card.data["network"])
     network.load_state_dict(load_weights(weights))
     return card, network.eval()
 

@@ -13,7 +13,11 @@ import csv
 import time
 from pathlib import Path
 
-TRAIN_COLUMNS = ["step", "total", "simple", "bce", "prior", "seconds", "lr", "grad_norm"]
+def train_columns(terms) -> list[str]:
+    """log.csv's columns for a family objective's loss terms."""
+    return ["step", *terms, "seconds", "lr", "grad_norm"]
+
+
 VALIDATION_COLUMNS = ["step", "dice", "iou", "best_dice", "best_step", "seconds"]
 
 
@@ -33,14 +37,14 @@ def _truncate_csv(path: Path, columns: list[str], after_step: int) -> None:
 class RunLog:
     """Writes nothing unless ``enabled`` (rank 0 of a distributed run writes for all)."""
 
-    def __init__(self, out_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True, tensorboard: bool = True):
-        self.enabled, self.total_steps, self.start_step = enabled, total_steps, start_step
+    def __init__(self, out_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True, tensorboard: bool = True, terms=("total",)):
+        self.enabled, self.total_steps, self.start_step, self.terms = enabled, total_steps, start_step, tuple(terms)
         self.started = time.time()
         self.tensorboard = None
         if not enabled:
             return
         self.train_path, self.validation_path = Path(out_dir) / "log.csv", Path(out_dir) / "validation.csv"
-        _truncate_csv(self.train_path, TRAIN_COLUMNS, start_step)
+        _truncate_csv(self.train_path, train_columns(self.terms), start_step)
         _truncate_csv(self.validation_path, VALIDATION_COLUMNS, start_step)
         if tensorboard:
             try:
@@ -57,10 +61,10 @@ class RunLog:
     def train_row(self, step: int, losses: dict, lr: float, grad_norm: float, seconds: float) -> None:
         if not self.enabled:
             return
-        row = [step] + [round(losses[k], 5) for k in ("total", "simple", "bce", "prior")] + [round(seconds, 1), f"{lr:.3g}", round(grad_norm, 4)]
+        row = [step] + [round(losses[k], 5) for k in self.terms] + [round(seconds, 1), f"{lr:.3g}", round(grad_norm, 4)]
         self._append(self.train_path, row)
         if self.tensorboard:
-            for key in ("total", "simple", "bce", "prior"):
+            for key in self.terms:
                 self.tensorboard.add_scalar(f"loss/{key}", losses[key], step)
             self.tensorboard.add_scalar("lr", lr, step)
             self.tensorboard.add_scalar("grad_norm", grad_norm, step)

@@ -1,9 +1,9 @@
-"""The training loop for Verdiff-Net on 2D sagittal slices: one process or many (DDP), CPU or CUDA.
+"""The training loop of every model family on 2D sagittal slices: one process or many (DDP), CPU or CUDA.
 
-One step: draw a global batch of augmented crops (``sampler``), noise each mask around the
-conditional U-Net's prior at a random timestep (``PriorShiftedScheduler.add_noise``, eq. 5),
-predict the noise, and minimise ``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE +
-Dice), the core's own network, scheduler and loss.
+One step: draw a global batch of augmented crops (``sampler``) and the family objective's
+random inputs (timesteps, noise; ``objectives``), and minimise the objective's loss on the
+core's own network (``VerdiffSegmentLib.families``). Verdiff-Net's objective noises each
+mask around the conditional U-Net's prior (eq. 5) and minimises L_simple + BCE.
 
 Defaults are the bundled recipes' (so their recorded commands still mean what they did;
 the random stream is new, per-sample seeds for sharding, so a rerun does not reproduce the
@@ -38,10 +38,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from VerdiffSegmentLib.losses import verdiff_loss
+from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import ModelCard
-from VerdiffSegmentLib.networks import Condition, VerdiffNet
-from VerdiffSegmentLib.schedulers import PriorShiftedScheduler
 
 from .augment import PRESETS
 from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states
@@ -50,11 +48,9 @@ from .datasets import training_cases
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
 from .evaluate import card_data, evaluate, split_cases
 from .logs import RunLog
+from .objectives import objective_for
 from .sampler import SliceSampler
 from .splits import write_split
-
-LOSS_TERMS = ("total", "simple", "bce", "prior")
-
 
 @dataclass
 class TrainOptions:
@@ -90,32 +86,6 @@ class TrainOptions:
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
 RESUME_KEYS = ("steps", "batch_size", "crop", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
-
-
-class DiffusionStep(nn.Module):
-    """One training forward of Verdiff-Net returning its loss terms: a module, so that DDP
-    sees a single forward per step. The network runs under autocast (bf16 on CUDA when
-    asked); the noising, x0 and the loss stay in float32 (BCE is not autocast-safe)."""
-
-    def __init__(self, network: VerdiffNet, scheduler: PriorShiftedScheduler, autocast_dtype: torch.dtype | None = None):
-        super().__init__()
-        self.network, self.scheduler, self.autocast_dtype = network, scheduler, autocast_dtype
-
-    def forward(self, image, mask, t, noise) -> dict[str, torch.Tensor]:
-        autocast = torch.autocast(image.device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None)
-        with autocast:
-            condition = self.network.condition(image)
-        prior = condition.prior.detach().float()  # the shift is a fixed input of the diffusion, trained by its own loss
-        x_t = self.scheduler.add_noise(2 * mask - 1, prior, noise, t)
-        with autocast:
-            eps = self.network(x_t, t, Condition(prior, condition.prior_logits, condition.image_features))
-        eps = eps.float()
-        if not bool(torch.isfinite(eps).all() and torch.isfinite(condition.prior_logits).all()):
-            # Diverged weights: report NaN terms, which the loop stops on naming the step
-            # (the BCE would otherwise fail on its input range with an opaque message).
-            nan = torch.full((), float("nan"), device=eps.device)
-            return dict.fromkeys(("total", "simple", "bce", "prior"), nan)
-        return verdiff_loss(eps, noise, self.scheduler.predict_x0(x_t, eps, prior, t), mask, condition.prior_logits.float())
 
 
 def learning_rate_factor(options: TrainOptions):
@@ -183,14 +153,15 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
 
     num_classes = run.labels.num_classes
     sampler = SliceSampler(cases, options.crop, options.seed, PRESETS[options.augmentation], num_classes)
-    network = VerdiffNet(num_classes=num_classes, channels=run.channels)
+    family = get_family(run.family)
+    network = family.network(num_classes=num_classes, channels=run.channels, **family.network_defaults)
     if options.init:
         network.load_state_dict(load_weights(options.init))
     network = network.to(device)
     if world.distributed:
         use_global_batch_norm(network, world.batch_norm_group)
-    scheduler = PriorShiftedScheduler()
-    step_module = DiffusionStep(network, scheduler, amp_dtype)
+    step_module = objective_for(run.family, network, amp_dtype)
+    loss_terms = step_module.terms
     trainer = DistributedDataParallel(step_module, device_ids=[world.local_rank] if device.type == "cuda" else None) if world.distributed else step_module
     optimiser = make_optimiser(options, network.parameters())
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor(options))
@@ -253,18 +224,17 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
         if world.is_main:
             log.validation_row(step, result, progress["best_dice"], progress["best_step"], time.time() - started_at)
 
-    log = RunLog(out_dir, options.steps, progress["step"], enabled=world.is_main, tensorboard=options.tensorboard)
+    log = RunLog(out_dir, options.steps, progress["step"], enabled=world.is_main, tensorboard=options.tensorboard, terms=loss_terms)
     global_batch, shard = options.batch_size * world.size, world.shard(options.batch_size)
     start_step, started = progress["step"], time.time() - progress["seconds"]
     network.train()
     for step in range(start_step + 1, options.steps + 1):
         image, mask = sampler.batch(global_batch, shard)
-        t = torch.randint(0, scheduler.num_train_timesteps, (global_batch,), generator=noise_generator)[shard]
-        noise = torch.randn((global_batch, *mask.shape[1:]), generator=noise_generator)[shard]
-        losses = trainer(image.to(device), mask.to(device), t.to(device), noise.to(device))
-        terms = all_mean(world, torch.stack([losses[k].detach().float() for k in LOSS_TERMS]))
+        draws = {k: v[shard].to(device) for k, v in step_module.draw(global_batch, mask.shape[1:], noise_generator).items()}
+        losses = trainer(image.to(device), mask.to(device), **draws)
+        terms = all_mean(world, torch.stack([losses[k].detach().float() for k in loss_terms]))
         if not torch.isfinite(terms).all():
-            bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(LOSS_TERMS, terms.tolist()))
+            bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(loss_terms, terms.tolist()))
             raise FloatingPointError(f"loss is not finite at step {step} ({bad}); lower --lr, or check the data of this run")
         optimiser.zero_grad(set_to_none=True)
         losses["total"].backward()
@@ -274,7 +244,7 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
         lr_schedule.step()
         progress.update(step=step, seconds=round(time.time() - started, 3))
         if step % options.log_every == 0 or step == options.steps:
-            log.train_row(step, dict(zip(LOSS_TERMS, terms.tolist())), optimiser.param_groups[0]["lr"], grad_norm, time.time() - started)
+            log.train_row(step, dict(zip(loss_terms, terms.tolist())), optimiser.param_groups[0]["lr"], grad_norm, time.time() - started)
         if options.val_every and (step % options.val_every == 0 or step == options.steps):
             validate(step)
         stopping = progress["stopped_early"] or (options.stop_after is not None and step - start_step >= options.stop_after)

@@ -5,9 +5,8 @@ it names. The card's ``sha256`` must match the weights before anything is unpick
 weights load with ``torch.load(..., weights_only=True)``: a tampered or foreign file is a
 clear error, never code execution.
 
-Each card names its ``family``; a family ties a network class to its scheduler and
-sampler, so new families (VerseDiff-UNet, ImgX-DiffSeg, LDSeg, a U-Net baseline) plug in
-here without touching the pipeline.
+Each card names its ``family`` (``families``): the network class, scheduler and sampler
+its weights belong to.
 """
 
 from __future__ import annotations
@@ -21,19 +20,7 @@ from pathlib import Path
 import torch
 
 from .errors import VerdiffError
-from .inferers.ensemble import sample_ensemble
-from .networks import VerdiffNet
-from .schedulers import PriorShiftedScheduler
-
-
-@dataclass(frozen=True)
-class Family:
-    network: type
-    scheduler: type
-    sample: callable
-
-
-FAMILIES = {"verdiff-net": Family(VerdiffNet, PriorShiftedScheduler, sample_ensemble)}
+from .families import Family, get_family
 
 # Which card "auto" takes for each detected modality.
 AUTO_MODALITY = {"XR": "verdiff-xray", "CT": "verdiff-ct", "MR": "verdiff-mr"}
@@ -87,9 +74,9 @@ class ModelCard:
     @property
     def family(self) -> Family:
         try:
-            return FAMILIES[self.data["family"]]
-        except KeyError:
-            raise VerdiffError(f"model {self.name}: unknown family {self.data['family']!r}") from None
+            return get_family(self.data["family"])
+        except VerdiffError as error:
+            raise VerdiffError(f"model {self.name}: {error}") from None
 
     def summary(self) -> str:
         labels = "; ".join(f"{label['name']} ({label['covers']})" for label in self.labels)
@@ -151,4 +138,6 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
 
 
 def make_scheduler(card: ModelCard):
-    return card.family.scheduler(**card.data.get("scheduler", {}))
+    """The card's scheduler, or None for a deterministic family."""
+    family = card.family
+    return None if family.scheduler is None else family.scheduler(**card.data.get("scheduler", {}))

@@ -89,10 +89,13 @@ def segment(
     torch_device = resolve_device(device)
     check_image(image)
     scheduler = make_scheduler(card)
-    try:
-        scheduler.set_timesteps(steps)
-    except ValueError as error:
-        raise VerdiffError(str(error)) from None
+    if scheduler is None:  # a deterministic family: one pass, no samples
+        steps, ensemble = 0, 1
+    else:
+        try:
+            scheduler.set_timesteps(steps)
+        except ValueError as error:
+            raise VerdiffError(str(error)) from None
     network = network or load_network(card, torch_device)
     timings["load_model"] = time.perf_counter() - clock
 

@@ -2,6 +2,7 @@
 
 from .conditional_unet import ConditionalUNet, MultiScaleFusionModule
 from .diffusion_unet import DiffusionUNet, NoiseSemanticAdapter
+from .unet import UNetBaseline
 from .verdiff_net import Condition, VerdiffNet
 
-__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "VerdiffNet"]
+__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "UNetBaseline", "VerdiffNet"]

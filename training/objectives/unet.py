@@ -1,0 +1,34 @@
+"""The U-Net baseline's training step: BCE + soft Dice on its logits (the loss Verdiff-Net's
+prior is trained with, so the baseline and the prior learn the same thing)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from VerdiffSegmentLib.losses import soft_dice_loss
+
+from . import autocast, non_finite
+
+
+class Objective(nn.Module):
+    terms = ("total", "bce", "dice")
+
+    def __init__(self, network: nn.Module, autocast_dtype: torch.dtype | None = None):
+        super().__init__()
+        self.network, self.autocast_dtype = network, autocast_dtype
+
+    def draw(self, batch: int, mask_shape, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        return {}
+
+    def forward(self, image, mask) -> dict[str, torch.Tensor]:
+        with autocast(image.device, self.autocast_dtype):
+            logits = self.network(image)
+        logits = logits.float()
+        bad = non_finite(self.terms, logits)
+        if bad is not None:
+            return bad
+        bce = F.binary_cross_entropy_with_logits(logits, mask)
+        dice = soft_dice_loss(logits.sigmoid(), mask)
+        return {"total": bce + dice, "bce": bce, "dice": dice}

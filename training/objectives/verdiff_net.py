@@ -1,0 +1,43 @@
+"""Verdiff-Net's training step: noise each mask around the conditional U-Net's prior at a
+random timestep (``PriorShiftedScheduler.add_noise``, eq. 5), predict the noise, and
+minimise ``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE + Dice)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from VerdiffSegmentLib.losses import verdiff_loss
+from VerdiffSegmentLib.networks import Condition
+from VerdiffSegmentLib.schedulers import PriorShiftedScheduler
+
+from . import autocast, non_finite
+
+
+class Objective(nn.Module):
+    """The network runs under autocast (bf16 on CUDA when asked); the noising, x0 and the
+    loss stay in float32 (BCE is not autocast-safe)."""
+
+    terms = ("total", "simple", "bce", "prior")
+
+    def __init__(self, network: nn.Module, autocast_dtype: torch.dtype | None = None, scheduler: PriorShiftedScheduler | None = None):
+        super().__init__()
+        self.network, self.autocast_dtype = network, autocast_dtype
+        self.scheduler = scheduler or PriorShiftedScheduler()
+
+    def draw(self, batch: int, mask_shape, generator: torch.Generator) -> dict[str, torch.Tensor]:
+        t = torch.randint(0, self.scheduler.num_train_timesteps, (batch,), generator=generator)
+        return {"t": t, "noise": torch.randn((batch, *mask_shape), generator=generator)}
+
+    def forward(self, image, mask, t, noise) -> dict[str, torch.Tensor]:
+        with autocast(image.device, self.autocast_dtype):
+            condition = self.network.condition(image)
+        prior = condition.prior.detach().float()  # the shift is a fixed input of the diffusion, trained by its own loss
+        x_t = self.scheduler.add_noise(2 * mask - 1, prior, noise, t)
+        with autocast(image.device, self.autocast_dtype):
+            eps = self.network(x_t, t, Condition(prior, condition.prior_logits, condition.image_features))
+        eps = eps.float()
+        bad = non_finite(self.terms, eps, condition.prior_logits)
+        if bad is not None:
+            return bad
+        return verdiff_loss(eps, noise, self.scheduler.predict_x0(x_t, eps, prior, t), mask, condition.prior_logits.float())

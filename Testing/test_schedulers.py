@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from VerdiffSegmentLib.schedulers import PriorShiftedScheduler, cosine_betas, linear_betas
+from VerdiffSegmentLib.schedulers import DDPMScheduler, PriorShiftedScheduler, cosine_betas, linear_betas
 
 
 def test_linear_schedule_matches_ddpm():
@@ -113,3 +113,35 @@ def test_sampler_with_oracle_network_recovers_known_mask():
             oracle_eps = (x - a**0.5 * x0 - (1 - a) ** 0.5 * prior) / (1 - a) ** 0.5
             x, x0_pred = scheduler.step(oracle_eps, int(t), x, prior, generator)
         assert torch.allclose(x, x0, atol=1e-4), steps
+
+
+def test_ddpm_x0_posterior_matches_the_closed_form():
+    """DDPM (ImgX-DiffSeg, VerseDiff-UNet): the step's posterior with the network's x0 is Ho et
+    al.'s eq. 7 (beta_tilde and mu_tilde), written here with betas over a resampled jump."""
+    scheduler = DDPMScheduler()
+    x0, x_t = torch.tensor(0.6), torch.tensor(-0.2)
+    for t, p in ((10, 9), (999, 998), (800, 600)):
+        a_t, a_p = scheduler.alpha_bar(t).item(), scheduler.alpha_bar(p).item()
+        beta = 1 - a_t / a_p  # the jump's effective beta
+        mu = (a_p**0.5 * beta / (1 - a_t)) * x0 + ((1 - beta) ** 0.5 * (1 - a_p) / (1 - a_t)) * x_t
+        var = (1 - a_p) / (1 - a_t) * beta
+        mean, variance = scheduler.posterior(x0, x_t, torch.zeros(()), t, p)
+        assert abs(mean.item() - mu.item()) < 1e-6 and abs(variance - var) < 1e-9, (t, p)
+    noise = torch.randn(4, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    x0s = torch.ones(4, 1, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    a = scheduler.alpha_bar(t).float().reshape(-1, 1, 1, 1)
+    assert torch.allclose(scheduler.add_noise(x0s, noise, t), a.sqrt() * x0s + (1 - a).sqrt() * noise)
+
+
+def test_ddpm_sampler_fed_the_true_x0_returns_it():
+    scheduler = DDPMScheduler()
+    generator = torch.Generator().manual_seed(0)
+    x0 = -torch.ones(1, 1, 16, 16)
+    x0[..., 4:12, 4:12] = 1
+    for steps in (1, 5, 50):
+        scheduler.set_timesteps(steps)
+        x = scheduler.start(x0, generator)
+        for t in scheduler.timesteps:
+            x, _ = scheduler.step(x0, int(t), x, generator)
+        assert torch.equal(x, x0), steps

@@ -1,6 +1,7 @@
 """Diffusion processes, one algorithm per file, each with ``set_timesteps(n)`` then ``step(...)``."""
 
 from .beta_schedules import cosine_betas, linear_betas, make_betas
+from .ddpm import DDPMScheduler
 from .prior_shifted import PriorShiftedScheduler
 
-__all__ = ["PriorShiftedScheduler", "cosine_betas", "linear_betas", "make_betas"]
+__all__ = ["DDPMScheduler", "PriorShiftedScheduler", "cosine_betas", "linear_betas", "make_betas"]

@@ -4,5 +4,6 @@ from .conditional_unet import ConditionalUNet, MultiScaleFusionModule
 from .diffusion_unet import DiffusionUNet, NoiseSemanticAdapter
 from .unet import UNetBaseline
 from .verdiff_net import Condition, VerdiffNet
+from .versediff_unet import VerseDiffUNet
 
-__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "UNetBaseline", "VerdiffNet"]
+__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "UNetBaseline", "VerdiffNet", "VerseDiffUNet"]

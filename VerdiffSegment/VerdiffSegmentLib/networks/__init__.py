@@ -2,8 +2,9 @@
 
 from .conditional_unet import ConditionalUNet, MultiScaleFusionModule
 from .diffusion_unet import DiffusionUNet, NoiseSemanticAdapter
+from .imgx_unet import ImgXUNet
 from .unet import UNetBaseline
 from .verdiff_net import Condition, VerdiffNet
 from .versediff_unet import VerseDiffUNet
 
-__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "UNetBaseline", "VerdiffNet", "VerseDiffUNet"]
+__all__ = ["Condition", "ConditionalUNet", "DiffusionUNet", "ImgXUNet", "MultiScaleFusionModule", "NoiseSemanticAdapter", "UNetBaseline", "VerdiffNet", "VerseDiffUNet"]

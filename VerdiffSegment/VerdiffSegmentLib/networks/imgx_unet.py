@@ -1,0 +1,56 @@
+"""ImgX-DiffSeg's denoiser (paper 002, Sec. 4.2): a time-conditioned U-Net predicting x0.
+
+The noise-corrupted mask x_t and the image are concatenated along the channels and the
+timestep is encoded by a sinusoidal embedding. As in the authors' code, x_t enters clipped
+to [-1, 1] and mapped to [0, 1] (a noisy probability map, so unbounded noise does not
+drown the image channel); the output is the *logits* of the clean
+mask x0 (the paper's "Logits" output, trained with Dice + cross-entropy), which the x0
+sampler maps to the mask space as 2 sigmoid(logits) - 1.
+
+Args:
+    in_channels: image channels (default 1).
+    num_classes: mask channels, one sigmoid channel per label (default 1).
+    channels: channels per level, finest first (default (32, 64, 128, 256), the paper's
+        four levels; the bundled CPU model uses narrower ones).
+    time_dim: size of the timestep embedding (default 64).
+
+``forward(x_t, t, image)`` returns x0 logits shaped [B, num_classes, H, W]; H and W must be
+multiples of ``input_multiple`` (the pipeline pads to it).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, group_norm
+
+
+class ImgXUNet(nn.Module):
+    def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(32, 64, 128, 256), time_dim: int = 64):
+        super().__init__()
+        channels = tuple(channels)
+        self.num_classes = num_classes
+        self.input_multiple = 2 ** (len(channels) - 1)
+        self.time_embedding = SinusoidalTimeEmbedding(time_dim)
+        self.stem = nn.Conv2d(in_channels + num_classes, channels[0], 3, padding=1)
+        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim) for c in channels[:-1])
+        self.down = nn.ModuleList(Downsample(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim)
+        self.up = nn.ModuleList(Upsample(c_in, c_out) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
+        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim) for c in channels[-2::-1])
+        self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], num_classes, 3, padding=1))
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+        emb = self.time_embedding(t)
+        noisy_mask = (x_t.clamp(-1.0, 1.0) + 1) / 2  # as the authors' code: the noisy mask in [0, 1], not raw noise
+        h = self.stem(torch.cat([image, noisy_mask], dim=1))
+        skips = []
+        for block, down in zip(self.encoder, self.down):
+            h = block(h, emb)
+            skips.append(h)
+            h = down(h)
+        h = self.middle(h, emb)
+        for up, block in zip(self.up, self.decoder):
+            h = block(torch.cat([up(h), skips.pop()], dim=1), emb)
+        return self.head(h)

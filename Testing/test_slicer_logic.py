@@ -222,6 +222,16 @@ def test_list_models_gives_the_bundled_cards():
     assert {card.name for card in slicer_logic.list_models()} >= {"verdiff-mr", "verdiff-ct", "verdiff-xray"}
 
 
+def test_only_sampling_models_offer_steps_and_ensemble():
+    """The GUI greys the steps and ensemble boxes for deterministic families."""
+    from VerdiffSegmentLib.models import ModelCard
+
+    verdiff = {"family": "verdiff-net"}
+    assert slicer_logic.samples(ModelCard(Path("x.json"), verdiff))
+    assert not slicer_logic.samples(ModelCard(Path("x.json"), {"family": "unet"}))
+    assert not slicer_logic.samples(ModelCard(Path("x.json"), {"name": "x", "family": "no-such-family"}))
+
+
 def test_background_job_progress_cancel_and_errors(scene):
     """The worker thread the Slicer GUI polls, on a few real MR slices."""
     source = testing.mr_image(DATA, 6)

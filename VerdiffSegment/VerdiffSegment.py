@@ -292,7 +292,15 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         prefix = _("auto picks {name}").format(name=card.name) if self._parameterNode.model == "auto" else card.name
         labels = "; ".join(f"{label['name']}: {label.get('covers', '')}" for label in card.labels)
-        self.ui.modelInfoLabel.text = _("{prefix} (v{version}, {family}, {modality}). {labels}. Defaults: {steps} steps, ensemble of {ensemble}.").format(
+        sampled = slicer_logic.samples(card)
+        for widget in (self.ui.stepsSpinBox, self.ui.ensembleSpinBox):
+            widget.enabled = sampled and self._job is None
+        template = (
+            _("{prefix} (v{version}, {family}, {modality}). {labels}. Defaults: {steps} steps, ensemble of {ensemble}.")
+            if sampled
+            else _("{prefix} (v{version}, {family}, {modality}). {labels}. Deterministic: one pass, no sampling steps, no uncertainty.")
+        )
+        self.ui.modelInfoLabel.text = template.format(
             prefix=prefix,
             version=card.data.get("version", "?"),
             family=card.data.get("family", "?"),
@@ -397,6 +405,8 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _setRunning(self, running: bool, warning: Optional[str] = None) -> None:
         for widget in (self.ui.inputVolumeSelector, self.ui.modelComboBox, self.ui.stepsSpinBox, self.ui.ensembleSpinBox, self.ui.seedSpinBox, self.ui.deviceComboBox):
             widget.enabled = not running
+        if not running:
+            self._updateModelInfo()  # re-applies what the chosen model allows (steps, ensemble)
         self.ui.applyButton.text = _("Cancel") if running else _("Segment vertebrae")
         self.ui.applyButton.toolTip = _("Stop the segmentation; the scene stays as it was.") if running else _("Segment the vertebrae of the input volume.")
         self.ui.progressBar.visible = running

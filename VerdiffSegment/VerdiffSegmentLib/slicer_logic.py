@@ -241,6 +241,15 @@ def resolve_card(image: sitk.Image, model: str = "auto"):
     return choose_card(image, model or "auto")
 
 
+def samples(card) -> bool:
+    """Whether a model samples (steps and ensemble size apply): False for deterministic
+    families such as the U-Net baseline, and for cards that cannot be resolved."""
+    try:
+        return card.family.scheduler is not None
+    except Exception:  # noqa: BLE001 - an unknown family is reported elsewhere, here it only greys widgets
+        return False
+
+
 def card_for_volume(volume_node, model: str = "auto"):
     """The card a run on ``volume_node`` would use (for the GUI's model description);
     None while it cannot be told (no input yet for ``auto``)."""

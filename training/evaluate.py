@@ -100,6 +100,19 @@ def score_case(name: str, labels: np.ndarray, truth: np.ndarray, spacing, tolera
     return row
 
 
+def uncertainty_by_correctness(labels: np.ndarray, truth: np.ndarray, uncertainty: np.ndarray, selector=None) -> dict:
+    """Mean uncertainty on the voxels the label map gets right and on those it gets wrong,
+    counted within the union of prediction and truth (the far background is right with zero
+    spread and would swamp the mean). Honest uncertainty is higher where the model is wrong."""
+    region = (labels > 0) | (truth > 0)
+    if selector is not None:
+        region &= selector
+    wrong = region & ((labels > 0) != (truth > 0))
+    right = region & ~wrong
+    mean = lambda mask: round(float(uncertainty[mask].mean()), 5) if mask.any() else None  # noqa: E731
+    return {"uncertainty_correct": mean(right), "uncertainty_wrong": mean(wrong)}
+
+
 def _mean_sd(values) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -110,8 +123,8 @@ def _mean_sd(values) -> tuple[float | None, float | None]:
 def summarise(rows: list[dict]) -> dict:
     """Mean +- sd of each metric over the rows (population sd)."""
     out = {}
-    for key in ("dice", "iou", "hd95", "nsd"):
-        out[f"{key}_mean"], out[f"{key}_sd"] = _mean_sd(r[key] for r in rows)
+    for key in ("dice", "iou", "hd95", "nsd", "uncertainty_correct", "uncertainty_wrong"):
+        out[f"{key}_mean"], out[f"{key}_sd"] = _mean_sd(r.get(key) for r in rows)
     out["hd95_undefined"] = sum(r["hd95"] is None for r in rows)
     return out
 
@@ -124,12 +137,15 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
     rows, seconds, units = [], [], set()
     for name, image, truth, selectors, path in cases:
         start = time.perf_counter()
-        labels = sitk.GetArrayFromImage(segment(image, card, steps, ensemble, device, seed, network=network).labels)
+        segmentation = segment(image, card, steps, ensemble, device, seed, network=network)
         seconds.append(time.perf_counter() - start)
+        labels = sitk.GetArrayFromImage(segmentation.labels)
+        uncertainty = sitk.GetArrayFromImage(segmentation.uncertainty).reshape(labels.shape)
         unit, spacing = image_units(image, path)
         units.add(unit)
         for report_name, selector in selectors.items():
-            rows.append(score_case(report_name, labels, truth, spacing, tolerance, card.labels, selector))
+            row = score_case(report_name, labels, truth, spacing, tolerance, card.labels, selector)
+            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector)})
     held_out = [r for r in rows if "trained on" not in r["case"]]
     result = {"cases": rows, **summarise(held_out)}
     if len(card.labels) > 1:

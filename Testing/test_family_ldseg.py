@@ -76,42 +76,39 @@ def test_attention_in_the_image_encoders_last_two_levels_only():
     for channels, expected in (((8, 16, 32, 64), [False, False, False, True]), (TINY, [False, False, False])):
         levels = LDSeg(channels=channels).image_encoder.levels
         assert [any(isinstance(m, MultiHeadSelfAttention) for m in level.modules()) for level in levels] == expected
-    # attention is global: a change in one corner of a 256 x 256 image (convolutions alone
-    # see 157 pixels at the last level) reaches the code of the opposite corner
-    torch.manual_seed(0)
+    # and it is on the forward path: bypassing it changes the image code
     network.eval()
-    image = torch.randn(1, 1, 256, 256)
-    changed = image.clone()
-    changed[..., :16, :16] += 3
+    image = torch.randn(1, 1, 64, 96)
     with torch.no_grad():
-        before, after = network.encode_image(image), network.encode_image(changed)
-    assert (before[..., -1, -1] - after[..., -1, -1]).abs().max() > 1e-4
+        with_attention = network.encode_image(image)
+        bypass = [m.register_forward_hook(lambda module, inputs, output: inputs[0]) for m in network.image_encoder.modules() if isinstance(m, MultiHeadSelfAttention)]
+        without_attention = network.encode_image(image)
+    for hook in bypass:
+        hook.remove()
+    assert (with_attention - without_attention).abs().max() > 1e-4
 
 
-def oracle(scheduler: DDIMScheduler, z0: torch.Tensor):
-    """The network output a perfect denoiser gives for the latent z0."""
-
-    def output(z_t: torch.Tensor, t: int) -> torch.Tensor:
-        a = scheduler.alpha_bar(t).item()
-        eps = (z_t - a**0.5 * z0) / (1 - a) ** 0.5
-        return eps if scheduler.prediction_type == "epsilon" else a**0.5 * eps - (1 - a) ** 0.5 * z0
-
-    return output
-
-
-@pytest.mark.parametrize("config", [{}, {"beta_schedule": "cosine", "prediction_type": "v_prediction"}, {"eta": 1.0, "prediction_type": "v_prediction"}])
+@pytest.mark.parametrize("config", [{}, {"beta_schedule": "cosine", "prediction_type": "v_prediction"}])
 @pytest.mark.parametrize("steps", [1, 2, 7, 1000])
 def test_ddim_with_an_oracle_recovers_the_latent(config, steps):
+    """Given the true noise of z_T (or its velocity), deterministic DDIM walks the forward
+    path of that noise back: z at every kept timestep is add_noise(z0, eps, t), then z0."""
     scheduler = DDIMScheduler(**config)
     scheduler.set_timesteps(steps)
     generator = torch.Generator().manual_seed(steps)
-    z0 = torch.randn(2, 4, 5, 6, generator=generator)
-    predict = oracle(scheduler, z0)
-    z = scheduler.start(z0.shape, generator)
-    for t in scheduler.timesteps:
-        z, _ = scheduler.step(predict(z, int(t)), int(t), z, generator)
-    tolerance = 1e-3 if scheduler.prediction_type == "epsilon" else 1e-5  # eps divides by sqrt(a_T) = 0.006 at t = T-1
-    assert torch.allclose(z, z0, atol=tolerance), (z - z0).abs().max()
+    # float64: in float32, rounding amplified by 1/sqrt(a_t) (150 near t = T-1) drifts 1e-3 over 1000 steps
+    z0, eps = (torch.randn(2, 4, 5, 6, generator=generator, dtype=torch.float64) for _ in range(2))
+
+    def at(t: int) -> torch.Tensor:
+        return scheduler.add_noise(z0, eps, torch.full((2,), t)) if t >= 0 else z0
+
+    z = at(int(scheduler.timesteps[0]))
+    for t in scheduler.timesteps.tolist():
+        output = eps if scheduler.prediction_type == "epsilon" else scheduler.velocity(z0, eps, torch.full((2,), t))
+        z, z0_estimate = scheduler.step(output, t, z)
+        assert torch.allclose(z0_estimate, z0, atol=1e-4), (t, (z0_estimate - z0).abs().max())
+        assert torch.allclose(z, at(scheduler.previous_timestep(t)), atol=1e-4), t
+    assert torch.allclose(z, z0, atol=1e-4)
 
 
 def test_ddim_keeps_alpha_bar_at_the_chosen_timesteps():

@@ -93,9 +93,11 @@ class DDIMScheduler(PriorShiftedScheduler):
         if t_prev < 0:
             return z0, z0
         eps = self.predict_epsilon(model_output, z_t, t)
-        a_t, a_p = float(self.alpha_bar(t)), float(self.alpha_bar(t_prev))
-        sigma = self.eta * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)) ** 0.5
-        z_prev = a_p**0.5 * z0 + max(1 - a_p - sigma**2, 0.0) ** 0.5 * eps
-        if sigma > 0:
+        # alpha_bar as add_noise and predict_x0 round it (float32), so that a deterministic
+        # step lands exactly where the next step's z0 estimate inverts it
+        a_t, a_p = (self._coefficients(s, z_t.shape, z_t.device) for s in (t, t_prev))
+        sigma = self.eta * ((1 - a_p) / (1 - a_t) * (1 - a_t / a_p)).sqrt()
+        z_prev = a_p.sqrt() * z0 + (1 - a_p - sigma**2).clamp(min=0).sqrt() * eps
+        if self.eta > 0:
             z_prev = z_prev + sigma * _randn_like(z_t, generator)
         return z_prev, z0

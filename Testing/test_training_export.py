@@ -57,6 +57,23 @@ def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_r
     assert printed["dice_mean"] == validation["dice_mean"]
 
 
+def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_path, tiny_run, data_dir, capsys):
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
+    before = json.loads((tmp_path / "tiny-mr.json").read_text())
+    common = ["--models-dir", str(tmp_path), "--data", str(data_dir)]
+    with pytest.raises(SystemExit):  # 200 steps cannot fit below timestep 150: refused before any work
+        main(["defaults", "tiny-mr", "--steps", "200", "--ensemble", "2", "--start-timestep", "150", *common])
+    assert json.loads((tmp_path / "tiny-mr.json").read_text()) == before
+    main(["defaults", "tiny-mr", "--steps", "1", "--ensemble", "2", "--start-timestep", "150", *common])
+    card = json.loads((tmp_path / "tiny-mr.json").read_text())
+    assert card["defaults"] == {"steps": 1, "ensemble": 2} and card["scheduler"]["start_timestep"] == 150
+    assert card["sha256"] == before["sha256"] == sha256_of(tmp_path / "tiny-mr.pt")
+    assert card["validation"]["settings"] == {"steps": 1, "ensemble": 2, "seed": 0, "start_timestep": 150}
+    assert card["validation_history"][0]["settings"] == before["validation"]["settings"]
+    assert card["validation_history"][0]["dice_mean"] == before["validation"]["dice_mean"]
+    assert get_card("tiny-mr", tmp_path).default_ensemble == 2
+
+
 def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, data_dir, capsys):
     out = tmp_path / "figures.json"
     main(["evaluate", "--run", str(tiny_run), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--out", str(out)])

@@ -1,9 +1,10 @@
-"""``python -m training train|export|evaluate ...`` (see ``docs/training.md``).
+"""``python -m training train|export|defaults|evaluate ...`` (see ``docs/training.md``).
 
 train    MODEL [--out DIR --steps N --batch-size B --crop C --threads T ...]  a bundled recipe
 train    --config run.toml --out DIR ...                                      data sets from a TOML file
 train    MODEL --images GLOB --labels GLOB --source S --name NAME --out DIR   the same, as arguments
 export   MODEL --run DIR [--steps K --ensemble N --precision auto|fp32|fp16]
+defaults MODEL --steps K --ensemble N [--start-timestep T]   new sampling defaults, re-validated
 evaluate MODEL | --run DIR  [--split validation|test | --images GLOB --labels GLOB --source S]
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
@@ -145,6 +146,14 @@ def main(argv=None) -> None:
     e.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto", help="auto: fp16 where validation Dice does not drop")
     e.add_argument("--fp16-tolerance", type=float, default=0.001)
     e.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    d = sub.add_parser("defaults", help="change a bundled model's default sampling settings and re-validate its card")
+    d.add_argument("model")
+    d.add_argument("--steps", type=int, required=True)
+    d.add_argument("--ensemble", type=int, required=True)
+    d.add_argument("--start-timestep", type=int, default=None, help="prior-shifted families: sample from this timestep (default: keep the card's)")
+    d.add_argument("--models-dir", type=Path, default=MODELS)
+    d.add_argument("--data", type=Path, default=DATA)
+    d.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     v = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD per case and mean +- sd")
     v.add_argument("model", nargs="?", help="a model card's name (Resources/Models); with --run, the run's model name")
     v.add_argument("--run", type=Path, help="evaluate a run's weights (best.pt, else model.pt)")
@@ -171,6 +180,12 @@ def main(argv=None) -> None:
 
             card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance)
             print(json.dumps({**card["validation"], "export": card["export"]}, indent=1))
+            return
+        if args.command == "defaults":
+            from .export import set_defaults
+
+            card = set_defaults(args.model, args.models_dir, args.data, args.steps, args.ensemble, args.start_timestep)
+            print(json.dumps({k: v for k, v in card["validation"].items() if k != "cases"}, indent=1))
             return
         if args.command == "evaluate":
             from .evaluate import run_evaluate

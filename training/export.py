@@ -23,7 +23,7 @@ from VerdiffSegmentLib.models import ModelCard, sha256_of
 
 from .checkpoint import atomic_save, load_weights
 from .configs import RECIPES, RunConfig, recipe_config
-from .evaluate import card_data, evaluate, split_cases, unseen_patient_figures
+from .evaluate import card_data, evaluate, run_config_of_card, split_cases, unseen_patient_figures
 
 FP16_TOLERANCE = 0.001
 
@@ -123,5 +123,35 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             card = write(torch.float32)  # the same fp32 tensors as validated above
             card["validation"] = validation
         card["export"] = {"precision": "fp16" if keep_half else "fp32", "fp32_dice_mean": fp32_dice, "fp16_dice_mean": fp16_dice, "tolerance": tolerance}
+    path.write_text(json.dumps(card, indent=2))
+    return card
+
+
+def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int, ensemble: int, start_timestep: int | None = None) -> dict:
+    """Change a bundled model's default sampling settings (and, for prior-shifted families, where
+    sampling starts) and re-validate it on the split its card records, through the card on
+    disk. The weights are untouched; the figures of the settings it replaces are kept in
+    ``validation_history`` so a card shows what each choice cost or gained."""
+    path = Path(models_dir) / f"{model_name}.json"
+    card = json.loads(path.read_text())
+    if card["family"] == "unet":
+        raise ValueError(f"{model_name} is deterministic: it has no sampling settings")
+    previous = card.get("validation", {})
+    history = card.get("validation_history", [])
+    if previous:
+        keep = ("dice_mean", "dice_sd", "iou_mean", "hd95_mean", "nsd_mean", "dice_mean_unseen_patients", "settings")
+        history.append({k: previous[k] for k in keep if k in previous} | {"scheduler": dict(card.get("scheduler", {}))})
+    card["defaults"] = {"steps": steps, "ensemble": ensemble}
+    if start_timestep is not None:
+        card["scheduler"] = {**card.get("scheduler", {}), "start_timestep": start_timestep}
+    model = ModelCard(path, card)
+    model.family.scheduler(**card["scheduler"]).set_timesteps(steps)  # refuse impossible settings before any work
+    run = run_config_of_card(model)
+    split = card["training"]["split"]
+    figures = evaluate(model, split_cases(run, data_root, split), steps, ensemble, seed=0)
+    figures.update(unseen_patient_figures(figures, run, split))
+    figures["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0, **({"start_timestep": start_timestep} if start_timestep is not None else {})}
+    card["validation"] = figures
+    card["validation_history"] = history
     path.write_text(json.dumps(card, indent=2))
     return card

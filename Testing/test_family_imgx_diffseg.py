@@ -172,3 +172,23 @@ def test_network_sees_x_t_clipped_to_the_mask_range():
     image, x_t, t = torch.randn(1, 1, 16, 16), torch.randn(1, 1, 16, 16) * 3, torch.tensor([500])
     torch.testing.assert_close(network(x_t, t, image), network(x_t.clamp(-1, 1), t, image))
     assert not torch.allclose(network(x_t, t, image), network(-x_t, t, image))
+
+
+def test_3d_variant_predicts_volumes_and_slides_over_a_larger_one():
+    from VerdiffSegmentLib.inferers.sliding_window import sliding_window_inference
+
+    torch.manual_seed(0)
+    network = ImgXUNet(num_classes=2, channels=TINY, spatial_dims=3).eval()
+    assert all(not isinstance(m, torch.nn.Conv2d) for m in network.modules())
+    image, x_t = torch.randn(2, 1, 8, 12, 16), torch.randn(2, 2, 8, 12, 16)
+    logits = network(x_t, torch.tensor([999, 0]), image)
+    assert logits.shape == (2, 2, 8, 12, 16)
+    assert not torch.allclose(logits, network(x_t, torch.tensor([0, 999]), image))  # time reaches every block
+
+    volume = torch.randn(1, 1, 12, 20, 18)
+    t = torch.tensor([0])
+    with torch.no_grad():
+        output = sliding_window_inference(volume, (8, 8, 8), lambda patches: network(torch.zeros(len(patches), 2, 8, 8, 8), t.expand(len(patches)), patches))
+    assert output.shape == (1, 2, 12, 20, 18) and torch.isfinite(output).all()
+    with pytest.raises(ValueError):
+        ImgXUNet(spatial_dims=1)

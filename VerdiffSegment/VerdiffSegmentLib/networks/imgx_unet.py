@@ -3,9 +3,9 @@
 The noise-corrupted mask x_t and the image are concatenated along the channels and the
 timestep is encoded by a sinusoidal embedding. As in the authors' code, x_t enters clipped
 to [-1, 1] and mapped to [0, 1] (a noisy probability map, so unbounded noise does not
-drown the image channel); the output is the *logits* of the clean
-mask x0 (the paper's "Logits" output, trained with Dice + cross-entropy), which the x0
-sampler maps to the mask space as 2 sigmoid(logits) - 1.
+drown the image channel). The output is the *logits* of the clean mask x0 (the paper's
+"Logits" output, trained with Dice + cross-entropy), which the x0 sampler maps to the
+mask space as 2 sigmoid(logits) - 1.
 
 Args:
     in_channels: image channels (default 1).
@@ -13,9 +13,15 @@ Args:
     channels: channels per level, finest first (default (32, 64, 128, 256), the paper's
         four levels; the bundled CPU model uses narrower ones).
     time_dim: size of the timestep embedding (default 64).
+    spatial_dims: 2 (default, slices [B, C, H, W]) or 3 (volumes [B, C, D, H, W], the
+        paper's 3D variant; every axis is halved per level).
 
-``forward(x_t, t, image)`` returns x0 logits shaped [B, num_classes, H, W]; H and W must be
-multiples of ``input_multiple`` (the pipeline pads to it).
+``forward(x_t, t, image)`` returns x0 logits shaped like x_t with ``num_classes`` channels;
+every spatial size must be a multiple of ``input_multiple`` (the pipeline pads to it).
+
+The 3D network is the 2D one with each convolution swapped for its 3D counterpart
+(``_make_3d``): the shared layers in ``layers.py`` are built 2D, and one class keeps the
+two variants from drifting apart.
 """
 
 from __future__ import annotations
@@ -27,9 +33,12 @@ from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample
 
 
 class ImgXUNet(nn.Module):
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(32, 64, 128, 256), time_dim: int = 64):
+    def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(32, 64, 128, 256), time_dim: int = 64, spatial_dims: int = 2):
         super().__init__()
+        if spatial_dims not in (2, 3):
+            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
         channels = tuple(channels)
+        self.spatial_dims = spatial_dims
         self.num_classes = num_classes
         self.input_multiple = 2 ** (len(channels) - 1)
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
@@ -40,6 +49,8 @@ class ImgXUNet(nn.Module):
         self.up = nn.ModuleList(Upsample(c_in, c_out) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
         self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim) for c in channels[-2::-1])
         self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], num_classes, 3, padding=1))
+        if spatial_dims == 3:
+            _make_3d(self)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         emb = self.time_embedding(t)
@@ -54,3 +65,27 @@ class ImgXUNet(nn.Module):
         for up, block in zip(self.up, self.decoder):
             h = block(torch.cat([up(h), skips.pop()], dim=1), emb)
         return self.head(h)
+
+
+class _TimeProjection3d(nn.Linear):
+    """ResidualBlock's time projection for volumes: one more trailing axis, so the block's
+    ``[:, :, None, None]`` broadcast covers depth, height and width. Same parameters."""
+
+    def forward(self, time_embedding: torch.Tensor) -> torch.Tensor:
+        return super().forward(time_embedding)[..., None]
+
+
+def _make_3d(module: nn.Module) -> None:
+    """Swap, in place, every Conv2d for the Conv3d of the same arguments and every
+    ResidualBlock time projection for ``_TimeProjection3d`` (fresh initial weights)."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.Conv2d):
+            setattr(module, name, nn.Conv3d(
+                child.in_channels, child.out_channels, child.kernel_size[0], stride=child.stride[0], padding=child.padding[0],
+                dilation=child.dilation[0], groups=child.groups, bias=child.bias is not None,
+            ))
+        elif isinstance(child, ResidualBlock) and child.time is not None:
+            child.time = _TimeProjection3d(child.time.in_features, child.time.out_features)
+            _make_3d(child)
+        else:
+            _make_3d(child)

@@ -15,10 +15,12 @@ so a failure leaves OUTDIR as it was):
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -41,10 +43,22 @@ def output_stem(path: Path) -> str:
     return name
 
 
+def _import_quietly(name: str) -> None:
+    try:
+        importlib.import_module(name, __package__)
+    except Exception:  # noqa: BLE001 - the real import in run_segment reports it
+        pass
+
+
 def run_segment(input, output, model="auto", steps=None, ensemble=None, device="auto", seed=0, batch_size=8) -> dict:
     """Segment the image at ``input`` and write every output into the folder ``output``;
     returns the report that is also written as JSON."""
     total = time.perf_counter()
+    # slicer-core (for the .seg.nrrd and .mrb) takes 1-4 s to import, mostly loading shared
+    # libraries: import it on a side thread while the image is read and segmented (torch
+    # releases the GIL in its kernels), so an X-ray does not wait for it at the end.
+    prefetch = threading.Thread(target=_import_quietly, args=(".mrml",), daemon=True)
+    prefetch.start()
     clock = time.perf_counter()
     source = Path(input)
     image = read_image(source)
@@ -60,7 +74,8 @@ def run_segment(input, output, model="auto", steps=None, ensemble=None, device="
     clock = time.perf_counter()
     staging = Path(tempfile.mkdtemp(prefix=".verdiff-", dir=outdir.parent))
     try:
-        from .mrml import write_outputs  # slicer-core is heavy: import only when writing
+        prefetch.join()
+        from .mrml import write_outputs  # raises here, in the caller's thread, if the import failed
 
         names = {"labels": f"{stem}_labels.nrrd", "uncertainty": f"{stem}_uncertainty.nrrd"}
         sitk.WriteImage(result.labels, str(staging / names["labels"]), True)

@@ -19,9 +19,8 @@ Args:
 ``forward(x_t, t, image)`` returns x0 logits shaped like x_t with ``num_classes`` channels;
 every spatial size must be a multiple of ``input_multiple`` (the pipeline pads to it).
 
-The 3D network is the 2D one with each convolution swapped for its 3D counterpart
-(``_make_3d``): the shared layers in ``layers.py`` are built 2D, and one class keeps the
-two variants from drifting apart.
+The 3D network is the same class built from the shared layers' 3D form
+(``spatial_dims=3``), so the two variants cannot drift apart.
 """
 
 from __future__ import annotations
@@ -29,28 +28,25 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, group_norm
+from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, convolution, group_norm
 
 
 class ImgXUNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(32, 64, 128, 256), time_dim: int = 64, spatial_dims: int = 2):
         super().__init__()
-        if spatial_dims not in (2, 3):
-            raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+        conv = convolution(spatial_dims)
         channels = tuple(channels)
         self.spatial_dims = spatial_dims
         self.num_classes = num_classes
         self.input_multiple = 2 ** (len(channels) - 1)
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
-        self.stem = nn.Conv2d(in_channels + num_classes, channels[0], 3, padding=1)
-        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim) for c in channels[:-1])
-        self.down = nn.ModuleList(Downsample(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim)
-        self.up = nn.ModuleList(Upsample(c_in, c_out) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
-        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim) for c in channels[-2::-1])
-        self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], num_classes, 3, padding=1))
-        if spatial_dims == 3:
-            _make_3d(self)
+        self.stem = conv(in_channels + num_classes, channels[0], 3, padding=1)
+        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim, spatial_dims) for c in channels[:-1])
+        self.down = nn.ModuleList(Downsample(c_in, c_out, spatial_dims) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim, spatial_dims)
+        self.up = nn.ModuleList(Upsample(c_in, c_out, spatial_dims) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
+        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim, spatial_dims) for c in channels[-2::-1])
+        self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), conv(channels[0], num_classes, 3, padding=1))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         emb = self.time_embedding(t)
@@ -66,26 +62,3 @@ class ImgXUNet(nn.Module):
             h = block(torch.cat([up(h), skips.pop()], dim=1), emb)
         return self.head(h)
 
-
-class _TimeProjection3d(nn.Linear):
-    """ResidualBlock's time projection for volumes: one more trailing axis, so the block's
-    ``[:, :, None, None]`` broadcast covers depth, height and width. Same parameters."""
-
-    def forward(self, time_embedding: torch.Tensor) -> torch.Tensor:
-        return super().forward(time_embedding)[..., None]
-
-
-def _make_3d(module: nn.Module) -> None:
-    """Swap, in place, every Conv2d for the Conv3d of the same arguments and every
-    ResidualBlock time projection for ``_TimeProjection3d`` (fresh initial weights)."""
-    for name, child in module.named_children():
-        if isinstance(child, nn.Conv2d):
-            setattr(module, name, nn.Conv3d(
-                child.in_channels, child.out_channels, child.kernel_size[0], stride=child.stride[0], padding=child.padding[0],
-                dilation=child.dilation[0], groups=child.groups, bias=child.bias is not None,
-            ))
-        elif isinstance(child, ResidualBlock) and child.time is not None:
-            child.time = _TimeProjection3d(child.time.in_features, child.time.out_features)
-            _make_3d(child)
-        else:
-            _make_3d(child)

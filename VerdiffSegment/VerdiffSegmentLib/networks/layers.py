@@ -35,33 +35,43 @@ class SinusoidalTimeEmbedding(nn.Module):
         return self.mlp(torch.cat([args.sin(), args.cos()], dim=1))
 
 
-class ResidualBlock(nn.Module):
-    """Two 3x3 convolutions with a residual path; the time embedding, if any, is added between them."""
+def convolution(spatial_dims: int) -> type:
+    """nn.Conv2d for slices, nn.Conv3d for volumes: the layers below serve both."""
+    if spatial_dims not in (2, 3):
+        raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims}")
+    return nn.Conv2d if spatial_dims == 2 else nn.Conv3d
 
-    def __init__(self, in_channels: int, out_channels: int, time_dim: int | None = None):
+
+class ResidualBlock(nn.Module):
+    """Two 3x3 (3x3x3) convolutions with a residual path; the time embedding, if any, is added
+    between them. ``spatial_dims`` 2 (default) or 3."""
+
+    def __init__(self, in_channels: int, out_channels: int, time_dim: int | None = None, spatial_dims: int = 2):
         super().__init__()
+        conv = convolution(spatial_dims)
+        self.spatial_dims = spatial_dims
         self.norm1 = group_norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = conv(in_channels, out_channels, 3, padding=1)
         self.time = nn.Linear(time_dim, out_channels) if time_dim else None
         self.norm2 = group_norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = conv(out_channels, out_channels, 3, padding=1)
         self.act = nn.SiLU()
-        self.skip = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
+        self.skip = conv(in_channels, out_channels, 1) if in_channels != out_channels else nn.Identity()
 
     def forward(self, x: torch.Tensor, time_embedding: torch.Tensor | None = None) -> torch.Tensor:
         h = self.conv1(self.act(self.norm1(x)))
         if self.time is not None and time_embedding is not None:
-            h = h + self.time(time_embedding)[:, :, None, None]
+            h = h + self.time(time_embedding).reshape(*h.shape[:2], *([1] * self.spatial_dims))
         h = self.conv2(self.act(self.norm2(h)))
         return h + self.skip(x)
 
 
 class Downsample(nn.Module):
-    """Strided 3x3 convolution: halves height and width."""
+    """Strided 3x3 convolution: halves every spatial axis."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        self.conv = convolution(spatial_dims)(in_channels, out_channels, 3, stride=2, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(x)
@@ -70,9 +80,9 @@ class Downsample(nn.Module):
 class Upsample(nn.Module):
     """Nearest-neighbour doubling then a 3x3 convolution (no checkerboard artefacts)."""
 
-    def __init__(self, in_channels: int, out_channels: int):
+    def __init__(self, in_channels: int, out_channels: int, spatial_dims: int = 2):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv = convolution(spatial_dims)(in_channels, out_channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(nn.functional.interpolate(x, scale_factor=2.0, mode="nearest"))

@@ -170,3 +170,21 @@ def test_end_to_end_loss_reaches_all_four_parts_and_draws_only_from_the_generato
     losses["total"].backward()
     for part in (network.label_encoder, network.image_encoder, network.denoiser, network.label_decoder):
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+
+
+def test_3d_variant_encodes_samples_and_trains_on_volumes():
+    """The paper's 3D variant: the same parts on [B, C, D, H, W], non-cubic."""
+    torch.manual_seed(0)
+    family = get_family("ldseg")
+    network = LDSeg(channels=TINY, spatial_dims=3)
+    volume, mask = torch.randn(2, 1, 16, 24, 32), blob_masks(2, 24, 32)[:, :, None].repeat(1, 1, 16, 1, 1)
+    objective = objective_for("ldseg", network.train())
+    draws = objective.draw(2, mask.shape[1:], torch.Generator().manual_seed(0))
+    assert draws["noise"].shape == (2, 4, 4, 6, 8)
+    losses = objective(volume, mask, **draws)
+    assert torch.isfinite(losses["total"])
+    losses["total"].backward()
+    scheduler = family.scheduler(**family.scheduler_config)
+    scheduler.set_timesteps(2)
+    mean, std, diffused = family.sample(network.eval(), scheduler, volume, 3, torch.Generator().manual_seed(0))
+    assert mean.shape == std.shape == (2, 1, 16, 24, 32) and diffused == 2

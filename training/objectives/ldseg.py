@@ -37,7 +37,7 @@ from . import autocast, non_finite
 
 
 def class_index(mask: torch.Tensor) -> torch.Tensor:
-    """{0, 1} label channels [B, classes, H, W] -> class index map, 0 where no label is set."""
+    """{0, 1} label channels [B, classes, *spatial] -> class index map, 0 where no label is set."""
     background = 1 - mask.amax(dim=1, keepdim=True)
     return torch.cat([background, mask], dim=1).argmax(dim=1)
 
@@ -64,7 +64,7 @@ class Objective(nn.Module):
 
     def draw(self, batch: int, mask_shape, generator: torch.Generator) -> dict[str, torch.Tensor]:
         t = torch.randint(0, self.scheduler.num_train_timesteps, (batch,), generator=generator)
-        latent = self.network.latent_shape(*mask_shape[-2:])
+        latent = self.network.latent_shape(*mask_shape[1:])
         return {"t": t, "noise": torch.randn((batch, *latent), generator=generator)}
 
     def forward(self, image, mask, t, noise) -> dict[str, torch.Tensor]:

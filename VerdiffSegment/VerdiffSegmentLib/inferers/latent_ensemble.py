@@ -7,7 +7,7 @@ default). The final latents are decoded in one batch and the decoder's softmax g
 label probabilities. Every slice is diffused (the latent is small, so there is nothing to
 save by skipping slices). Returns what every family's sampler returns: the mean
 probability and its standard deviation across members ([B, classes, H, W] numpy) and the
-number of slices diffused.
+number of slices diffused. Volumes [B, C, D, H, W] (the 3D variant) work the same way.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ from ..networks.ldseg import label_probabilities
 
 @torch.inference_mode()
 def sample_latent_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
-    image_code = model.encode_image(images.contiguous(memory_format=torch.channels_last)).float()
-    members = image_code.repeat(ensemble, 1, 1, 1)
+    layout = torch.channels_last if images.ndim == 4 else torch.channels_last_3d
+    image_code = model.encode_image(images.contiguous(memory_format=layout)).float()
+    members = image_code.repeat(ensemble, *([1] * (image_code.ndim - 1)))
     z = scheduler.start(members.shape, generator, device=members.device)
     for t in scheduler.timesteps:
         t_batch = torch.full((members.shape[0],), int(t), device=members.device, dtype=torch.long)

@@ -39,6 +39,8 @@ Where the paper is vague, and what this implementation decides:
   encoder with nearest-neighbour up-sampling, no skips.
 - Label decoder output. ``num_classes + 1`` logits, background first; the softmax is
   applied by ``label_probabilities`` (and inside the cross-entropy of the loss).
+- 3D. ``spatial_dims=3`` builds the same parts from 3D convolutions (the paper's Knee
+  model: a 128 x 128 x 256 volume to an 8 x 8 x 16 latent); attention flattens all axes.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, group_norm
+from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, convolution, group_norm
 
 
 def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -57,7 +59,7 @@ def standardise(z: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def label_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """The decoder's softmax, without the background channel: [B, num_classes, H, W]."""
+    """The decoder's softmax, without the background channel: [B, num_classes, *spatial]."""
     return logits.float().softmax(dim=1)[:, 1:]
 
 
@@ -72,24 +74,26 @@ class MultiHeadSelfAttention(nn.Module):
     Args:
         channels: input and output channels, divisible by ``heads``.
         heads: attention heads (default 4).
+        spatial_dims: 2 (default) or 3.
     """
 
-    def __init__(self, channels: int, heads: int = 4):
+    def __init__(self, channels: int, heads: int = 4, spatial_dims: int = 2):
         super().__init__()
         if channels % heads:
             raise ValueError(f"{channels} channels cannot be split into {heads} attention heads")
+        conv = convolution(spatial_dims)
         self.heads = heads
         self.norm = group_norm(channels)
-        self.qkv = nn.Conv2d(channels, 3 * channels, 1)
-        self.proj = nn.Conv2d(channels, channels, 1)
+        self.qkv = conv(channels, 3 * channels, 1)
+        self.proj = conv(channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, c, h, w = x.shape
-        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).transpose(-1, -2)
+        (b, c), spatial = x.shape[:2], x.shape[2:]
+        qkv = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, spatial.numel()).transpose(-1, -2)
         # each [b, heads, pixels, c / heads], contiguous: otherwise the CPU kernel falls back
         # to materialising the pixels x pixels attention matrix (11 GB for a 112 x 112 map)
         out = F.scaled_dot_product_attention(*(part.contiguous() for part in qkv.unbind(1)))
-        return x + self.proj(out.transpose(-1, -2).reshape(b, c, h, w))
+        return x + self.proj(out.transpose(-1, -2).reshape(b, c, *spatial))
 
 
 class Encoder(nn.Module):
@@ -103,19 +107,21 @@ class Encoder(nn.Module):
         attention_from: the first level (0 = finest) that ends in self-attention; None
             (default) for none.
         heads: attention heads (default 4).
+        spatial_dims: 2 (default) or 3.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, channels, attention_from: int | None = None, heads: int = 4):
+    def __init__(self, in_channels: int, out_channels: int, channels, attention_from: int | None = None, heads: int = 4, spatial_dims: int = 2):
         super().__init__()
-        self.stem = nn.Conv2d(in_channels, channels[0], 3, padding=1)
+        conv = convolution(spatial_dims)
+        self.stem = conv(in_channels, channels[0], 3, padding=1)
         self.levels = nn.ModuleList()
         for i, width in enumerate(channels):
-            level = [Downsample(channels[i - 1], width)] if i else []
-            level.append(ResidualBlock(width, width))
+            level = [Downsample(channels[i - 1], width, spatial_dims)] if i else []
+            level.append(ResidualBlock(width, width, spatial_dims=spatial_dims))
             if attention_from is not None and i >= attention_from:
-                level.append(MultiHeadSelfAttention(width, heads))
+                level.append(MultiHeadSelfAttention(width, heads, spatial_dims))
             self.levels.append(nn.Sequential(*level))
-        self.head = nn.Sequential(group_norm(channels[-1]), nn.SiLU(), nn.Conv2d(channels[-1], out_channels, 1))
+        self.head = nn.Sequential(group_norm(channels[-1]), nn.SiLU(), conv(channels[-1], out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
@@ -133,15 +139,17 @@ class LatentDenoiser(nn.Module):
         time_dim: timestep embedding size.
         heads: attention heads.
         blocks: residual block + self-attention pairs (default 2).
+        spatial_dims: 2 (default) or 3.
     """
 
-    def __init__(self, latent_channels: int, width: int, time_dim: int, heads: int, blocks: int = 2):
+    def __init__(self, latent_channels: int, width: int, time_dim: int, heads: int, blocks: int = 2, spatial_dims: int = 2):
         super().__init__()
+        conv = convolution(spatial_dims)
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
-        self.stem = nn.Conv2d(2 * latent_channels, width, 3, padding=1)
-        self.blocks = nn.ModuleList(ResidualBlock(width, width, time_dim) for _ in range(blocks))
-        self.attentions = nn.ModuleList(MultiHeadSelfAttention(width, heads) for _ in range(blocks))
-        self.head = nn.Sequential(group_norm(width), nn.SiLU(), nn.Conv2d(width, latent_channels, 3, padding=1))
+        self.stem = conv(2 * latent_channels, width, 3, padding=1)
+        self.blocks = nn.ModuleList(ResidualBlock(width, width, time_dim, spatial_dims) for _ in range(blocks))
+        self.attentions = nn.ModuleList(MultiHeadSelfAttention(width, heads, spatial_dims) for _ in range(blocks))
+        self.head = nn.Sequential(group_norm(width), nn.SiLU(), conv(width, latent_channels, 3, padding=1))
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, image_code: torch.Tensor) -> torch.Tensor:
         embedding = self.time_embedding(t)
@@ -158,16 +166,19 @@ class LabelDecoder(nn.Module):
         latent_channels: channels of the latent.
         out_channels: logits (background + labels).
         channels: the encoder's channels per level, finest first.
+        spatial_dims: 2 (default) or 3.
     """
 
-    def __init__(self, latent_channels: int, out_channels: int, channels):
+    def __init__(self, latent_channels: int, out_channels: int, channels, spatial_dims: int = 2):
         super().__init__()
+        conv = convolution(spatial_dims)
         widths = tuple(reversed(channels))
-        self.stem = nn.Conv2d(latent_channels, widths[0], 3, padding=1)
+        self.stem = conv(latent_channels, widths[0], 3, padding=1)
         self.levels = nn.ModuleList(
-            nn.Sequential(*([Upsample(widths[i - 1], width)] if i else []), ResidualBlock(width, width)) for i, width in enumerate(widths)
+            nn.Sequential(*([Upsample(widths[i - 1], width, spatial_dims)] if i else []), ResidualBlock(width, width, spatial_dims=spatial_dims))
+            for i, width in enumerate(widths)
         )
-        self.head = nn.Sequential(group_norm(widths[-1]), nn.SiLU(), nn.Conv2d(widths[-1], out_channels, 1))
+        self.head = nn.Sequential(group_norm(widths[-1]), nn.SiLU(), conv(widths[-1], out_channels, 1))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         x = self.stem(z)
@@ -185,13 +196,15 @@ class LDSeg(nn.Module):
     latent_channels: channels of the label latent and of the image embedding (default 4).
     time_dim: timestep embedding size (default 64).
     heads: attention heads of the image encoder and the denoiser (default 4).
+    spatial_dims: 2 (default, slices [B, C, H, W]) or 3 (volumes [B, C, D, H, W], the paper's
+        3D variant; not yet trained or wired into the pipeline).
 
     Use: ``encode_image`` once per slice, ``encode_label`` for training, ``denoise`` per
     step, ``decode`` the final latent, ``label_probabilities`` of the logits.
-    Inputs' height and width must be multiples of ``input_multiple``.
+    Inputs' spatial sizes must be multiples of ``input_multiple``.
     """
 
-    def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(16, 32, 64, 128, 256), latent_channels: int = 4, time_dim: int = 64, heads: int = 4):
+    def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(16, 32, 64, 128, 256), latent_channels: int = 4, time_dim: int = 64, heads: int = 4, spatial_dims: int = 2):
         super().__init__()
         channels = tuple(channels)
         if len(channels) < 2:
@@ -201,21 +214,21 @@ class LDSeg(nn.Module):
         self.num_classes = num_classes
         self.latent_channels = latent_channels
         self.input_multiple = 2 ** (len(channels) - 1)
-        self.label_encoder = Encoder(num_classes, latent_channels, channels)
-        self.image_encoder = Encoder(in_channels, latent_channels, channels, max(len(channels) - 2, ATTENTION_FROM_LEVEL), heads)
-        self.denoiser = LatentDenoiser(latent_channels, channels[-1], time_dim, heads)
-        self.label_decoder = LabelDecoder(latent_channels, num_classes + 1, channels)
+        self.label_encoder = Encoder(num_classes, latent_channels, channels, spatial_dims=spatial_dims)
+        self.image_encoder = Encoder(in_channels, latent_channels, channels, max(len(channels) - 2, ATTENTION_FROM_LEVEL), heads, spatial_dims)
+        self.denoiser = LatentDenoiser(latent_channels, channels[-1], time_dim, heads, spatial_dims=spatial_dims)
+        self.label_decoder = LabelDecoder(latent_channels, num_classes + 1, channels, spatial_dims)
 
-    def latent_shape(self, height: int, width: int) -> tuple[int, int, int]:
-        """(channels, rows, cols) of the latent of an input of height x width."""
-        return self.latent_channels, -(-height // self.input_multiple), -(-width // self.input_multiple)
+    def latent_shape(self, *size: int) -> tuple[int, ...]:
+        """(channels, *spatial) of the latent of an input of spatial ``size`` (rows, cols or depth, rows, cols)."""
+        return (self.latent_channels, *(-(-n // self.input_multiple) for n in size))
 
     def encode_image(self, image: torch.Tensor) -> torch.Tensor:
         """z_i (eq. 9)."""
         return self.image_encoder(image)
 
     def encode_label(self, mask: torch.Tensor) -> torch.Tensor:
-        """z_l(0) (eq. 10): the standardised label latent of a {0, 1} mask [B, num_classes, H, W]."""
+        """z_l(0) (eq. 10): the standardised label latent of a {0, 1} mask [B, num_classes, *spatial]."""
         return standardise(self.label_encoder(mask))
 
     def denoise(self, z_t: torch.Tensor, t: torch.Tensor, image_code: torch.Tensor) -> torch.Tensor:
@@ -223,7 +236,7 @@ class LDSeg(nn.Module):
         return self.denoiser(z_t, t, image_code)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """f_label-dec before its softmax: logits [B, num_classes + 1, H, W], background first."""
+        """f_label-dec before its softmax: logits [B, num_classes + 1, *spatial], background first."""
         return self.label_decoder(z)
 
     def forward(self, z_t: torch.Tensor, t: torch.Tensor, image_code: torch.Tensor) -> torch.Tensor:

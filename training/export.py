@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import ModelCard, sha256_of
 
 from .checkpoint import atomic_save, load_weights
@@ -70,11 +71,14 @@ def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[
     return card, network.eval()
 
 
-def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int, ensemble: int,
+def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int | None = None, ensemble: int | None = None,
            precision: str = "auto", tolerance: float = FP16_TOLERANCE, version: str = "0.1.0") -> dict:
     """Write ``NAME.pt`` and ``NAME.json`` into ``models_dir``; returns the card."""
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     run = run_config_of_run(run_dir, model_name)
+    family = get_family(run.family)
+    steps = family.default_steps if steps is None else steps
+    ensemble = family.default_ensemble if ensemble is None else ensemble
     source = run_weights(run_dir)
     state = load_weights(source)
     split = json.loads((run_dir / "split.json").read_text())

@@ -113,16 +113,26 @@ def segment(
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
     spread = np.zeros_like(probability)
     diffused = 0
-    for start in range(0, n_slices, batch_size):
+    if torch_device.type == "cuda":
+        batch_size = max(batch_size, gpu_batch_size(stack.shape[1:], ensemble, network, torch_device))
+    start = 0
+    while start < n_slices:
         if cancel is not None and cancel():
             raise Cancelled()
         batch = torch.from_numpy(stack[start : start + batch_size, None]).to(torch_device)
-        mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
+        state = generator.get_state()
+        try:
+            mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
+        except torch.cuda.OutOfMemoryError:
+            batch_size = smaller_batch_after_oom(batch_size, len(batch))
+            generator.set_state(state)  # the retried batch draws the same noise
+            continue
         probability[start : start + len(batch)] = mean[..., :rows, :cols]
         spread[start : start + len(batch)] = std[..., :rows, :cols]
         diffused += n
+        start += len(batch)
         if progress is not None:
-            progress("inference", min(start + batch_size, n_slices), n_slices)
+            progress("inference", start, n_slices)
     timings["inference"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -146,6 +156,24 @@ def segment(
         "diffused_slices": diffused,
     }
     return SegmentationResult(labels, uncertainty, segments, settings, timings)
+
+
+def gpu_batch_size(slice_shape, ensemble: int, network: torch.nn.Module, device: torch.device, budget: float = 0.5) -> int:
+    """Slices per batch that fit in ``budget`` of the GPU's free memory: a heuristic of
+    64 float32 activations of the first level's width per pixel and ensemble member (the
+    U-Nets' peak); an out-of-memory error still falls back (``smaller_batch_after_oom``)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    width = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d)).out_channels
+    per_slice = 64 * 4 * width * ensemble * int(np.prod(slice_shape))
+    return int(max(1, min(256, budget * free // per_slice)))
+
+
+def smaller_batch_after_oom(batch_size: int, attempted: int) -> int:
+    """Half the batch that ran out of GPU memory; a single slice that does not fit is an error."""
+    torch.cuda.empty_cache()
+    if attempted <= 1:
+        raise VerdiffError("the GPU ran out of memory on a single slice; choose the CPU device or a smaller ensemble")
+    return max(1, attempted // 2)
 
 
 def segment_statistics(labels: sitk.Image, uncertainty: sitk.Image, label_info: list[dict]) -> list[dict]:

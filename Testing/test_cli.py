@@ -80,9 +80,9 @@ def test_segment_mr_volume(tmp_path):
     assert report["model"] == "verdiff-mr"  # chosen by modality
     labels = check_outputs(report, MR_IMAGE, 3)
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(MR_LABELS))) > 0
-    # The bundled MR model's card reports 0.846 on this held-out subject at seed 0; this
-    # guards against regressions of the path, not the issue-3 target (0.93).
-    assert dice(labels > 0, truth) >= 0.80
+    # The bundled MR model's card reports 0.851 on this held-out subject at seed 0 (its
+    # defaults); this guards against regressions of the path, not the issue-3 target (0.93).
+    assert dice(labels > 0, truth) >= 0.82
 
 
 def test_segment_xray_image_with_spaces_in_its_name(tmp_path):
@@ -104,13 +104,10 @@ def chest_ct_dice(tmp_path_factory):
     return dice(labels > 0, truth)
 
 
-def test_segment_dev_chest_ct(chest_ct_dice):
-    """All outputs on the dev chest CT; Dice guarded at the bundled model's level (0.817 in its card)."""
-    assert chest_ct_dice >= 0.80
-
-
-@pytest.mark.xfail(reason="open gap of issue 2: the bundled CT model reaches 0.817 on the dev chest CT, below 0.85", strict=False)
-def test_dev_chest_ct_reaches_the_acceptance_dice(chest_ct_dice):
+def test_segment_dev_chest_ct_reaches_the_acceptance_dice(chest_ct_dice):
+    """All outputs on the dev chest CT, and issue 2's acceptance: binary Dice against its
+    vertebra labels (ids 29-46) at least 0.85 (the card records 0.885; the chest CT is
+    training data, the held-out abdominal CT's figure is in the card)."""
     assert chest_ct_dice >= 0.85
 
 

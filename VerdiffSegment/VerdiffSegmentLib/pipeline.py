@@ -122,7 +122,9 @@ def segment(
         batch = torch.from_numpy(stack[start : start + batch_size, None]).to(torch_device)
         state = generator.get_state()
         try:
-            mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
+            # bf16 on CUDA (tensor cores); the samplers keep the diffusion maths in float32.
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch_device.type == "cuda"):
+                mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
         except torch.cuda.OutOfMemoryError:
             batch_size = smaller_batch_after_oom(batch_size, len(batch))
             generator.set_state(state)  # the retried batch draws the same noise

@@ -68,6 +68,8 @@ def sample_ensemble(
     """Sample a batch of padded slices [B, 1, H, W]; returns (mean, std, diffused) with mean and std
     as [B, classes, H, W] numpy arrays. ``scheduler.set_timesteps`` must have been called."""
     condition = model.condition(images.contiguous(memory_format=torch.channels_last))
+    # float32 whatever autocast computed the networks in: the diffusion maths stays exact.
+    condition = Condition(*(x.float() for x in (condition.prior, condition.prior_logits, condition.image_features)))
     prior_probability = (condition.prior + 1) / 2
     mean = prior_probability.float().cpu().numpy().copy()
     std = np.zeros_like(mean)

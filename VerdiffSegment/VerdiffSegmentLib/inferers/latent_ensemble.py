@@ -26,6 +26,6 @@ def sample_latent_ensemble(model, scheduler, images: torch.Tensor, ensemble: int
     for t in scheduler.timesteps:
         t_batch = torch.full((members.shape[0],), int(t), device=members.device, dtype=torch.long)
         z, _ = scheduler.step(model.denoise(z, t_batch, members).float(), int(t), z, generator)
-    probability = label_probabilities(model.decode(z)).cpu().numpy()
+    probability = label_probabilities(model.decode(z).float()).cpu().numpy()
     samples = probability.reshape(ensemble, images.shape[0], *probability.shape[1:])
     return samples.mean(axis=0), samples.std(axis=0), int(images.shape[0])

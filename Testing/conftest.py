@@ -30,3 +30,16 @@ def data_dir() -> Path:
     if not DATA.is_dir():
         pytest.fail(f"the development data is missing: {DATA}")
     return DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: bit-exact comparisons need the same thread count
+    in every run (the CLI runs use --threads 1), and tiny trainings run faster on one.
+    Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,12 +26,7 @@ from conftest import MR_IMAGE
 TINY = (8, 16, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def fixed_batch_loss(family: str, network, image, mask) -> float:

@@ -18,12 +18,7 @@ from training.objectives.imgx_diffseg import Objective
 TINY = (8, 16, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_objective(**keywords):

@@ -14,12 +14,7 @@ from training.objectives import objective_for
 TINY = (8, 16, 32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blob_masks(n: int, rows: int, cols: int, seed: int = 0) -> torch.Tensor:

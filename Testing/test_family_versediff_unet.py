@@ -15,12 +15,7 @@ from training.objectives import objective_for
 CHANNELS = (8, 16, 32, 64)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_network(**keywords) -> VerseDiffUNet:

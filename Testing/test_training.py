@@ -55,13 +55,7 @@ def log_rows(run_dir):
         return list(csv.DictReader(handle))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Bit-exact comparisons need the same thread count in every run (the CLI runs use --threads 1)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

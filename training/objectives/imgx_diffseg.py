@@ -30,10 +30,9 @@ generator, so a resumed run continues bit-exactly.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from VerdiffSegmentLib.losses import soft_dice_loss
+from VerdiffSegmentLib.losses import bce_dice_terms
 from VerdiffSegmentLib.schedulers import DDPMScheduler
 
 from . import autocast, non_finite
@@ -105,6 +104,5 @@ class Objective(nn.Module):
         bad = non_finite(self.terms, logits)
         if bad is not None:
             return bad
-        bce = F.binary_cross_entropy_with_logits(logits, mask)
-        dice = soft_dice_loss(logits.sigmoid(), mask)
-        return {"total": bce + dice, "bce": bce, "dice": dice}
+        terms = bce_dice_terms(logits, mask)
+        return {"total": terms["bce"] + terms["dice"], **terms}

@@ -4,10 +4,9 @@ prior is trained with, so the baseline and the prior learn the same thing)."""
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from VerdiffSegmentLib.losses import soft_dice_loss
+from VerdiffSegmentLib.losses import bce_dice_terms
 
 from . import autocast, non_finite
 
@@ -29,6 +28,5 @@ class Objective(nn.Module):
         bad = non_finite(self.terms, logits)
         if bad is not None:
             return bad
-        bce = F.binary_cross_entropy_with_logits(logits, mask)
-        dice = soft_dice_loss(logits.sigmoid(), mask)
-        return {"total": bce + dice, "bce": bce, "dice": dice}
+        terms = bce_dice_terms(logits, mask)
+        return {"total": terms["bce"] + terms["dice"], **terms}

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.losses import soft_dice_loss
+from VerdiffSegmentLib.losses import bce_dice_terms
 from VerdiffSegmentLib.schedulers import DDPMScheduler
 
 from . import autocast, non_finite
@@ -47,8 +47,6 @@ class Objective(nn.Module):
         bad = non_finite(self.terms, logits)
         if bad is not None:
             return bad
-        probability = logits.sigmoid()
-        mse = F.mse_loss(2 * probability - 1, x0)
-        bce = F.binary_cross_entropy_with_logits(logits, mask)
-        dice = soft_dice_loss(probability, mask)
-        return {"total": mse + bce + dice, "mse": mse, "bce": bce, "dice": dice}
+        mse = F.mse_loss(2 * logits.sigmoid() - 1, x0)
+        terms = bce_dice_terms(logits, mask)
+        return {"total": mse + terms["bce"] + terms["dice"], "mse": mse, **terms}

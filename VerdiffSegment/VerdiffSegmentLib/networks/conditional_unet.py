@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Downsample, ResidualBlock, Upsample, group_norm
+from .layers import UNetLevels, group_norm
 
 
 class MultiScaleFusionModule(nn.Module):
@@ -50,7 +50,7 @@ class MultiScaleFusionModule(nn.Module):
         return (weights[..., None, None] * features).sum(dim=1)  # eq. 14
 
 
-class ConditionalUNet(nn.Module):
+class ConditionalUNet(UNetLevels):
     """f(b): MSFM, then a U-Net encoder-decoder to mask logits.
 
     Args:
@@ -65,21 +65,9 @@ class ConditionalUNet(nn.Module):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, channels: tuple[int, ...] = (16, 32, 64, 128)):
         super().__init__()
         self.fusion = MultiScaleFusionModule(in_channels, channels[0])
-        self.encoder = nn.ModuleList(ResidualBlock(c, c) for c in channels[:-1])
-        self.down = nn.ModuleList(Downsample(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.middle = ResidualBlock(channels[-1], channels[-1])
-        self.up = nn.ModuleList(Upsample(c_in, c_out) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
-        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c) for c in channels[-2::-1])
+        self.add_levels(channels)
         self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], num_classes, 1))
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         fused = self.fusion(image)
-        h, skips = fused, []
-        for block, down in zip(self.encoder, self.down):
-            h = block(h)
-            skips.append(h)
-            h = down(h)
-        h = self.middle(h)
-        for up, block in zip(self.up, self.decoder):
-            h = block(torch.cat([up(h), skips.pop()], dim=1))
-        return self.head(h), fused
+        return self.head(self.run_levels(fused)), fused

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import DilatedDepthwiseConv2d, Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, group_norm
+from .layers import DilatedDepthwiseConv2d, SinusoidalTimeEmbedding, UNetLevels, group_norm
 
 
 class NoiseSemanticAdapter(nn.Module):
@@ -55,7 +55,7 @@ class NoiseSemanticAdapter(nn.Module):
         return x * self.expand(v_bar)
 
 
-class DiffusionUNet(nn.Module):
+class DiffusionUNet(UNetLevels):
     """Phi_theta: a time-conditioned U-Net whose encoder levels end in an NSA.
 
     Args:
@@ -79,23 +79,10 @@ class DiffusionUNet(nn.Module):
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
         self.mask_in = nn.Conv2d(2 * num_classes, channels[0], 3, padding=1)
         self.image_in = nn.Conv2d(image_feature_channels, channels[0], 1)
-        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim) for c in channels[:-1])
-        self.adapters = nn.ModuleList(NoiseSemanticAdapter(c) for c in channels[:-1])
-        self.down = nn.ModuleList(Downsample(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim)
-        self.up = nn.ModuleList(Upsample(c_in, c_out) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
-        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim) for c in channels[-2::-1])
+        self.add_levels(channels, time_dim, encoder_adapter=NoiseSemanticAdapter)  # an NSA ends every encoder level
         self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], num_classes, 3, padding=1))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, prior: torch.Tensor, image_features: torch.Tensor) -> torch.Tensor:
         emb = self.time_embedding(t)
         h = self.mask_in(torch.cat([x_t, prior], dim=1)) + self.image_in(image_features)
-        skips = []
-        for block, adapter, down in zip(self.encoder, self.adapters, self.down):
-            h = adapter(block(h, emb))
-            skips.append(h)
-            h = down(h)
-        h = self.middle(h, emb)
-        for up, block in zip(self.up, self.decoder):
-            h = block(torch.cat([up(h), skips.pop()], dim=1), emb)
-        return self.head(h)
+        return self.head(self.run_levels(h, emb))

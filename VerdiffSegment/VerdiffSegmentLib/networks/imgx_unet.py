@@ -28,10 +28,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Downsample, ResidualBlock, SinusoidalTimeEmbedding, Upsample, convolution, group_norm
+from .layers import SinusoidalTimeEmbedding, UNetLevels, convolution, group_norm
 
 
-class ImgXUNet(nn.Module):
+class ImgXUNet(UNetLevels):
     def __init__(self, in_channels: int = 1, num_classes: int = 1, channels=(32, 64, 128, 256), time_dim: int = 64, spatial_dims: int = 2):
         super().__init__()
         conv = convolution(spatial_dims)
@@ -41,24 +41,12 @@ class ImgXUNet(nn.Module):
         self.input_multiple = 2 ** (len(channels) - 1)
         self.time_embedding = SinusoidalTimeEmbedding(time_dim)
         self.stem = conv(in_channels + num_classes, channels[0], 3, padding=1)
-        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim, spatial_dims) for c in channels[:-1])
-        self.down = nn.ModuleList(Downsample(c_in, c_out, spatial_dims) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim, spatial_dims)
-        self.up = nn.ModuleList(Upsample(c_in, c_out, spatial_dims) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
-        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim, spatial_dims) for c in channels[-2::-1])
+        self.add_levels(channels, time_dim, spatial_dims)
         self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), conv(channels[0], num_classes, 3, padding=1))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         emb = self.time_embedding(t)
         noisy_mask = (x_t.clamp(-1.0, 1.0) + 1) / 2  # as the authors' code: the noisy mask in [0, 1], not raw noise
         h = self.stem(torch.cat([image, noisy_mask], dim=1))
-        skips = []
-        for block, down in zip(self.encoder, self.down):
-            h = block(h, emb)
-            skips.append(h)
-            h = down(h)
-        h = self.middle(h, emb)
-        for up, block in zip(self.up, self.decoder):
-            h = block(torch.cat([up(h), skips.pop()], dim=1), emb)
-        return self.head(h)
+        return self.head(self.run_levels(h, emb))
 

@@ -110,3 +110,52 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
                     x[:, :, i::d, j::d], self.weight, self.bias, padding=self.kernel_size[0] // 2, groups=self.groups
                 )
         return out
+
+
+class UNetLevels(nn.Module):
+    """The encoder-decoder levels every U-Net of the families shares.
+
+    Per level, finest first: a residual block whose output is the level's skip, then a
+    strided down-sampling; a middle block at the coarsest level; then per level, coarse to
+    fine: up-sampling, concatenation with the skip and a residual block. What a family
+    adds happens at a level's two ends and is declared, not re-coded:
+
+    - ``encoder_adapter(c)``: a module built per encoder level and applied to that level's
+      block output before it becomes the skip (Verdiff-Net's noise semantic adapter);
+    - ``run_levels(..., decoder_additions=[...])``: one tensor per level, finest first,
+      added to the middle block's output and to each decoder block's output (VerseDiff-
+      UNet's per-level shape priors).
+
+    A network subclasses this and calls ``add_levels`` in its constructor, so parameters
+    keep flat names (``encoder.0``, ``adapters.0``, ``down.0``, ``middle``, ``up.0``,
+    ``decoder.0``) and the same creation order as when each network spelled them out:
+    bundled weights load unchanged and a seed gives the same initial weights.
+    """
+
+    def add_levels(self, channels, time_dim: int | None = None, spatial_dims: int = 2, encoder_adapter=None) -> None:
+        channels = tuple(channels)
+        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim, spatial_dims) for c in channels[:-1])
+        self.adapters = nn.ModuleList(encoder_adapter(c) for c in channels[:-1]) if encoder_adapter else None
+        self.down = nn.ModuleList(Downsample(c_in, c_out, spatial_dims) for c_in, c_out in zip(channels[:-1], channels[1:]))
+        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim, spatial_dims)
+        self.up = nn.ModuleList(Upsample(c_in, c_out, spatial_dims) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
+        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim, spatial_dims) for c in channels[-2::-1])
+
+    def run_levels(self, h: torch.Tensor, time_embedding: torch.Tensor | None = None, decoder_additions: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Features at the finest level's width in, the decoder's finest output out."""
+        additions = list(decoder_additions) if decoder_additions is not None else None
+        skips = []
+        for level, (block, down) in enumerate(zip(self.encoder, self.down)):
+            h = block(h, time_embedding)
+            if self.adapters is not None:
+                h = self.adapters[level](h)
+            skips.append(h)
+            h = down(h)
+        h = self.middle(h, time_embedding)
+        if additions is not None:
+            h = h + additions.pop()  # the coarsest level's
+        for up, block in zip(self.up, self.decoder):
+            h = block(torch.cat([up(h), skips.pop()], dim=1), time_embedding)
+            if additions is not None:
+                h = h + additions.pop()
+        return h

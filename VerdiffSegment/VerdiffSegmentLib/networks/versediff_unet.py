@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .layers import Downsample, ResidualBlock, Upsample, group_norm
+from .layers import Downsample, ResidualBlock, UNetLevels, group_norm
 
 
 class ShapePriorModule(nn.Module):
@@ -82,7 +82,7 @@ class ShapePriorEncoder(nn.Module):
         return priors
 
 
-class VerseDiffUNet(nn.Module):
+class VerseDiffUNet(UNetLevels):
     """The denoiser: x0 logits from cat(image, x_t), the step index t and the shape priors.
 
     Args:
@@ -107,24 +107,13 @@ class VerseDiffUNet(nn.Module):
         self.shape_prior = ShapePriorEncoder(in_channels, channels)
 
         self.stem = nn.Conv2d(in_channels + num_classes, channels[0], 3, padding=1)
-        self.encoder = nn.ModuleList(ResidualBlock(c, c, time_dim) for c in channels[:-1])
-        self.down = nn.ModuleList(Downsample(c_in, c_out) for c_in, c_out in zip(channels[:-1], channels[1:]))
-        self.middle = ResidualBlock(channels[-1], channels[-1], time_dim)
-        self.up = nn.ModuleList(Upsample(c_in, c_out) for c_in, c_out in zip(channels[:0:-1], channels[-2::-1]))
-        self.decoder = nn.ModuleList(ResidualBlock(2 * c, c, time_dim) for c in channels[-2::-1])
+        self.add_levels(channels, time_dim)
         self.head = nn.Sequential(group_norm(channels[0]), nn.SiLU(), nn.Conv2d(channels[0], num_classes, 1))
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
         emb = self.time_embedding(t.long())
         priors = self.shape_prior(image)  # finest first
 
-        h, skips = self.stem(torch.cat([image, x_t], dim=1)), []
-        for block, down in zip(self.encoder, self.down):
-            h = block(h, emb)
-            skips.append(h)
-            h = down(h)
-
-        h = self.middle(h, emb) + priors.pop()  # I_f at the coarsest level
-        for up, block in zip(self.up, self.decoder):
-            h = block(torch.cat([up(h), skips.pop()], dim=1), emb) + priors.pop()  # I_f = I_D + S_f
-        return self.head(h)
+        h = self.stem(torch.cat([image, x_t], dim=1))
+        # I_f = I_D + S_f: each level's prior is summed into the middle and decoder features of that level
+        return self.head(self.run_levels(h, emb, decoder_additions=priors))

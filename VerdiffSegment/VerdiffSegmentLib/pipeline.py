@@ -5,9 +5,13 @@ benchmarks and validation all use:
 
 1. check the image; a single-slice 3D image (an X-ray in Slicer) is handled as 2D;
 2. resample to the canonical sagittal grid at the model's in-plane spacing
-   (``inferers.sagittal``) and normalise as the card says;
-3. pad (never squash) to a multiple of the network's down-sampling, and sample the
-   diffusion ensemble in batches of slices (``inferers.ensemble``);
+   (``inferers.sagittal``) and normalise as the card says; a 3D model's grid is isotropic
+   (the slices are resampled to the same spacing);
+3. 2D models: pad (never squash) to a multiple of the network's down-sampling, and sample
+   the diffusion ensemble in batches of slices (``inferers.ensemble``);
+   3D models: sample the ensemble on overlapping windows of the card's patch size and
+   blend mean probability and standard deviation alike (``sliding_window_inference``,
+   ``VOLUME_OVERLAP``, Gaussian weights);
 4. label map = mean probability above 0.5; uncertainty = the standard deviation of the
    probability across the ensemble's samples (0 where only the prior was used);
 5. map both back onto the input voxel grid: labels by nearest neighbour, uncertainty
@@ -27,9 +31,16 @@ import torch
 from .errors import VerdiffError
 from .inferers.ensemble import labels_from_probability
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
+from .inferers.sliding_window import sliding_window_inference, window_slices
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .transforms import intensity_range, normalise, pad_to_multiple
+
+
+# A 3D model's windows overlap by half a patch on every axis: each voxel away from the
+# volume's faces is predicted by 2-8 windows, whose Gaussian-weighted average hides the
+# seams where a window's context is cut off (the MONAI/nnU-Net convention).
+VOLUME_OVERLAP = 0.5
 
 
 class Cancelled(Exception):
@@ -79,7 +90,8 @@ def segment(
     cancel: Callable[[], bool] | None = None,
 ) -> SegmentationResult:
     """Segment ``image`` with the model of ``card``. ``progress(stage, done, total)`` is called
-    as slices are done; ``cancel()`` returning True stops with ``Cancelled`` between batches."""
+    as slices (3D models: windows) are done; ``cancel()`` returning True stops with ``Cancelled``
+    between batches. A 3D model (card network ``spatial_dims`` 3) refuses 2D images."""
     timings = {}
     clock = time.perf_counter()
     steps = card.default_steps if steps is None else int(steps)
@@ -88,6 +100,9 @@ def segment(
         raise VerdiffError(f"ensemble size must be between 1 and 32, got {ensemble}")
     torch_device = resolve_device(device)
     check_image(image)
+    volumetric = card.spatial_dims == 3
+    if volumetric and (image.GetDimension() == 2 or single_slice_axis(image) is not None):
+        raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
     scheduler = make_scheduler(card)
     if scheduler is None:  # a deterministic family: one pass, no samples
         steps, ensemble = 0, 1
@@ -101,14 +116,50 @@ def segment(
 
     clock = time.perf_counter()
     planar = as_plane(image) if single_slice_axis(image) is not None else image
-    reference = sagittal_reference(planar, card.spacing_mm)
+    reference = sagittal_reference(planar, card.spacing_mm, card.spacing_mm if volumetric else None)
     stack = to_sagittal_stack(planar, reference, card.spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(planar), card.normalisation)
-    stack, (rows, cols) = pad_to_multiple(normalise(stack, low, high), network.input_multiple)
+    stack = normalise(stack, low, high)
     timings["preprocess"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     generator = torch.Generator().manual_seed(int(seed))
+    n_slices = stack.shape[0]
+    sample = (card, network, scheduler, ensemble, generator, torch_device)
+    if volumetric:
+        probability, spread, diffused, windows = sample_volume(stack, *sample, batch_size, progress, cancel)
+    else:
+        probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel)
+    timings["inference"] = time.perf_counter() - clock
+
+    clock = time.perf_counter()
+    labels_stack = labels_from_probability(probability)
+    uncertainty_stack = spread.max(axis=1).astype(np.float32)
+    labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
+    uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
+    if planar is not image:
+        labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
+    segments = segment_statistics(labels, uncertainty, card.labels)
+    timings["postprocess"] = time.perf_counter() - clock
+    settings = {
+        "model": card.name,
+        "model_version": card.data["version"],
+        "family": card.data["family"],
+        "steps": steps,
+        "ensemble": ensemble,
+        "device": str(torch_device),
+        "seed": int(seed),
+        "slices": n_slices,
+        "diffused_slices": diffused,
+        **({"windows": windows, "patch_size": list(card.patch_size)} if volumetric else {}),
+    }
+    return SegmentationResult(labels, uncertainty, segments, settings, timings)
+
+
+def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):
+    """The 2D models: the ensemble on batches of padded sagittal slices. Returns the mean
+    probability and its spread [slices, classes, rows, cols] and how many slices were diffused."""
+    stack, (rows, cols) = pad_to_multiple(stack, network.input_multiple)
     n_slices = stack.shape[0]
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
     spread = np.zeros_like(probability)
@@ -135,29 +186,43 @@ def segment(
         start += len(batch)
         if progress is not None:
             progress("inference", start, n_slices)
-    timings["inference"] = time.perf_counter() - clock
+    return probability, spread, diffused
 
-    clock = time.perf_counter()
-    labels_stack = labels_from_probability(probability)
-    uncertainty_stack = spread.max(axis=1).astype(np.float32)
-    labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
-    uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
-    if planar is not image:
-        labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
-    segments = segment_statistics(labels, uncertainty, card.labels)
-    timings["postprocess"] = time.perf_counter() - clock
-    settings = {
-        "model": card.name,
-        "model_version": card.data["version"],
-        "family": card.data["family"],
-        "steps": steps,
-        "ensemble": ensemble,
-        "device": str(torch_device),
-        "seed": int(seed),
-        "slices": n_slices,
-        "diffused_slices": diffused,
-    }
-    return SegmentationResult(labels, uncertainty, segments, settings, timings)
+
+def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):
+    """The 3D models: the ensemble on overlapping windows of the card's patch size over the
+    isotropic volume [slices, rows, cols], ``batch_size`` windows per sampler call.
+
+    Each call's mean and standard deviation are concatenated along the channels and blended
+    together (``sliding_window_inference``), so the uncertainty is the weighted average of
+    the windows' sample spreads, as the probability is of their means. ``progress`` counts
+    windows; ``cancel`` is asked before each batch of windows. Returns the mean
+    probability and its spread [slices, classes, rows, cols] (the layout of the 2D path),
+    the number of slices diffused (all, for a diffusion family) and of windows."""
+    patch_size = card.patch_size
+    if patch_size is None or len(patch_size) != 3:
+        raise VerdiffError(f"model {card.name} is a 3D model but its card gives no input.patch_size (slices, rows, columns)")
+    total = len(window_slices(stack.shape, patch_size, VOLUME_OVERLAP))
+    done, diffused = 0, 0
+
+    def predict(patches: torch.Tensor) -> torch.Tensor:
+        nonlocal done, diffused
+        if cancel is not None and cancel():
+            raise Cancelled()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch_device.type == "cuda"):
+            mean, std, n = card.family.sample(network, scheduler, patches, ensemble, generator)
+        diffused += n
+        done += len(patches)
+        if progress is not None:
+            progress("inference", done, total)
+        return torch.from_numpy(np.concatenate([mean, std], axis=1)).to(patches.device)
+
+    volume = torch.from_numpy(np.ascontiguousarray(stack[None, None])).to(torch_device)
+    blended = sliding_window_inference(volume, patch_size, predict, VOLUME_OVERLAP, "gaussian", batch_size)[0].cpu().numpy()
+    classes = network.num_classes
+    # [classes, slices, rows, cols] -> [slices, classes, rows, cols]
+    probability, spread = (np.ascontiguousarray(part.swapaxes(0, 1)) for part in (blended[:classes], blended[classes:]))
+    return probability, spread, stack.shape[0] if diffused else 0, total
 
 
 def gpu_batch_size(slice_shape, ensemble: int, network: torch.nn.Module, device: torch.device, budget: float = 0.5) -> int:

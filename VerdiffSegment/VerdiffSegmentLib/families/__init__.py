@@ -12,7 +12,11 @@ rely on nothing else):
   deterministic network (sampling steps and ensemble size are then ignored);
 - ``sample(network, scheduler, images [B, C, H, W], ensemble, generator)`` returns
   ``(mean, std, diffused)``: the mean probability and its standard deviation across
-  samples as numpy [B, classes, H, W], and how many slices were actually diffused.
+  samples as numpy [B, classes, H, W], and how many slices were actually diffused;
+- a family whose ``spatial_dims`` holds 3 also builds ``network(..., spatial_dims=3)``
+  (a card's ``network`` section says so), and its ``sample`` takes volume patches
+  [B, C, D, H, W] and returns [B, classes, D, H, W] (``diffused`` counts patches); the
+  pipeline runs it over windows of the card's ``input.patch_size`` on an isotropic grid.
 The training side of a family (its loss and noising) is ``training/objectives/<module>.py``.
 """
 
@@ -44,6 +48,7 @@ class Family:
     scheduler_config: dict = field(default_factory=dict)
     default_steps: int = 5
     default_ensemble: int = 3
+    spatial_dims: tuple[int, ...] = (2,)  # 3 in it: ``network(..., spatial_dims=3)`` builds the volume variant
 
 
 def get_family(name: str) -> Family:

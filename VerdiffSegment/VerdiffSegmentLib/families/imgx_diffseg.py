@@ -16,4 +16,5 @@ FAMILY = Family(
     scheduler_config={"num_train_timesteps": 1000, "beta_schedule": "linear"},
     default_steps=5,
     default_ensemble=3,
+    spatial_dims=(2, 3),
 )

@@ -23,4 +23,5 @@ FAMILY = Family(
     scheduler_config={"num_train_timesteps": 1000, "beta_schedule": "cosine", "eta": 0.0, "prediction_type": "v_prediction"},
     default_steps=2,
     default_ensemble=3,
+    spatial_dims=(2, 3),
 )

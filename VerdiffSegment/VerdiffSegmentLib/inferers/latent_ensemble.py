@@ -15,12 +15,12 @@ from __future__ import annotations
 import torch
 
 from ..networks.ldseg import label_probabilities
+from . import memory_layout
 
 
 @torch.inference_mode()
 def sample_latent_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
-    layout = torch.channels_last if images.ndim == 4 else torch.channels_last_3d
-    image_code = model.encode_image(images.contiguous(memory_format=layout)).float()
+    image_code = model.encode_image(images.contiguous(memory_format=memory_layout(images))).float()
     members = image_code.repeat(ensemble, *([1] * (image_code.ndim - 1)))
     z = scheduler.start(members.shape, generator, device=members.device)
     for t in scheduler.timesteps:

@@ -8,6 +8,9 @@ Every image goes through one canonical grid before the network sees it:
   (running downwards, S to I) and the one closest to anterior-posterior the columns
   (A to P), both resampled to the model's in-plane spacing. Axes are only permuted and
   sign-flipped, never rotated, so oblique acquisitions are sliced along their own axes.
+- 3D, isotropic (the 3D networks, ``slice_spacing_mm``): the same axes, with the slice
+  axis resampled to ``slice_spacing_mm`` too, so a volume patch has the same physical
+  extent per voxel on every axis (what 3D convolutions assume).
 - 2D (an X-ray): the image is one slice; rows and columns stay as stored.
 
 The grid's origin is the corner of the input's physical bounding box, so the same
@@ -49,8 +52,11 @@ def sagittal_axes(image: sitk.Image) -> tuple[int, int, int, np.ndarray]:
     return slice_axis, row_axis, col_axis, np.stack(columns, axis=1)
 
 
-def sagittal_reference(image: sitk.Image, spacing_mm: float) -> sitk.Image:
-    """An empty image whose geometry is the canonical sagittal grid at ``spacing_mm`` in-plane."""
+def sagittal_reference(image: sitk.Image, spacing_mm: float, slice_spacing_mm: float | None = None) -> sitk.Image:
+    """An empty image whose geometry is the canonical sagittal grid at ``spacing_mm`` in-plane.
+
+    ``slice_spacing_mm``: resample the slice axis to this spacing too (the 3D networks pass
+    ``spacing_mm``: an isotropic grid); None (default) keeps the input's slices."""
     size = np.array(image.GetSize())
     spacing = np.array(image.GetSpacing())
     origin = np.array(image.GetOrigin())
@@ -60,11 +66,12 @@ def sagittal_reference(image: sitk.Image, spacing_mm: float) -> sitk.Image:
         new_size = [math.ceil(size[i] * spacing[i] / spacing_mm - 1e-6) for i in range(2)]
     else:
         slice_axis, row_axis, col_axis, new_direction = sagittal_axes(image)
-        new_spacing = np.array([spacing_mm, spacing_mm, spacing[slice_axis]])
+        slice_spacing = spacing[slice_axis] if slice_spacing_mm is None else float(slice_spacing_mm)
+        new_spacing = np.array([spacing_mm, spacing_mm, slice_spacing])
         new_size = [
             math.ceil(size[col_axis] * spacing[col_axis] / spacing_mm - 1e-6),
             math.ceil(size[row_axis] * spacing[row_axis] / spacing_mm - 1e-6),
-            int(size[slice_axis]),
+            int(size[slice_axis]) if slice_spacing_mm is None else math.ceil(size[slice_axis] * spacing[slice_axis] / slice_spacing - 1e-6),
         ]
     # Corners of the voxel-edge bounding box, in the new axes' coordinates.
     corner_indices = np.array(list(itertools.product(*[(-0.5, n - 0.5) for n in size])))
@@ -78,12 +85,11 @@ def sagittal_reference(image: sitk.Image, spacing_mm: float) -> sitk.Image:
     return reference
 
 
-def _anti_alias(image: sitk.Image, spacing_mm: float, slice_axis: int | None) -> sitk.Image:
-    """Gaussian pre-filter before in-plane downsampling (sigma = (new - old) / 2 mm per axis,
-    as scikit-image's rescale does in pixels); the slice axis is never smoothed."""
-    sigmas = [
-        0.0 if axis == slice_axis else max(spacing_mm - s, 0.0) / 2 for axis, s in enumerate(image.GetSpacing())
-    ]
+def _anti_alias(image: sitk.Image, target_spacing: list[float]) -> sitk.Image:
+    """Gaussian pre-filter before downsampling (sigma = (new - old) / 2 mm per input axis, as
+    scikit-image's rescale does in pixels); an axis kept at its own spacing (the slice axis
+    of the 2D grid) is not smoothed."""
+    sigmas = [max(target - s, 0.0) / 2 for target, s in zip(target_spacing, image.GetSpacing())]
     if max(sigmas) < 0.25 * min(image.GetSpacing()):
         return image
     return sitk.DiscreteGaussian(image, [s * s for s in sigmas], 64, 0.01, True)
@@ -93,15 +99,19 @@ def to_sagittal_stack(image: sitk.Image, reference: sitk.Image, spacing_mm: floa
     """Resample ``image`` onto ``reference``; returns float32 (or int) [slices, rows, columns].
 
     Intensities: anti-aliased then linear, outside the image filled with its minimum.
-    Labels: nearest neighbour, outside = 0.
+    Labels: nearest neighbour, outside = 0. Each input axis is anti-aliased for the spacing
+    ``reference`` gives it: ``spacing_mm`` in-plane, the reference's own slice spacing on
+    the slice axis (so a 2D grid's slices stay sharp and an isotropic grid's are filtered).
     """
     if is_label:
         resampled = sitk.Resample(image, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, image.GetPixelID())
         array = sitk.GetArrayFromImage(resampled)
     else:
         floating = sitk.Cast(image, sitk.sitkFloat32)
-        slice_axis = sagittal_axes(image)[0] if image.GetDimension() == 3 else None
-        floating = _anti_alias(floating, spacing_mm, slice_axis)
+        target_spacing = [spacing_mm] * image.GetDimension()
+        if image.GetDimension() == 3:
+            target_spacing[sagittal_axes(image)[0]] = reference.GetSpacing()[2]
+        floating = _anti_alias(floating, target_spacing)
         fill = float(sitk.GetArrayViewFromImage(floating).min())
         resampled = sitk.Resample(floating, reference, sitk.Transform(), sitk.sitkLinear, fill, sitk.sitkFloat32)
         array = sitk.GetArrayFromImage(resampled)

@@ -52,6 +52,13 @@ def window_weight(patch_size: Sequence[int], mode: str = "gaussian", sigma_scale
     return weight.clamp(min=floor).float()
 
 
+def window_slices(spatial: Sequence[int], patch_size: Sequence[int], overlap: float = 0.5) -> list[tuple[slice, ...]]:
+    """The windows over a volume of shape ``spatial``, in the order they are predicted
+    (an axis shorter than the patch counts as padded up to it)."""
+    starts = [window_starts(max(size, patch), patch, overlap) for size, patch in zip(spatial, patch_size)]
+    return [tuple(slice(s, s + p) for s, p in zip(corner, patch_size)) for corner in itertools.product(*starts)]
+
+
 def sliding_window_inference(
     volume: torch.Tensor,
     patch_size: Sequence[int],
@@ -93,8 +100,7 @@ def _accumulate(volume, patch_size, predictor, overlap, weighting, batch_size):
     padded = F.pad(volume, padding) if any(padding) else volume
     padded_shape = tuple(padded.shape[2:])
 
-    starts = [window_starts(size, patch, overlap) for size, patch in zip(padded_shape, patch_size)]
-    windows = [tuple(slice(s, s + p) for s, p in zip(corner, patch_size)) for corner in itertools.product(*starts)]
+    windows = window_slices(padded_shape, patch_size, overlap)
     weight = window_weight(patch_size, weighting).to(volume.device)
 
     total, weights = None, torch.zeros(padded_shape, device=volume.device)

@@ -6,7 +6,8 @@ sampler maps them to the mask space (x0 = 2 sigmoid(logits) - 1) and takes a
 every slice is diffused, and ensemble members are stacked along the batch axis so one
 network call serves all. Returns what every family's sampler returns: the mean
 probability and its standard deviation across members ([B, classes, H, W] numpy) and the
-number of slices diffused.
+number of slices diffused. Volume patches [B, C, D, H, W] (the 3D variant) work the same
+way ([B, classes, D, H, W] out; the count is then of patches).
 """
 
 from __future__ import annotations
@@ -14,10 +15,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import memory_layout
+
 
 @torch.inference_mode()
 def sample_x0_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
-    members = images.repeat(ensemble, 1, 1, 1).contiguous(memory_format=torch.channels_last)
+    members = images.repeat(ensemble, *[1] * (images.dim() - 1)).contiguous(memory_format=memory_layout(images))
     shape = (members.shape[0], model.num_classes, *members.shape[2:])
     x = scheduler.start(torch.zeros(shape, device=members.device), generator)
     x0 = x

@@ -1,6 +1,7 @@
 """``python -m training train|export|defaults|evaluate ...`` (see ``docs/training.md``).
 
 train    MODEL [--out DIR --steps N --batch-size B --crop C --threads T ...]  a bundled recipe
+         ... --spatial-dims 3 --patch D,H,W [--spacing MM]                    its 3D variant, on volume patches
 train    --config run.toml --out DIR ...                                      data sets from a TOML file
 train    MODEL --images GLOB --labels GLOB --source S --name NAME --out DIR   the same, as arguments
 export   MODEL --run DIR [--steps K --ensemble N --precision auto|fp32|fp16]
@@ -57,6 +58,9 @@ def _train_parser(sub) -> None:
     data.add_argument("--split-seed", type=int, default=35)
     data.add_argument("--family", choices=sorted(FAMILY_MODULES), default=None, help="model family to train (default verdiff-net)")
     data.add_argument("--channels", type=_channels, default=None, help=f"network channels per level (default {','.join(map(str, DEFAULT_CHANNELS))})")
+    data.add_argument("--spatial-dims", type=int, choices=[2, 3], default=2, help="2: sagittal slices (default); 3: the family's 3D network on volume patches")
+    data.add_argument("--patch", type=_channels, default=None, help="3D: patch size SLICES,ROWS,COLUMNS in voxels of the isotropic grid, e.g. 32,64,64")
+    data.add_argument("--spacing", type=float, default=None, help="grid spacing in mm (default: the recipe's; isotropic in 3D)")
     loop = p.add_argument_group("the loop")
     defaults = TrainOptions()
     loop.add_argument("--steps", type=int, default=defaults.steps)
@@ -92,11 +96,16 @@ def run_config_from_args(args) -> RunConfig:
     """The run's config from --config, from data set arguments, or from the recipe."""
     levels = args.levels.split(",") if args.levels else None
     if args.config:
-        if args.model or args.images or args.kind == "aasce" or args.family:
+        if args.model or args.images or args.kind == "aasce" or args.family or args.spatial_dims != 2 or args.patch or args.spacing:
             raise ValueError("--config describes the whole run; do not also name a recipe, a family or data sets")
         return load_config(args.config)
     channels = args.channels or DEFAULT_CHANNELS
     family = args.family or DEFAULT_FAMILY
+    geometry = {"spatial_dims": args.spatial_dims}
+    if args.patch:
+        geometry["patch_size"] = list(args.patch)
+    if args.spacing:
+        geometry["spacing_mm"] = args.spacing
     if args.images or args.kind == "aasce":
         if not args.model:
             raise ValueError("name the recipe whose geometry and normalisation to use, e.g. 'train verdiff-mr --images ...'")
@@ -115,12 +124,13 @@ def run_config_from_args(args) -> RunConfig:
                 "datasets": [dataset],
                 "split": {"seed": args.split_seed, "validation": args.validation_fraction, "test": args.test_fraction},
                 "channels": list(channels),
+                **geometry,
             },
             "arguments",
         )
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
-    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family)
+    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing)
 
 
 def _command_line(argv) -> str:

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from VerdiffSegmentLib.families import FAMILY_MODULES
+from VerdiffSegmentLib.families import FAMILY_MODULES, get_family
 
 from .labels import LabelScheme, default_levels, source_levels
 
@@ -64,7 +64,7 @@ DEFAULT_CHANNELS = (8, 16, 32, 64)
 DATASET_KINDS = ("volume", "aasce")
 _DATASET_KEYS = {"kind", "images", "labels", "source", "subject", "include", "root"}
 _SPLIT_KEYS = {"seed", "validation", "test", "validation_subjects", "test_subjects"}
-_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels"}
+_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm"}
 DEFAULT_FAMILY = "verdiff-net"
 
 
@@ -73,6 +73,10 @@ class RunConfig:
     """What a run trains: a model name, the recipe it takes geometry and normalisation
     from, the model family (``VerdiffSegmentLib.families``), the product's labels, and its data. No ``datasets``: the recipe's own data and
     held-out split (above); otherwise the data sets are split by subject with ``split``.
+
+    ``spatial_dims`` 3 trains the family's 3D network on random ``patch_size`` (slices,
+    rows, columns) patches of the volumes resampled to an isotropic grid at ``spacing_mm``
+    (default: the recipe's in-plane spacing); 2 (default) trains on sagittal slices.
     """
 
     name: str
@@ -82,14 +86,34 @@ class RunConfig:
     split: dict = field(default_factory=lambda: {"seed": 35, "validation": 0.1, "test": 0.0})
     channels: tuple[int, ...] = DEFAULT_CHANNELS
     family: str = DEFAULT_FAMILY
+    spatial_dims: int = 2
+    patch_size: tuple[int, ...] | None = None  # 3D only: (slices, rows, columns) in voxels
+    spacing_mm: float | None = None  # None: the recipe's
 
     @property
     def recipe_settings(self) -> dict:
         return RECIPES[self.recipe]
 
     @property
+    def input_spacing_mm(self) -> float:
+        """The grid's in-plane spacing (and, in 3D, its slice spacing)."""
+        return float(self.spacing_mm or self.recipe_settings["spacing_mm"])
+
+    @property
+    def slice_spacing_mm(self) -> float | None:
+        """The slice spacing of the grid: isotropic in 3D, None (the input's own) in 2D."""
+        return self.input_spacing_mm if self.spatial_dims == 3 else None
+
+    @property
     def sources(self) -> list[str]:
         return [d["source"] for d in self.datasets] if self.datasets else list(self.recipe_settings["sources"])
+
+    @property
+    def network_arguments(self) -> dict:
+        """The family network's constructor keywords (the card's ``network`` section)."""
+        family = get_family(self.family)
+        dims = {"spatial_dims": 3} if self.spatial_dims == 3 else {}
+        return {"in_channels": 1, "num_classes": self.labels.num_classes, "channels": list(self.channels), **family.network_defaults, **dims}
 
     @property
     def card_labels(self) -> list[dict]:
@@ -105,6 +129,9 @@ class RunConfig:
             "datasets": self.datasets,
             "split": self.split,
             "channels": list(self.channels),
+            # only when set, so the configs of 2D runs (and their checkpoints) read as before
+            **({"spatial_dims": self.spatial_dims, "patch_size": list(self.patch_size)} if self.spatial_dims == 3 else {}),
+            **({"spacing_mm": self.spacing_mm} if self.spacing_mm is not None else {}),
         }
 
     @classmethod
@@ -133,7 +160,20 @@ class RunConfig:
         family = data.get("family", DEFAULT_FAMILY)
         if family not in FAMILY_MODULES:
             raise ValueError(f"{origin}: family must be one of {sorted(FAMILY_MODULES)}, got {family!r}")
-        return cls(name, recipe, scheme, datasets, split, channels, family)
+        spatial_dims, patch_size = int(data.get("spatial_dims", 2)), data.get("patch_size")
+        if spatial_dims not in get_family(family).spatial_dims:
+            raise ValueError(f"{origin}: family {family} has no {spatial_dims}D network (it has {', '.join(f'{d}D' for d in get_family(family).spatial_dims)})")
+        if spatial_dims == 3:
+            multiple = 2 ** (len(channels) - 1)
+            if not patch_size or len(patch_size) != 3 or any(int(p) <= 0 or int(p) % multiple for p in patch_size):
+                raise ValueError(f"{origin}: a 3D run needs patch_size: 3 sizes (slices, rows, columns), each a multiple of {multiple}, got {patch_size!r}")
+            patch_size = tuple(int(p) for p in patch_size)
+        elif patch_size is not None:
+            raise ValueError(f"{origin}: patch_size is for 3D runs (spatial_dims = 3); 2D runs crop with --crop")
+        spacing_mm = data.get("spacing_mm")
+        if spacing_mm is not None and not float(spacing_mm) > 0:
+            raise ValueError(f"{origin}: spacing_mm must be positive, got {spacing_mm!r}")
+        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm))
 
 
 def _check_dataset(entry: dict, where: str) -> dict:
@@ -168,7 +208,14 @@ def load_config(path: Path) -> RunConfig:
     return RunConfig.from_dict(data, str(path))
 
 
-def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None, family: str = DEFAULT_FAMILY) -> RunConfig:
-    """A bundled recipe as a config (its own data and held-out split), for any model family."""
+def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None, family: str = DEFAULT_FAMILY,
+                  spatial_dims: int = 2, patch_size=None, spacing_mm: float | None = None) -> RunConfig:
+    """A bundled recipe as a config (its own data and held-out split), for any model family,
+    in 2D or (``spatial_dims=3`` with a ``patch_size``) 3D."""
     labels = {"scheme": scheme, **({"levels": list(levels)} if levels else {})}
-    return RunConfig.from_dict({"name": name or model, "recipe": model, "family": family, "labels": labels, "channels": list(channels)}, model)
+    data = {"name": name or model, "recipe": model, "family": family, "labels": labels, "channels": list(channels), "spatial_dims": spatial_dims}
+    if patch_size is not None:
+        data["patch_size"] = list(patch_size)
+    if spacing_mm is not None:
+        data["spacing_mm"] = spacing_mm
+    return RunConfig.from_dict(data, model)

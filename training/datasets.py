@@ -157,19 +157,26 @@ def read_item(item: Item) -> tuple[sitk.Image, sitk.Image]:
     return image, labels
 
 
-def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: str, scheme: LabelScheme, spacing_mm: float, normalisation: dict) -> Case:
+def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: str, scheme: LabelScheme, spacing_mm: float, normalisation: dict,
+               slice_spacing_mm: float | None = None) -> Case:
     """Resample a labelled image to the canonical sagittal grid, as inference does, and map
-    its source ids to the product's labels."""
-    reference = sagittal_reference(image, spacing_mm)
+    its source ids to the product's labels. ``slice_spacing_mm``: resample the slices too
+    (the isotropic grid of the 3D networks; ``sagittal_reference``)."""
+    reference = sagittal_reference(image, spacing_mm, slice_spacing_mm)
     stack = to_sagittal_stack(image, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(image), normalisation)
     ids = to_sagittal_stack(source_labels, reference, spacing_mm, is_label=True)
     return Case(name, normalise(stack, low, high), scheme.apply(ids, source))
 
 
-def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict) -> Case:
+def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> Case:
     image, labels = read_item(item)
-    return slice_case(item.name, image, labels, item.source, scheme, spacing_mm, normalisation)
+    return slice_case(item.name, image, labels, item.source, scheme, spacing_mm, normalisation, slice_spacing_mm)
+
+
+def run_case(item: Item, run: RunConfig) -> Case:
+    """An item on the grid ``run`` trains on (its spacing; isotropic for a 3D run)."""
+    return load_case(item, run.labels, run.input_spacing_mm, run.recipe_settings["normalisation"], run.slice_spacing_mm)
 
 
 def truth_on_image_grid(item: Item, scheme: LabelScheme) -> tuple[sitk.Image, np.ndarray]:
@@ -198,25 +205,23 @@ def ct_abdomen_item(data_root: Path) -> Item:
 
 
 def _recipe_training_cases(run: RunConfig, data_root: Path, seed: int, limit: int | None):
-    recipe, scheme = run.recipe_settings, run.labels
-    sp, norm = recipe["spacing_mm"], recipe["normalisation"]
     if run.recipe == "verdiff-mr":
         subjects = sorted(p.name[:6] for p in (Path(data_root) / MR_FOLDER).glob("VB3_*_img.nii.gz"))
         train = [s for s in subjects if s not in MR_VALIDATION][:limit]
-        return [load_case(mr_item(data_root, s), scheme, sp, norm) for s in train], {"train": train, "validation": MR_VALIDATION}
+        return [run_case(mr_item(data_root, s), run) for s in train], {"train": train, "validation": MR_VALIDATION}
     if run.recipe == "verdiff-xray":
         items = aasce_items(Path(data_root) / "xray-aasce")
         order = np.random.default_rng(seed).permutation(len(items))
         n_val = len(items) // 10
         validation = sorted(items[i].name for i in order[:n_val])
         train_items = [items[i] for i in sorted(order[n_val:])][:limit]
-        return [load_case(item, scheme, sp, norm) for item in train_items], {"train": [i.name for i in train_items], "validation": validation}
+        return [run_case(item, run) for item in train_items], {"train": [i.name for i in train_items], "validation": validation}
     if run.recipe == "verdiff-ct":
         # Two labelled CTs exist here. The whole chest CT (C5-L3) is trained on; the abdominal CT
         # (T11-L5, another patient and scanner, 3 mm) is the held-out subject. An earlier recipe held
         # out half of the chest CT's sagittal slices instead: it never showed the network a
         # mid-sagittal lumbar vertebra and reached only 0.37 Dice on that half.
-        chest = load_case(ct_chest_item(data_root), scheme, sp, norm)
+        chest = run_case(ct_chest_item(data_root), run)
         return [chest], {"train": ["ct-chest"], "validation": ["ct-abdomen-small example_ct"]}
     raise KeyError(run.recipe)
 
@@ -245,8 +250,7 @@ def training_cases(run: RunConfig, data_root: Path, seed: int = 35, limit: int |
         return _recipe_training_cases(run, data_root, seed, limit)
     items, split = config_split(run, data_root)
     subjects = split["train"][:limit]
-    recipe = run.recipe_settings
-    cases = [load_case(item, run.labels, recipe["spacing_mm"], recipe["normalisation"]) for item in items if item.subject in subjects]
+    cases = [run_case(item, run) for item in items if item.subject in subjects]
     return cases, split
 
 

@@ -51,11 +51,14 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         "weights": weights_name,
         "sha256": sha256,
         "labels": run.card_labels,
-        "network": {"in_channels": 1, "num_classes": run.labels.num_classes, "channels": channels, **family.network_defaults},
+        "network": run.network_arguments,
         "scheduler": dict(family.scheduler_config),
-        "input": {"spacing_mm": recipe["spacing_mm"], "spacing_note": "pixel units for 2D images without spacing", "normalisation": recipe["normalisation"], "pad_multiple": 2 ** (len(channels) - 1)},
+        "input": {"spacing_mm": run.input_spacing_mm, "spacing_note": "pixel units for 2D images without spacing", "normalisation": recipe["normalisation"], "pad_multiple": 2 ** (len(channels) - 1)},
         "defaults": {"steps": steps, "ensemble": ensemble},
     }
+    if run.spatial_dims == 3:
+        card["input"]["spacing_note"] = "isotropic: the slices are resampled to spacing_mm too; volumes only"
+        card["input"]["patch_size"] = list(run.patch_size)
     if family.scheduler is None:  # deterministic: no sampling settings to record
         del card["scheduler"]
         card["defaults"] = {"steps": family.default_steps, "ensemble": family.default_ensemble}

@@ -1,4 +1,5 @@
-"""Random augmented crops from the training cases' sagittal slices.
+"""Random augmented crops from the training cases' sagittal slices (2D), or random augmented
+patches from their isotropic volumes (3D, ``PatchSampler``).
 
 Decisions (the bundled recipes' sampling, kept): 80 % of samples come from slices that
 show spine and 20 % from any slice, so the prior also learns to say "no spine" on lateral
@@ -10,7 +11,15 @@ Reproducibility and sharding: the sampler's one generator draws a seed per sampl
 *global* batch; each sample is then built from its own generator. Every rank draws the
 same seeds and builds only its shard, so ranks see different samples, the union of the
 shards is exactly the batch one process would draw, and the sampler's whole state is its
-generator's (saved in checkpoints).
+generator's (saved in checkpoints). Both samplers share this (``SeededSampler``).
+
+3D patches (``PatchSampler``), decisions: every training volume shows spine, so the case is
+drawn uniformly; 70 % of patches are centred on a random spine voxel (as the 2D crops) and
+the rest lie anywhere in the volume; the geometric augmentation is the 2D one drawn once
+per patch and applied to every sagittal slice alike (a rotation about the left-right axis,
+the in-plane pose change the 2D models learn), before cropping, so patch edges are real
+anatomy; the intensity augmentation is the 2D one on the whole patch; volumes smaller than
+the patch on an axis are padded with 0 (background).
 """
 
 from __future__ import annotations
@@ -18,23 +27,21 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .augment import Augmentation
+from .augment import Augmentation, warp
 
 SPINE_SLICE_FRACTION = 0.8
 SPINE_CENTRED_CROP_FRACTION = 0.7
 
 
-class SliceSampler:
-    """Args: cases (``datasets.Case``), crop size in pixels, seed, augmentation, number of
-    product labels (mask channels: label k is channel k-1)."""
+class SeededSampler:
+    """The reproducible, shardable batches of both samplers: a subclass's ``sample(seed)``
+    builds one (image, masks) pair from its own seed."""
 
-    def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1):
+    def __init__(self, cases, seed: int, augmentation: Augmentation, num_classes: int):
         if not cases:
             raise ValueError("no training cases")
-        self.cases, self.crop, self.augmentation, self.num_classes = cases, crop, augmentation, num_classes
+        self.cases, self.augmentation, self.num_classes = cases, augmentation, num_classes
         self.rng = np.random.default_rng(seed)
-        self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
-        self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
 
     def state_dict(self) -> dict:
         return {"bit_generator": self.rng.bit_generator.state}
@@ -42,19 +49,56 @@ class SliceSampler:
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
 
+    def masks(self, labels: np.ndarray) -> np.ndarray:
+        """Label map [*spatial] -> one-hot float32 masks [classes, *spatial] (label k is channel k-1)."""
+        values = np.arange(1, self.num_classes + 1, dtype=labels.dtype).reshape(-1, *[1] * labels.ndim)
+        return (labels[None] == values).astype(np.float32)
+
+    def sample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def batch(self, global_size: int, shard: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw the seeds of a global batch (advancing the state identically on every rank)
+        and build the samples of ``shard``: (images [B, 1, *size], masks [B, classes, *size])."""
+        seeds = self.rng.integers(0, 2**63, size=global_size)
+        images, masks = zip(*(self.sample(int(seed)) for seed in seeds[shard]))
+        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+
+def centred_window(labels: np.ndarray, size, rng: np.random.Generator) -> tuple[slice, ...]:
+    """A window of ``size`` inside ``labels`` (at least as large on every axis): centred on a
+    random spine voxel with probability ``SPINE_CENTRED_CROP_FRACTION`` (when there is
+    one), else anywhere; moved inside where it would reach out."""
+    if labels.any() and rng.random() < SPINE_CENTRED_CROP_FRACTION:
+        spine = np.nonzero(labels)
+        k = rng.integers(len(spine[0]))
+        corner = [int(axis[k]) - n // 2 for axis, n in zip(spine, size)]
+    else:
+        corner = [int(rng.integers(0, extent - n + 1)) for extent, n in zip(labels.shape, size)]
+    corner = [int(np.clip(c, 0, extent - n)) for c, extent, n in zip(corner, labels.shape, size)]
+    return tuple(slice(c, c + n) for c, n in zip(corner, size))
+
+
+def pad_up_to(array: np.ndarray, size) -> np.ndarray:
+    """Pad each axis at its end with 0 up to ``size`` (axes already as large are kept)."""
+    return np.pad(array, [(0, max(n - extent, 0)) for extent, n in zip(array.shape, size)])
+
+
+class SliceSampler(SeededSampler):
+    """Args: cases (``datasets.Case``), crop size in pixels, seed, augmentation, number of
+    product labels (mask channels: label k is channel k-1)."""
+
+    def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1):
+        super().__init__(cases, seed, augmentation, num_classes)
+        self.crop = crop
+        self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
+        self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
+
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
-        h = self.crop
-        pad = [(0, max(h - image.shape[0], 0)), (0, max(h - image.shape[1], 0))]
-        image, labels = np.pad(image, pad), np.pad(labels, pad)
-        if labels.any() and rng.random() < SPINE_CENTRED_CROP_FRACTION:
-            rows, cols = np.nonzero(labels)
-            k = rng.integers(len(rows))
-            r0, c0 = rows[k] - h // 2, cols[k] - h // 2
-        else:
-            r0, c0 = rng.integers(0, image.shape[0] - h + 1), rng.integers(0, image.shape[1] - h + 1)
-        r0 = int(np.clip(r0, 0, image.shape[0] - h))
-        c0 = int(np.clip(c0, 0, image.shape[1] - h))
-        return image[r0 : r0 + h, c0 : c0 + h], labels[r0 : r0 + h, c0 : c0 + h]
+        size = (self.crop, self.crop)
+        image, labels = pad_up_to(image, size), pad_up_to(labels, size)
+        window = centred_window(labels, size, rng)
+        return image[window], labels[window]
 
     def sample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
         """One augmented crop: image [1, crop, crop] and one-hot masks [classes, crop, crop]."""
@@ -64,12 +108,31 @@ class SliceSampler:
         image, labels = self.augmentation.spatial(self.cases[c].images[s], self.cases[c].labels[s], rng)
         image, labels = self._crop(image, labels, rng)
         image = self.augmentation.intensity(image, rng)
-        masks = labels[None] == np.arange(1, self.num_classes + 1, dtype=labels.dtype)[:, None, None]
-        return image[None].astype(np.float32), masks.astype(np.float32)
+        return image[None].astype(np.float32), self.masks(labels)
 
-    def batch(self, global_size: int, shard: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the seeds of a global batch (advancing the state identically on every rank)
-        and build the samples of ``shard``: (images [B, 1, crop, crop], masks [B, classes, crop, crop])."""
-        seeds = self.rng.integers(0, 2**63, size=global_size)
-        images, masks = zip(*(self.sample(int(seed)) for seed in seeds[shard]))
-        return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+class PatchSampler(SeededSampler):
+    """Random 3D patches of the cases' isotropic volumes (module docstring).
+
+    Args: cases (``datasets.Case`` on the isotropic grid), patch size (slices, rows,
+    columns) in voxels, seed, augmentation, number of product labels."""
+
+    def __init__(self, cases, patch_size, seed: int, augmentation: Augmentation, num_classes: int = 1):
+        super().__init__(cases, seed, augmentation, num_classes)
+        self.patch_size = tuple(int(n) for n in patch_size)
+        if len(self.patch_size) != 3:
+            raise ValueError(f"a patch has 3 sizes (slices, rows, columns), got {patch_size!r}")
+
+    def sample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented patch: image [1, *patch_size] and one-hot masks [classes, *patch_size]."""
+        rng = np.random.default_rng(seed)
+        case = self.cases[rng.integers(len(self.cases))]
+        images, labels = case.images, case.labels
+        transform = self.augmentation.draw_warp(images.shape[1:], rng)
+        if not transform.is_identity:
+            warped = [warp(image, label, transform) for image, label in zip(images, labels)]
+            images, labels = np.stack([w[0] for w in warped]), np.stack([w[1] for w in warped])
+        images, labels = pad_up_to(images, self.patch_size), pad_up_to(labels, self.patch_size)
+        window = centred_window(labels, self.patch_size, rng)
+        image = self.augmentation.intensity(images[window], rng)
+        return image[None].astype(np.float32), self.masks(labels[window])

@@ -1,6 +1,7 @@
-"""The training loop of every model family on 2D sagittal slices: one process or many (DDP), CPU or CUDA.
+"""The training loop of every model family on 2D sagittal slices, or (a 3D run: ``RunConfig``
+``spatial_dims`` 3) on 3D patches of isotropic volumes: one process or many (DDP), CPU or CUDA.
 
-One step: draw a global batch of augmented crops (``sampler``) and the family objective's
+One step: draw a global batch of augmented crops or patches (``sampler``) and the family objective's
 random inputs (timesteps, noise; ``objectives``), and minimise the objective's loss on the
 core's own network (``VerdiffSegmentLib.families``). Verdiff-Net's objective noises each
 mask around the conditional U-Net's prior (eq. 5) and minimises L_simple + BCE.
@@ -49,7 +50,7 @@ from .distributed import World, all_mean, broadcast, close_world, gather, init_w
 from .evaluate import card_data, evaluate, split_cases
 from .logs import RunLog
 from .objectives import objective_for
-from .sampler import SliceSampler
+from .sampler import PatchSampler, SliceSampler
 from .splits import write_split
 
 @dataclass
@@ -152,9 +153,12 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
             (out_dir / "command.txt").write_text(command + "\n")
 
     num_classes = run.labels.num_classes
-    sampler = SliceSampler(cases, options.crop, options.seed, PRESETS[options.augmentation], num_classes)
+    if run.spatial_dims == 3:
+        sampler = PatchSampler(cases, run.patch_size, options.seed, PRESETS[options.augmentation], num_classes)
+    else:
+        sampler = SliceSampler(cases, options.crop, options.seed, PRESETS[options.augmentation], num_classes)
     family = get_family(run.family)
-    network = family.network(num_classes=num_classes, channels=run.channels, **family.network_defaults)
+    network = family.network(**run.network_arguments)
     if options.init:
         network.load_state_dict(load_weights(options.init))
     network = network.to(device)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from VerdiffSegmentLib.families import FAMILY_MODULES
+from VerdiffSegmentLib.losses import bce_dice_terms
 
 
 def objective_for(family: str, network: nn.Module, autocast_dtype: torch.dtype | None = None) -> nn.Module:
@@ -41,3 +42,15 @@ def non_finite(terms: tuple[str, ...], *tensors: torch.Tensor) -> dict[str, torc
         return None
     nan = torch.full((), float("nan"), device=tensors[0].device)
     return dict.fromkeys(terms, nan)
+
+
+def mask_logit_loss(terms: tuple[str, ...], logits: torch.Tensor, mask: torch.Tensor, **extra: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The loss of a family whose network outputs mask logits (the U-Net baseline, ImgX-DiffSeg,
+    VerseDiff-UNet): BCE + soft Dice on the logits in float32, plus any ``extra`` terms, all
+    summed into ``total``; NaN terms when the logits are not finite."""
+    logits = logits.float()
+    bad = non_finite(terms, logits)
+    if bad is not None:
+        return bad
+    scored = bce_dice_terms(logits, mask)
+    return {"total": sum(extra.values()) + scored["bce"] + scored["dice"], **extra, **scored}

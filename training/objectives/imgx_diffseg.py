@@ -32,10 +32,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from VerdiffSegmentLib.losses import bce_dice_terms
 from VerdiffSegmentLib.schedulers import DDPMScheduler
 
-from . import autocast, non_finite
+from . import autocast, mask_logit_loss
 
 
 class Objective(nn.Module):
@@ -100,9 +99,4 @@ class Objective(nn.Module):
         x_t = self.noisy_mask(image, mask, t, t_recycle, recycle, noise_recycle, noise)
         with autocast(image.device, self.autocast_dtype):
             logits = self.network(x_t, t, image)
-        logits = logits.float()
-        bad = non_finite(self.terms, logits)
-        if bad is not None:
-            return bad
-        terms = bce_dice_terms(logits, mask)
-        return {"total": terms["bce"] + terms["dice"], **terms}
+        return mask_logit_loss(self.terms, logits, mask)

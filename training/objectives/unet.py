@@ -6,9 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from VerdiffSegmentLib.losses import bce_dice_terms
-
-from . import autocast, non_finite
+from . import autocast, mask_logit_loss
 
 
 class Objective(nn.Module):
@@ -24,9 +22,4 @@ class Objective(nn.Module):
     def forward(self, image, mask) -> dict[str, torch.Tensor]:
         with autocast(image.device, self.autocast_dtype):
             logits = self.network(image)
-        logits = logits.float()
-        bad = non_finite(self.terms, logits)
-        if bad is not None:
-            return bad
-        terms = bce_dice_terms(logits, mask)
-        return {"total": terms["bce"] + terms["dice"], **terms}
+        return mask_logit_loss(self.terms, logits, mask)

@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.losses import bce_dice_terms
 from VerdiffSegmentLib.schedulers import DDPMScheduler
 
-from . import autocast, non_finite
+from . import autocast, mask_logit_loss
 
 
 class Objective(nn.Module):
@@ -44,9 +43,4 @@ class Objective(nn.Module):
         with autocast(image.device, self.autocast_dtype):
             logits = self.network(x_t, t, image)
         logits = logits.float()
-        bad = non_finite(self.terms, logits)
-        if bad is not None:
-            return bad
-        mse = F.mse_loss(2 * logits.sigmoid() - 1, x0)
-        terms = bce_dice_terms(logits, mask)
-        return {"total": mse + terms["bce"] + terms["dice"], "mse": mse, **terms}
+        return mask_logit_loss(self.terms, logits, mask, mse=F.mse_loss(2 * logits.sigmoid() - 1, x0))

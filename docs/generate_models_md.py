@@ -17,6 +17,17 @@ def defaults(card: dict) -> str:
     return text + (f" from t={start}" if start is not None else "") if card["family"] != "unet" else "deterministic"
 
 
+def family(card: dict) -> str:
+    return card["family"] + (" (3D)" if card["network"].get("spatial_dims") == 3 else "")
+
+
+def spacing(card: dict) -> str:
+    """In-plane spacing; a 3D model's grid is isotropic, and its patch is given."""
+    if card["network"].get("spatial_dims") != 3:
+        return str(card["input"]["spacing_mm"])
+    return f"{card['input']['spacing_mm']} isotropic, patches {'×'.join(map(str, card['input']['patch_size']))}"
+
+
 def held_out(validation: dict) -> str:
     cases = [x["case"] for x in validation["cases"] if "trained on" not in x["case"]]
     return ", ".join(cases) if len(cases) <= 4 else f"{len(cases)} held-out images"
@@ -38,13 +49,13 @@ def main() -> None:
     for c in cards:
         v = c["validation"]
         out.append(
-            f"| {c['name']} | {c['family']} | {c['modality']} | {c['labels'][0]['covers']} | {c['input']['spacing_mm']} | {defaults(c)} | "
+            f"| {c['name']} | {family(c)} | {c['modality']} | {c['labels'][0]['covers']} | {spacing(c)} | {defaults(c)} | "
             f"{held_out(v)} | {v['dice_mean']} ± {v['dice_sd']} | {v['iou_mean']} |"
         )
     out.append("")
     for c in cards:
         v = c["validation"]
-        out += [f"## {c['name']}", "", f"- Family: {c['family']}; defaults: {defaults(c)}", f"- Training data: {c['training']['data']}", f"- Training command: `{c['training']['command']}`"]
+        out += [f"## {c['name']}", "", f"- Family: {family(c)}; defaults: {defaults(c)}", f"- Training data: {c['training']['data']}", f"- Training command: `{c['training']['command']}`"]
         if "dice_mean_unseen_patients" in v:
             out.append(f"- Held-out images whose patient has no image in training: {v['unseen_patients']} images, Dice {v['dice_mean_unseen_patients']} ± {v['dice_sd_unseen_patients']}")
         out += [f"- On training data (not validation): {x['case']}: Dice {x['dice']}" for x in v["cases"] if "trained on" in x["case"]]

@@ -21,6 +21,7 @@ import torch
 
 from .errors import VerdiffError
 from .families import Family, get_family
+from .inferers import memory_layout
 
 # Which card "auto" takes for each detected modality.
 AUTO_MODALITY = {"XR": "verdiff-xray", "CT": "verdiff-ct", "MR": "verdiff-mr"}
@@ -147,8 +148,7 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
     # channels-last: oneDNN's convolutions run 10-25 % faster on it than on NCHW (measured on
     # the bundled networks, CPU); the inputs are made channels-last by the sampler. The 3D
     # networks' 5D weights take its volume form.
-    layout = torch.channels_last_3d if card.spatial_dims == 3 else torch.channels_last
-    return network.to(device, memory_format=layout).eval()
+    return network.to(device, memory_format=memory_layout(card.spatial_dims)).eval()
 
 
 def make_scheduler(card: ModelCard):

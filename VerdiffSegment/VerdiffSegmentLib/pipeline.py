@@ -29,6 +29,7 @@ import SimpleITK as sitk
 import torch
 
 from .errors import VerdiffError
+from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .inferers.sliding_window import sliding_window_inference, window_slices
@@ -173,8 +174,7 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
         batch = torch.from_numpy(stack[start : start + batch_size, None]).to(torch_device)
         state = generator.get_state()
         try:
-            # bf16 on CUDA (tensor cores); the samplers keep the diffusion maths in float32.
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch_device.type == "cuda"):
+            with inference_autocast(torch_device):
                 mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
         except torch.cuda.OutOfMemoryError:
             batch_size = smaller_batch_after_oom(batch_size, len(batch))
@@ -209,7 +209,7 @@ def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_de
         nonlocal done, diffused
         if cancel is not None and cancel():
             raise Cancelled()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=torch_device.type == "cuda"):
+        with inference_autocast(torch_device):
             mean, std, n = card.family.sample(network, scheduler, patches, ensemble, generator)
         diffused += n
         done += len(patches)

@@ -20,7 +20,7 @@ from . import memory_layout
 
 @torch.inference_mode()
 def sample_latent_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
-    image_code = model.encode_image(images.contiguous(memory_format=memory_layout(images))).float()
+    image_code = model.encode_image(images.contiguous(memory_format=memory_layout(images.dim() - 2))).float()
     members = image_code.repeat(ensemble, *([1] * (image_code.ndim - 1)))
     z = scheduler.start(members.shape, generator, device=members.device)
     for t in scheduler.timesteps:

@@ -20,7 +20,7 @@ from . import memory_layout
 
 @torch.inference_mode()
 def sample_x0_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
-    members = images.repeat(ensemble, *[1] * (images.dim() - 1)).contiguous(memory_format=memory_layout(images))
+    members = images.repeat(ensemble, *[1] * (images.dim() - 1)).contiguous(memory_format=memory_layout(images.dim() - 2))
     shape = (members.shape[0], model.num_classes, *members.shape[2:])
     x = scheduler.start(torch.zeros(shape, device=members.device), generator)
     x0 = x

@@ -74,7 +74,7 @@ def child(args: dict) -> dict:
     from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_stack
     from VerdiffSegmentLib.io import as_plane, read_image, single_slice_axis
     from VerdiffSegmentLib.metrics import dice
-    from VerdiffSegmentLib.models import load_network, make_scheduler
+    from VerdiffSegmentLib.models import load_network
     from VerdiffSegmentLib.pipeline import choose_card, resolve_device, segment
     from VerdiffSegmentLib.transforms import intensity_range, normalise, pad_to_multiple
 
@@ -120,7 +120,7 @@ def child(args: dict) -> dict:
     result["inference_to_unet_ratio"] = round(warm_seconds / unet_seconds, 2)
 
     if args["reference_slices"] and truth is not None:
-        result["reference"] = reference_comparison(args, card, device, planar, reference, stack, rows, cols, truth)
+        result["reference"] = reference_comparison(args, card, network, device, planar, reference, stack, rows, cols, truth)
     result["peak_rss_mb"] = round(max(peak_segment, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1)
     result["torch_threads"] = torch.get_num_threads()
     return result
@@ -136,7 +136,7 @@ def median_of_repeats(run, budget_seconds: float = 2.0, most: int = 9) -> float:
     return sorted(durations)[len(durations) // 2]
 
 
-def reference_comparison(args, card, device, planar, reference, stack, rows, cols, truth) -> dict:
+def reference_comparison(args, card, network, device, planar, reference, stack, rows, cols, truth) -> dict:
     """2D Dice of the default setting and of the reference setting on the sagittal slices with
     the most labelled spine (labels resampled onto the sagittal grid by nearest neighbour)."""
     import numpy as np
@@ -146,21 +146,20 @@ def reference_comparison(args, card, device, planar, reference, stack, rows, col
     from VerdiffSegmentLib.inferers.ensemble import labels_from_probability
     from VerdiffSegmentLib.inferers.sagittal import to_sagittal_stack
     from VerdiffSegmentLib.metrics import dice
-    from VerdiffSegmentLib.models import load_network, make_scheduler
+    from VerdiffSegmentLib.models import make_scheduler
+
+    from sampling_grid import card_with_start  # this folder: the scripts run as files
 
     truth_image = sitk.GetImageFromArray(truth.reshape(sitk.GetArrayViewFromImage(planar).shape).astype(np.uint8))
     truth_image.CopyInformation(planar)
     truth_stack = to_sagittal_stack(truth_image, reference, card.spacing_mm, is_label=True) > 0
     chosen = np.sort(np.argsort(truth_stack.sum(axis=(1, 2)))[::-1][: args["reference_slices"]])
-    network = load_network(card, device)
     images = torch.from_numpy(stack[chosen, None]).to(device)
     out = {"slices": chosen.tolist()}
     settings = {"default": (card.default_steps, card.default_ensemble), "reference": (args["reference_steps"], args["reference_ensemble"])}
     for name, (steps, ensemble) in settings.items():
-        scheduler = make_scheduler(card)
-        if name == "reference" and scheduler is not None:  # the paper's chain: from T-1, whatever the card's start
-            config = {k: v for k, v in card.data.get("scheduler", {}).items() if k != "start_timestep"}
-            scheduler = card.family.scheduler(**config)
+        # the reference is the paper's chain: from T-1, whatever the card's start
+        scheduler = make_scheduler(card_with_start(card, None) if name == "reference" else card)
         timer = time.perf_counter()
         if scheduler is not None:
             scheduler.set_timesteps(steps)

@@ -109,3 +109,64 @@ def test_presets_run(name):
     assert out.shape == image.shape and out_labels.shape == labels.shape
     if name == "none":
         assert np.array_equal(out, image) and np.array_equal(PRESETS[name].intensity(out, np.random.default_rng(0)), image)
+
+
+# -- any-contrast: contrast and resolution randomisation (issue 16) -------------------------
+from training.augment import bias_field, lower_resolution, rescale_percentiles, tissue_curve  # noqa: E402
+from training.sampler import thick_slice  # noqa: E402
+
+
+def test_any_contrast_keeps_the_range_and_is_reproducible_from_a_seed():
+    image, _ = _blob()
+    image = image + np.linspace(0, 0.2, image.shape[1])[None].astype(np.float32)
+    preset = PRESETS["any-contrast"]
+    outs = [preset.intensity(image, np.random.default_rng(seed)) for seed in range(40)]
+    assert all(o.dtype == np.float32 and o.shape == image.shape and o.min() >= 0 and o.max() <= 1 for o in outs)
+    assert np.array_equal(preset.intensity(image, np.random.default_rng(7)), outs[7])
+    # it really changes contrast: some outputs invert the order of the two blobs' intensities
+    inverted = sum(o[15, 25] < o[45, 60] for o in outs)
+    assert 0 < inverted < len(outs)
+
+
+def test_a_monotonic_tissue_curve_keeps_the_order_of_intensities():
+    values = np.linspace(0, 1, 101)
+    for seed in range(20):
+        out = tissue_curve(values, True, np.random.default_rng(seed))
+        assert np.all(np.diff(out) >= -1e-9) and out.min() >= 0 and out.max() <= 1
+
+
+def test_lower_resolution_blurs_along_one_axis_only():
+    image = np.zeros((40, 40), np.float32)
+    image[:, ::2] = 1.0  # stripes across columns
+    changed_axes = set()
+    for seed in range(12):
+        out = lower_resolution(image, np.random.default_rng(seed))
+        assert out.shape == image.shape and abs(out.mean() - image.mean()) < 0.05
+        rows_kept = np.allclose(out, image, atol=1e-6)
+        changed_axes.add("none" if rows_kept else ("columns" if out[:, ::2].mean() < 0.99 else "rows"))
+    assert "columns" in changed_axes  # blurring across the stripes smooths them
+
+
+def test_bias_field_is_smooth_positive_and_bounded():
+    field = bias_field((64, 48), 0.4, np.random.default_rng(3))
+    assert field.shape == (64, 48) and field.min() >= np.exp(-0.4) - 1e-6 and field.max() <= np.exp(0.4) + 1e-6
+    assert np.abs(np.diff(np.log(field), axis=0)).max() < 0.1
+
+
+def test_rescale_percentiles_maps_to_the_unit_range_and_keeps_flat_images():
+    ramp = np.linspace(2.0, 5.0, 1000)
+    out = rescale_percentiles(ramp)
+    assert out.min() == 0 and out.max() == 1
+    assert np.array_equal(rescale_percentiles(np.full(10, 0.3)), np.full(10, 0.3))
+
+
+def test_thick_slice_is_the_mean_of_the_neighbours_cut_at_the_ends():
+    stack = np.arange(5, dtype=np.float32)[:, None, None] * np.ones((5, 2, 2), np.float32)
+    assert np.allclose(thick_slice(stack, 2, 1), 2.0) and np.allclose(thick_slice(stack, 2, 2), 2.0)
+    assert np.allclose(thick_slice(stack, 0, 1), 0.5)
+
+
+def test_scale_enlarges_about_the_centre():
+    image, labels = _blob((65, 65))
+    _, grown = warp(image, labels, Warp(scale=1.25))
+    assert abs((grown == 1).sum() / (labels == 1).sum() - 1.25**2) < 0.1

@@ -25,6 +25,7 @@ import torch
 
 from VerdiffSegmentLib.families import FAMILY_MODULES
 
+from .augment import PRESETS
 from .configs import DEFAULT_CHANNELS, DEFAULT_FAMILY, RECIPES, RunConfig, load_config, recipe_config
 from .labels import SCHEMES, SOURCES
 from .train import TrainOptions
@@ -76,13 +77,14 @@ def _train_parser(sub) -> None:
     loop.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
     loop.add_argument("--clip-grad", type=float, default=defaults.clip_grad, help="max gradient norm (0: off)")
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=defaults.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")
-    loop.add_argument("--augmentation", choices=["light", "paper", "none"], default=defaults.augmentation)
+    loop.add_argument("--augmentation", choices=sorted(PRESETS), default=defaults.augmentation)
     loop.add_argument("--log-every", type=int, default=defaults.log_every)
     loop.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
     loop.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N steps (0: never)")
     loop.add_argument("--val-limit", type=int, default=None, help="validate on the first N held-out cases only")
     loop.add_argument("--val-steps", type=int, default=defaults.val_steps)
     loop.add_argument("--val-ensemble", type=int, default=defaults.val_ensemble)
+    loop.add_argument("--val-start-timestep", type=int, default=None, help="prior-shifted families: validate sampling from this timestep (the cards' 150)")
     loop.add_argument("--patience", type=int, default=defaults.patience, help="stop after N validations without improvement (0: never)")
     loop.add_argument("--min-delta", type=float, default=defaults.min_delta)
     loop.add_argument("--init", default=None, help="start from these weights (continue an earlier stage)")

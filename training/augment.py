@@ -17,7 +17,33 @@ random elastic deformation and random contrast adjustment, with one random state
   augmented slice is interpolated only once.
 
 Presets: ``light`` is what the bundled models were trained with (rotation +-15 degrees
-with probability 0.5 and a gamma in [0.7, 1.5] always), ``paper`` the paper's set, ``none``.
+with probability 0.5 and a gamma in [0.7, 1.5] always), ``paper`` the paper's set, ``none``,
+and ``any-contrast``: the paper's geometry plus scaling, and the contrast and resolution
+randomisation below, for models that must segment MR of any contrast and scanner.
+
+Contrast and resolution randomisation (``any-contrast``; issue 16, "MR of any contrast").
+The development MR is one scanner's water-fat contrast; users bring T1, T2, STIR and
+fat-suppressed spin echo, often thick-sliced. No single intensity mapping turns one into
+the other (in T1 discs are dark and marrow bright, in T2 discs are bright), so the network
+is shown the anatomy under random tissue-to-intensity maps (the idea of SynthSeg,
+Billot et al. 2023, applied to real images) and random resolution loss. Decided here, each
+on the normalised [0, 1] image after cropping, in this order, each with its own probability:
+
+- resolution: blur along one random axis (Gaussian sigma 0.5-2 px), or a block average of
+  2-4 px along it and back (a thick slice reformatted into this plane);
+- bias field: multiply by ``exp(f)``, ``f`` a 4-knot-per-axis random grid smoothly
+  upsampled, peak |f| up to 0.4 (coil shading of surface-coil spine MR);
+- tissue curve: a lookup table through 6 knots on [0, 1]: increasing (a random monotonic
+  curve) or with random values (non-monotonic: tissues may swap order), cubic-interpolated
+  and clipped; with its own probability the image is inverted (1 - x), and a gamma in
+  [0.5, 2.0] follows;
+- rescale to [0, 1] by the 0.5 and 99.5 percentiles, as inference normalises;
+- Gaussian noise with sigma up to 0.08, then clipped to [0, 1].
+
+Thick sagittal slices (partial volume across the slice axis) need the neighbouring slices:
+``SliceSampler`` averages 3-5 adjacent slices with probability ``slab_p`` before anything
+else (``sampler`` docstring). The geometric part of ``any-contrast`` also scales the
+anatomy by 0.8-1.25 (fields of view and patient sizes differ between scanners).
 Reproducibility: every random number comes from the ``numpy.random.Generator`` passed
 in; the sampler gives each sample its own generator seeded from the run's seed (35 by
 default), so a sample does not depend on the process, rank or resume point that draws it.
@@ -29,6 +55,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.ndimage as ndi
+from scipy.interpolate import CubicSpline
 
 
 @dataclass(frozen=True)
@@ -38,10 +65,11 @@ class Warp:
     angle_deg: float = 0.0  # positive: counter-clockwise as displayed (rows downwards)
     shift_px: tuple[float, float] = (0.0, 0.0)  # rows, cols: where the content moves
     displacement: np.ndarray | None = None  # [2, rows, cols] extra sampling offsets in px
+    scale: float = 1.0  # > 1 enlarges the content about the centre
 
     @property
     def is_identity(self) -> bool:
-        return self.angle_deg == 0 and self.shift_px == (0.0, 0.0) and self.displacement is None
+        return self.angle_deg == 0 and self.shift_px == (0.0, 0.0) and self.displacement is None and self.scale == 1.0
 
 
 def warp(image: np.ndarray, labels: np.ndarray, transform: Warp) -> tuple[np.ndarray, np.ndarray]:
@@ -54,6 +82,7 @@ def warp(image: np.ndarray, labels: np.ndarray, transform: Warp) -> tuple[np.nda
     r = grid_r - centre_r - transform.shift_px[0]
     c = grid_c - centre_c - transform.shift_px[1]
     angle = np.deg2rad(transform.angle_deg)
+    r, c = r / transform.scale, c / transform.scale
     source_r = np.cos(angle) * r + np.sin(angle) * c + centre_r  # inverse rotation: where each output pixel comes from
     source_c = -np.sin(angle) * r + np.cos(angle) * c + centre_c
     if transform.displacement is not None:
@@ -88,6 +117,18 @@ class Augmentation:
     contrast_p: float = 0.0
     gamma: tuple[float, float] = (1.0, 1.0)
     gamma_p: float = 0.0
+    # geometry and contrast randomisation of ``any-contrast`` (module docstring); off by default
+    scale: tuple[float, float] = (1.0, 1.0)
+    scale_p: float = 0.0
+    slab_p: float = 0.0  # SliceSampler: average 3-5 neighbouring slices (a thick slice)
+    resolution_p: float = 0.0
+    bias_p: float = 0.0
+    bias_max: float = 0.4
+    curve_p: float = 0.0
+    curve_monotonic_p: float = 0.5  # of the curves drawn, this share is monotonic
+    invert_p: float = 0.0
+    noise_p: float = 0.0
+    noise_max: float = 0.08
 
     def draw_warp(self, shape: tuple[int, int], rng: np.random.Generator) -> Warp:
         """Draw the geometric part for a slice of ``shape``."""
@@ -99,20 +140,85 @@ class Augmentation:
             shift = (float(fractions[0] * shape[0]), float(fractions[1] * shape[1]))
         if self.elastic_p and rng.random() < self.elastic_p:
             displacement = elastic_displacement(shape, rng.uniform(0, self.elastic_px), self.elastic_sigma_px, rng)
-        return Warp(angle, shift, displacement)
+        scale = 1.0
+        if self.scale_p and rng.random() < self.scale_p:
+            scale = float(np.exp(rng.uniform(*np.log(self.scale))))  # log-uniform: as likely to grow as to shrink
+        return Warp(angle, shift, displacement, scale)
 
     def spatial(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         return warp(image, labels, self.draw_warp(image.shape, rng))
 
     def intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Contrast about the mean, then gamma; the result stays in [0, 1]."""
+        """Resolution, bias field, tissue curve and inversion (``any-contrast`` only), contrast
+        about the mean, gamma, rescale and noise; the result stays in [0, 1]. Works on 2D
+        slices and 3D patches alike."""
         image = np.clip(image, 0.0, 1.0)
+        randomised = False
+        if self.resolution_p and rng.random() < self.resolution_p:
+            image, randomised = lower_resolution(image, rng), True
+        if self.bias_p and rng.random() < self.bias_p:
+            image, randomised = image * bias_field(image.shape, self.bias_max, rng), True
+        if self.curve_p and rng.random() < self.curve_p:
+            image, randomised = tissue_curve(image, rng.random() < self.curve_monotonic_p, rng), True
+        if self.invert_p and rng.random() < self.invert_p:
+            image, randomised = 1.0 - image, True
+        if randomised:
+            image = rescale_percentiles(image)
         if self.contrast_p and rng.random() < self.contrast_p:
             mean = float(image.mean())
             image = np.clip(mean + (image - mean) * rng.uniform(*self.contrast), 0.0, 1.0)
         if self.gamma_p and rng.random() < self.gamma_p:
             image = image ** rng.uniform(*self.gamma)
+        if self.noise_p and rng.random() < self.noise_p:
+            image = np.clip(image + rng.normal(0.0, rng.uniform(0, self.noise_max), image.shape), 0.0, 1.0)
         return image.astype(np.float32, copy=False)
+
+
+def lower_resolution(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Blur along one random axis, or block-average 2-4 px along it and interpolate back."""
+    axis = int(rng.integers(image.ndim))
+    if rng.random() < 0.5:
+        return ndi.gaussian_filter1d(image, rng.uniform(0.5, 2.0), axis=axis, mode="nearest")
+    block = int(rng.integers(2, 5))
+    n = image.shape[axis]
+    padded = np.pad(image, [(0, (-n) % block if a == axis else 0) for a in range(image.ndim)], mode="edge")
+    shape = list(padded.shape)
+    shape[axis : axis + 1] = [shape[axis] // block, block]
+    coarse = padded.reshape(shape).mean(axis=axis + 1)
+    positions = (np.arange(n) + 0.5) / block - 0.5  # centre of each fine pixel on the coarse axis
+    low = np.floor(positions).clip(0, coarse.shape[axis] - 1).astype(int)
+    high = (low + 1).clip(0, coarse.shape[axis] - 1)
+    weight = (positions - low).clip(0, 1).reshape([-1 if a == axis else 1 for a in range(image.ndim)])
+    return np.take(coarse, low, axis=axis) * (1 - weight) + np.take(coarse, high, axis=axis) * weight
+
+
+def bias_field(shape, max_amplitude: float, rng: np.random.Generator) -> np.ndarray:
+    """A smooth multiplicative field exp(f), f from a 4-knot-per-axis random grid."""
+    knots = rng.uniform(-1.0, 1.0, size=(4,) * len(shape))
+    field = ndi.zoom(knots, [n / 4 for n in shape], order=3, mode="nearest", grid_mode=True)[tuple(slice(0, n) for n in shape)]
+    peak = float(np.abs(field).max())
+    return np.exp(field * (rng.uniform(0, max_amplitude) / peak if peak > 0 else 0.0))
+
+
+def tissue_curve(image: np.ndarray, monotonic: bool, rng: np.random.Generator) -> np.ndarray:
+    """A random lookup table through 6 knots: increasing, or of random values (tissues may
+    swap their order), cubic between knots, clipped to [0, 1]."""
+    knots = np.linspace(0.0, 1.0, 6)
+    values = np.sort(rng.random(6)) if monotonic else rng.random(6)
+    if monotonic:
+        values = (values - values[0]) / max(values[-1] - values[0], 1e-3)
+    table_x = np.linspace(0.0, 1.0, 256)
+    # piecewise linear keeps a monotonic curve monotonic; a spline makes the other smooth
+    table = np.interp(table_x, knots, values) if monotonic else CubicSpline(knots, values, bc_type="natural")(table_x)
+    return np.interp(image, table_x, np.clip(table, 0.0, 1.0))
+
+
+def rescale_percentiles(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
+    """Back to [0, 1] by the percentiles inference normalises with (a flat image stays flat)."""
+    lo, hi = np.percentile(image, [low, high])
+    if hi - lo < 1e-6:
+        return np.clip(image, 0.0, 1.0)
+    return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
 PRESETS = {
@@ -131,4 +237,26 @@ PRESETS = {
         gamma_p=0.5,
     ),
     "none": Augmentation(),
+    "any-contrast": Augmentation(
+        rotation_deg=30.0,
+        rotation_p=0.5,
+        shift_fraction=(0.01, 0.05),
+        shift_p=0.5,
+        elastic_px=4.0,
+        elastic_sigma_px=20.0,
+        elastic_p=0.3,
+        contrast=(0.75, 1.25),
+        contrast_p=0.3,
+        gamma=(0.5, 2.0),
+        gamma_p=0.5,
+        scale=(0.8, 1.25),
+        scale_p=0.5,
+        slab_p=0.25,
+        resolution_p=0.25,
+        bias_p=0.4,
+        curve_p=0.6,
+        curve_monotonic_p=0.4,
+        invert_p=0.25,
+        noise_p=0.4,
+    ),
 }

@@ -32,9 +32,9 @@ from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_
 from VerdiffSegmentLib.io import read_image
 from VerdiffSegmentLib.transforms import intensity_range, normalise
 
-from .configs import MR_VALIDATION, RunConfig
+from .configs import RunConfig
 from .labels import LabelScheme
-from .splits import split_subjects
+from .splits import MR_VALIDATION, split_subjects
 
 
 @dataclass

@@ -84,6 +84,13 @@ def pad_up_to(array: np.ndarray, size) -> np.ndarray:
     return np.pad(array, [(0, max(n - extent, 0)) for extent, n in zip(array.shape, size)])
 
 
+def thick_slice(images: np.ndarray, index: int, half_width: int) -> np.ndarray:
+    """The mean of slices ``index - half_width .. index + half_width`` (cut at the stack's
+    ends): what a slice 2 * half_width + 1 times as thick records (its label stays the
+    centre slice's, as a thick slice's reader would draw it)."""
+    return images[max(index - half_width, 0) : index + half_width + 1].mean(axis=0)
+
+
 class SliceSampler(SeededSampler):
     """Args: cases (``datasets.Case``), crop size in pixels, seed, augmentation, number of
     product labels (mask channels: label k is channel k-1)."""
@@ -105,7 +112,10 @@ class SliceSampler(SeededSampler):
         rng = np.random.default_rng(seed)
         pool = self.spine_index if rng.random() < SPINE_SLICE_FRACTION else self.index
         c, s = pool[rng.integers(len(pool))]
-        image, labels = self.augmentation.spatial(self.cases[c].images[s], self.cases[c].labels[s], rng)
+        image = self.cases[c].images[s]
+        if self.augmentation.slab_p and rng.random() < self.augmentation.slab_p:
+            image = thick_slice(self.cases[c].images, s, int(rng.integers(1, 3)))
+        image, labels = self.augmentation.spatial(image, self.cases[c].labels[s], rng)
         image, labels = self._crop(image, labels, rng)
         image = self.augmentation.intensity(image, rng)
         return image[None].astype(np.float32), self.masks(labels)

@@ -76,6 +76,7 @@ class TrainOptions:
     val_limit: int | None = None  # first N validation cases only
     val_steps: int = 5
     val_ensemble: int = 3
+    val_start_timestep: int | None = None  # prior-shifted families: validate sampling from this timestep, as a card's defaults do
     patience: int = 0  # stop after this many validations without improvement; 0: never
     min_delta: float = 0.0
     init: str | None = None  # start from these weights (a second stage continuing an earlier run)
@@ -210,7 +211,10 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
         """Validation Dice/IoU through ``segment`` on rank 0; every rank learns the outcome."""
         outcome, result, started_at = None, None, time.time()
         if world.is_main:
-            card = ModelCard(out_dir / f"{run.name}.json", card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble))
+            data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble)
+            if options.val_start_timestep is not None and "scheduler" in data:
+                data["scheduler"]["start_timestep"] = options.val_start_timestep
+            card = ModelCard(out_dir / f"{run.name}.json", data)
             network.eval()
             result = evaluate(card, split_cases(run, data_root, split, "validation", options.val_limit), network=network, device=device.type)
             network.train()

@@ -9,7 +9,15 @@ command all come from ``evaluate`` here.
 
 Decisions: the NSD tolerance defaults to 2.0 (mm, or px without spacing); a case where
 exactly one of prediction and truth is empty has an infinite HD95, reported as null and
-left out of the HD95 mean (``hd95_undefined`` counts them). The CT recipe's held-out
+left out of the HD95 mean (``hd95_undefined`` counts them). Beside the NSD at the chosen
+tolerance, ``nsd_1mm`` is the surface Dice at 1 mm (1 px without spacing).
+
+Uncertainty quality (issue 16): ``uncertainty_auroc`` is the AUROC of the uncertainty volume
+for separating wrong voxels (label map != truth, binary "any vertebra") from right ones, and
+``ece`` the expected calibration error (10 bins) of the mean foreground probability, both
+inside the bounding box of truth and prediction grown by ``UNCERTAINTY_MARGIN`` (10) voxels:
+the spine and its surroundings, not the far background where any model is trivially right
+and sure. The CT recipe's held-out
 half is scored with both masks cut to the held-out slices; the cut face is common to
 both, which flatters the surface metrics a little.
 """
@@ -26,7 +34,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.metrics import dice, hd95, iou, nsd
+from VerdiffSegmentLib.metrics import auroc, dice, expected_calibration_error, grown_bounding_box, hd95, iou, nsd
 from VerdiffSegmentLib.models import ModelCard, get_card
 from VerdiffSegmentLib.pipeline import segment
 
@@ -36,6 +44,7 @@ from .labels import LabelScheme, default_levels
 
 PIXEL_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEFAULT_NSD_TOLERANCE = 2.0
+UNCERTAINTY_MARGIN = 10  # voxels around truth and prediction where uncertainty and calibration are judged
 
 
 def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemble: int, version: str = "0.1.0") -> dict:
@@ -91,6 +100,7 @@ def score(prediction: np.ndarray, truth: np.ndarray, spacing, tolerance: float) 
         "iou": round(iou(prediction, truth), 4),
         "hd95": round(distance, 3) if math.isfinite(distance) else None,
         "nsd": round(nsd(prediction, truth, tolerance, spacing), 4),
+        "nsd_1mm": round(nsd(prediction, truth, 1.0, spacing), 4),
     }
 
 
@@ -116,6 +126,21 @@ def uncertainty_by_correctness(labels: np.ndarray, truth: np.ndarray, uncertaint
     return {"uncertainty_correct": mean(right), "uncertainty_wrong": mean(wrong)}
 
 
+def uncertainty_quality(labels: np.ndarray, truth: np.ndarray, uncertainty: np.ndarray, probability: np.ndarray | None, selector=None) -> dict:
+    """AUROC of the uncertainty for wrong voxels and ECE of the foreground probability, in the
+    grown box around truth and prediction (module docstring); None where undefined."""
+    prediction, truth = labels > 0, truth > 0
+    if selector is not None:
+        prediction, truth = prediction & selector, truth & selector
+    box = grown_bounding_box(prediction | truth, UNCERTAINTY_MARGIN)
+    if box is None:
+        return {"uncertainty_auroc": None, "ece": None}
+    wrong = prediction[box] != truth[box]
+    area = auroc(uncertainty[box], wrong)
+    ece = expected_calibration_error(probability[box], truth[box]) if probability is not None else None
+    return {"uncertainty_auroc": None if area is None else round(area, 4), "ece": None if ece is None else round(ece, 4)}
+
+
 def _mean_sd(values) -> tuple[float | None, float | None]:
     values = [v for v in values if v is not None]
     if not values:
@@ -126,7 +151,7 @@ def _mean_sd(values) -> tuple[float | None, float | None]:
 def summarise(rows: list[dict]) -> dict:
     """Mean +- sd of each metric over the rows (population sd)."""
     out = {}
-    for key in ("dice", "iou", "hd95", "nsd", "uncertainty_correct", "uncertainty_wrong"):
+    for key in ("dice", "iou", "hd95", "nsd", "nsd_1mm", "uncertainty_correct", "uncertainty_wrong", "uncertainty_auroc", "ece"):
         out[f"{key}_mean"], out[f"{key}_sd"] = _mean_sd(r.get(key) for r in rows)
     out["hd95_undefined"] = sum(r["hd95"] is None for r in rows)
     return out
@@ -140,15 +165,16 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
     rows, seconds, units = [], [], set()
     for name, image, truth, selectors, path in cases:
         start = time.perf_counter()
-        segmentation = segment(image, card, steps, ensemble, device, seed, network=network)
+        segmentation = segment(image, card, steps, ensemble, device, seed, network=network, keep_probability=True)
         seconds.append(time.perf_counter() - start)
         labels = sitk.GetArrayFromImage(segmentation.labels)
         uncertainty = sitk.GetArrayFromImage(segmentation.uncertainty).reshape(labels.shape)
+        probability = sitk.GetArrayFromImage(segmentation.probability).reshape(labels.shape)
         unit, spacing = image_units(image, path)
         units.add(unit)
         for report_name, selector in selectors.items():
             row = score_case(report_name, labels, truth, spacing, tolerance, card.labels, selector)
-            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector)})
+            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector), **uncertainty_quality(labels, truth, uncertainty, probability, selector)})
     held_out = [r for r in rows if "trained on" not in r["case"]]
     result = {"cases": rows, **summarise(held_out)}
     if len(card.labels) > 1:

@@ -69,3 +69,43 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, tolerance: float, spacing=Non
         return 0.0
     to_truth, to_prediction = _surface_distances(prediction, truth, spacing)
     return float(((to_truth <= tolerance).sum() + (to_prediction <= tolerance).sum()) / (to_truth.size + to_prediction.size))
+
+
+def grown_bounding_box(mask: np.ndarray, margin: int) -> tuple[slice, ...] | None:
+    """The bounding box of ``mask`` grown by ``margin`` voxels on every side (cut at the
+    array's faces); None for an empty mask."""
+    mask = np.asarray(mask, bool)
+    if not mask.any():
+        return None
+    return tuple(slice(max(int(i.min()) - margin, 0), min(int(i.max()) + margin + 1, n)) for i, n in zip(np.nonzero(mask), mask.shape))
+
+
+def auroc(scores: np.ndarray, positive: np.ndarray) -> float | None:
+    """Area under the ROC curve of ``scores`` for separating ``positive`` from the rest: the
+    Mann-Whitney probability that a random positive scores above a random negative, ties
+    counting one half. None when either class is empty."""
+    from scipy.stats import rankdata
+
+    scores, positive = np.asarray(scores, np.float64).ravel(), np.asarray(positive, bool).ravel()
+    n_pos = int(positive.sum())
+    n_neg = positive.size - n_pos
+    if n_pos == 0 or n_neg == 0:
+        return None
+    ranks = rankdata(scores)
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def expected_calibration_error(probability: np.ndarray, truth: np.ndarray, bins: int = 10) -> float | None:
+    """ECE of a foreground probability: the voxel-weighted mean over ``bins`` equal-width bins
+    of |mean predicted probability - observed foreground fraction| (Guo et al. 2017, with
+    the probability of the foreground class as the confidence of a binary task). None for
+    no voxels."""
+    probability, truth = np.asarray(probability, np.float64).ravel(), np.asarray(truth, bool).ravel()
+    if probability.size == 0:
+        return None
+    index = np.minimum((probability * bins).astype(int), bins - 1)
+    counts = np.bincount(index, minlength=bins)
+    predicted = np.bincount(index, weights=probability, minlength=bins)
+    observed = np.bincount(index, weights=truth.astype(np.float64), minlength=bins)
+    used = counts > 0
+    return float(np.abs(predicted[used] - observed[used]).sum() / probability.size)

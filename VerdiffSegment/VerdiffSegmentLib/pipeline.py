@@ -55,6 +55,7 @@ class SegmentationResult:
     segments: list[dict]  # per label: value, name, covers, color, voxels, volume_mm3, mean/max uncertainty
     settings: dict
     timings: dict = field(default_factory=dict)
+    probability: sitk.Image | None = None  # float32 foreground probability on the input grid (``keep_probability``)
 
 
 def detect_modality(image: sitk.Image) -> str:
@@ -89,10 +90,14 @@ def segment(
     network: torch.nn.Module | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    keep_probability: bool = False,
 ) -> SegmentationResult:
     """Segment ``image`` with the model of ``card``. ``progress(stage, done, total)`` is called
     as slices (3D models: windows) are done; ``cancel()`` returning True stops with ``Cancelled``
-    between batches. A 3D model (card network ``spatial_dims`` 3) refuses 2D images."""
+    between batches. A 3D model (card network ``spatial_dims`` 3) refuses 2D images.
+    ``keep_probability``: also map the ensemble's mean foreground probability (the most
+    likely label's) onto the input grid (evaluation's calibration; off by default: it costs
+    one more resampling)."""
     timings = {}
     clock = time.perf_counter()
     steps = card.default_steps if steps is None else int(steps)
@@ -138,8 +143,10 @@ def segment(
     uncertainty_stack = spread.max(axis=1).astype(np.float32)
     labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
     uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
+    foreground = from_sagittal_stack(probability.max(axis=1), reference, planar, is_label=False) if keep_probability else None
     if planar is not image:
         labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
+        foreground = restore_from_plane(foreground, image) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, card.labels)
     timings["postprocess"] = time.perf_counter() - clock
     settings = {
@@ -154,7 +161,7 @@ def segment(
         "diffused_slices": diffused,
         **({"windows": windows, "patch_size": list(card.patch_size)} if volumetric else {}),
     }
-    return SegmentationResult(labels, uncertainty, segments, settings, timings)
+    return SegmentationResult(labels, uncertainty, segments, settings, timings, foreground)
 
 
 def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):

@@ -94,8 +94,24 @@ def _train_parser(sub) -> None:
     loop.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
 
 
+def keep_init_architecture(args) -> None:
+    """``--init`` from a model's weights with its card beside them (``Resources/Models/NAME.pt``):
+    the run continues that model, so its family and channels are the card's (given ones must match)."""
+    card_path = Path(args.init).with_suffix(".json") if args.init else None
+    if card_path is None or not card_path.exists():
+        return
+    card = json.loads(card_path.read_text())
+    channels, family = tuple(card["network"]["channels"]), card["family"]
+    if args.channels is not None and tuple(args.channels) != channels:
+        raise ValueError(f"--init {args.init} has channels {','.join(map(str, channels))} (its card); --channels {','.join(map(str, args.channels))} would not fit")
+    if args.family is not None and args.family != family:
+        raise ValueError(f"--init {args.init} is a {family} model (its card), not {args.family}")
+    args.channels, args.family = channels, family
+
+
 def run_config_from_args(args) -> RunConfig:
     """The run's config from --config, from data set arguments, or from the recipe."""
+    keep_init_architecture(args)
     levels = args.levels.split(",") if args.levels else None
     if args.config:
         if args.model or args.images or args.kind == "aasce" or args.family or args.spatial_dims != 2 or args.patch or args.spacing:
@@ -157,6 +173,8 @@ def main(argv=None) -> None:
     e.add_argument("--ensemble", type=int, default=None, help="default ensemble size for the card (default: the family's)")
     e.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto", help="auto: fp16 where validation Dice does not drop")
     e.add_argument("--fp16-tolerance", type=float, default=0.001)
+    e.add_argument("--start-timestep", type=int, default=None, help="prior-shifted families: the card samples from this timestep (the bundled cards' 150)")
+    e.add_argument("--suites", default=None, help="also record figures on these cross-source suites: 'all' or a comma list (training/cross_source.py)")
     e.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     d = sub.add_parser("defaults", help="change a bundled model's default sampling settings and re-validate its card")
     d.add_argument("model")
@@ -175,6 +193,7 @@ def main(argv=None) -> None:
     v.add_argument("--images", help="evaluate on a folder instead: image pattern with one '*'")
     v.add_argument("--labels", help="label pattern with the same '*'")
     v.add_argument("--source", choices=sorted(SOURCES), help="label ids of the folder's label maps")
+    v.add_argument("--suite", help="MR models: other sources and simulated contrasts instead of the split: 'all' or a comma list of clinical-sagittal, inverted, v-curve, gamma-0.5, gamma-2, noise-0.1, thick-4mm, bias (training/cross_source.py)")
     v.add_argument("--steps", type=int, default=None)
     v.add_argument("--ensemble", type=int, default=None)
     v.add_argument("--seed", type=int, default=0)
@@ -190,7 +209,11 @@ def main(argv=None) -> None:
         if args.command == "export":
             from .export import export
 
-            card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance)
+            from .cross_source import SUITES
+
+            suites = list(SUITES) if args.suites == "all" else (args.suites.split(",") if args.suites else None)
+            card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance,
+                          start_timestep=args.start_timestep, suites=suites)
             print(json.dumps({**card["validation"], "export": card["export"]}, indent=1))
             return
         if args.command == "defaults":

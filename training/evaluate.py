@@ -174,7 +174,8 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
         units.add(unit)
         for report_name, selector in selectors.items():
             row = score_case(report_name, labels, truth, spacing, tolerance, card.labels, selector)
-            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector), **uncertainty_quality(labels, truth, uncertainty, probability, selector)})
+            reliability = {k: v for k, v in segmentation.settings["reliability"].items() if k != "warnings"}
+            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector), **uncertainty_quality(labels, truth, uncertainty, probability, selector), "reliability": reliability})
     held_out = [r for r in rows if "trained on" not in r["case"]]
     result = {"cases": rows, **summarise(held_out)}
     if len(card.labels) > 1:
@@ -227,6 +228,14 @@ def run_evaluate(args) -> dict:
         card = get_card(args.model, args.models_dir)
         run, network = run_config_of_card(card), None
         split = card.data.get("training", {}).get("split")
+    if getattr(args, "suite", None):
+        from .cross_source import SUITES, suite_cases
+
+        result = {"model": card.name, "suites": {}}
+        for suite in SUITES if args.suite == "all" else args.suite.split(","):
+            result["suites"][suite] = evaluate(card, suite_cases(suite, args.data, run.labels, args.limit), args.steps, args.ensemble, args.seed, network=network, tolerance=args.tolerance)
+        result["dice_by_suite"] = {suite: r["dice_mean"] for suite, r in result["suites"].items()}
+        return result
     if args.images:
         scheme = LabelScheme(run.labels.scheme, tuple(run.labels.levels if run.labels.scheme == "levels" else default_levels([args.source])))
         cases = folder_cases(args.images, args.labels, args.source, scheme, args.data, args.limit)

@@ -10,6 +10,13 @@ fp16: half-precision weights halve the file; they are shipped when their validat
 is not lower than the fp32 weights' by more than ``tolerance`` (0.001, the card's last
 digit); otherwise fp32 is kept. Both figures are written to the card under ``export``.
 ``models.load_network`` casts fp16 weights to float32 on load, so inference is unchanged.
+
+Training that accumulates (issue 16): a run started ``--init`` from a bundled model's weights
+continues that model. The card's ``training.history`` lists every stage from random weights
+(command, optimiser steps, wall seconds, device and threads, where it started from) and
+``training.cumulative`` sums them: optimiser steps, wall hours and CPU core-hours (wall
+hours x threads on a CPU; GPU hours on CUDA). A stage's history comes from the card
+beside its ``--init`` weights, so chaining sessions keeps the whole record.
 """
 
 from __future__ import annotations
@@ -62,6 +69,42 @@ def training_command(run_dir: Path) -> str | None:
     return command
 
 
+def training_history(run_dir: Path, run_info: dict) -> list[dict]:
+    """The stages that made a run's weights: those recorded beside its ``--init`` weights (a
+    bundled card's ``training.history``), then this run (module docstring)."""
+    settings = run_info.get("settings") or {}
+    earlier: list[dict] = []
+    init = settings.get("init")
+    if init:
+        card_path = Path(init).with_suffix(".json")
+        if card_path.exists():
+            earlier = list(json.loads(card_path.read_text()).get("training", {}).get("history", []))
+    summary_path = Path(run_dir) / "summary.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    command_path = Path(run_dir) / "command.txt"
+    stage = {
+        "command": command_path.read_text().strip() if command_path.exists() else None,
+        "optimiser_steps": summary.get("step"),
+        "wall_seconds": summary.get("seconds"),
+        "device": settings.get("device"),
+        "threads": settings.get("threads"),
+        "world_size": settings.get("world_size", 1),
+        "augmentation": settings.get("augmentation"),
+        "init": init,
+    }
+    return earlier + [stage]
+
+
+def cumulative_training(history: list[dict]) -> dict:
+    """Sums over the stages: optimiser steps, wall hours, CPU core-hours (CPU stages) and GPU hours."""
+    steps = sum(stage.get("optimiser_steps") or 0 for stage in history)
+    hours = [(stage.get("wall_seconds") or 0) / 3600 for stage in history]
+    on_gpu = [stage.get("device") == "cuda" for stage in history]
+    cpu = sum(h * max(stage.get("threads") or 1, 1) * max(stage.get("world_size") or 1, 1) for h, stage, gpu in zip(hours, history, on_gpu) if not gpu)
+    gpu = sum(h * max(stage.get("world_size") or 1, 1) for h, stage, gpu in zip(hours, history, on_gpu) if gpu)
+    return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 3), "cpu_core_hours": round(cpu, 3), "gpu_hours": round(gpu, 3), "stages": len(history)}
+
+
 def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:
     """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
     weights = run_weights(run_dir)
@@ -72,8 +115,12 @@ def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[
 
 
 def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int | None = None, ensemble: int | None = None,
-           precision: str = "auto", tolerance: float = FP16_TOLERANCE, version: str = "0.1.0") -> dict:
-    """Write ``NAME.pt`` and ``NAME.json`` into ``models_dir``; returns the card."""
+           precision: str = "auto", tolerance: float = FP16_TOLERANCE, version: str = "0.1.0", start_timestep: int | None = None,
+           suites: list[str] | None = None) -> dict:
+    """Write ``NAME.pt`` and ``NAME.json`` into ``models_dir``; returns the card.
+    ``start_timestep``: prior-shifted families sample from this timestep by default (the card's
+    ``scheduler.start_timestep``). ``suites``: also validate on these cross-source suites
+    (``cross_source``) and record their figures under ``validation_suites``."""
     run_dir, models_dir = Path(run_dir), Path(models_dir)
     run = run_config_of_run(run_dir, model_name)
     family = get_family(run.family)
@@ -85,6 +132,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
     run_info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
     best = json.loads((run_dir / "best.json").read_text()) if (run_dir / "best.json").exists() else None
     command = training_command(run_dir)
+    history = training_history(run_dir, run_info)
     weights = models_dir / f"{run.name}.pt"
     path = models_dir / f"{run.name}.json"
 
@@ -92,6 +140,8 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
         """Save the weights in ``dtype`` and their card; returns the card (no figures yet)."""
         atomic_save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, weights)
         card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version)
+        if start_timestep is not None and "scheduler" in card:
+            card["scheduler"]["start_timestep"] = start_timestep
         card["training"] = {
             "data": run.recipe_settings["data"] if not run.datasets else "; ".join(d.get("images") or d.get("root") for d in run.datasets),
             "split": split,
@@ -100,6 +150,8 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             "label_scheme": run.labels.to_dict(),
             "settings": run_info.get("settings"),
             "weights_from": source.name + (f" (step {best['step']}, validation Dice {best['dice']})" if best and source.name == "best.pt" else ""),
+            "history": history,
+            "cumulative": cumulative_training(history),
         }
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."
         path.write_text(json.dumps(card, indent=2))
@@ -109,7 +161,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
         """Figures through the card on disk: the weights file users load, the path they run."""
         figures = evaluate(ModelCard(path, card), split_cases(run, data_root, split), steps, ensemble, seed=0)
         figures.update(unseen_patient_figures(figures, run, split))
-        figures["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0}
+        figures["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0, **({"start_timestep": start_timestep} if start_timestep is not None else {})}
         return figures
 
     card = write(torch.float32)
@@ -127,8 +179,21 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             card = write(torch.float32)  # the same fp32 tensors as validated above
             card["validation"] = validation
         card["export"] = {"precision": "fp16" if keep_half else "fp32", "fp32_dice_mean": fp32_dice, "fp16_dice_mean": fp16_dice, "tolerance": tolerance}
+    if suites:
+        card["validation_suites"] = suite_figures(ModelCard(path, card), run, data_root, suites)
     path.write_text(json.dumps(card, indent=2))
     return card
+
+
+def suite_figures(card: ModelCard, run: RunConfig, data_root: Path, suites: list[str]) -> dict:
+    """Each cross-source suite's summary (no per-case rows) at the card's defaults."""
+    from .cross_source import suite_cases
+
+    out = {}
+    for suite in suites:
+        figures = evaluate(card, suite_cases(suite, data_root, run.labels), seed=0)
+        out[suite] = {k: v for k, v in figures.items() if k != "cases"} | {"cases": len(figures["cases"])}
+    return out
 
 
 def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int, ensemble: int, start_timestep: int | None = None) -> dict:

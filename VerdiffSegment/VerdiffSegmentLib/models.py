@@ -76,6 +76,11 @@ class ModelCard:
         return self.data["labels"]
 
     @property
+    def postprocess(self) -> dict:
+        """The card's ``postprocess`` settings (``postprocess.py``); none for older cards."""
+        return dict(self.data.get("postprocess") or {})
+
+    @property
     def default_steps(self) -> int:
         return int(self.data["defaults"]["steps"])
 

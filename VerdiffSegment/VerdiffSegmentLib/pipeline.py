@@ -12,8 +12,10 @@ benchmarks and validation all use:
    3D models: sample the ensemble on overlapping windows of the card's patch size and
    blend mean probability and standard deviation alike (``sliding_window_inference``,
    ``VOLUME_OVERLAP``, Gaussian weights);
-4. label map = mean probability above 0.5; uncertainty = the standard deviation of the
-   probability across the ensemble's samples (0 where only the prior was used);
+4. label map = mean probability above 0.5, post-processed as the card says (``postprocess``:
+   the spine's connected chain kept, holes filled); uncertainty = the standard deviation of the
+   probability across the ensemble's samples (0 where only the prior was used); a
+   reliability estimate with its warnings (``reliability``);
 5. map both back onto the input voxel grid: labels by nearest neighbour, uncertainty
    linearly.
 """
@@ -35,6 +37,8 @@ from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagit
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
+from .postprocess import postprocess
+from .reliability import reliability_estimate
 from .transforms import intensity_range, normalise, pad_to_multiple
 
 
@@ -140,6 +144,9 @@ def segment(
 
     clock = time.perf_counter()
     labels_stack = labels_from_probability(probability)
+    grid_spacing = reference.GetSpacing()[::-1] if reference.GetDimension() == 3 else (1.0, *reference.GetSpacing()[::-1])
+    labels_stack = postprocess(labels_stack, grid_spacing, card.postprocess)
+    reliability = reliability_estimate(probability, spread, labels_stack)
     uncertainty_stack = spread.max(axis=1).astype(np.float32)
     labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
     uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
@@ -160,6 +167,7 @@ def segment(
         "slices": n_slices,
         "diffused_slices": diffused,
         **({"windows": windows, "patch_size": list(card.patch_size)} if volumetric else {}),
+        "reliability": reliability,
     }
     return SegmentationResult(labels, uncertainty, segments, settings, timings, foreground)
 

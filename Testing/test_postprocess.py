@@ -1,0 +1,52 @@
+"""Post-processing (VerdiffSegmentLib/postprocess.py) on a real lumbar MR label map, and the
+reliability estimate (VerdiffSegmentLib/reliability.py) on known probability maps."""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+from VerdiffSegmentLib.postprocess import fill_holes, keep_spine, postprocess
+from VerdiffSegmentLib.reliability import SELF_DICE_WARNING, reliability_estimate
+
+
+def _vb3_bodies(data_dir):
+    image = sitk.ReadImage(str(data_dir / "mr-lumbar-vb3" / "VB3_17_seg.nii.gz"))
+    return (sitk.GetArrayFromImage(image) > 0).astype(np.uint8), np.array(image.GetSpacing()[::-1])
+
+
+def test_keep_spine_keeps_every_body_and_drops_far_blobs(data_dir):
+    bodies, spacing = _vb3_bodies(data_dir)
+    import scipy.ndimage as ndi
+
+    _, n_bodies = ndi.label(bodies, ndi.generate_binary_structure(3, 3))
+    assert n_bodies >= 5  # the five lumbar bodies are separate components, discs apart
+    noisy = bodies.copy()
+    noisy[2:8, 2:8, 2:8] = 1  # a false blob in a corner, far from the spine
+    out = keep_spine(noisy, spacing, bridge_mm=15.0)
+    assert np.array_equal(out, bodies)
+    # with no bridge at all only the largest body is left
+    assert 0 < keep_spine(noisy, spacing, bridge_mm=0.5).sum() < bodies.sum()
+
+
+def test_fill_holes_fills_each_sagittal_slice_and_keeps_labels():
+    labels = np.zeros((3, 20, 20), np.uint8)
+    labels[1, 5:15, 5:15] = 2
+    labels[1, 8:11, 8:11] = 0  # a hole (dark marrow)
+    out = fill_holes(labels)
+    assert (out[1, 5:15, 5:15] == 2).all() and out.sum() == 2 * 100
+    assert np.array_equal(postprocess(labels, (1, 1, 1), {}), labels)
+
+
+def test_self_consistency_separates_sure_from_unsure_results():
+    sure = np.zeros((2, 1, 32, 32), np.float32)
+    sure[:, 0, 8:24, 8:24] = 0.98
+    unsure = np.full_like(sure, 0.3)
+    unsure[:, 0, 8:24, 8:24] = 0.6
+    spread = np.zeros_like(sure)
+    good = reliability_estimate(sure, spread, (sure[:, 0] > 0.5).astype(np.uint8))
+    bad = reliability_estimate(unsure, spread, (unsure[:, 0] > 0.5).astype(np.uint8))
+    assert good["self_dice"] > SELF_DICE_WARNING and not good["warnings"] and not good["likely_wrong"]
+    assert bad["self_dice"] < SELF_DICE_WARNING and bad["likely_wrong"] and len(bad["warnings"]) == 1
+    empty = reliability_estimate(np.zeros_like(sure), spread, np.zeros((2, 32, 32), np.uint8))
+    assert empty["likely_wrong"] and "no vertebra" in empty["warnings"][0]

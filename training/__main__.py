@@ -4,6 +4,7 @@ train    MODEL [--out DIR --steps N --batch-size B --crop C --threads T ...]  a 
          ... --spatial-dims 3 --patch D,H,W [--spacing MM]                    its 3D variant, on volume patches
 train    --config run.toml --out DIR ...                                      data sets from a TOML file
 train    MODEL --images GLOB --labels GLOB --source S --name NAME --out DIR   the same, as arguments
+train    ... --write-cache FILE.npz        the run's training cases in one file; then train ... --cache FILE.npz
 export   MODEL --run DIR [--steps K --ensemble N --precision auto|fp32|fp16]
 defaults MODEL --steps K --ensemble N [--start-timestep T]   new sampling defaults, re-validated
 evaluate MODEL | --run DIR  [--split validation|test | --images GLOB --labels GLOB --source S]
@@ -92,6 +93,11 @@ def _train_parser(sub) -> None:
     loop.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps, leaving a checkpoint")
     loop.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device)
     loop.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    loop.add_argument("--cache", default=None, help="train from a case cache (--write-cache) instead of the images")
+    loop.add_argument("--write-cache", type=Path, default=None, help="write this run's training cases to one compressed .npz (for a machine without the data) and stop")
+    loop.add_argument("--time-limit", dest="time_limit_s", type=float, default=None, help="finish after this many seconds of training (final weights and summary, as an early stop)")
+    loop.add_argument("--cache-slice-step", type=int, default=1, help="with --write-cache: keep every k-th sagittal slice (to fit a transfer)")
+    loop.add_argument("--workers", type=int, default=0, help="processes building the augmented samples (0: in the loop; results are identical)")
 
 
 def keep_init_architecture(args) -> None:
@@ -238,6 +244,12 @@ def main(argv=None) -> None:
         run = run_config_from_args(args)
     except ValueError as error:
         parser.exit(2, f"error: {error}\n")
+
+    if args.write_cache:
+        from .cache import write_cache
+
+        print(json.dumps(write_cache(run, args.data, args.write_cache, args.seed, args.limit, args.cache_slice_step)))
+        return
 
     from .train import train
 

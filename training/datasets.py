@@ -32,19 +32,10 @@ from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_
 from VerdiffSegmentLib.io import read_image
 from VerdiffSegmentLib.transforms import intensity_range, normalise
 
+from .case import Case
 from .configs import RunConfig
 from .labels import LabelScheme
 from .splits import MR_VALIDATION, split_subjects
-
-
-@dataclass
-class Case:
-    """One labelled image as normalised sagittal slices [S, H, W] (float32 in [0, 1]) and
-    product label maps [S, H, W] (uint8: 0 background, 1..K the product's labels)."""
-
-    name: str
-    images: np.ndarray
-    labels: np.ndarray
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,11 @@ same seeds and builds only its shard, so ranks see different samples, the union 
 shards is exactly the batch one process would draw, and the sampler's whole state is its
 generator's (saved in checkpoints). Both samplers share this (``SeededSampler``).
 
+Workers (``start_workers(n)``, a GPU's loop would otherwise wait for the CPU): the samples
+of a batch are built by ``n`` forked processes, each from its own seed as above, so a
+batch is the same with or without workers; the cases are shared with the workers by the
+fork, not copied through pipes.
+
 3D patches (``PatchSampler``), decisions: every training volume shows spine, so the case is
 drawn uniformly; 70 % of patches are centred on a random spine voxel (as the 2D crops) and
 the rest lie anywhere in the volume; the geometric augmentation is the 2D one drawn once
@@ -23,6 +28,8 @@ the patch on an axis are padded with 0 (background).
 """
 
 from __future__ import annotations
+
+import multiprocessing
 
 import numpy as np
 import torch
@@ -42,6 +49,18 @@ class SeededSampler:
             raise ValueError("no training cases")
         self.cases, self.augmentation, self.num_classes = cases, augmentation, num_classes
         self.rng = np.random.default_rng(seed)
+        self.pool = None
+
+    def start_workers(self, count: int) -> None:
+        """Build samples in ``count`` forked processes (module docstring)."""
+        global _FORKED_SAMPLER
+        _FORKED_SAMPLER = self
+        self.pool = multiprocessing.get_context("fork").Pool(count)
+
+    def stop_workers(self) -> None:
+        if self.pool is not None:
+            self.pool.terminate()
+            self.pool = None
 
     def state_dict(self) -> dict:
         return {"bit_generator": self.rng.bit_generator.state}
@@ -60,9 +79,17 @@ class SeededSampler:
     def batch(self, global_size: int, shard: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw the seeds of a global batch (advancing the state identically on every rank)
         and build the samples of ``shard``: (images [B, 1, *size], masks [B, classes, *size])."""
-        seeds = self.rng.integers(0, 2**63, size=global_size)
-        images, masks = zip(*(self.sample(int(seed)) for seed in seeds[shard]))
+        seeds = [int(seed) for seed in self.rng.integers(0, 2**63, size=global_size)[shard]]
+        samples = self.pool.map(_sample_in_worker, seeds) if self.pool is not None else [self.sample(seed) for seed in seeds]
+        images, masks = zip(*samples)
         return torch.from_numpy(np.stack(images)), torch.from_numpy(np.stack(masks))
+
+
+_FORKED_SAMPLER = None  # the sampler the worker processes inherit through the fork
+
+
+def _sample_in_worker(seed: int):
+    return _FORKED_SAMPLER.sample(seed)
 
 
 def centred_window(labels: np.ndarray, size, rng: np.random.Generator) -> tuple[slice, ...]:

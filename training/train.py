@@ -45,9 +45,7 @@ from VerdiffSegmentLib.models import ModelCard
 from .augment import PRESETS
 from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states
 from .configs import RunConfig
-from .datasets import training_cases
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
-from .evaluate import card_data, evaluate, split_cases
 from .logs import RunLog
 from .objectives import objective_for
 from .sampler import PatchSampler, SliceSampler
@@ -84,6 +82,9 @@ class TrainOptions:
     stop_after: int | None = None  # end this invocation after N steps, as a kill would (tests, time-sliced jobs)
     device: str = "auto"
     tensorboard: bool = True
+    time_limit_s: float | None = None  # finish (final weights, summary) once this much training time has passed
+    cache: str | None = None  # train from this case cache (``cache``) instead of the images
+    workers: int = 0  # processes building samples beside the loop (0: in the loop); results are identical
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
@@ -143,7 +144,14 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
     device = world.device
     amp_dtype = autocast_dtype(options, device)
 
-    cases, split = training_cases(run, data_root, options.seed, options.limit)
+    if options.cache:
+        from .cache import read_cache
+
+        cases, split = read_cache(Path(options.cache), run)
+    else:
+        from .datasets import training_cases  # imported here: a run from a cache needs no image readers (SimpleITK)
+
+        cases, split = training_cases(run, data_root, options.seed, options.limit)
     if options.val_every and not split.get("validation"):
         raise ValueError("--val-every needs validation subjects, and this run's split has none")
     settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size}
@@ -158,6 +166,8 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
         sampler = PatchSampler(cases, run.patch_size, options.seed, PRESETS[options.augmentation], num_classes)
     else:
         sampler = SliceSampler(cases, options.crop, options.seed, PRESETS[options.augmentation], num_classes)
+    if options.workers:
+        sampler.start_workers(options.workers)
     family = get_family(run.family)
     network = family.network(**run.network_arguments)
     if options.init:
@@ -209,6 +219,8 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
 
     def validate(step: int) -> None:
         """Validation Dice/IoU through ``segment`` on rank 0; every rank learns the outcome."""
+        from .evaluate import card_data, evaluate, split_cases
+
         outcome, result, started_at = None, None, time.time()
         if world.is_main:
             data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble)
@@ -255,12 +267,16 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
             log.train_row(step, dict(zip(loss_terms, terms.tolist())), optimiser.param_groups[0]["lr"], grad_norm, time.time() - started)
         if options.val_every and (step % options.val_every == 0 or step == options.steps):
             validate(step)
+        if options.time_limit_s is not None and progress["seconds"] >= options.time_limit_s:
+            progress["stopped_early"] = True  # out of time: finish here as an early stop does
+            progress["stopped_at_time_limit"] = True
         stopping = progress["stopped_early"] or (options.stop_after is not None and step - start_step >= options.stop_after)
         if (options.checkpoint_every and step % options.checkpoint_every == 0) or step == options.steps or stopping:
             save_checkpoint()
         if stopping:
             break
     log.close()
+    sampler.stop_workers()
     if options.stop_after is not None and not progress["stopped_early"] and progress["step"] < options.steps:
         return checkpoint_path
     return _finish(network, world, out_dir, progress)

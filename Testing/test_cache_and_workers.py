@@ -1,0 +1,59 @@
+"""The portable case cache (training/cache.py) and the sampler's worker processes: a run
+from the cache sees the data it would see from the images, and workers change nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training import datasets
+from training.augment import PRESETS
+from training.cache import cropped, read_cache, write_cache
+from training.configs import recipe_config
+from training.sampler import SliceSampler
+from training.train import TrainOptions, train
+
+
+@pytest.fixture(scope="module")
+def mr_cases(data_dir):
+    run = recipe_config("verdiff-mr", channels=(4, 8))
+    cases, split = datasets.training_cases(run, data_dir, limit=2)
+    return run, cases, split
+
+
+def test_the_cache_holds_the_cases_cut_to_the_spine(tmp_path, data_dir, mr_cases):
+    run, cases, split = mr_cases
+    summary = write_cache(run, data_dir, tmp_path / "mr.npz", limit=2)
+    assert summary["cases"] == 2
+    cached, cached_split = read_cache(tmp_path / "mr.npz", run)
+    assert cached_split == json.loads(json.dumps(split))
+    for case, copy in zip(cases, cached):
+        cut = cropped(case)
+        assert copy.name == case.name and np.array_equal(copy.labels, cut.labels) and copy.labels.sum() == case.labels.sum()
+        assert np.abs(copy.images - cut.images).max() <= 0.5 / 255 + 1e-6  # uint8 steps
+    with pytest.raises(ValueError, match="another run config"):
+        read_cache(tmp_path / "mr.npz", recipe_config("verdiff-mr", channels=(8, 16)))
+
+
+def test_workers_build_the_same_batches(mr_cases):
+    _, cases, _ = mr_cases
+    plain = SliceSampler(cases, 64, 35, PRESETS["any-contrast"])
+    forked = SliceSampler(cases, 64, 35, PRESETS["any-contrast"])
+    forked.start_workers(2)
+    try:
+        for _ in range(2):
+            a, b = plain.batch(4), forked.batch(4)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    finally:
+        forked.stop_workers()
+
+
+def test_a_run_trains_from_the_cache(tmp_path, data_dir, mr_cases, one_thread):
+    run, _, _ = mr_cases
+    write_cache(run, data_dir, tmp_path / "mr.npz", limit=2)
+    options = TrainOptions(steps=2, batch_size=2, crop=32, cache=str(tmp_path / "mr.npz"), tensorboard=False, workers=1)
+    path = train(run, tmp_path / "no-data-here", tmp_path / "run", options)
+    assert path.exists() and json.loads((tmp_path / "run" / "split.json").read_text())["train"] == ["VB3_01", "VB3_02"]

@@ -1,0 +1,41 @@
+"""The prepared GPU sprint (training/gpu_sprint.sh) runs end to end on the CPU with tiny
+settings: caches of one subject each, two training steps per model, the weights and logs
+where the device tool would bring them back. A lent GPU then needs no preparation."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_dir):
+    env = {
+        **os.environ,
+        "PYTHON": sys.executable,
+        "SPRINT_DIR": str(tmp_path / "sprint"),
+        "OUT": str(tmp_path / "out"),
+        "LIMIT": "1",
+        "STEPS": "2",
+        "CHANNELS": "4,8",
+        "BATCH": "2",
+        "CROP": "32",
+        "WORKERS": "1",
+        "DEVICE": "cpu",
+        "OMP_NUM_THREADS": "1",
+    }
+    for stage in ("prepare", "mr", "xray-ct"):
+        done = subprocess.run(["bash", "training/gpu_sprint.sh", stage], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "sprint").glob("*.npz")) == ["ct.npz", "mr.npz", "xr.npz"]
+    for name in ("verdiff-mr", "verdiff-xray", "verdiff-ct"):
+        run = tmp_path / "out" / name
+        assert (run / "model.pt").exists() and (run / "run.json").exists() and (tmp_path / "out" / f"{name}.log").exists()
+        assert not (run / "checkpoint.pt").exists()
+    if subprocess.run(["bash", "training/gpu_sprint.sh"], cwd=ROOT, env=env, capture_output=True).returncode != 2:
+        pytest.fail("an unknown stage must exit 2")

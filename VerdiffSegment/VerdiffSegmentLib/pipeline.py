@@ -16,8 +16,12 @@ benchmarks and validation all use:
    the spine's connected chain kept, holes filled); uncertainty = the standard deviation of the
    probability across the ensemble's samples (0 where only the prior was used); a
    reliability estimate with its warnings (``reliability``);
-5. map both back onto the input voxel grid: labels by nearest neighbour, uncertainty
-   linearly.
+5. map both back onto the input voxel grid: uncertainty linearly; labels of a binary model
+   by mapping the mean foreground probability linearly and thresholding it at 0.5 there,
+   so its boundary falls between the model grid's pixels (nearest-neighbour labels would
+   carry the coarse grid's staircase: on AASCE X-rays, whose model grid is 5 px, the truth
+   itself mapped there and back scores Dice 0.972 by nearest neighbour and 0.994 this
+   way); labels of a multi-class model by nearest neighbour.
 """
 
 from __future__ import annotations
@@ -143,14 +147,23 @@ def segment(
     timings["inference"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    labels_stack = labels_from_probability(probability)
+    raw_labels = labels_from_probability(probability)
     grid_spacing = reference.GetSpacing()[::-1] if reference.GetDimension() == 3 else (1.0, *reference.GetSpacing()[::-1])
-    labels_stack = postprocess(labels_stack, grid_spacing, card.postprocess)
+    labels_stack = postprocess(raw_labels, grid_spacing, card.postprocess)
     reliability = reliability_estimate(probability, spread, labels_stack)
     uncertainty_stack = spread.max(axis=1).astype(np.float32)
-    labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
     uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
-    foreground = from_sagittal_stack(probability.max(axis=1), reference, planar, is_label=False) if keep_probability else None
+    foreground = None
+    if network.num_classes == 1 or keep_probability:
+        foreground_stack = probability.max(axis=1)
+        foreground_stack[(raw_labels > 0) & (labels_stack == 0)] = 0.0  # what post-processing removed
+        foreground_stack[(raw_labels == 0) & (labels_stack > 0)] = 1.0  # and what it filled
+        foreground = from_sagittal_stack(foreground_stack, reference, planar, is_label=False)
+    if network.num_classes == 1:
+        labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (``map_back`` in the docstring)
+    else:
+        labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
+    foreground = foreground if keep_probability else None
     if planar is not image:
         labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
         foreground = restore_from_plane(foreground, image) if foreground is not None else None

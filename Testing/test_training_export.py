@@ -105,3 +105,27 @@ def test_xray_recipe_reports_held_out_images_of_unseen_patients_apart():
     figures = unseen_patient_figures(result, recipe_config("verdiff-xray"), split)
     assert figures == {"unseen_patients": 2, "dice_mean_unseen_patients": 0.6, "dice_sd_unseen_patients": 0.1}
     assert unseen_patient_figures(result, recipe_config("verdiff-mr"), split) == {}
+
+
+def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, data_dir):
+    """Training that accumulates (issue 16): a run started --init from an exported model continues
+    it with the card's architecture, and the new card's history holds both stages and their sums."""
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1",
+          "--precision", "fp32", "--start-timestep", "150"])
+    first = json.loads((tmp_path / "tiny-mr.json").read_text())
+    assert first["scheduler"]["start_timestep"] == 150 and first["validation"]["settings"]["start_timestep"] == 150
+    assert first["training"]["cumulative"]["optimiser_steps"] == 3 and len(first["training"]["history"]) == 1
+    with pytest.raises(SystemExit):  # the card's channels are 8,16,32: other channels cannot continue it
+        main(["train", "--config", "unused.toml", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "tiny-mr.pt"), "--channels", "4,8"])
+    second = tmp_path / "second"
+    main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
+          "--name", "tiny-mr", "--data", str(data_dir), "--out", str(second), "--init", str(tmp_path / "tiny-mr.pt"), "--steps", "2",
+          "--batch-size", "2", "--crop", "48", "--limit", "1", "--threads", "1", "--no-tensorboard"])
+    run = json.loads((second / "run.json").read_text())
+    assert run["config"]["channels"] == [8, 16, 32] and run["settings"]["threads"] == 1
+    from training.export import cumulative_training, training_history
+
+    history = training_history(second, run)
+    assert [stage["optimiser_steps"] for stage in history] == [3, 2] and history[1]["init"] == str(tmp_path / "tiny-mr.pt")
+    total = cumulative_training(history)
+    assert total["optimiser_steps"] == 5 and total["stages"] == 2 and total["cpu_core_hours"] > 0

@@ -29,7 +29,7 @@ import torch
 from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import ModelCard, sha256_of
 
-from .checkpoint import atomic_save, load_weights
+from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .configs import RECIPES, RunConfig, recipe_config
 from .evaluate import card_data, evaluate, run_config_of_card, split_cases, unseen_patient_figures
 
@@ -76,18 +76,26 @@ def training_history(run_dir: Path, run_info: dict) -> list[dict]:
     earlier: list[dict] = []
     init = settings.get("init")
     if init:
-        card_path = Path(init).with_suffix(".json")
+        card_path, init_run = Path(init).with_suffix(".json"), Path(init).parent
         if card_path.exists():
             earlier = list(json.loads(card_path.read_text()).get("training", {}).get("history", []))
+        elif (init_run / "run.json").exists() and init_run.resolve() != Path(run_dir).resolve():
+            earlier = training_history(init_run, json.loads((init_run / "run.json").read_text()))
     summary_path = Path(run_dir) / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if not summary and (Path(run_dir) / "checkpoint.pt").exists():
+        # a stage ended by a kill: its weights were taken from its last checkpoint
+        summary = load_checkpoint(Path(run_dir) / "checkpoint.pt")["progress"]
     command_path = Path(run_dir) / "command.txt"
+    command = command_path.read_text().strip() if command_path.exists() else None
+    words = (command or "").split()
+    threads = settings.get("threads") or (int(words[words.index("--threads") + 1]) if "--threads" in words[:-1] else None)
     stage = {
-        "command": command_path.read_text().strip() if command_path.exists() else None,
+        "command": command,
         "optimiser_steps": summary.get("step"),
         "wall_seconds": summary.get("seconds"),
         "device": settings.get("device"),
-        "threads": settings.get("threads"),
+        "threads": threads,
         "world_size": settings.get("world_size", 1),
         "augmentation": settings.get("augmentation"),
         "init": init,
@@ -102,7 +110,7 @@ def cumulative_training(history: list[dict]) -> dict:
     on_gpu = [stage.get("device") == "cuda" for stage in history]
     cpu = sum(h * max(stage.get("threads") or 1, 1) * max(stage.get("world_size") or 1, 1) for h, stage, gpu in zip(hours, history, on_gpu) if not gpu)
     gpu = sum(h * max(stage.get("world_size") or 1, 1) for h, stage, gpu in zip(hours, history, on_gpu) if gpu)
-    return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 3), "cpu_core_hours": round(cpu, 3), "gpu_hours": round(gpu, 3), "stages": len(history)}
+    return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 5), "cpu_core_hours": round(cpu, 5), "gpu_hours": round(gpu, 5), "stages": len(history)}
 
 
 def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:

@@ -154,7 +154,7 @@ def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions
         cases, split = training_cases(run, data_root, options.seed, options.limit)
     if options.val_every and not split.get("validation"):
         raise ValueError("--val-every needs validation subjects, and this run's split has none")
-    settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size}
+    settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size, "threads": torch.get_num_threads()}
     if world.is_main:
         write_split(split, out_dir)
         (out_dir / "run.json").write_text(json.dumps({"config": run.to_dict(), "settings": settings}, indent=1))

@@ -475,6 +475,8 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         if job.computation.device_warning:
             status += "\n\u26a0 " + job.computation.device_warning
+        for warning in settings.get("reliability", {}).get("warnings", []):  # the run's own doubt (reliability.py)
+            status += "\n\u26a0 " + _("Check this result: {warning}").format(warning=warning)
         self.ui.statusLabel.text = status
 
     def _showError(self, error, details: str = "") -> None:

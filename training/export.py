@@ -188,20 +188,18 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             card["validation"] = validation
         card["export"] = {"precision": "fp16" if keep_half else "fp32", "fp32_dice_mean": fp32_dice, "fp16_dice_mean": fp16_dice, "tolerance": tolerance}
     if suites:
-        card["validation_suites"] = suite_figures(ModelCard(path, card), run, data_root, suites)
+        figures = suite_figures(ModelCard(path, card), run, data_root, suites)
+        (run_dir / "suites.json").write_text(json.dumps(figures, indent=1))  # with every case's row, beside the run
+        card["validation_suites"] = {suite: {k: v for k, v in f.items() if k != "cases"} | {"cases": len(f["cases"])} for suite, f in figures.items()}
     path.write_text(json.dumps(card, indent=2))
     return card
 
 
 def suite_figures(card: ModelCard, run: RunConfig, data_root: Path, suites: list[str]) -> dict:
-    """Each cross-source suite's summary (no per-case rows) at the card's defaults."""
+    """Each cross-source suite's figures at the card's defaults."""
     from .cross_source import suite_cases
 
-    out = {}
-    for suite in suites:
-        figures = evaluate(card, suite_cases(suite, data_root, run.labels), seed=0)
-        out[suite] = {k: v for k, v in figures.items() if k != "cases"} | {"cases": len(figures["cases"])}
-    return out
+    return {suite: evaluate(card, suite_cases(suite, data_root, run.labels), seed=0) for suite in suites}
 
 
 def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int, ensemble: int, start_timestep: int | None = None) -> dict:

@@ -81,6 +81,12 @@ class ModelCard:
         return dict(self.data.get("postprocess") or {})
 
     @property
+    def self_dice_warning(self) -> float | None:
+        """The card's calibrated reliability threshold (``reliability.py``); None: the default."""
+        value = (self.data.get("reliability") or {}).get("self_dice_warning")
+        return None if value is None else float(value)
+
+    @property
     def default_steps(self) -> int:
         return int(self.data["defaults"]["steps"])
 

@@ -42,7 +42,7 @@ from .inferers.sliding_window import sliding_window_inference, window_slices
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess
-from .reliability import reliability_estimate
+from .reliability import SELF_DICE_WARNING, reliability_estimate
 from .transforms import intensity_range, normalise, pad_to_multiple
 
 
@@ -150,7 +150,7 @@ def segment(
     raw_labels = labels_from_probability(probability)
     grid_spacing = reference.GetSpacing()[::-1] if reference.GetDimension() == 3 else (1.0, *reference.GetSpacing()[::-1])
     labels_stack = postprocess(raw_labels, grid_spacing, card.postprocess)
-    reliability = reliability_estimate(probability, spread, labels_stack)
+    reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
     uncertainty_stack = spread.max(axis=1).astype(np.float32)
     uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
     foreground = None

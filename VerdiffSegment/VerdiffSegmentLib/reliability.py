@@ -14,9 +14,10 @@ extra network cost:
 - ``foreground_fraction``: the labelled share of the grid (0: no vertebra found).
 
 Decision (measured; the figures and the command are in ``docs/experiments.md``): a result is
-flagged as likely wrong when nothing is labelled or ``self_dice`` is below
-``SELF_DICE_WARNING``. One threshold on one score, so that it cannot be tuned to the few
-validation cases there are.
+flagged as likely wrong when nothing is labelled or ``self_dice`` is below a threshold: the
+card's ``reliability.self_dice_warning`` where its model was calibrated (each model is as
+sharp as its training made it), else ``SELF_DICE_WARNING``. One threshold on one score per
+model, so that it cannot be tuned to the few validation cases there are.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ SELF_DICE_WARNING = 0.90
 AMBIGUOUS = (0.2, 0.8)
 
 
-def reliability_estimate(probability: np.ndarray, spread: np.ndarray, labels: np.ndarray) -> dict:
+def reliability_estimate(probability: np.ndarray, spread: np.ndarray, labels: np.ndarray, threshold: float = SELF_DICE_WARNING) -> dict:
     """The estimate (module docstring) from the mean probability and spread
     [slices, classes, rows, cols] and the label map [slices, rows, cols] of one run, with
     ``warnings``: human-readable reasons to distrust it (empty when there are none)."""
@@ -47,9 +48,9 @@ def reliability_estimate(probability: np.ndarray, spread: np.ndarray, labels: np
     ambiguous = float(((p > AMBIGUOUS[0]) & (p < AMBIGUOUS[1])).sum() / labelled)
     mean_uncertainty = float(spread.max(axis=1)[y].mean())
     warnings = []
-    if self_dice < SELF_DICE_WARNING:
+    if self_dice < threshold:
         warnings.append(
-            f"the result is likely wrong: the model is unsure of much of it (self-consistency {self_dice:.2f} < {SELF_DICE_WARNING:.2f}); "
+            f"the result is likely wrong: the model is unsure of much of it (self-consistency {self_dice:.3f} < {threshold:.3f}); "
             "the image may be of a contrast, body region or modality this model was not trained on"
         )
     return {

@@ -8,7 +8,8 @@ What it shows, on a canvas of fixed size ``CANVAS`` (so previews of a cohort lin
   pixels at the image's finest spacing (coarser when the plane is large), grey levels
   between the 1st and 99th percentile;
 - the uncertainty (ensemble standard deviation) as a heat map over it, transparent where
-  it is 0 and more opaque (by the square root) where it is higher, on a scale from 0 to the plane's maximum;
+  it is below 5 % of the scale (``FAINT``) and more opaque (by the square root) where it
+  is higher, on a scale from 0 to the plane's maximum;
 - the segmentation's outline in one colour that contrasts with the heat map (cyan), the
   borders between labels included;
 - a colour bar with the heat map's scale, and a caption (the settings) below.
@@ -27,10 +28,11 @@ from .io import as_plane, single_slice_axis
 
 PANEL = (480, 640)  # width, height of the picture's box
 BAR_WIDTH = 100  # the colour bar's column, right of the panel
-CAPTION_HEIGHT = 64
+CAPTION_HEIGHT = 72
 CANVAS = (PANEL[0] + BAR_WIDTH, PANEL[1] + CAPTION_HEIGHT)
 BACKGROUND = (16, 16, 16)
 OUTLINE = (0, 255, 255)
+FAINT = 0.05  # uncertainty below this fraction of the colour bar's scale is not drawn
 MAX_PLANE_PIXELS = 800  # the plane is resampled no finer than this many pixels along its longer side
 # An "inferno"-like map: black, purple, red, orange, pale yellow.
 HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
@@ -92,8 +94,9 @@ def render_preview(image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Imag
     grey = np.asarray(Image.fromarray(grey.astype(np.float32), "F").resize(size, Image.BILINEAR))
     spread = np.asarray(Image.fromarray(spread, "F").resize(size, Image.BILINEAR)) / scale_max
     label_plane = np.asarray(Image.fromarray(label_plane.astype(np.uint8), "L").resize(size, Image.NEAREST))
-    # Opacity grows with the square root: the typical spread (a few hundredths) stays visible.
-    opacity = np.sqrt(np.clip(spread, 0, 1))[..., None] * 0.85
+    # Opacity grows with the square root, so the typical spread (a few hundredths) stays
+    # visible; below FAINT of the scale (sampling noise) the image is left clear.
+    opacity = np.sqrt(np.clip((spread - FAINT) / (1 - FAINT), 0, 1))[..., None] * 0.85
     rgb = (1 - opacity) * (grey[..., None] * 255) + opacity * heat_colours(spread)
     rgb[outline_mask(label_plane)] = OUTLINE
 

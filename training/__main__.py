@@ -47,8 +47,9 @@ class _DeprecatedTrainSteps(argparse.Action):
     """``train --steps N``: the old name of ``--train-steps``; works, and says so on stderr."""
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print("warning: 'train --steps' is deprecated: it counts optimiser steps, while --steps means sampling steps "
-              "everywhere else; use --train-steps", file=sys.stderr, flush=True)
+        if os.environ.get("RANK", "0") == "0":  # once, not per torchrun process
+            print("warning: 'train --steps' is deprecated: it counts optimiser steps, while --steps means sampling steps "
+                  "everywhere else; use --train-steps", file=sys.stderr, flush=True)
         setattr(namespace, self.dest, values)
 
 

@@ -91,8 +91,8 @@ class ModelCard:
 
         The scheduler's ``set_timesteps`` enforces it: the kept timesteps run from the card's
         ``scheduler.start_timestep`` (T-1 when absent) down to 0, so at most start + 1 steps
-        (151 for the cards that start at t=150). Help texts, README, the Slicer module and
-        ``verdiff models`` show this range."""
+        (151 for the cards that start at t=150). ``verdiff segment --help`` and ``verdiff
+        models`` show this range."""
         scheduler = make_scheduler(self)
         return None if scheduler is None else (1, int(scheduler.start_timestep) + 1)
 

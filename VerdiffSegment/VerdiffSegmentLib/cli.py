@@ -472,7 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Segment the spine; writes a label map, an uncertainty volume, a Slicer segmentation and scene, and a JSON report per input.",
     )
     seg.add_argument("input", nargs="+", help="NIfTI, NRRD, MHA, a DICOM series folder, JPG or PNG; several, or a folder of images, make a batch (one subfolder of OUTDIR each)")
-    seg.add_argument("-o", "--output", required=True, help="output folder")
+    seg.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (a batch: one subfolder per input, and summary.csv/.json)")
     seg.add_argument("--model", default="auto", help="bundled model name (see 'verdiff models'), or auto: the default model for the input's modality")
     steps_help, ensemble_help = ranges_help()
     seg.add_argument("--steps", type=int, default=None, metavar="K", help=steps_help)
@@ -524,7 +524,10 @@ def segment_command(args) -> int:
     inputs = expand_inputs(args.input)
     if not inputs:
         raise VerdiffError("no images found in " + ", ".join(map(str, args.input)))
-    summary = run_batch(inputs, Path(args.output), options, printer, args.shard)
+    try:
+        summary = run_batch(inputs, Path(args.output), options, printer, args.shard)
+    finally:
+        printer.end_line()
     if args.json:
         print(json.dumps(summary, indent=2))
     elif not args.quiet:

@@ -58,3 +58,19 @@ def test_the_eta_leaves_the_validation_time_out(tmp_path, capsys):
     line = capsys.readouterr().out.strip()
     # 2 s of training for 2 steps: 1 s/step, 8 steps left (counting validation: 5 s/step, 40 s)
     assert re.search(r"val Dice 0\.5000 +1\.0\d s/step +eta 0:00:08$", line), line
+
+
+def test_validation_samples_as_the_bundled_card_unless_told_otherwise():
+    from argparse import Namespace
+
+    from training.__main__ import validation_sampling
+    from training.configs import recipe_config
+
+    unset = Namespace(val_steps=None, val_ensemble=None, val_start_timestep=None)
+    card = json.loads((REPO / "Resources" / "Models" / "verdiff-mr.json").read_text())
+    expected = {"val_steps": card["defaults"]["steps"], "val_ensemble": card["defaults"]["ensemble"], "val_start_timestep": card["scheduler"]["start_timestep"]}
+    assert validation_sampling(unset, recipe_config("verdiff-mr")) == expected
+    # a model without a bundled card of its name and family: the loop's defaults
+    assert validation_sampling(unset, recipe_config("verdiff-mr", name="my-model")) == {"val_steps": 5, "val_ensemble": 3, "val_start_timestep": None}
+    given = Namespace(val_steps=7, val_ensemble=None, val_start_timestep=None)
+    assert validation_sampling(given, recipe_config("verdiff-mr"))["val_steps"] == 7

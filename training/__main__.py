@@ -98,9 +98,9 @@ def _train_parser(sub) -> None:
     loop.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="save a resumable checkpoint every N optimiser steps")
     loop.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N steps (0: never)")
     loop.add_argument("--val-limit", type=int, default=None, help="validate on the first N held-out cases only")
-    loop.add_argument("--val-steps", type=int, default=defaults.val_steps, help="sampling steps of each validation pass")
-    loop.add_argument("--val-ensemble", type=int, default=defaults.val_ensemble, help="ensemble size of each validation pass")
-    loop.add_argument("--val-start-timestep", type=int, default=None, help="prior-shifted families: validate sampling from this timestep (the cards' 150)")
+    loop.add_argument("--val-steps", type=int, default=None, help=f"sampling steps of each validation pass (default: the bundled card's of the same name and family, else {defaults.val_steps})")
+    loop.add_argument("--val-ensemble", type=int, default=None, help=f"ensemble size of each validation pass (default: the card's, else {defaults.val_ensemble})")
+    loop.add_argument("--val-start-timestep", type=int, default=None, help="prior-shifted families: validate sampling from this timestep (default: the card's, e.g. 150, else T-1)")
     loop.add_argument("--patience", type=int, default=defaults.patience, help="stop after N validations without improvement (0: never)")
     loop.add_argument("--min-delta", type=float, default=defaults.min_delta, help="smallest Dice gain that counts as an improvement (--patience)")
     loop.add_argument("--init", default=None, help="start from these weights (continue an earlier stage)")
@@ -151,6 +151,28 @@ def run_config_from_args(args) -> RunConfig:
     return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing)
 
 
+def bundled_card(run: RunConfig) -> dict | None:
+    """The bundled card this run would replace (same name and family), if any."""
+    path = MODELS / f"{run.name}.json"
+    if not path.is_file():
+        return None
+    card = json.loads(path.read_text())
+    return card if card.get("family") == run.family else None
+
+
+def validation_sampling(args, run: RunConfig) -> dict:
+    """The validation's sampling settings: those given, else the bundled card's of the same
+    name and family (so the validation Dice is that of the settings users get), else the
+    loop's defaults (``TrainOptions``)."""
+    card, defaults = bundled_card(run), TrainOptions()
+    settings = {
+        "val_steps": card["defaults"]["steps"] if card else defaults.val_steps,
+        "val_ensemble": card["defaults"]["ensemble"] if card else defaults.val_ensemble,
+        "val_start_timestep": card.get("scheduler", {}).get("start_timestep") if card else defaults.val_start_timestep,
+    }
+    return {key: value if getattr(args, key) is None else getattr(args, key) for key, value in settings.items()}
+
+
 def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
     """What the validation passes sample with, beside the bundled card of the same name (the
     settings a user of the model gets), so a validation Dice is read against the right ones."""
@@ -163,9 +185,8 @@ def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
     config = dict(family.scheduler_config)
     start = options.val_start_timestep if options.val_start_timestep is not None else config.get("num_train_timesteps", 1000) - 1
     text = f"validation every {options.val_every} steps on {cases} held-out cases: {options.val_steps} sampling steps x {options.val_ensemble} samples from t={start}"
-    card_path = MODELS / f"{run.name}.json"
-    if card_path.is_file():
-        card = json.loads(card_path.read_text())
+    card = bundled_card(run)
+    if card is not None:
         card_start = card.get("scheduler", {}).get("start_timestep", config.get("num_train_timesteps", 1000) - 1)
         text += f" (the bundled card {run.name}: {card['defaults']['steps']} x {card['defaults']['ensemble']} from t={card_start})"
     return text
@@ -254,6 +275,8 @@ def main(argv=None) -> None:
 
     from .train import train
 
+    for key, value in validation_sampling(args, run).items():
+        setattr(args, key, value)
     options = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)})
     if int(os.environ.get("RANK", "0")) == 0 and options.val_every:
         print(validation_settings_text(run, options), flush=True)

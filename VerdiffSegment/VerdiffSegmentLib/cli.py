@@ -86,9 +86,10 @@ def in_pixels(segments: list[dict]) -> list[dict]:
     return [{("area_px" if key == "area_mm2" else key): (segment["voxels"] if key == "area_mm2" else value) for key, value in segment.items()} for segment in segments]
 
 
-def modality_warning(image: sitk.Image, card, name: str) -> str | None:
-    """A warning when the input does not look like what the model was trained on."""
-    detected, expected = detect_modality(image), card.data["modality"]
+def modality_warning(detected: str, card, name: str) -> str | None:
+    """A warning when the input (of ``pipeline.detect_modality`` ``detected``) does not look
+    like what the model was trained on."""
+    expected = card.data["modality"]
     if detected == expected:
         return None
     looks = {"XR": "a 2D image (an X-ray)", "CT": "a CT (its intensities are Hounsfield units)", "MR": "an MR (no Hounsfield units)" if expected == "CT" else "a volume"}[detected]
@@ -151,7 +152,8 @@ def run_segment(
     report_stage("read", 1, 1)
     read_seconds = time.perf_counter() - clock
     card = choose_card(image, model)
-    warnings = [w for w in [modality_warning(image, card, source.name)] if w]
+    modality = detect_modality(image)
+    warnings = [w for w in [modality_warning(modality, card, source.name)] if w]
     for warning in warnings:
         if warn is not None:
             warn(warning)
@@ -192,7 +194,7 @@ def run_segment(
         if preview:
             from .preview import write_preview
 
-            caption = preview_caption(stem, settings, segments, result.timings)
+            caption = preview_caption(stem, settings, segments)
             names["preview"] = write_preview(staging / f"{stem}_preview.png", image, result.labels, result.uncertainty, caption).name
         names["report"] = f"{stem}.json"
         outputs = {key: str((outdir / name).resolve()) for key, name in names.items()}
@@ -203,7 +205,7 @@ def run_segment(
         report = {
             "verdiff_version": __version__,
             "input": str(source.resolve()),
-            "modality": {"model": card.data["modality"], "input": detect_modality(image)},
+            "modality": {"model": card.data["modality"], "input": modality},
             **settings,
             "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "warnings": warnings,
@@ -245,7 +247,7 @@ def settings_text(report: dict) -> str:
     return f"{report['model']} v{report['model_version']} ({report['family']}) on {report['device']}: {sampling}, seed {report['seed']}"
 
 
-def preview_caption(stem: str, settings: dict, segments: list[dict], timings: dict) -> list[str]:
+def preview_caption(stem: str, settings: dict, segments: list[dict]) -> list[str]:
     found = [s for s in segments if s.get("voxels")]
     if len(segments) == 1:
         s = segments[0]

@@ -154,3 +154,28 @@ def test_a_model_of_another_modality_is_warned_about(tmp_path, mr_slab):
     assert report["modality"] == {"model": "CT", "input": "MR"}
     assert len(report["warnings"]) == 1 and "verdiff-ct" in report["warnings"][0] and "verdiff-mr" in report["warnings"][0]
     assert result.stderr.strip() == "verdiff: warning: " + report["warnings"][0]
+
+
+def test_the_terminal_bar_redraws_one_line_with_an_eta():
+    """``bar`` mode (a terminal's default) on the stage sequence a run reports."""
+    import io
+
+    from VerdiffSegmentLib.progress import ProgressPrinter, StageTracker
+
+    stream = io.StringIO()
+    printer = ProgressPrinter("bar", stream)
+    tracker = StageTracker(printer)
+    for stage in ("read", "load_model"):
+        printer(stage, 0, 1)
+        printer(stage, 1, 1)
+    printer("preprocess", 0, 1)
+    assert tracker.cancel() is False  # segment asks before its first batch: sampling starts
+    for done in (8, 16, 24):
+        tracker("inference", done, 24)
+    printer("postprocess", 1, 1)
+    printer.end_line()
+    text = stream.getvalue()
+    assert "\n" not in text and text.count("\r\033[K") >= 10  # redrawn in place, never scrolled
+    frames = text.split("\r\033[K")
+    assert any(frame.startswith("inference [######") and "8/24" in frame and "eta 0:00:" in frame for frame in frames), frames
+    assert "preprocessed" in text and "postprocessed" in text and frames[-1] == ""

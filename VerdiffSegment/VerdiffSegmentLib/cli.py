@@ -356,6 +356,8 @@ def run_batch(inputs: list[Path], outdir: Path, options: dict, printer: Progress
     is reported and skipped. Returns the summary (also written after each case)."""
     names = case_names(inputs)
     chosen = shard_of(list(zip(inputs, names)), shard)
+    if outdir.exists() and not outdir.is_dir():
+        raise VerdiffError(f"output {outdir} exists and is not a folder")
     outdir.mkdir(parents=True, exist_ok=True)
     networks, cases = Networks(), []
     paths = write_summary(outdir, cases, shard)

@@ -1,6 +1,6 @@
 """``python -m training train|export|defaults|evaluate ...`` (see ``docs/training.md``).
 
-train    MODEL [--out DIR --steps N --batch-size B --crop C --threads T ...]  a bundled recipe
+train    MODEL [--out DIR --train-steps N --batch-size B --crop C --threads T ...]  a bundled recipe
          ... --spatial-dims 3 --patch D,H,W [--spacing MM]                    its 3D variant, on volume patches
 train    --config run.toml --out DIR ...                                      data sets from a TOML file
 train    MODEL --images GLOB --labels GLOB --source S --name NAME --out DIR   the same, as arguments
@@ -11,6 +11,11 @@ evaluate MODEL | --run DIR  [--split validation|test | --images GLOB --labels GL
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
 command runs data-parallel; ``--batch-size`` is per process.
+
+One name per meaning: ``--train-steps`` counts optimiser steps; ``--steps`` is the number of
+sampling steps everywhere else (``export``, ``defaults``, ``evaluate``, ``verdiff segment``).
+``train --steps N`` still works, as a deprecated alias of ``--train-steps`` with a warning,
+so the commands recorded in the model cards run as they are.
 """
 
 from __future__ import annotations
@@ -39,25 +44,35 @@ def _channels(text: str) -> tuple[int, ...]:
     return tuple(int(c) for c in text.split(","))
 
 
+class _DeprecatedTrainSteps(argparse.Action):
+    """``train --steps N``: the old name of ``--train-steps``; works, and says so on stderr."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if os.environ.get("RANK", "0") == "0":  # once, not per torchrun process
+            print("warning: 'train --steps' is deprecated: it counts optimiser steps, while --steps means sampling steps "
+                  "everywhere else; use --train-steps", file=sys.stderr, flush=True)
+        setattr(namespace, self.dest, values)
+
+
 def _train_parser(sub) -> None:
     p = sub.add_parser("train", help="train a bundled recipe, or data sets from a config or arguments")
     p.add_argument("model", nargs="?", choices=sorted(RECIPES), help="bundled recipe (with --images: the recipe whose geometry to use)")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints, logs, weights")
     p.add_argument("--data", type=Path, default=DATA, help="data root; data set paths are relative to it")
     data = p.add_argument_group("data sets (instead of a recipe's own data)")
     data.add_argument("--config", type=Path, help="TOML run config: name, recipe, labels, split, [[datasets]]")
     data.add_argument("--images", help="image path pattern with one '*' (the case id), e.g. 'mr-lumbar-vb3/*_img.nii.gz'")
     data.add_argument("--labels", help="label path pattern with the same '*'")
     data.add_argument("--source", choices=sorted(SOURCES), help="label ids of the data set")
-    data.add_argument("--kind", choices=["volume", "aasce"], default="volume")
+    data.add_argument("--kind", choices=["volume", "aasce"], default="volume", help="volume: labelled volumes (--images/--labels); aasce: AASCE X-ray landmarks")
     data.add_argument("--root", help="AASCE folder (--kind aasce)")
     data.add_argument("--subject", help="regex whose group 1 in the case id is the subject id")
     data.add_argument("--name", help="model name (default: the recipe's)")
     data.add_argument("--label-scheme", choices=SCHEMES, default="binary", help="binary, or one label per vertebral level")
     data.add_argument("--levels", help="comma-separated levels to label, e.g. T1,T2,...,L5 (default: those of the source)")
-    data.add_argument("--validation-fraction", type=float, default=0.1)
-    data.add_argument("--test-fraction", type=float, default=0.0)
-    data.add_argument("--split-seed", type=int, default=35)
+    data.add_argument("--validation-fraction", type=float, default=0.1, help="fraction of subjects held out for validation")
+    data.add_argument("--test-fraction", type=float, default=0.0, help="fraction of subjects held out for testing")
+    data.add_argument("--split-seed", type=int, default=35, help="seed of the subject split")
     data.add_argument("--family", choices=sorted(FAMILY_MODULES), default=None, help="model family to train (default verdiff-net)")
     data.add_argument("--channels", type=_channels, default=None, help=f"network channels per level (default {','.join(map(str, DEFAULT_CHANNELS))})")
     data.add_argument("--spatial-dims", type=int, choices=[2, 3], default=2, help="2: sagittal slices (default); 3: the family's 3D network on volume patches")
@@ -65,34 +80,35 @@ def _train_parser(sub) -> None:
     data.add_argument("--spacing", type=float, default=None, help="grid spacing in mm (default: the recipe's; isotropic in 3D)")
     loop = p.add_argument_group("the loop")
     defaults = TrainOptions()
-    loop.add_argument("--steps", type=int, default=defaults.steps)
+    loop.add_argument("--train-steps", dest="steps", type=int, default=defaults.steps, metavar="N", help=f"optimiser steps (default {defaults.steps})")
+    loop.add_argument("--steps", dest="steps", type=int, action=_DeprecatedTrainSteps, help=argparse.SUPPRESS)
     loop.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process; global batch = this x world size")
-    loop.add_argument("--crop", type=int, default=defaults.crop)
-    loop.add_argument("--lr", type=float, default=defaults.lr)
-    loop.add_argument("--seed", type=int, default=defaults.seed)
+    loop.add_argument("--crop", type=int, default=defaults.crop, help="training crop size in pixels (2D)")
+    loop.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
+    loop.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, sampling of batches and noise")
     loop.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     loop.add_argument("--limit", type=int, default=None, help="train on the first N training subjects only (tests)")
-    loop.add_argument("--optimizer", choices=["adamw", "adam"], default=defaults.optimizer)
-    loop.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
-    loop.add_argument("--schedule", choices=["cosine", "constant"], default=defaults.schedule)
-    loop.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    loop.add_argument("--optimizer", choices=["adamw", "adam"], default=defaults.optimizer, help="optimiser")
+    loop.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="weight decay")
+    loop.add_argument("--schedule", choices=["cosine", "constant"], default=defaults.schedule, help="learning-rate schedule after the warm-up")
+    loop.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="optimiser steps of linear learning-rate warm-up")
     loop.add_argument("--clip-grad", type=float, default=defaults.clip_grad, help="max gradient norm (0: off)")
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=defaults.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")
     loop.add_argument("--augmentation", choices=sorted(PRESETS), default=defaults.augmentation)
-    loop.add_argument("--log-every", type=int, default=defaults.log_every)
-    loop.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every)
+    loop.add_argument("--log-every", type=int, default=defaults.log_every, help="write a log row and a progress line every N optimiser steps")
+    loop.add_argument("--checkpoint-every", type=int, default=defaults.checkpoint_every, help="save a resumable checkpoint every N optimiser steps")
     loop.add_argument("--val-every", type=int, default=defaults.val_every, help="validate every N steps (0: never)")
     loop.add_argument("--val-limit", type=int, default=None, help="validate on the first N held-out cases only")
-    loop.add_argument("--val-steps", type=int, default=defaults.val_steps)
-    loop.add_argument("--val-ensemble", type=int, default=defaults.val_ensemble)
-    loop.add_argument("--val-start-timestep", type=int, default=None, help="prior-shifted families: validate sampling from this timestep (the cards' 150)")
+    loop.add_argument("--val-steps", type=int, default=None, help=f"sampling steps of each validation pass (default: the bundled card's of the same name and family, else {defaults.val_steps})")
+    loop.add_argument("--val-ensemble", type=int, default=None, help=f"ensemble size of each validation pass (default: the card's, else {defaults.val_ensemble})")
+    loop.add_argument("--val-start-timestep", type=int, default=None, help="prior-shifted families: validate sampling from this timestep (default: the card's, e.g. 150, else T-1)")
     loop.add_argument("--patience", type=int, default=defaults.patience, help="stop after N validations without improvement (0: never)")
-    loop.add_argument("--min-delta", type=float, default=defaults.min_delta)
+    loop.add_argument("--min-delta", type=float, default=defaults.min_delta, help="smallest Dice gain that counts as an improvement (--patience)")
     loop.add_argument("--init", default=None, help="start from these weights (continue an earlier stage)")
     loop.add_argument("--resume", action="store_true", help="continue from --out/checkpoint.pt")
     loop.add_argument("--stop-after", type=int, default=None, help="end this invocation after N steps, leaving a checkpoint")
-    loop.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device)
-    loop.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
+    loop.add_argument("--device", choices=["auto", "cpu", "cuda"], default=defaults.device, help="auto: CUDA if present, else the CPU")
+    loop.add_argument("--no-tensorboard", dest="tensorboard", action="store_false", help="write the CSV logs only, no TensorBoard events")
     loop.add_argument("--cache", default=None, help="train from a case cache (--write-cache) instead of the images")
     loop.add_argument("--write-cache", type=Path, default=None, help="write this run's training cases to one compressed .npz (for a machine without the data) and stop")
     loop.add_argument("--time-limit", dest="time_limit_s", type=float, default=None, help="finish after this many seconds of training (final weights and summary, as an early stop)")
@@ -155,6 +171,47 @@ def run_config_from_args(args) -> RunConfig:
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
     return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing)
+
+
+def bundled_card(run: RunConfig) -> dict | None:
+    """The bundled card this run would replace (same name and family), if any."""
+    path = MODELS / f"{run.name}.json"
+    if not path.is_file():
+        return None
+    card = json.loads(path.read_text())
+    return card if card.get("family") == run.family else None
+
+
+def validation_sampling(args, run: RunConfig) -> dict:
+    """The validation's sampling settings: those given, else the bundled card's of the same
+    name and family (so the validation Dice is that of the settings users get), else the
+    loop's defaults (``TrainOptions``)."""
+    card, defaults = bundled_card(run), TrainOptions()
+    settings = {
+        "val_steps": card["defaults"]["steps"] if card else defaults.val_steps,
+        "val_ensemble": card["defaults"]["ensemble"] if card else defaults.val_ensemble,
+        "val_start_timestep": card.get("scheduler", {}).get("start_timestep") if card else defaults.val_start_timestep,
+    }
+    return {key: value if getattr(args, key) is None else getattr(args, key) for key, value in settings.items()}
+
+
+def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
+    """What the validation passes sample with, beside the bundled card of the same name (the
+    settings a user of the model gets), so a validation Dice is read against the right ones."""
+    from VerdiffSegmentLib.families import get_family
+
+    family = get_family(run.family)
+    cases = f"the first {options.val_limit}" if options.val_limit else "all"
+    if family.scheduler is None:
+        return f"validation every {options.val_every} steps on {cases} held-out cases: one deterministic pass"
+    config = dict(family.scheduler_config)
+    start = options.val_start_timestep if options.val_start_timestep is not None else config.get("num_train_timesteps", 1000) - 1
+    text = f"validation every {options.val_every} steps on {cases} held-out cases: {options.val_steps} sampling steps x {options.val_ensemble} samples from t={start}"
+    card = bundled_card(run)
+    if card is not None:
+        card_start = card.get("scheduler", {}).get("start_timestep", config.get("num_train_timesteps", 1000) - 1)
+        text += f" (the bundled card {run.name}: {card['defaults']['steps']} x {card['defaults']['ensemble']} from t={card_start})"
+    return text
 
 
 def _command_line(argv) -> str:
@@ -253,7 +310,11 @@ def main(argv=None) -> None:
 
     from .train import train
 
+    for key, value in validation_sampling(args, run).items():
+        setattr(args, key, value)
     options = TrainOptions(**{f.name: getattr(args, f.name) for f in fields(TrainOptions)})
+    if int(os.environ.get("RANK", "0")) == 0 and options.val_every:
+        print(validation_settings_text(run, options), flush=True)
     path = train(run, args.data, args.out, options, command=_command_line(argv))
     if int(os.environ.get("RANK", "0")) == 0:
         print(f"wrote {path}")

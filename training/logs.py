@@ -1,5 +1,6 @@
 """Run logs: ``log.csv`` (training losses), ``validation.csv``, TensorBoard events and a
-plain-text progress bar on stdout.
+plain-text progress bar on stdout (the loss, the last validation Dice and an ETA that
+leaves out the time spent validating, so it does not jump after each validation pass).
 
 Both CSVs are appended to and flushed row by row; on resume, rows after the checkpoint's
 step are dropped (they belong to the steps about to be redone), and TensorBoard is told
@@ -12,6 +13,9 @@ from __future__ import annotations
 import csv
 import time
 from pathlib import Path
+
+from VerdiffSegmentLib.progress import bar_text, clock
+
 
 def train_columns(terms) -> list[str]:
     """log.csv's columns for a family objective's loss terms."""
@@ -40,6 +44,8 @@ class RunLog:
     def __init__(self, out_dir: Path, total_steps: int, start_step: int = 0, enabled: bool = True, tensorboard: bool = True, terms=("total",)):
         self.enabled, self.total_steps, self.start_step, self.terms = enabled, total_steps, start_step, tuple(terms)
         self.started = time.time()
+        self.validation_seconds = 0.0  # left out of the ETA: validation is not per-step work
+        self.last_dice: float | None = None
         self.tensorboard = None
         if not enabled:
             return
@@ -72,6 +78,9 @@ class RunLog:
         self.progress(step, f"loss {losses['total']:.4f} lr {lr:.2e}")
 
     def validation_row(self, step: int, result: dict, best_dice: float, best_step: int, seconds: float) -> None:
+        """``seconds``: how long this validation took."""
+        self.validation_seconds += seconds
+        self.last_dice = result["dice_mean"] if result else None
         if not self.enabled:
             return
         self._append(self.validation_path, [step, result["dice_mean"], result["iou_mean"], best_dice, best_step, round(seconds, 1)])
@@ -82,13 +91,15 @@ class RunLog:
         print(f"validation at step {step}: Dice {result['dice_mean']:.4f} IoU {result['iou_mean']:.4f} (best {best_dice:.4f} at step {best_step})", flush=True)
 
     def progress(self, step: int, text: str) -> None:
-        """``[#####.....] 125/1200  10%  loss ...  6.9 s/step  eta 2:03:40`` (one line per log step,
-        so it reads well in a log file too)."""
+        """``[#####...............] 125/1200  10%  loss ...  val Dice 0.81  6.9 s/step  eta 2:03:40``
+        (one line per log step, so it reads well in a log file too). The rate counts training
+        time only: the validations so far are taken out, and the ETA covers the steps left."""
         done = step / self.total_steps
-        per_step = (time.time() - self.started) / max(step - self.start_step, 1)
-        eta = int(per_step * (self.total_steps - step))
-        bar = "#" * int(20 * done) + "." * (20 - int(20 * done))
-        print(f"[{bar}] {step}/{self.total_steps} {100 * done:3.0f}%  {text}  {per_step:.2f} s/step  eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}", flush=True)
+        training_seconds = time.time() - self.started - self.validation_seconds
+        per_step = training_seconds / max(step - self.start_step, 1)
+        eta = per_step * (self.total_steps - step)
+        dice = f"  val Dice {self.last_dice:.4f}" if self.last_dice is not None else ""
+        print(f"{bar_text(step, self.total_steps)} {step}/{self.total_steps} {100 * done:3.0f}%  {text}{dice}  {per_step:.2f} s/step  eta {clock(eta)}", flush=True)
 
     def close(self) -> None:
         if self.tensorboard:

@@ -26,6 +26,9 @@ from .inferers import memory_layout
 # Which card "auto" takes for each detected modality.
 AUTO_MODALITY = {"XR": "verdiff-xray", "CT": "verdiff-ct", "MR": "verdiff-mr"}
 
+# The most samples ``pipeline.segment`` averages (memory and time grow linearly with it).
+MAX_ENSEMBLE = 32
+
 
 def models_dir() -> Path:
     """``$VERDIFF_MODELS_DIR``, else ``Resources/Models`` of this checkout (or of the installed module)."""
@@ -93,6 +96,20 @@ class ModelCard:
     @property
     def default_ensemble(self) -> int:
         return int(self.data["defaults"]["ensemble"])
+
+    def steps_range(self) -> tuple[int, int] | None:
+        """(fewest, most) sampling steps this card accepts, None for a deterministic family.
+
+        The scheduler's ``set_timesteps`` enforces it: the kept timesteps run from the card's
+        ``scheduler.start_timestep`` (T-1 when absent) down to 0, so at most start + 1 steps
+        (151 for the cards that start at t=150). ``verdiff segment --help`` and ``verdiff
+        models`` show this range."""
+        scheduler = make_scheduler(self)
+        return None if scheduler is None else (1, int(scheduler.start_timestep) + 1)
+
+    def ensemble_range(self) -> tuple[int, int]:
+        """(fewest, most) ensemble members: 1..MAX_ENSEMBLE, just 1 for a deterministic family."""
+        return (1, MAX_ENSEMBLE) if self.family.scheduler is not None else (1, 1)
 
     @property
     def family(self) -> Family:

@@ -379,10 +379,12 @@ def write_outputs(
     segments: list[dict],
     stem: str,
     outdir: str | Path,
+    scene_bundle: bool = True,
 ) -> dict[str, Path]:
-    """Write ``<stem>.seg.nrrd`` and ``<stem>.mrb`` (input volume, segmentation, uncertainty)
-    into ``outdir``; the CLI's one call. ``labels`` and ``uncertainty`` must be on the
-    image's voxel grid. Returns ``{"segmentation": path, "scene": path}``."""
+    """Write ``<stem>.seg.nrrd`` and, unless ``scene_bundle`` is False, ``<stem>.mrb`` (input
+    volume, segmentation, uncertainty) into ``outdir``; the CLI's one call. ``labels`` and
+    ``uncertainty`` must be on the image's voxel grid. Returns ``{"segmentation": path,
+    "scene": path}`` (without "scene" when no bundle was written)."""
     if not stem or Path(stem).name != stem or stem in (".", ".."):
         raise ValueError(f"stem must be a plain file name, got {stem!r}")
     _check_same_grid(image, labels, "label map")
@@ -392,7 +394,7 @@ def write_outputs(
         outdir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise VerdiffError(f"cannot create output folder {outdir}: {error.strerror}") from None
-    paths = {"segmentation": outdir / f"{stem}.seg.nrrd", "scene": outdir / f"{stem}.mrb"}
+    paths = {"segmentation": outdir / f"{stem}.seg.nrrd", **({"scene": outdir / f"{stem}.mrb"} if scene_bundle else {})}
 
     scene = new_scene()
     try:
@@ -401,7 +403,8 @@ def write_outputs(
         uncertainty_node = add_scalar_volume(scene, sitk.Cast(uncertainty, sitk.sitkFloat32), f"{stem} uncertainty")
         _set_uncertainty_display(scene, uncertainty_node)
         write_segmentation_nrrd(None, segmentation, paths["segmentation"])
-        write_scene_bundle(scene, paths["scene"])
+        if scene_bundle:
+            write_scene_bundle(scene, paths["scene"])
     finally:
         close_scene(scene)
     return paths

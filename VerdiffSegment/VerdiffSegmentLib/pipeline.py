@@ -40,7 +40,7 @@ from .inferers.ensemble import labels_from_probability
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
-from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
+from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess
 from .reliability import SELF_DICE_WARNING, reliability_estimate
 from .transforms import intensity_range, normalise, pad_to_multiple
@@ -77,14 +77,26 @@ def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
     return get_card(AUTO_MODALITY[detect_modality(image)] if name == "auto" else name)
 
 
-def resolve_device(device: str = "auto") -> torch.device:
-    if device == "auto":
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``auto`` (CUDA when PyTorch sees a GPU, else the CPU; never MPS, whose kernels differ),
+    ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; a device that is not there is a ``VerdiffError``."""
+    name = str(device).strip().lower()
+    if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise VerdiffError("--device cuda was asked for but PyTorch sees no CUDA GPU")
-    if device not in ("cpu", "cuda"):
-        raise VerdiffError(f"unknown device {device!r}; use auto, cpu or cuda")
-    return torch.device(device)
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise VerdiffError("--device mps was asked for but PyTorch sees no Apple GPU (MPS needs macOS on Apple silicon)")
+        return torch.device("mps")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise VerdiffError(f"--device {name} was asked for but PyTorch sees no CUDA GPU")
+        index = int(name[5:]) if ":" in name else 0
+        if index >= torch.cuda.device_count():
+            raise VerdiffError(f"--device {name} was asked for but PyTorch sees {torch.cuda.device_count()} CUDA GPU(s), numbered from 0")
+        return torch.device(name)
+    raise VerdiffError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
 
 
 def segment(
@@ -110,8 +122,8 @@ def segment(
     clock = time.perf_counter()
     steps = card.default_steps if steps is None else int(steps)
     ensemble = card.default_ensemble if ensemble is None else int(ensemble)
-    if not 1 <= ensemble <= 32:
-        raise VerdiffError(f"ensemble size must be between 1 and 32, got {ensemble}")
+    if not 1 <= ensemble <= MAX_ENSEMBLE:
+        raise VerdiffError(f"ensemble size must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
     torch_device = resolve_device(device)
     check_image(image)
     volumetric = card.spatial_dims == 3

@@ -1,0 +1,128 @@
+"""A quality-control picture of one result (``verdiff segment --preview``), with Pillow and numpy.
+
+What it shows, on a canvas of fixed size ``CANVAS`` (so previews of a cohort line up):
+
+- the image: an X-ray as it is; a volume as the sagittal plane through the centre of the
+  segmentation (the middle sagittal plane when nothing was segmented), on the pipeline's
+  canonical sagittal grid (``inferers.sagittal``: superior up, anterior left), square
+  pixels at the image's finest spacing (coarser when the plane is large), grey levels
+  between the 1st and 99th percentile;
+- the uncertainty (ensemble standard deviation) as a heat map over it, transparent where
+  it is below 5 % of the scale (``FAINT``) and more opaque (by the square root) where it
+  is higher, on a scale from 0 to the plane's maximum;
+- the segmentation's outline in one colour that contrasts with the heat map (cyan), the
+  borders between labels included;
+- a colour bar with the heat map's scale, and a caption (the settings) below.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from PIL import Image, ImageDraw, ImageFont
+
+from .inferers.sagittal import sagittal_reference
+from .io import as_plane, single_slice_axis
+
+PANEL = (480, 640)  # width, height of the picture's box
+BAR_WIDTH = 100  # the colour bar's column, right of the panel
+CAPTION_HEIGHT = 72
+CANVAS = (PANEL[0] + BAR_WIDTH, PANEL[1] + CAPTION_HEIGHT)
+BACKGROUND = (16, 16, 16)
+OUTLINE = (0, 255, 255)
+FAINT = 0.05  # uncertainty below this fraction of the colour bar's scale is not drawn
+MAX_PLANE_PIXELS = 800  # the plane is resampled no finer than this many pixels along its longer side
+# An "inferno"-like map: black, purple, red, orange, pale yellow.
+HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
+
+
+def heat_colours(values: np.ndarray) -> np.ndarray:
+    """RGB (float 0..255) of values in [0, 1] on the heat map."""
+    position = np.clip(values, 0, 1) * (len(HEAT_ANCHORS) - 1)
+    anchors = np.arange(len(HEAT_ANCHORS))
+    return np.stack([np.interp(position, anchors, HEAT_ANCHORS[:, c]) for c in range(3)], axis=-1)
+
+
+def preview_planes(image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image) -> tuple[np.ndarray, np.ndarray, np.ndarray, tuple[float, float]]:
+    """Grey, label and uncertainty arrays [rows, columns] of the plane shown, and its pixel
+    size (row, column) in the image's units."""
+    if single_slice_axis(image) is not None:
+        image, labels, uncertainty = as_plane(image), as_plane(labels), as_plane(uncertainty)
+    if image.GetDimension() == 2:
+        arrays = [sitk.GetArrayFromImage(x) for x in (image, labels, uncertainty)]
+        return arrays[0].astype(np.float32), arrays[1], arrays[2].astype(np.float32), tuple(image.GetSpacing()[::-1])
+    extent = max(n * s for n, s in zip(image.GetSize(), image.GetSpacing()))
+    spacing = max(min(image.GetSpacing()), extent / MAX_PLANE_PIXELS)
+    reference = sagittal_reference(image, spacing)  # sitk axes: columns (A->P), rows (S->I), slices (->L)
+    index = reference.GetSize()[2] // 2
+    inside = np.argwhere(sitk.GetArrayViewFromImage(labels) > 0)
+    if len(inside):
+        centre = labels.TransformContinuousIndexToPhysicalPoint([float(v) for v in inside.mean(axis=0)[::-1]])
+        index = int(np.clip(round(reference.TransformPhysicalPointToContinuousIndex(centre)[2]), 0, reference.GetSize()[2] - 1))
+    plane = reference[:, :, index : index + 1]
+    resampled = [
+        sitk.GetArrayFromImage(sitk.Resample(source, plane, sitk.Transform(), interpolator, 0.0, source.GetPixelID()))[0]
+        for source, interpolator in ((image, sitk.sitkLinear), (labels, sitk.sitkNearestNeighbor), (uncertainty, sitk.sitkLinear))
+    ]
+    return resampled[0].astype(np.float32), resampled[1], resampled[2].astype(np.float32), (spacing, spacing)
+
+
+def outline_mask(labels: np.ndarray) -> np.ndarray:
+    """Labelled pixels with a 4-neighbour of another value (a label's border, or between labels)."""
+    edge = np.zeros(labels.shape, bool)
+    edge[:-1] |= labels[:-1] != labels[1:]
+    edge[1:] |= labels[1:] != labels[:-1]
+    edge[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    return edge & (labels > 0)
+
+
+def render_preview(image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image, caption: list[str]) -> Image.Image:
+    """The preview as an RGB picture of size ``CANVAS``."""
+    grey, label_plane, spread, (row_size, column_size) = preview_planes(image, labels, uncertainty)
+    low, high = np.percentile(grey, [1, 99])
+    grey = np.clip((grey - low) / max(high - low, 1e-6), 0, 1)
+    scale_max = float(spread.max()) if spread.max() > 0 else 1.0
+
+    # Fit the plane in the panel with its physical aspect, then draw the outline at that size
+    # so it stays one or two pixels wide whatever the image's resolution.
+    height_mm, width_mm = grey.shape[0] * row_size, grey.shape[1] * column_size
+    zoom = min(PANEL[0] / width_mm, PANEL[1] / height_mm)
+    size = (max(1, round(width_mm * zoom)), max(1, round(height_mm * zoom)))
+    grey = np.asarray(Image.fromarray(grey.astype(np.float32), "F").resize(size, Image.BILINEAR))
+    spread = np.asarray(Image.fromarray(spread, "F").resize(size, Image.BILINEAR)) / scale_max
+    label_plane = np.asarray(Image.fromarray(label_plane.astype(np.uint8), "L").resize(size, Image.NEAREST))
+    # Opacity grows with the square root, so the typical spread (a few hundredths) stays
+    # visible; below FAINT of the scale (sampling noise) the image is left clear.
+    opacity = np.sqrt(np.clip((spread - FAINT) / (1 - FAINT), 0, 1))[..., None] * 0.85
+    rgb = (1 - opacity) * (grey[..., None] * 255) + opacity * heat_colours(spread)
+    rgb[outline_mask(label_plane)] = OUTLINE
+
+    canvas = Image.new("RGB", CANVAS, BACKGROUND)
+    canvas.paste(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"), ((PANEL[0] - size[0]) // 2, (PANEL[1] - size[1]) // 2))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=13)
+    _colour_bar(canvas, draw, font, scale_max)
+    for n, line in enumerate(caption[:4]):
+        draw.text((8, PANEL[1] + 6 + 15 * n), line, fill=(235, 235, 235), font=font)
+    return canvas
+
+
+def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font, scale_max: float) -> None:
+    left, top, width, height = PANEL[0] + 14, 60, 20, PANEL[1] - 120
+    ramp = heat_colours(np.linspace(1, 0, height)[:, None].repeat(width, axis=1))
+    canvas.paste(Image.fromarray(ramp.astype(np.uint8), "RGB"), (left, top))
+    draw.rectangle((left - 1, top - 1, left + width, top + height), outline=(200, 200, 200))
+    draw.text((left - 6, top - 44), "uncertainty\n(std)", fill=(235, 235, 235), font=font)
+    for fraction in (0.0, 0.5, 1.0):
+        y = top + round((1 - fraction) * (height - 1))
+        draw.line((left + width, y, left + width + 4, y), fill=(200, 200, 200))
+        draw.text((left + width + 7, y - 7), f"{fraction * scale_max:.2g}", fill=(235, 235, 235), font=font)
+
+
+def write_preview(path: str | Path, image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image, caption: list[str]) -> Path:
+    path = Path(path)
+    render_preview(image, labels, uncertainty, caption).save(path, optimize=True)
+    return path

@@ -169,6 +169,10 @@ def run_segment(
     if not stages.sampling:
         report_stage("preprocess", 1, 1)
     report_stage("postprocess", 1, 1)
+    for warning in result.settings["reliability"]["warnings"]:  # the run's own doubt (reliability.py)
+        warnings.append(warning)
+        if warn is not None:
+            warn(warning)
     segments = result.segments if spacing_known(source, image) else in_pixels(result.segments)
     stem = output_stem(source)
     outdir = Path(output)

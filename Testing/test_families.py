@@ -16,7 +16,7 @@ from VerdiffSegmentLib.pipeline import segment
 from training import datasets
 from training.augment import PRESETS
 from training.configs import recipe_config
-from training.export import run_card
+from training.evaluate import run_card
 from training.objectives import objective_for
 from training.sampler import SliceSampler
 from training.train import TrainOptions, train

@@ -32,12 +32,14 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.metrics import auroc, dice, expected_calibration_error, grown_bounding_box, hd95, iou, nsd
-from VerdiffSegmentLib.models import ModelCard, get_card
+from VerdiffSegmentLib.models import ModelCard, get_card, sha256_of
 from VerdiffSegmentLib.pipeline import segment
 
+from .checkpoint import load_weights
 from .configs import RECIPES, RunConfig, recipe_config
 from .datasets import aasce_subject, evaluation_cases, truth_on_image_grid, volume_items
 from .labels import LabelScheme, default_levels
@@ -190,6 +192,33 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
     return result
 
 
+def run_config_of_run(run_dir: Path, model: str | None = None) -> RunConfig:
+    """The run's config (``run.json``); runs from before it existed are their bundled recipe."""
+    path = Path(run_dir) / "run.json"
+    if path.exists():
+        run = RunConfig.from_dict(json.loads(path.read_text())["config"], str(path))
+        if model and model != run.name:
+            raise ValueError(f"{run_dir} trained model {run.name!r}, not {model!r}")
+        return run
+    if model not in RECIPES:
+        raise ValueError(f"{run_dir} has no run.json; name its bundled recipe ({', '.join(RECIPES)})")
+    return recipe_config(model)
+
+
+def run_weights(run_dir: Path) -> Path:
+    best = Path(run_dir) / "best.pt"
+    return best if best.exists() else Path(run_dir) / "model.pt"
+
+
+def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:
+    """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
+    weights = run_weights(run_dir)
+    card = ModelCard(Path(run_dir) / f"{run.name}.json", card_data(run, weights.name, sha256_of(weights), steps, ensemble))
+    network = card.family.network(**card.data["network"])
+    network.load_state_dict(load_weights(weights))
+    return card, network.eval()
+
+
 def unseen_patient_figures(result: dict, run: RunConfig, split: dict) -> dict:
     """The X-ray recipe splits AASCE by image, so some held-out images show a patient seen in
     training (``configs`` docstring); report the held-out images of unseen patients apart.
@@ -217,8 +246,6 @@ def folder_cases(images: str, labels: str, source: str, scheme: LabelScheme, dat
 def run_evaluate(args) -> dict:
     """The ``evaluate`` command: a bundled/exported card (``MODEL``) or a run's weights (``--run``),
     on a split of its data or on a folder."""
-    from .export import run_card, run_config_of_run
-
     if args.run:
         run = run_config_of_run(args.run, args.model)
         card, network = run_card(run, args.run, args.steps or 5, args.ensemble or 3)

@@ -30,28 +30,10 @@ from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import ModelCard, sha256_of
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
-from .configs import RECIPES, RunConfig, recipe_config
-from .evaluate import card_data, evaluate, run_config_of_card, split_cases, unseen_patient_figures
+from .configs import RunConfig
+from .evaluate import card_data, evaluate, run_config_of_card, run_config_of_run, run_weights, split_cases, unseen_patient_figures
 
 FP16_TOLERANCE = 0.001
-
-
-def run_config_of_run(run_dir: Path, model: str | None = None) -> RunConfig:
-    """The run's config (``run.json``); runs from before it existed are their bundled recipe."""
-    path = Path(run_dir) / "run.json"
-    if path.exists():
-        run = RunConfig.from_dict(json.loads(path.read_text())["config"], str(path))
-        if model and model != run.name:
-            raise ValueError(f"{run_dir} trained model {run.name!r}, not {model!r}")
-        return run
-    if model not in RECIPES:
-        raise ValueError(f"{run_dir} has no run.json; name its bundled recipe ({', '.join(RECIPES)})")
-    return recipe_config(model)
-
-
-def run_weights(run_dir: Path) -> Path:
-    best = Path(run_dir) / "best.pt"
-    return best if best.exists() else Path(run_dir) / "model.pt"
 
 
 def training_command(run_dir: Path) -> str | None:
@@ -111,15 +93,6 @@ def cumulative_training(history: list[dict]) -> dict:
     cpu = sum(h * max(stage.get("threads") or 1, 1) * max(stage.get("world_size") or 1, 1) for h, stage, gpu in zip(hours, history, on_gpu) if not gpu)
     gpu = sum(h * max(stage.get("world_size") or 1, 1) for h, stage, gpu in zip(hours, history, on_gpu) if gpu)
     return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 5), "cpu_core_hours": round(cpu, 5), "gpu_hours": round(gpu, 5), "stages": len(history)}
-
-
-def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:
-    """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
-    weights = run_weights(run_dir)
-    card = ModelCard(Path(run_dir) / f"{run.name}.json", card_data(run, weights.name, sha256_of(weights), steps, ensemble))
-    network = card.family.network(**card.data["network"])
-    network.load_state_dict(load_weights(weights))
-    return card, network.eval()
 
 
 def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int | None = None, ensemble: int | None = None,

@@ -15,25 +15,10 @@ Speed decisions (documented because they change what is computed):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 
 from ..networks.verdiff_net import Condition
-
-
-@dataclass
-class EnsembleResult:
-    probability: np.ndarray  # [slices, classes, rows, cols] mean over members, float32 in [0, 1]
-    std: np.ndarray  # same shape: standard deviation across members
-    diffused_slices: int
-
-
-def binary_entropy(p: np.ndarray) -> np.ndarray:
-    """Predictive entropy in bits of a probability; summed over classes by the caller."""
-    p = np.clip(p, 1e-6, 1 - 1e-6)
-    return -(p * np.log2(p) + (1 - p) * np.log2(1 - p))
 
 
 def labels_from_probability(probability: np.ndarray) -> np.ndarray:

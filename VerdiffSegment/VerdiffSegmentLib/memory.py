@@ -61,6 +61,9 @@ def refuse_above_available(needed: int, what: str, suggestion: str = "") -> None
 # ensemble member (the U-Nets' encoder activations, skips and time embeddings); fitted so
 # that ``pipeline_peak_bytes`` stays above the measured peaks (see its docstring).
 ACTIVATION_BYTES_PER_CHANNEL = 16 * 4
+# One-off allocations of the first call whatever the image (oneDNN kernels and workspaces,
+# the allocator's pools): the measured peak of a one-slice batch on VB3_17 is 187 MiB.
+FIRST_CALL_BYTES = 128 << 20
 
 
 def pipeline_peak_bytes(image, card, ensemble: int, batch_size: int) -> int:
@@ -76,10 +79,13 @@ def pipeline_peak_bytes(image, card, ensemble: int, batch_size: int) -> int:
     - one batch of the network: ``batch_size`` slices (3D: windows of the card's patch) x
       ``ensemble`` x pixels x first-level channels x ``ACTIVATION_BYTES_PER_CHANNEL``.
 
-    Checked against the peak resident memory measured around ``segment`` (ru_maxrss after
-    minus before, one process, CPU, card defaults): VB3_17 (224x224x77 MR, verdiff-mr,
-    batch 8) and the chest CT (512x512x133, verdiff-ct); the measured figures are in
-    docs/reliability.md. The estimate is meant to err high by up to ~2x, never low."""
+    Checked against the peak resident memory measured around ``segment`` by
+    ``benchmarks/memory_estimate.py`` (ru_maxrss after minus before, one process, CPU, one
+    thread, card defaults), estimate / measured in MiB: VB3_17 (224x224x77 MR) with
+    verdiff-mr, batch 1: 307 / 187, batch 8: 570 / 307; with ldseg3d-mr, batch 8:
+    1735 / 527; the chest CT (512x512x133) with verdiff-ct, batch 8: 2022 / 1486. It errs
+    high (up to ~3x for the 3D windows), never low on these.
+    """
     from .inferers.sagittal import sagittal_axes
 
     size = [int(n) for n in image.GetSize()]
@@ -105,7 +111,7 @@ def pipeline_peak_bytes(image, card, ensemble: int, batch_size: int) -> int:
     else:
         batch_pixels = min(batch_size, slices) * rows * cols
     network = batch_pixels * ensemble * width * ACTIVATION_BYTES_PER_CHANNEL
-    return int(on_grid + on_input + network)
+    return int(on_grid + on_input + network + FIRST_CALL_BYTES)
 
 
 def refuse_segmentation_above_available(image, card, ensemble: int, batch_size: int) -> None:

@@ -405,7 +405,7 @@ CASES: list[Case] = [
     Case("all-zero image", ("zero.nii.gz", "constant"), lambda w: segment_args(write(mr_small() * 0, w / "zero.nii.gz"), w)),
     # -- geometry
     Case("1x1x1 volume", ("dot.nii.gz", "too small"), lambda w: segment_args(write(mr_small()[100:101, 100:101, 10:11], w / "dot.nii.gz"), w)),
-    Case("2-voxel-thick volume", ("slab.nii.gz", "too thin"), lambda w: segment_args(write(mr_small()[:, :, 10:12], w / "slab.nii.gz"), w)),
+    Case("2-voxel-thick volume (across the sagittal plane)", ("slab.nii.gz", "too thin"), lambda w: segment_args(write(mr_small()[:, 100:102, :], w / "slab.nii.gz"), w)),
     case_nifti("zero.nii", set_pixdim(0.0, 1.0, 1.0), "spacing", kind="zero spacing"),
     case_nifti("negative.nii", set_pixdim(-1.0, 1.0, 1.0), "spacing", kind="negative spacing"),
     case_nifti("nanspacing.nii", set_pixdim(float("nan"), 1.0, 1.0), "spacing", kind="NaN spacing"),

@@ -23,6 +23,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import VerdiffError
+from .inferers.sagittal import sagittal_axes
 from .memory import refuse_above_available
 
 MIN_PLANE_SIZE = 8  # pixels: smaller than this is not an image of a spine
@@ -297,32 +298,30 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, count: int, folder: P
 
 def check_image(image: sitk.Image, name: str = "image") -> None:
     """Raise ``VerdiffError`` unless ``image`` is a finite, non-constant grey-level 2D/3D image
-    with positive finite spacing, an orthogonal direction, at least ``MIN_PLANE_SIZE`` voxels
-    along each axis (but one axis of size 1: a single slice, handled as 2D).
+    with positive finite spacing and an orthogonal direction, whose sagittal plane (the
+    network's input; for a 2D image or a single slice, its plane) is at least
+    ``MIN_PLANE_SIZE`` voxels each way.
 
-    A volume 2..7 voxels thick is refused: too thin for the 3D context of a volume, and not
-    the single slice the 2D path expects; choose one slice or the whole volume."""
+    Thin volumes: a volume as thin as 2 voxels *across* the sagittal plane is refused (its
+    sagittal slices would be 2 pixels tall: e.g. two axial slices); a thin *sagittal* slab
+    (a few sagittal slices) is segmented slice by slice like any other volume."""
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise VerdiffError(
             f"{name} has {image.GetNumberOfComponentsPerPixel()} components per pixel (RGB or vector, not grey); "
             "a grey-level image is needed (grey saved as RGB is accepted)"
         )
-    if image.GetDimension() not in (2, 3):
-        raise VerdiffError(f"{name} is {image.GetDimension()}D; a 2D or 3D image is needed")
+    dim = image.GetDimension()
+    if dim not in (2, 3):
+        raise VerdiffError(f"{name} is {dim}D; a 2D or 3D image is needed")
     if "complex" in image.GetPixelIDTypeAsString():
         raise VerdiffError(f"{name} has complex pixels; a real-valued grey-level image is needed")
-    size = image.GetSize()
-    axes = [n for n in size if n != 1] if single_slice_axis(image) is not None else list(size)
-    if min(axes) < MIN_PLANE_SIZE:
-        raise VerdiffError(
-            f"{name} is too small or too thin ({'x'.join(map(str, size))} voxels; at least {MIN_PLANE_SIZE} along each axis, "
-            "or a single slice)"
-        )
     spacing = image.GetSpacing()
     if not all(math.isfinite(s) and s > 0 for s in spacing):
         raise VerdiffError(f"{name} has an invalid pixel spacing {spacing} (zero, negative or NaN)")
-    dim = image.GetDimension()
     _check_orthogonal(np.array(image.GetDirection()).reshape(dim, dim), name)
+    size = image.GetSize()
+    if min(sorted(size)[-2:]) < MIN_PLANE_SIZE:
+        raise VerdiffError(f"{name} is too small ({'x'.join(map(str, size))} voxels; at least {MIN_PLANE_SIZE} each way in a plane)")
     array = sitk.GetArrayViewFromImage(image)
     if not np.isfinite(array).all():
         finite = np.isfinite(array)
@@ -330,6 +329,14 @@ def check_image(image: sitk.Image, name: str = "image") -> None:
         raise VerdiffError(f"{name} contains {what}")
     if array.min() == array.max():
         raise VerdiffError(f"{name} is constant (every voxel is {array.flat[0]}); there is nothing to segment")
+    if dim == 3 and single_slice_axis(image) is None:
+        _, row_axis, col_axis, _ = sagittal_axes(image)
+        plane = (size[row_axis], size[col_axis])
+        if min(plane) < MIN_PLANE_SIZE:
+            raise VerdiffError(
+                f"{name} is too thin across the sagittal plane ({'x'.join(map(str, size))} voxels: its sagittal slices "
+                f"would be {plane[0]}x{plane[1]}); at least {MIN_PLANE_SIZE} voxels each way are needed"
+            )
 
 
 def single_slice_axis(image: sitk.Image) -> int | None:

@@ -115,6 +115,16 @@ def test_sigkill_at_any_moment_leaves_no_partial_output(tmp_path, data_dir):
     assert sorted(p.name for p in outdir.iterdir()) == complete  # nothing hidden left either
     assert_consistent_set(outdir, "VB3_17_img")
 
+    # A kill while a second run writes leaves the first run's set as it was, byte for byte.
+    earlier = {name: (outdir / name).read_bytes() for name in complete}
+    process = verdiff(MR_IMAGE, "-o", outdir, "--seed", "1")
+    while process.poll() is None and not any(p.name.startswith(".verdiff-staging-") for p in outdir.iterdir()):
+        time.sleep(0.005)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    assert process.returncode == -signal.SIGKILL
+    assert {name: (outdir / name).read_bytes() for name in visible(outdir)} == earlier
+
 
 def test_a_half_committed_set_is_finished_by_the_next_run(tmp_path):
     """The state a kill inside the commit's renames leaves (a complete set in a commit folder,
@@ -142,6 +152,30 @@ def test_a_failed_write_keeps_the_earlier_outputs(tmp_path):
             (staging / "S.json").write_text("second")
             1 / 0
     assert sorted(p.name for p in outdir.iterdir()) == ["S.json"] and (outdir / "S.json").read_text() == "first"
+
+
+def test_a_full_disk_keeps_the_earlier_outputs(tmp_path, data_dir):
+    """A 3 MiB file system: a first run fits; the disk is then filled and a second run into
+    the same folder fails with one clear line, leaving the first run's set byte for byte."""
+    mount = tmp_path / "disk"
+    try:
+        unmount = reliability.mounted_tmpfs(mount, "size=3m")
+    except reliability.Skip as reason:
+        pytest.skip(str(reason))
+    try:
+        source = reliability.write(reliability.mr_small(), tmp_path / "mr.nii.gz")
+        outdir = mount / "out"
+        finished(verdiff(source, "-o", outdir, "--steps", "1", "--ensemble", "1"))
+        earlier = {p.name: p.read_bytes() for p in outdir.iterdir()}
+        free = shutil.disk_usage(mount).free
+        (mount / "filler").write_bytes(bytes(max(0, free - 200_000)))
+        process = verdiff(source, "-o", outdir, "--steps", "1", "--ensemble", "1", "--seed", "1")
+        _, stderr = process.communicate(timeout=600)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert process.returncode == 2 and len(lines) == 1 and "no space left" in lines[0].lower(), stderr
+        assert {p.name: p.read_bytes() for p in outdir.iterdir()} == earlier
+    finally:
+        unmount()
 
 
 def test_two_runs_into_one_folder_end_with_one_consistent_set(tmp_path, data_dir):

@@ -359,13 +359,13 @@ def _no_dicom(w: Path) -> Path:
 
 
 def _absurd_header(w: Path) -> Path:
-    return nifti_edited(w, "huge.nii", set_dims(3, 30000, 30000, 30000))
+    return nifti_edited(w, "huge.nii", set_dims(30000, 30000, 30000))
 
 
 def _bomb(w: Path) -> Path:
-    """A .nii.gz of 3 MB whose header says 4096^3 float32 (256 GiB): zeros compress 1000:1."""
+    """A .nii.gz of a few MB (1 GiB of zeros) whose header says 4096^3 float32 (256 GiB)."""
     header = bytearray(write(mr_small(), w / "plain.nii").read_bytes()[:352])
-    set_dims(3, 4096, 4096, 4096)(header)
+    set_dims(4096, 4096, 4096)(header)
     struct.pack_into("<hh", header, 70, 16, 32)  # datatype float32, bitpix 32
     path = w / "bomb.nii.gz"
     with gzip.open(path, "wb", compresslevel=1) as handle:
@@ -391,7 +391,7 @@ CASES: list[Case] = [
     Case("truncated PNG (real MR slice)", ("cut.png", "cannot read"), lambda w: segment_args(truncated(SAGITTAL_PNG, w / "cut.png"), w)),
     Case("corrupt PNG", ("scan.png", "cannot read"), lambda w: segment_args(_corrupt_png(w / "scan.png"), w), "test_cli_errors.py::test_corrupt_png"),
     Case("header claiming 30000^3 voxels", ("huge.nii", "would need", "TiB"), lambda w: segment_args(_absurd_header(w), w)),
-    Case("decompression bomb (3 MB file, header 256 GiB)", ("bomb.nii.gz", "would need", "GiB"), lambda w: segment_args(_bomb(w), w)),
+    Case("decompression bomb (1 GiB of zeros in a few MB, header 256 GiB)", ("bomb.nii.gz", "would need", "GiB"), lambda w: segment_args(_bomb(w), w)),
     # -- images of the wrong kind
     Case("4D image", ("series.nii.gz", "4D"), lambda w: segment_args(write(sitk.JoinSeries([mr_small(), mr_small()]), w / "series.nii.gz"), w), "test_cli_errors.py::test_4d_image"),
     Case("multi-component volume", ("vector.nrrd", "components per pixel"), lambda w: segment_args(_vector_volume(w), w)),

@@ -23,14 +23,14 @@ How it is atomic, and the decisions where the promise needed one:
 - Two runs into the same OUTDIR serialise on an exclusive ``flock`` of
   ``OUTDIR/.verdiff.lock``, held from staging to commit: the second waits (a few seconds
   at most: the first has already computed its result) and then replaces the first's set
-  with its own, complete. The lock file is removed when released.
+  with its own, complete. The lock file is removed when released. (On Windows, which has
+  no ``flock``, runs are not serialised; everything else holds.)
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import shutil
 import tempfile
@@ -38,6 +38,11 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import VerdiffError
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; runs into one folder are not serialised there
+    fcntl = None
 
 LOCK_NAME = ".verdiff.lock"
 STAGING_PREFIX = ".verdiff-staging-"
@@ -95,6 +100,8 @@ def _lock(outdir: Path) -> int:
     path = outdir / LOCK_NAME
     while True:
         descriptor = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+        if fcntl is None:
+            return descriptor
         fcntl.flock(descriptor, fcntl.LOCK_EX)
         try:
             if os.stat(path).st_ino == os.fstat(descriptor).st_ino:
@@ -143,6 +150,9 @@ def _move_in(committed: Path, outdir: Path) -> None:
 
 
 def _fsync(path: Path) -> None:
+    """Flush a file, or a folder's entries (the renames), to disk."""
+    if os.name == "nt" and path.is_dir():
+        return  # Windows cannot open a folder; NTFS journals its renames
     descriptor = os.open(path, os.O_RDONLY)
     try:
         os.fsync(descriptor)

@@ -507,6 +507,7 @@ def markdown(outcomes: list[Outcome], seconds: float) -> str:
         "  OUTDIR never shows a partial set, and the next run completes and leaves nothing hidden;",
         "- a set left half-committed by a kill (inside the few milliseconds of renames) is finished",
         "  by the next run into that folder, JSON last;",
+        "- a full disk, or a kill while a second run writes, leaves the first run's outputs byte for byte;",
         "- two runs started together into one folder both succeed (the second waits for the first's",
         "  lock) and leave one set whose JSON statistics match its label map and uncertainty;",
         "- a grey image saved as RGB and a 16-bit grey PNG are accepted (`io.read_image` says why);",

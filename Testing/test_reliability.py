@@ -5,7 +5,9 @@
 - grey images saved as RGB and 16-bit PNGs are accepted;
 - SIGKILL at several moments of a run leaves no partial output, and the next run cleans up;
 - a set of outputs left half-committed by a kill is finished by the next run;
-- two runs into the same folder at once end with one complete, consistent set.
+- a full disk, or a kill during a second run's write, keeps the first run's outputs;
+- two runs into the same folder at once end with one complete, consistent set;
+- a localiser beside a DICOM volume and a thin sagittal slab are still accepted.
 """
 
 from __future__ import annotations
@@ -194,3 +196,16 @@ def test_two_runs_into_one_folder_end_with_one_consistent_set(tmp_path, data_dir
     report = assert_consistent_set(outdir, "mr")
     assert report["input"] in {str(p.resolve()) for p in inputs}
     shutil.rmtree(outdir)
+
+
+def test_a_localiser_beside_the_volume_is_skipped_and_a_thin_sagittal_slab_is_accepted(tmp_path, data_dir):
+    """The refusals above stop where the input is still meaningful: a 2-slice localiser series
+    in the volume's folder is skipped (only several volumes are ambiguous), and a 2-slice
+    sagittal slab is segmented slice by slice."""
+    from VerdiffSegmentLib.io import check_image, read_image
+
+    volume = reliability.mr_small()
+    folder = reliability.write_dicom_series(volume, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.444", prefix="v")
+    reliability.write_dicom_series(volume[:, :, :2], folder, "1.2.826.0.1.3680043.2.1125.1.555", prefix="scout")
+    assert read_image(folder).GetSize() == volume.GetSize()
+    check_image(volume[:, :, 10:12], "slab")  # the third axis of VB3_17 is left-right

@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 import signal
 import subprocess
 import sys
@@ -113,6 +114,35 @@ def test_a_killed_run_resumes_bit_exactly(tmp_path, data_dir, uninterrupted):
     assert not (tmp_path / "model.pt").exists()
     killed_at = torch.load(tmp_path / "checkpoint.pt", weights_only=True)["progress"]["step"]
     assert 1 <= killed_at < 10
+    train(mr_run(), data_dir, tmp_path, tiny_options(steps=10, resume=True, checkpoint_every=1))
+    reference, resumed = load_weights(uninterrupted / "model.pt"), load_weights(tmp_path / "model.pt")
+    assert all(torch.equal(reference[k], resumed[k]) for k in reference)
+
+
+def test_a_run_killed_inside_a_checkpoint_write_resumes_bit_exactly(tmp_path, data_dir, uninterrupted):
+    """SIGKILL while ``checkpoint.pt.tmp`` is being written over an earlier complete checkpoint
+    (polled for: the tiny model's write takes milliseconds, so a run may end before it is
+    caught; up to five runs are tried): the half-written file never replaces
+    ``checkpoint.pt``, and ``--resume`` continues bit-exactly from the last complete one."""
+    checkpoint, temporary = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.pt.tmp"
+    command = [sys.executable, "-m", "training", "train", "verdiff-mr", "--out", str(tmp_path), "--data", str(data_dir), "--steps", "10", "--checkpoint-every", "1", *TINY_ARGS]
+    for _ in range(5):
+        for leftover in tmp_path.iterdir():  # a fresh run each try
+            if leftover.is_dir():
+                shutil.rmtree(leftover)
+            else:
+                leftover.unlink()
+        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and not (temporary.exists() and checkpoint.exists()):
+            pass
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if process.returncode == -signal.SIGKILL and temporary.exists():
+            break
+    else:
+        pytest.fail("no run was caught inside a checkpoint write in five tries")
+    killed_at = torch.load(checkpoint, weights_only=True)["progress"]["step"]
+    assert 1 <= killed_at < 10 and not (tmp_path / "model.pt").exists()
     train(mr_run(), data_dir, tmp_path, tiny_options(steps=10, resume=True, checkpoint_every=1))
     reference, resumed = load_weights(uninterrupted / "model.pt"), load_weights(tmp_path / "model.pt")
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)

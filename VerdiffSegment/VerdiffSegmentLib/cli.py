@@ -1,8 +1,8 @@
 """The ``verdiff`` command: ``verdiff segment INPUT [INPUT ...] -o OUTDIR`` and ``verdiff models``.
 
-Outputs of ``segment`` for input stem S (all in OUTDIR, and only after everything
-succeeded: they are written to a temporary folder beside OUTDIR and moved in at the end,
-so a failure leaves OUTDIR as it was):
+Outputs of ``segment`` for input stem S (all in OUTDIR, all or none: they are staged in
+a hidden folder and moved in at the end, the JSON last, by ``outputs.staged_outputs``;
+a failure or a kill leaves OUTDIR as it was):
 
 - ``S_labels.nrrd`` (``--format nifti``: ``S_labels.nii.gz``): the label map in the
   input's geometry (2D for a 2D input);
@@ -37,9 +37,7 @@ import csv
 import importlib
 import io
 import json
-import shutil
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -50,6 +48,7 @@ from . import __version__
 from .errors import VerdiffError
 from .io import read_image
 from .models import AUTO_MODALITY, MAX_ENSEMBLE, list_cards, load_network
+from .outputs import staged_outputs
 from .pipeline import choose_card, detect_modality, resolve_device, segment
 from .progress import MODES, ProgressPrinter, StageTracker
 
@@ -176,14 +175,10 @@ def run_segment(
     segments = result.segments if spacing_known(source, image) else in_pixels(result.segments)
     stem = output_stem(source)
     outdir = Path(output)
-    if outdir.exists() and not outdir.is_dir():
-        raise VerdiffError(f"output {outdir} exists and is not a folder")
-    outdir.parent.mkdir(parents=True, exist_ok=True)
 
     report_stage("write", 0, 1)
     clock = time.perf_counter()
-    staging = Path(tempfile.mkdtemp(prefix=".verdiff-", dir=outdir.parent))
-    try:
+    with staged_outputs(outdir) as staging:
         prefetch.join()
         from .mrml import write_outputs  # raises here, in the caller's thread, if the import failed
 
@@ -217,11 +212,6 @@ def run_segment(
             "outputs": outputs,
         }
         (staging / names["report"]).write_text(json.dumps(report, indent=2))
-        outdir.mkdir(exist_ok=True)
-        for item in staging.iterdir():
-            item.replace(outdir / item.name)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     report_stage("write", 1, 1)
     return report
 
@@ -470,8 +460,16 @@ def ranges_help() -> tuple[str, str]:
     return steps, ensemble
 
 
+class OneLineErrorParser(argparse.ArgumentParser):
+    """A bad option (``--steps abc``) is one ``verdiff: error:`` line and exit 2, like every
+    other bad input, not argparse's usage block."""
+
+    def error(self, message):
+        self.exit(2, f"verdiff: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="verdiff", description="Spine segmentation with diffusion models and uncertainty.")
+    parser = OneLineErrorParser(prog="verdiff", description="Spine segmentation with diffusion models and uncertainty.")
     parser.add_argument("--version", action="version", version=f"verdiff {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     seg = sub.add_parser(

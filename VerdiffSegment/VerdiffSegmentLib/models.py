@@ -172,7 +172,7 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
         network = card.family.network(**card.data["network"])
         network.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - any failure here means unusable weights
-        raise VerdiffError(f"weights of model {card.name} cannot be loaded: {type(error).__name__}: {str(error)[:200]}") from None
+        raise VerdiffError(f"weights of model {card.name} cannot be loaded: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
     # channels-last: oneDNN's convolutions run 10-25 % faster on it than on NCHW (measured on
     # the bundled networks, CPU); the inputs are made channels-last by the sampler. The 3D
     # networks' 5D weights take its volume form.

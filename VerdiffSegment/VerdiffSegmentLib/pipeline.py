@@ -39,6 +39,7 @@ from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .inferers.sliding_window import sliding_window_inference, window_slices
+from .memory import refuse_segmentation_above_available
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
 from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess
@@ -50,6 +51,9 @@ from .transforms import intensity_range, normalise, pad_to_multiple
 # volume's faces is predicted by 2-8 windows, whose Gaussian-weighted average hides the
 # seams where a window's context is cut off (the MONAI/nnU-Net convention).
 VOLUME_OVERLAP = 0.5
+
+# Slices (3D models: windows) per network call; more is never faster and only risks memory.
+MAX_BATCH_SIZE = 4096
 
 
 class Cancelled(Exception):
@@ -124,11 +128,14 @@ def segment(
     ensemble = card.default_ensemble if ensemble is None else int(ensemble)
     if not 1 <= ensemble <= MAX_ENSEMBLE:
         raise VerdiffError(f"ensemble size must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
+    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
+        raise VerdiffError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     torch_device = resolve_device(device)
     check_image(image)
     volumetric = card.spatial_dims == 3
     if volumetric and (image.GetDimension() == 2 or single_slice_axis(image) is not None):
         raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
+    refuse_segmentation_above_available(image, card, ensemble, batch_size)  # before any large allocation
     scheduler = make_scheduler(card)
     if scheduler is None:  # a deterministic family: one pass, no samples
         steps, ensemble = 0, 1

@@ -37,7 +37,6 @@ module and offer to install PyTorch when it is missing.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,77 +66,21 @@ ROLES = (ROLE_SEGMENTATION, ROLE_UNCERTAINTY, ROLE_STATISTICS)
 UNCERTAINTY_COLOR_NODE_IDS = mrml.UNCERTAINTY_COLOR_NODE_IDS
 
 # ---------------------------------------------------------------------- terminology
-# Slicer serialises a segment's terminology as
-#   context~category~type~type modifier~anatomic context~region~region modifier
-# with each code as "scheme^value^meaning" (empty code: "^^"); see
-# vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry. The codes are SNOMED CT
-# ("SCT") as in Slicer's DICOM master lists and in SlicerTotalSegmentator's mapping.
-
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
-VERTEBRA = ("SCT", "51282000", "Vertebra")
-VERTEBRAL_BODY = ("SCT", "3572006", "Vertebral body")  # "Structure of body of vertebra"
-VERTEBRAL_COLUMN = ("SCT", "421060004", "Vertebral column")
-SPINE_REGIONS = {
-    "C": ("SCT", "122494005", "Cervical spine"),
-    "T": ("SCT", "122495006", "Thoracic spine"),
-    "L": ("SCT", "122496007", "Lumbar spine"),
-}
-EMPTY_CODE = ("", "", "")
-
-
-def _code(code: tuple[str, str, str]) -> str:
-    return "^".join(code)
-
-
-def serialize_terminology(category, type_, type_modifier=EMPTY_CODE, region=EMPTY_CODE, region_modifier=EMPTY_CODE) -> str:
-    """A terminology entry string as Slicer writes it into the ``TerminologyEntry`` tag."""
-    return "~".join(
-        [TERMINOLOGY_CONTEXT, _code(category), _code(type_), _code(type_modifier), ANATOMIC_CONTEXT, _code(region), _code(region_modifier)]
-    )
-
-
-def parse_terminology(entry: str) -> dict:
-    """Inverse of :func:`serialize_terminology` (for tests and for reading entries back)."""
-    parts = entry.split("~")
-    if len(parts) != 7:
-        raise ValueError(f"a terminology entry has 7 '~'-separated fields, got {len(parts)}: {entry!r}")
-    codes = [tuple(part.split("^")) for part in parts]
-    for index in (1, 2, 3, 5, 6):
-        if len(codes[index]) != 3:
-            raise ValueError(f"field {index} of {entry!r} is not scheme^value^meaning")
-    return {
-        "context": parts[0],
-        "category": codes[1],
-        "type": codes[2],
-        "type_modifier": codes[3],
-        "anatomic_context": parts[4],
-        "region": codes[5],
-        "region_modifier": codes[6],
-    }
-
-
-def terminology_for_label(label: dict) -> str:
-    """The terminology entry of a model card label.
-
-    A card may give it explicitly as ``label["terminology"]`` (a serialised entry);
-    otherwise it follows from what the label covers: vertebral bodies (MR, X-ray) get
-    "Vertebral body", whole vertebrae (CT) "Vertebra", anything else "Vertebral column";
-    the region is the cervical/thoracic/lumbar spine when every level named in
-    ``covers`` lies in that one region (e.g. "L1-L5" -> Lumbar spine)."""
-    if label.get("terminology"):
-        return str(label["terminology"])
-    text = f"{label.get('name', '')} {label.get('covers', '')}".lower()
-    if "vertebral bod" in text:
-        type_ = VERTEBRAL_BODY
-    elif "vertebra" in text:
-        type_ = VERTEBRA
-    else:
-        type_ = VERTEBRAL_COLUMN
-    levels = {match.upper() for match in re.findall(r"\b([CTLctl])\d{1,2}\b", str(label.get("covers", "")))}
-    region = SPINE_REGIONS[levels.pop()] if len(levels) == 1 else EMPTY_CODE
-    return serialize_terminology(ANATOMICAL_STRUCTURE, type_, region=region)
+# The codes and their serialisation live in ``terminology`` (headless, shared with the
+# JSON summary); re-exported here for callers of this module.
+from .terminology import (  # noqa: E402,F401
+    ANATOMIC_CONTEXT,
+    ANATOMICAL_STRUCTURE,
+    EMPTY_CODE,
+    SPINE_REGIONS,
+    TERMINOLOGY_CONTEXT,
+    VERTEBRA,
+    VERTEBRAL_BODY,
+    VERTEBRAL_COLUMN,
+    parse_terminology,
+    serialize_terminology,
+    terminology_for_label,
+)
 
 
 # --------------------------------------------------------------------------- input

@@ -106,10 +106,17 @@ def test_mr_outputs_geometry_names_colours_terminology_hierarchy(mr):
     # check_segment_volume ran every check when the fixture was built; spell out the essentials
     assert computation.card.name == "verdiff-mr"
     assert computation.result.settings["steps"] == 2 and computation.result.settings["ensemble"] == 2
-    segment = outputs.segmentation.GetSegmentation().GetNthSegment(0)
-    assert segment.GetName() == "Lumbar vertebral bodies"
+    segmentation = outputs.segmentation.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    # one segment per vertebral body, top-down: L1..L5 when exactly five were found, else unnamed
+    if len(names) == 5:
+        assert names == [f"L{i} vertebral body" for i in range(1, 6)]
+    else:
+        assert names == [f"vertebral body {i}" for i in range(1, len(names) + 1)]
+    segment = segmentation.GetNthSegment(0)
     entry = testing._segment_tag(segment, "TerminologyEntry")
-    assert "SCT^3572006^Vertebral body" in entry and "SCT^122496007^Lumbar spine" in entry
+    region = "SCT^66794005^L1 vertebra" if len(names) == 5 else "SCT^122496007^Lumbar spine"
+    assert "SCT^3572006^Vertebral body" in entry and region in entry
     assert outputs.uncertainty.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     rows = testing._table_rows(outputs.statistics)
     assert rows[0]["Voxels"] > 0, "the MR model found no vertebral body in the held-out subject"

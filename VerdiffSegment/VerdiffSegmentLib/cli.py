@@ -80,8 +80,8 @@ def run_segment(input, output, model="auto", steps=None, ensemble=None, device="
         names = {"labels": f"{stem}_labels.nrrd", "uncertainty": f"{stem}_uncertainty.nrrd"}
         sitk.WriteImage(result.labels, str(staging / names["labels"]), True)
         sitk.WriteImage(result.uncertainty, str(staging / names["uncertainty"]), True)
-        segments = [{"label": s["value"], "name": s["name"], "color": s["color"]} for s in result.segments]
-        written = write_outputs(image, result.labels, result.uncertainty, segments, stem, staging)
+        segments = [{"label": s["value"], "name": s["name"], "color": s["color"], "terminology": s.get("terminology"), "level": s.get("level")} for s in result.segments]
+        written = write_outputs(image, result.labels, result.uncertainty, segments, stem, staging, statistics=result.segments)
         names.update({key: Path(path).name for key, path in written.items()})
         outputs = {key: str((outdir / name).resolve()) for key, name in names.items()}
         result.timings["write"] = time.perf_counter() - clock
@@ -93,6 +93,7 @@ def run_segment(input, output, model="auto", steps=None, ensemble=None, device="
             **result.settings,
             "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "segments": result.segments,
+            **result.measurements,
             "outputs": outputs,
         }
         (staging / f"{stem}.json").write_text(json.dumps(report, indent=2))

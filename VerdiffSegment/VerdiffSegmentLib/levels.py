@@ -216,11 +216,20 @@ def name_vertebrae(labels: sitk.Image, card) -> tuple[sitk.Image, list[dict]]:
     """Per-vertebra label map and segment descriptions for a model card's result.
 
     A multi-class card (one label per level) keeps its labels, each named by its level;
-    a binary card's foreground is separated into vertebrae and named (module docstring)."""
+    a binary card's foreground is separated into vertebrae and named (module docstring).
+    An empty result keeps the card's labels (with no voxels), so every output still has
+    its segment."""
+    if not sitk.GetArrayViewFromImage(labels).any():
+        return labels, [{**info, "level": None} for info in card.labels]
     if len(card.labels) > 1:
         by_value = {int(info["value"]): _level_in(info) for info in card.labels}
-        return vertebrae(labels, structure_of(card.labels[0]), label_levels=by_value)
-    return vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card))
+        labels, segments = vertebrae(labels, structure_of(card.labels[0]), label_levels=by_value)
+    else:
+        labels, segments = vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card))
+    for segment in segments:
+        if segment["level"] is None:  # what the card's label says (e.g. "Vertebral body" in the lumbar spine)
+            segment["terminology"] = terminology_for_label(card.labels[0])
+    return labels, segments
 
 
 def _level_in(info: dict) -> str | None:

@@ -28,12 +28,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .cobb import cobb_angles
 from .errors import VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
+from .levels import name_vertebrae
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .transforms import intensity_range, normalise, pad_to_multiple
 
@@ -55,6 +57,7 @@ class SegmentationResult:
     segments: list[dict]  # per label: value, name, covers, color, voxels, volume_mm3, mean/max uncertainty
     settings: dict
     timings: dict = field(default_factory=dict)
+    measurements: dict = field(default_factory=dict)  # e.g. "cobb_angles_deg" of an AP X-ray
 
 
 def detect_modality(image: sitk.Image) -> str:
@@ -89,10 +92,13 @@ def segment(
     network: torch.nn.Module | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    per_vertebra: bool = True,
 ) -> SegmentationResult:
     """Segment ``image`` with the model of ``card``. ``progress(stage, done, total)`` is called
     as slices (3D models: windows) are done; ``cancel()`` returning True stops with ``Cancelled``
-    between batches. A 3D model (card network ``spatial_dims`` 3) refuses 2D images."""
+    between batches. A 3D model (card network ``spatial_dims`` 3) refuses 2D images.
+    ``per_vertebra``: one label and segment per vertebra, named by level where it can be
+    decided (``levels.name_vertebrae``); the union is the model's foreground either way."""
     timings = {}
     clock = time.perf_counter()
     steps = card.default_steps if steps is None else int(steps)
@@ -138,9 +144,14 @@ def segment(
     uncertainty_stack = spread.max(axis=1).astype(np.float32)
     labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
     uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
+    label_info, measurements = card.labels, {}
+    if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
+        labels, label_info = name_vertebrae(labels, card)
+        if card.data.get("modality") == "XR":
+            measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
     if planar is not image:
         labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
-    segments = segment_statistics(labels, uncertainty, card.labels)
+    segments = segment_statistics(labels, uncertainty, label_info)
     timings["postprocess"] = time.perf_counter() - clock
     settings = {
         "model": card.name,
@@ -154,7 +165,7 @@ def segment(
         "diffused_slices": diffused,
         **({"windows": windows, "patch_size": list(card.patch_size)} if volumetric else {}),
     }
-    return SegmentationResult(labels, uncertainty, segments, settings, timings)
+    return SegmentationResult(labels, uncertainty, segments, settings, timings, measurements)
 
 
 def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):

@@ -486,20 +486,24 @@ UNCERTAINTY_DESCRIPTION = (
 
 
 def _add_segmentation(scene, volume_node, result, card, name: str):
-    by_value = {info["value"]: info for info in card.labels}
-    segments = [
-        {"label": int(info["value"]), "name": info["name"], "color": [float(c) for c in info["color"]]}
-        for info in card.labels
-    ]
+    """One segment per entry of ``result.segments`` (per vertebra, or per card label when
+    the pipeline ran without ``per_vertebra``), with its terminology and level tags."""
+    segments = []
+    for info in result.segments:
+        segments.append(
+            {
+                "label": int(info["value"]),
+                "name": info["name"],
+                "color": [float(c) for c in info["color"]],
+                "terminology": info.get("terminology") or terminology_for_label(info),
+                "level": info.get("level"),
+            }
+        )
     node = mrml.add_segmentation(scene, result.labels, segments, name, reference_volume_node=volume_node)
     node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
     segmentation = node.GetSegmentation()
-    tag = slicer.vtkSegment.GetTerminologyEntryTagName()
-    for entry in segments:
-        segment = segmentation.GetSegment(mrml.segment_id(entry["label"]))
-        info = by_value[entry["label"]]
-        segment.SetTag(tag, terminology_for_label(info))
-        segment.SetTag("VerdiffSegment.Covers", str(info.get("covers", "")))
+    for info in result.segments:
+        segmentation.GetSegment(mrml.segment_id(info["value"])).SetTag("VerdiffSegment.Covers", str(info.get("covers", "")))
     display = node.GetDisplayNode()
     if display is not None:
         display.SetVisibility2DFill(True)
@@ -509,54 +513,16 @@ def _add_segmentation(scene, volume_node, result, card, name: str):
 
 
 def _add_statistics_table(scene, volume_node, result, name: str):
-    single_slice = 1 in volume_node.GetImageData().GetDimensions()
+    """The per-vertebra table (``mrml.add_statistics_table``), areas for a single-slice input."""
     spacing = volume_node.GetSpacing()
     dims = volume_node.GetImageData().GetDimensions()
+    single_slice = 1 in dims
     if single_slice:
         in_plane = [s for s, n in zip(spacing, dims) if n != 1] or list(spacing[:2])
-        unit_size, measure, unit = float(np.prod(in_plane[:2])), "Area", "mm2"
+        unit_size = float(np.prod(in_plane[:2]))
     else:
-        unit_size, measure, unit = float(np.prod(spacing)), "Volume", "mm3"
-
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = node.GetTable()
-    columns = [
-        ("Segment", vtk.vtkStringArray, "segment name (model card label)", ""),
-        ("Label value", vtk.vtkIntArray, "value of the label in the model's label map", ""),
-        ("Voxels", vtk.vtkIntArray, "number of voxels of the segment", ""),
-        (measure, vtk.vtkDoubleArray, f"{measure.lower()} of the segment", unit),
-        ("Mean uncertainty", vtk.vtkDoubleArray, "mean ensemble standard deviation inside the segment", ""),
-        ("Max uncertainty", vtk.vtkDoubleArray, "maximum ensemble standard deviation inside the segment", ""),
-    ]
-    arrays = []
-    for column, array_class, _description, _unit in columns:
-        array = array_class()
-        array.SetName(column)
-        table.AddColumn(array)
-        arrays.append(array)
-    for info in result.segments:
-        voxels = int(info["voxels"])
-        values = [
-            str(info["name"]),
-            int(info["value"]),
-            voxels,
-            round(voxels * unit_size, 3),
-            _number(info.get("mean_uncertainty")),
-            _number(info.get("max_uncertainty")),
-        ]
-        for array, value in zip(arrays, values):
-            array.InsertNextValue(value)
-    for column, _array_class, description, column_unit in columns:
-        node.SetColumnDescription(column, description)
-        if column_unit:
-            node.SetColumnUnitLabel(column, column_unit)
-    node.SetLocked(True)  # results, not for editing
-    node.Modified()
-    return node
-
-
-def _number(value) -> float:
-    return float("nan") if value is None else float(value)
+        unit_size = float(np.prod(spacing))
+    return mrml.add_statistics_table(scene, result.segments, name, unit_size, single_slice)
 
 
 # -------------------------------------------------------------- subject hierarchy

@@ -167,6 +167,10 @@ def test_xray_outputs_under_a_transform(scene):
     assert outputs.uncertainty.GetImageData().GetDimensions()[2] == 1
     assert outputs.uncertainty.GetTransformNodeID() == transform.GetID()
     assert "Area" in testing._table_rows(outputs.statistics)[0]
+    import json
+
+    angles = json.loads(outputs.statistics.GetAttribute("VerdiffSegment.cobb_angles_deg"))
+    assert angles == computation.result.measurements["cobb_angles_deg"] and set(angles) == {"PT", "MT", "TL"}
 
 
 def test_xray_second_run_replaces_and_spares_other_inputs(scene):

@@ -20,12 +20,15 @@ thread and so that the scene is touched once, at the end:
 Outputs, found again through node attributes and a node reference to the input (never
 by name, so renaming them in Slicer does not break re-runs):
 
-- a segmentation node, one segment per label of the model card, named and coloured from
-  the card, with a DICOM/SNOMED CT terminology entry in the segment tag
-  ``TerminologyEntry`` (Slicer's serialised terminology format);
+- a segmentation node, one segment per vertebra (``levels``: named by level where it can
+  be decided), with a DICOM/SNOMED CT terminology entry in the segment tag
+  ``TerminologyEntry`` (Slicer's serialised terminology format) and the level in
+  ``VerdiffSegment.Level``;
 - an uncertainty scalar volume on the input's voxel grid with a heat colour map;
-- a table node with per-segment voxels, volume (area for a single-slice image), mean
-  and max uncertainty;
+- a table node with one row per vertebra: name, level, label value, voxels, volume
+  (area for a single-slice image), height along the spine, mean and max uncertainty
+  (``mrml.add_statistics_table``); an X-ray's Cobb angles are kept as its attribute
+  ``VerdiffSegment.cobb_angles_deg`` (JSON);
 
 all placed under the input's parent in the subject hierarchy (its study, normally) and
 under the input's parent transform.
@@ -412,6 +415,8 @@ def apply_result(scene, volume_node, computation: Computation) -> Outputs:
         uncertainty_node = _add_uncertainty_volume(scene, volume_node, uncertainty, f"{base} uncertainty")
         segmentation_node = _add_segmentation(scene, volume_node, result, computation.card, f"{base} vertebrae")
         statistics_node = _add_statistics_table(scene, volume_node, result, f"{base} vertebra statistics")
+        for key, value in result.measurements.items():  # e.g. the Cobb angles of an X-ray
+            statistics_node.SetAttribute(f"VerdiffSegment.{key}", json.dumps(value))
         outputs = Outputs(segmentation_node, uncertainty_node, statistics_node)
         parent_item = _parent_item(hierarchy, volume_node)
         for role, node in zip(ROLES, outputs.nodes()):

@@ -216,3 +216,35 @@ def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
             assert stored.GetTag(mrml.LEVEL_TAG, level) == bool(segment["level"])
     finally:
         mrml.close_scene(scene)
+
+
+# ----------------------------------------------------------------- evaluate's figures
+
+
+def test_evaluate_level_figures_find_the_truth_of_each_recipe(vb3_17):
+    from training.level_evaluation import level_figures, recipe_item, summarise_levels
+    from VerdiffSegmentLib.pipeline import SegmentationResult
+
+    assert recipe_item(DATA / "ct-chest" / "cxr_ct_int16.nii.gz").source == "totalsegmentator"
+    assert recipe_item(DATA / "ct-abdomen-small" / "example_ct.nii.gz").labels.name == "example_ct_vertebrae.nii.gz"
+    assert recipe_item(DATA / "ct-abdomen-small" / "example_ct_sm.nii.gz") is None
+    assert recipe_item(Path("/elsewhere/image.nii.gz")) is None
+    card = get_card("verdiff-xray")
+    name = card.data["training"]["split"]["validation"][2]
+    xray_path = XRAY / "data" / "training" / f"{name}.jpg"
+    assert recipe_item(xray_path).labels == XRAY / "labels" / "training" / f"{name}.jpg.mat"
+
+    # a "result" that is the truth itself: everything named right, Cobb close to angles.csv
+    from training.datasets import aasce_mask
+
+    truth = aasce_mask(sitk.ReadImage(str(xray_path)), recipe_item(xray_path).labels)
+    labels, segments = levels.vertebrae(union_of(truth), "vertebral body", levels=levels.card_levels(card))
+    result = SegmentationResult(labels, labels, segments, {}, {}, {"cobb_angles_deg": cobb.cobb_angles(labels, segments)})
+    figures = level_figures(result, xray_path)
+    assert figures["levels"]["correctly_named_share"] == 1.0
+    mr_labels, mr_segments = levels.vertebrae(union_of(vb3_17), "vertebral body", levels=LUMBAR)
+    mr_figures = level_figures(SegmentationResult(mr_labels, mr_labels, mr_segments, {}, {}, {}), MR / "VB3_17_img.nii.gz")
+    assert mr_figures["levels"]["correctly_named_share"] == 1.0 and "cobb_angles_deg" not in mr_figures
+    summary = summarise_levels([{"case": "x", **figures}, {"case": "mr", **mr_figures}, {"case": "no truth"}])
+    assert summary["correctly_named_share"] == 1.0 and summary["level_dice_mean"] > 0.99
+    assert summary["cobb_smape_percent"] == cobb.smape([figures["cobb_angles_deg"]], [figures["cobb_truth_deg"]]) < 25

@@ -247,7 +247,7 @@ def vertebrae(
     vertebra: value, name, covers, level (or None), color, terminology, height_mm.
 
     ``label_levels`` (multi-class results): label value -> level; the values are kept
-    as instances. Otherwise the foreground is separated (``separate_instances``) and
+    as instances and as values. Otherwise the foreground is separated (``separate_instances``) and
     named with ``levels_by_count(n, levels)``. ``height_mm`` is the extent along the local
     spine axis (the line through the neighbours' centroids), mm (pixels for pictures
     without spacing)."""
@@ -265,13 +265,14 @@ def vertebrae(
         names = [label_levels.get(v) for v in ordered]
     else:
         names = levels_by_count(len(ordered), levels)
-    relabelled = np.zeros(instances.shape, np.uint8 if len(ordered) < 256 else np.uint16)
+    relabelled = np.zeros(instances.shape, np.uint8 if max(ordered + [len(ordered)], default=0) < 256 else np.uint16)
     centroids = [_physical(points[v].astype(float), labels).mean(axis=0) for v in ordered]
     steps = np.reshape(labels.GetDirection(), (labels.GetDimension(),) * 2) * np.asarray(labels.GetSpacing())
     head = np.array([0.0, 0.0, 1.0]) if labels.GetDimension() == 3 else np.array([0.0, -1.0])  # LPS superior; up the picture
     segments = []
     for index, value in enumerate(ordered):
-        relabelled[instances == value] = index + 1
+        new_value = value if label_levels is not None else index + 1  # a multi-class card keeps its values
+        relabelled[instances == value] = new_value
         above = centroids[index - 1] if index > 0 else None
         below = centroids[index + 1] if index + 1 < len(ordered) else None
         if above is not None or below is not None:
@@ -284,7 +285,7 @@ def vertebrae(
         level = names[index]
         name = f"{level} {structure}" if level else f"{structure} {index + 1}"
         covers = f"{structure} {level}" if level else f"{structure} {index + 1} of {len(ordered)} top-down (level not decided)"
-        entry = {"value": index + 1, "name": name, "covers": covers, "level": level, "color": level_color(level, index)}
+        entry = {"value": new_value, "name": name, "covers": covers, "level": level, "color": level_color(level, index)}
         entry["terminology"] = terminology_for_label(entry)
         entry["height_mm"] = round(height, 2)
         segments.append(entry)

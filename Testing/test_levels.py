@@ -248,3 +248,11 @@ def test_evaluate_level_figures_find_the_truth_of_each_recipe(vb3_17):
     summary = summarise_levels([{"case": "x", **figures}, {"case": "mr", **mr_figures}, {"case": "no truth"}])
     assert summary["correctly_named_share"] == 1.0 and summary["level_dice_mean"] > 0.99
     assert summary["cobb_smape_percent"] == cobb.smape([figures["cobb_angles_deg"]], [figures["cobb_truth_deg"]]) < 25
+
+
+def test_levels_by_count_names_bottom_up_from_the_lowest_level():
+    assert levels.levels_by_count(5, LUMBAR) == LUMBAR
+    assert levels.levels_by_count(7, LUMBAR) == ["T11", "T12"] + LUMBAR  # extra ones above: no T13
+    assert levels.levels_by_count(4, LUMBAR) == [None] * 4
+    assert levels.levels_by_count(3, None) == [None] * 3
+    assert levels.levels_by_count(25, levels.STANDARD_LEVELS) == [None] * 25  # more than exist above L5

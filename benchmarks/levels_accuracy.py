@@ -121,6 +121,7 @@ def main(argv=None) -> None:
             "level_dice_mean": round(float(np.mean([s["level_dice_mean"] for s in scored])), 4),
             "level_dice": {level: round(float(np.mean(values)), 4) for level, values in per_level.items()},
             "correctly_named_share": round(sum(s["correctly_named"] for s in scored) / sum(s["vertebrae"] for s in scored), 4),
+            "wrongly_named_share": round(sum(s["wrongly_named"] for s in scored) / sum(s["vertebrae"] for s in scored), 4),
             "separated_share": round(float(np.mean([s["separated_share"] for s in scored])), 4),
             "binary_dice_mean": round(float(np.mean([s["binary_dice"] for s in scored])), 4),
             "named_cases": sum(any(s["level_dice"].values()) for s in scored),

@@ -8,13 +8,13 @@ the vertebrae is exactly the input's foreground: only the label values change.
 Method (the bundled models are binary, so the vertebrae are separated and then named):
 
 1. **Instances.** Connected components of the foreground (face connectivity) on the
-   input grid. Components under a quarter of the typical vertebra (the median size of the
-   components above 5 % of the largest) are *fragments*. A component taller along the
-   spine axis than 1.6 typical heights holds merged neighbours: it is split by eroding it
-   (thresholds of its distance transform, in mm) until it falls into the expected number of
-   pieces (its height / the typical height), which become seeds. Every foreground voxel,
-   fragments included, then goes to its nearest seed (Euclidean, in mm), so nothing is
-   dropped and split pieces meet half-way between their cores.
+   input grid (components under 1 % of the largest are fragments). A component taller along the
+   spine axis than 1.6 typical heights holds merged neighbours (typical height: the
+   smaller of the median component's and, when the card fixes the count, the foreground's
+   extent / that count): it is cut across its own long axis into round(height / typical)
+   pieces at the narrowest sections (``_split``). Pieces under a quarter of the typical
+   piece are *fragments*; the others are seeds, and every foreground voxel, fragments
+   included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped.
 2. **Order.** Instances are sorted by their centroid along the superior direction taken
    from the image's direction matrix (LPS +z for volumes; the top row of a 2D picture for
    X-rays, whose headers carry no orientation), never by array order.
@@ -158,9 +158,10 @@ def _extent_along(piece: np.ndarray, superior: np.ndarray) -> float:
 
 def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expected: int, period: float) -> list[np.ndarray]:
     """Split a component holding ``expected`` merged vertebrae across its long axis at the
-    ``expected - 1`` deepest minima of its cross-section profile (voxels per mm along the
-    superior direction, smoothed over a fifth of a ``period``), minima at least half a
-    period apart: the discs (or the thin bridges over them) are where the section narrows."""
+    ``expected - 1`` deepest minima of its cross-section profile (voxels per mm along that
+    axis, smoothed over a tenth of a ``period``), minima at least half a period apart: the
+    discs (or the thin bridges over them) are where the section narrows. Without such a
+    minimum (a disc segmented as bone) the piece is cut into equal lengths."""
     # Along the piece's own long axis (its principal axis, in mm), not the image's: a chain
     # of tilted bodies (lordosis, scoliosis) is then cut across its discs.
     positions = np.argwhere(piece) * spacing
@@ -170,7 +171,7 @@ def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expecte
         long_axis = -long_axis
     coordinates = centred @ long_axis
     bins = np.floor(coordinates - coordinates.min()).astype(int)
-    profile = ndi.gaussian_filter1d(np.bincount(bins).astype(float), max(period / 5, 1.0))
+    profile = ndi.gaussian_filter1d(np.bincount(bins).astype(float), max(period / 10, 1.0))
     order = np.argsort(profile)
     cuts: list[int] = []
     for position in order:
@@ -182,8 +183,8 @@ def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expecte
             cuts.append(int(position))
         if len(cuts) == expected - 1:
             break
-    if not cuts:
-        return [piece]
+    if not cuts:  # no narrowing (a disc segmented as bone): cut at equal lengths
+        cuts = [int(round(len(profile) * k / expected)) for k in range(1, expected)]
     slab = np.searchsorted(np.sort(cuts), bins)
     parts = []
     for k in range(len(cuts) + 1):

@@ -9,10 +9,11 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
 
 1. **Instances.** Connected components of the foreground (face connectivity) on the
    input grid (components under 1 % of the largest are fragments). A component taller along the
-   spine axis than 1.6 typical heights holds merged neighbours (typical height: the
-   smaller of the median component's and, when the card fixes the count, the foreground's
-   extent / that count): it is cut across its own long axis into round(height / typical)
-   pieces at the narrowest sections (``_split``). Pieces under a quarter of the typical
+   spine axis than 1.6 typical heights (the median component's) holds merged neighbours
+   when its own long axis runs along the spine (a single big body is wider than tall): it
+   is cut across that axis into round(height / typical) pieces at the narrowest sections,
+   or at equal lengths when it is over twice the typical height and shows no narrowing
+   (``_split``). Pieces under a quarter of the typical
    piece are *fragments*; the others are seeds, and every foreground voxel, fragments
    included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped.
 2. **Order.** Instances are sorted by their centroid along the superior direction taken
@@ -54,6 +55,9 @@ LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["T1
 
 FRAGMENT_SHARE = 0.25  # of the typical vertebra's voxels: smaller components join their nearest vertebra
 MERGED_HEIGHT = 1.6  # typical heights (vertebra + disc): a taller component holds merged neighbours
+PERIOD_PERCENTILE = 50
+NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on both sides
+EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
 # Colours by region, alternating light/dark so that neighbours differ (not Slicer's
 # terminology colours, which could not be checked: see ``terminology``).
@@ -104,13 +108,11 @@ def _physical(points: np.ndarray, image: sitk.Image) -> np.ndarray:
 # ------------------------------------------------------------------------ instances
 
 
-def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expected_count: int | None = None) -> np.ndarray:
+def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray) -> np.ndarray:
     """Instance map (int32, 0 = background, 1..n in no particular order) of a boolean mask.
 
     ``spacing``: mm per voxel in numpy order; ``superior``: the head direction per voxel
-    step (``superior_axis``); ``expected_count``: how many vertebrae the model segments
-    when that is fixed (the card's levels: MR 5, X-ray 17), which sets the typical height
-    (foreground extent / count) instead of the median component. See the module docstring."""
+    step (``superior_axis``). See the module docstring."""
     mask = np.asarray(mask, bool)
     out = np.zeros(mask.shape, np.int32)
     if not mask.any():
@@ -122,10 +124,7 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     objects = ndi.find_objects(components)
     candidates = [k + 1 for k in range(count) if sizes[k] >= 0.01 * sizes.max()]
     heights = {value: _extent_along(components[objects[value - 1]] == value, superior) for value in candidates}
-    if expected_count:
-        period = min(_extent_along(crop, superior) / expected_count, float(np.median(list(heights.values()))))
-    else:
-        period = float(np.median(list(heights.values())))
+    period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
     pieces = []  # (region, boolean mask within the region)
     for value, height in heights.items():
         region = objects[value - 1]
@@ -167,7 +166,10 @@ def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expecte
     positions = np.argwhere(piece) * spacing
     centred = positions - positions.mean(axis=0)
     long_axis = np.linalg.svd(centred[:: max(len(centred) // 20000, 1)], full_matrices=False)[2][0]
-    if long_axis @ (superior / spacing) < 0:
+    head = superior / spacing / np.linalg.norm(superior / spacing)  # unit head direction in the same frame
+    if abs(long_axis @ head) < 0.5:
+        return [piece]  # wider than tall: one big vertebra (lumbar bodies are wider), not a chain
+    if long_axis @ head < 0:
         long_axis = -long_axis
     coordinates = centred @ long_axis
     bins = np.floor(coordinates - coordinates.min()).astype(int)
@@ -179,12 +181,16 @@ def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expecte
             continue  # not within half a vertebra of either end
         if not (profile[max(position - 1, 0)] >= profile[position] <= profile[min(position + 1, len(profile) - 1)]):
             continue  # not a local minimum
+        if profile[position] > NECK_DEPTH * min(profile[:position].max(), profile[position + 1 :].max()):
+            continue  # too shallow: a tilted or wedge-shaped vertebra, not a gap between two
         if all(abs(position - cut) >= period / 2 for cut in cuts):
             cuts.append(int(position))
         if len(cuts) == expected - 1:
             break
-    if not cuts:  # no narrowing (a disc segmented as bone): cut at equal lengths
+    if not cuts and len(profile) > EQUAL_CUT_HEIGHT * period:  # no narrowing (a disc segmented as bone)
         cuts = [int(round(len(profile) * k / expected)) for k in range(1, expected)]
+    if not cuts:
+        return [piece]
     slab = np.searchsorted(np.sort(cuts), bins)
     parts = []
     for k in range(len(cuts) + 1):
@@ -270,7 +276,7 @@ def vertebrae(
     if label_levels is not None:
         instances = np.where(np.isin(array, list(label_levels)), array, 0).astype(np.int32)
     else:
-        instances = separate_instances(array > 0, spacing, superior, len(levels) if levels else None)
+        instances = separate_instances(array > 0, spacing, superior)
     values = [int(v) for v in np.unique(instances) if v > 0]
     points = {v: np.argwhere(instances == v) for v in values}
     height_order = {v: float(points[v].mean(axis=0) @ superior) for v in values}

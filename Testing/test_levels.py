@@ -256,3 +256,24 @@ def test_levels_by_count_names_bottom_up_from_the_lowest_level():
     assert levels.levels_by_count(4, LUMBAR) == [None] * 4
     assert levels.levels_by_count(3, None) == [None] * 3
     assert levels.levels_by_count(25, levels.STANDARD_LEVELS) == [None] * 25  # more than exist above L5
+
+
+def test_ct_whole_vertebrae_touching_are_separated_but_not_named():
+    """TotalSegmentator's whole vertebrae touch at the facet joints: one component. The
+    profile's repeat length separates most of them; a binary whole-vertebra model has no
+    anchor, so none is named."""
+    from training.labels import SOURCES
+
+    truth_image = sitk.ReadImage(str(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz"))
+    ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if v != "sacrum"}
+    truth = sitk.GetArrayFromImage(truth_image)
+    truth = np.where(np.isin(truth, list(ids)), truth, 0)
+    union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
+    union.CopyInformation(truth_image)
+    labels, segments = levels.name_vertebrae(union, get_card("verdiff-ct"))
+    scores = scores_of(labels, segments, truth, ids)
+    assert len(segments) >= 5 and scores["separated_share"] >= 0.7, (len(segments), scores["separated_share"])
+    assert all(s["level"] is None for s in segments)
+    assert [s["name"] for s in segments] == [f"vertebra {i}" for i in range(1, len(segments) + 1)]
+    entry = parse_terminology(segments[0]["terminology"])
+    assert entry["type"] == ("SCT", "51282000", "Vertebra")

@@ -9,7 +9,9 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
 
 1. **Instances.** Connected components of the foreground (face connectivity) on the
    input grid (components under 1 % of the largest are fragments). A component taller along the
-   spine axis than 1.6 typical heights (the median component's) holds merged neighbours
+   spine axis than 1.6 typical heights (the median component's; with fewer than three
+   components, as in CT where whole vertebrae touch at the facet joints, the repeat length
+   of the cross-section profile along the spine) holds merged neighbours
    when its own long axis runs along the spine (a single big body is wider than tall): it
    is cut across that axis into round(height / typical) pieces at the narrowest sections,
    or at equal lengths when it is over twice the typical height and shows no narrowing
@@ -125,6 +127,8 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     candidates = [k + 1 for k in range(count) if sizes[k] >= 0.01 * sizes.max()]
     heights = {value: _extent_along(components[objects[value - 1]] == value, superior) for value in candidates}
     period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
+    if len(heights) < 3:  # the whole spine in one or two pieces (CT: vertebrae touch at the facets)
+        period = _profile_period(crop, superior) or period
     pieces = []  # (region, boolean mask within the region)
     for value, height in heights.items():
         region = objects[value - 1]
@@ -144,6 +148,17 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     assigned = seeds[tuple(nearest)]
     out[box] = np.where(crop, assigned, 0)
     return out
+
+
+def _profile_period(mask: np.ndarray, superior: np.ndarray) -> float | None:
+    """The repeat length (mm) of the cross-section profile along the superior direction:
+    the first autocorrelation peak, vertebra plus disc; None when there is none."""
+    coordinates = np.argwhere(mask) @ superior
+    profile = np.bincount(np.floor(coordinates - coordinates.min()).astype(int)).astype(float)
+    profile = ndi.gaussian_filter1d(profile, 1.5) - ndi.gaussian_filter1d(profile, 40.0)  # keep the vertebra-scale ripple
+    correlation = np.correlate(profile, profile, mode="full")[len(profile) - 1 :]
+    peaks = [lag for lag in range(8, len(correlation) - 1) if correlation[lag - 1] < correlation[lag] >= correlation[lag + 1] and correlation[lag] > 0]
+    return float(peaks[0]) if peaks else None
 
 
 def _extent_along(piece: np.ndarray, superior: np.ndarray) -> float:

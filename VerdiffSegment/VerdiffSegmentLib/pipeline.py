@@ -15,7 +15,9 @@ benchmarks and validation all use:
 4. label map = mean probability above 0.5; uncertainty = the standard deviation of the
    probability across the ensemble's samples (0 where only the prior was used);
 5. map both back onto the input voxel grid: labels by nearest neighbour, uncertainty
-   linearly.
+   linearly;
+6. one label value and segment per vertebra, named by level where it can be decided
+   (``levels``), and an AP X-ray's Cobb angles (``cobb``).
 """
 
 from __future__ import annotations

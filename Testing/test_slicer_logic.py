@@ -108,14 +108,18 @@ def test_mr_outputs_geometry_names_colours_terminology_hierarchy(mr):
     assert computation.result.settings["steps"] == 2 and computation.result.settings["ensemble"] == 2
     segmentation = outputs.segmentation.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
-    # one segment per vertebral body, top-down: L1..L5 when exactly five were found, else unnamed
-    if len(names) == 5:
-        assert names == [f"L{i} vertebral body" for i in range(1, 6)]
+    # one segment per vertebral body, top-down: named bottom-up from L5 when at least five
+    # were found (extra ones above: T12, ...), else unnamed
+    from VerdiffSegmentLib.levels import levels_by_count
+
+    expected = levels_by_count(len(names), ["L1", "L2", "L3", "L4", "L5"])
+    if len(names) >= 5:
+        assert names == [f"{level} vertebral body" for level in expected] and names[-1] == "L5 vertebral body"
     else:
         assert names == [f"vertebral body {i}" for i in range(1, len(names) + 1)]
     segment = segmentation.GetNthSegment(0)
     entry = testing._segment_tag(segment, "TerminologyEntry")
-    region = "SCT^66794005^L1 vertebra" if len(names) == 5 else "SCT^122496007^Lumbar spine"
+    region = f"^{expected[0]} vertebra" if expected[0] else "SCT^122496007^Lumbar spine"
     assert "SCT^3572006^Vertebral body" in entry and region in entry
     assert outputs.uncertainty.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     rows = testing._table_rows(outputs.statistics)

@@ -139,8 +139,8 @@ def cobb_angles(labels: sitk.Image, segments: list[dict]) -> dict | None:
         array = array.reshape([n for n in array.shape if n != 1])
     if array.ndim != 2:
         return None
-    values = [int(s["value"]) for s in segments if int(s.get("voxels", 1) or 0) > 0]
-    values = [v for v in values if (array == v).sum() >= 3]
+    counts = np.bincount(np.asarray(array, np.int64).ravel())
+    values = [int(s["value"]) for s in segments if int(s["value"]) < len(counts) and counts[int(s["value"])] >= 3]
     if len(values) < 3:
         return None
     tilts, centre = vertebra_geometry(np.asarray(array), values)

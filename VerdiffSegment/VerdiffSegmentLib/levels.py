@@ -292,8 +292,13 @@ def vertebrae(
         instances = np.where(np.isin(array, list(label_levels)), array, 0).astype(np.int32)
     else:
         instances = separate_instances(array > 0, spacing, superior)
-    values = [int(v) for v in np.unique(instances) if v > 0]
-    points = {v: np.argwhere(instances == v) for v in values}
+    # Each vertebra's voxel indices, from one pass over the foreground (not one per vertebra).
+    foreground = np.argwhere(instances > 0)
+    owner = instances[tuple(foreground.T)]
+    order = np.argsort(owner, kind="stable")
+    values, starts = np.unique(owner[order], return_index=True)
+    values = [int(v) for v in values]
+    points = dict(zip(values, np.split(foreground[order], starts[1:])))
     height_order = {v: float(points[v].mean(axis=0) @ superior) for v in values}
     ordered = sorted(values, key=lambda v: -height_order[v])  # head first
     if label_levels is not None:
@@ -307,7 +312,7 @@ def vertebrae(
     segments = []
     for index, value in enumerate(ordered):
         new_value = value if label_levels is not None else index + 1  # a multi-class card keeps its values
-        relabelled[instances == value] = new_value
+        relabelled[tuple(points[value].T)] = new_value
         above = centroids[index - 1] if index > 0 else None
         below = centroids[index + 1] if index + 1 < len(ordered) else None
         if above is not None or below is not None:

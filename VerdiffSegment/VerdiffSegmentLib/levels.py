@@ -36,7 +36,7 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    binary whole-vertebra model has no anchor (no sacrum, no ribs), so CT is named only
    when all 24 C1-L5 are found, i.e. in practice left unnamed rather than guessed. The
    measured alternative "name only when the count is exactly the card's" named 30 % of
-   the held-out MR bodies right against 70 % for this rule (docs/levels.md).
+   the held-out MR bodies right against 80 % for this rule (docs/levels.md).
 
 Measured (``benchmarks/levels_accuracy.py``, docs/levels.md): the naming step alone on the
 ground-truth masks (union of the truth levels -> this module -> compared with the truth

@@ -106,10 +106,21 @@ def test_mr_outputs_geometry_names_colours_terminology_hierarchy(mr):
     # check_segment_volume ran every check when the fixture was built; spell out the essentials
     assert computation.card.name == "verdiff-mr"
     assert computation.result.settings["steps"] == 2 and computation.result.settings["ensemble"] == 2
-    segment = outputs.segmentation.GetSegmentation().GetNthSegment(0)
-    assert segment.GetName() == "Lumbar vertebral bodies"
+    segmentation = outputs.segmentation.GetSegmentation()
+    names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+    # one segment per vertebral body, top-down: named bottom-up from L5 when at least five
+    # were found (extra ones above: T12, ...), else unnamed
+    from VerdiffSegmentLib.levels import levels_by_count
+
+    expected = levels_by_count(len(names), ["L1", "L2", "L3", "L4", "L5"])
+    if len(names) >= 5:
+        assert names == [f"{level} vertebral body" for level in expected] and names[-1] == "L5 vertebral body"
+    else:
+        assert names == [f"vertebral body {i}" for i in range(1, len(names) + 1)]
+    segment = segmentation.GetNthSegment(0)
     entry = testing._segment_tag(segment, "TerminologyEntry")
-    assert "SCT^3572006^Vertebral body" in entry and "SCT^122496007^Lumbar spine" in entry
+    region = f"^{expected[0]} vertebra" if expected[0] else "SCT^122496007^Lumbar spine"
+    assert "SCT^3572006^Vertebral body" in entry and region in entry
     assert outputs.uncertainty.GetImageData().GetDimensions() == volume.GetImageData().GetDimensions()
     rows = testing._table_rows(outputs.statistics)
     assert rows[0]["Voxels"] > 0, "the MR model found no vertebral body in the held-out subject"
@@ -160,6 +171,10 @@ def test_xray_outputs_under_a_transform(scene):
     assert outputs.uncertainty.GetImageData().GetDimensions()[2] == 1
     assert outputs.uncertainty.GetTransformNodeID() == transform.GetID()
     assert "Area" in testing._table_rows(outputs.statistics)[0]
+    import json
+
+    angles = json.loads(outputs.statistics.GetAttribute("VerdiffSegment.cobb_angles_deg"))
+    assert angles == computation.result.measurements["cobb_angles_deg"] and set(angles) == {"PT", "MT", "TL"}
 
 
 def test_xray_second_run_replaces_and_spares_other_inputs(scene):

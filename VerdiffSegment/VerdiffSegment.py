@@ -473,6 +473,9 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             uncertainty=outputs.uncertainty.GetName(),
             table=outputs.statistics.GetName(),
         )
+        cobb = job.computation.result.measurements.get("cobb_angles_deg")
+        if cobb:
+            status += "\n" + _("Cobb angles (AASCE PT, MT, TL/L): {pt:.1f}\u00b0, {mt:.1f}\u00b0, {tl:.1f}\u00b0").format(pt=cobb["PT"], mt=cobb["MT"], tl=cobb["TL"])
         if job.computation.device_warning:
             status += "\n\u26a0 " + job.computation.device_warning
         for warning in settings.get("reliability", {}).get("warnings", []):  # the run's own doubt (reliability.py)
@@ -568,6 +571,12 @@ class VerdiffSegmentLogic(ScriptedLoadableModuleLogic):
         display = outputs.segmentation.GetDisplayNode()
         if display is not None:
             display.SetVisibility(True)
+        # The per-vertebra table beside the views (a layout with a table view, then select it there).
+        layoutManager = slicer.app.layoutManager()
+        if layoutManager is not None and outputs.statistics is not None:
+            layoutManager.setLayout(slicer.vtkMRMLLayoutNode.SlicerLayoutFourUpTableView)
+            slicer.app.applicationLogic().GetSelectionNode().SetActiveTableID(outputs.statistics.GetID())
+            slicer.app.applicationLogic().PropagateTableSelection()
 
 
 #

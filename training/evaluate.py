@@ -43,6 +43,7 @@ from .checkpoint import load_weights
 from .configs import RECIPES, RunConfig, recipe_config
 from .datasets import aasce_subject, evaluation_cases, truth_on_image_grid, volume_items
 from .labels import LabelScheme, default_levels
+from .level_evaluation import level_figures, summarise_levels
 
 PIXEL_FORMATS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 DEFAULT_NSD_TOLERANCE = 2.0
@@ -177,9 +178,10 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
         for report_name, selector in selectors.items():
             row = score_case(report_name, labels, truth, spacing, tolerance, card.labels, selector)
             reliability = {k: v for k, v in segmentation.settings["reliability"].items() if k != "warnings"}
-            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector), **uncertainty_quality(labels, truth, uncertainty, probability, selector), "reliability": reliability})
+            rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector), **uncertainty_quality(labels, truth, uncertainty, probability, selector),
+                         **level_figures(segmentation, path), "reliability": reliability})
     held_out = [r for r in rows if "trained on" not in r["case"]]
-    result = {"cases": rows, **summarise(held_out)}
+    result = {"cases": rows, **summarise(held_out), **summarise_levels(held_out)}
     if len(card.labels) > 1:
         result["labels"] = {info["name"]: summarise([r["labels"][info["name"]] for r in held_out]) for info in card.labels}
     result.update(

@@ -186,8 +186,8 @@ def run_segment(
         names = {"labels": f"{stem}_labels{suffix}", "uncertainty": f"{stem}_uncertainty{suffix}"}
         sitk.WriteImage(result.labels, str(staging / names["labels"]), True)
         sitk.WriteImage(result.uncertainty, str(staging / names["uncertainty"]), True)
-        segment_styles = [{"label": s["value"], "name": s["name"], "color": s["color"]} for s in result.segments]
-        written = write_outputs(image, result.labels, result.uncertainty, segment_styles, stem, staging, scene_bundle=scene)
+        segment_styles = [{"label": s["value"], "name": s["name"], "color": s["color"], "terminology": s.get("terminology"), "level": s.get("level")} for s in result.segments]
+        written = write_outputs(image, result.labels, result.uncertainty, segment_styles, stem, staging, scene_bundle=scene, statistics=result.segments)
         names.update({key: Path(path).name for key, path in written.items()})
         settings = {**result.settings, "output_format": output_format}
         if preview:
@@ -209,6 +209,7 @@ def run_segment(
             "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "warnings": warnings,
             "segments": segments,
+            **result.measurements,
             "outputs": outputs,
         }
         (staging / names["report"]).write_text(json.dumps(report, indent=2))

@@ -22,6 +22,8 @@ benchmarks and validation all use:
    carry the coarse grid's staircase: on AASCE X-rays, whose model grid is 5 px, the truth
    itself mapped there and back scores Dice 0.972 by nearest neighbour and 0.994 this
    way); labels of a multi-class model by nearest neighbour.
+6. one label value and segment per vertebra, named by level where it can be decided
+   (``levels``), and an AP X-ray's Cobb angles (``cobb``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from .cobb import cobb_angles
 from .errors import VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
@@ -41,6 +44,7 @@ from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagit
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
+from .levels import name_vertebrae
 from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess
 from .reliability import SELF_DICE_WARNING, reliability_estimate
@@ -68,6 +72,7 @@ class SegmentationResult:
     settings: dict
     timings: dict = field(default_factory=dict)
     probability: sitk.Image | None = None  # float32 foreground probability on the input grid (``keep_probability``)
+    measurements: dict = field(default_factory=dict)  # e.g. "cobb_angles_deg" of an AP X-ray
 
 
 def detect_modality(image: sitk.Image) -> str:
@@ -115,13 +120,17 @@ def segment(
     progress: Callable[[str, int, int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
     keep_probability: bool = False,
+    per_vertebra: bool = True,
 ) -> SegmentationResult:
     """Segment ``image`` with the model of ``card``. ``progress(stage, done, total)`` is called
     as slices (3D models: windows) are done; ``cancel()`` returning True stops with ``Cancelled``
     between batches. A 3D model (card network ``spatial_dims`` 3) refuses 2D images.
     ``keep_probability``: also map the ensemble's mean foreground probability (the most
     likely label's) onto the input grid (evaluation's calibration; off by default: it costs
-    one more resampling)."""
+    one more resampling).
+
+    ``per_vertebra``: one label and segment per vertebra, named by level where it can be
+    decided (``levels.name_vertebrae``); the union is the model's foreground either way."""
     timings = {}
     clock = time.perf_counter()
     steps = card.default_steps if steps is None else int(steps)
@@ -183,10 +192,15 @@ def segment(
     else:
         labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
     foreground = foreground if keep_probability else None
+    label_info, measurements = card.labels, {}
+    if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
+        labels, label_info = name_vertebrae(labels, card)
+        if card.data.get("modality") == "XR":
+            measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
     if planar is not image:
         labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
         foreground = restore_from_plane(foreground, image) if foreground is not None else None
-    segments = segment_statistics(labels, uncertainty, card.labels)
+    segments = segment_statistics(labels, uncertainty, label_info)
     timings["postprocess"] = time.perf_counter() - clock
     settings = {
         "model": card.name,
@@ -201,7 +215,7 @@ def segment(
         **({"windows": windows, "patch_size": list(card.patch_size)} if volumetric else {}),
         "reliability": reliability,
     }
-    return SegmentationResult(labels, uncertainty, segments, settings, timings, foreground)
+    return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
 
 
 def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):

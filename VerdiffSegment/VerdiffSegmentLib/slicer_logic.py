@@ -20,12 +20,15 @@ thread and so that the scene is touched once, at the end:
 Outputs, found again through node attributes and a node reference to the input (never
 by name, so renaming them in Slicer does not break re-runs):
 
-- a segmentation node, one segment per label of the model card, named and coloured from
-  the card, with a DICOM/SNOMED CT terminology entry in the segment tag
-  ``TerminologyEntry`` (Slicer's serialised terminology format);
+- a segmentation node, one segment per vertebra (``levels``: named by level where it can
+  be decided), with a DICOM/SNOMED CT terminology entry in the segment tag
+  ``TerminologyEntry`` (Slicer's serialised terminology format) and the level in
+  ``VerdiffSegment.Level``;
 - an uncertainty scalar volume on the input's voxel grid with a heat colour map;
-- a table node with per-segment voxels, volume (area for a single-slice image), mean
-  and max uncertainty;
+- a table node with one row per vertebra: name, level, label value, voxels, volume
+  (area for a single-slice image), height along the spine, mean and max uncertainty
+  (``mrml.add_statistics_table``); an X-ray's Cobb angles are kept as its attribute
+  ``VerdiffSegment.cobb_angles_deg`` (JSON);
 
 all placed under the input's parent in the subject hierarchy (its study, normally) and
 under the input's parent transform.
@@ -37,7 +40,6 @@ module and offer to install PyTorch when it is missing.
 from __future__ import annotations
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -67,77 +69,21 @@ ROLES = (ROLE_SEGMENTATION, ROLE_UNCERTAINTY, ROLE_STATISTICS)
 UNCERTAINTY_COLOR_NODE_IDS = mrml.UNCERTAINTY_COLOR_NODE_IDS
 
 # ---------------------------------------------------------------------- terminology
-# Slicer serialises a segment's terminology as
-#   context~category~type~type modifier~anatomic context~region~region modifier
-# with each code as "scheme^value^meaning" (empty code: "^^"); see
-# vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry. The codes are SNOMED CT
-# ("SCT") as in Slicer's DICOM master lists and in SlicerTotalSegmentator's mapping.
-
-TERMINOLOGY_CONTEXT = "Segmentation category and type - DICOM master list"
-ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
-VERTEBRA = ("SCT", "51282000", "Vertebra")
-VERTEBRAL_BODY = ("SCT", "3572006", "Vertebral body")  # "Structure of body of vertebra"
-VERTEBRAL_COLUMN = ("SCT", "421060004", "Vertebral column")
-SPINE_REGIONS = {
-    "C": ("SCT", "122494005", "Cervical spine"),
-    "T": ("SCT", "122495006", "Thoracic spine"),
-    "L": ("SCT", "122496007", "Lumbar spine"),
-}
-EMPTY_CODE = ("", "", "")
-
-
-def _code(code: tuple[str, str, str]) -> str:
-    return "^".join(code)
-
-
-def serialize_terminology(category, type_, type_modifier=EMPTY_CODE, region=EMPTY_CODE, region_modifier=EMPTY_CODE) -> str:
-    """A terminology entry string as Slicer writes it into the ``TerminologyEntry`` tag."""
-    return "~".join(
-        [TERMINOLOGY_CONTEXT, _code(category), _code(type_), _code(type_modifier), ANATOMIC_CONTEXT, _code(region), _code(region_modifier)]
-    )
-
-
-def parse_terminology(entry: str) -> dict:
-    """Inverse of :func:`serialize_terminology` (for tests and for reading entries back)."""
-    parts = entry.split("~")
-    if len(parts) != 7:
-        raise ValueError(f"a terminology entry has 7 '~'-separated fields, got {len(parts)}: {entry!r}")
-    codes = [tuple(part.split("^")) for part in parts]
-    for index in (1, 2, 3, 5, 6):
-        if len(codes[index]) != 3:
-            raise ValueError(f"field {index} of {entry!r} is not scheme^value^meaning")
-    return {
-        "context": parts[0],
-        "category": codes[1],
-        "type": codes[2],
-        "type_modifier": codes[3],
-        "anatomic_context": parts[4],
-        "region": codes[5],
-        "region_modifier": codes[6],
-    }
-
-
-def terminology_for_label(label: dict) -> str:
-    """The terminology entry of a model card label.
-
-    A card may give it explicitly as ``label["terminology"]`` (a serialised entry);
-    otherwise it follows from what the label covers: vertebral bodies (MR, X-ray) get
-    "Vertebral body", whole vertebrae (CT) "Vertebra", anything else "Vertebral column";
-    the region is the cervical/thoracic/lumbar spine when every level named in
-    ``covers`` lies in that one region (e.g. "L1-L5" -> Lumbar spine)."""
-    if label.get("terminology"):
-        return str(label["terminology"])
-    text = f"{label.get('name', '')} {label.get('covers', '')}".lower()
-    if "vertebral bod" in text:
-        type_ = VERTEBRAL_BODY
-    elif "vertebra" in text:
-        type_ = VERTEBRA
-    else:
-        type_ = VERTEBRAL_COLUMN
-    levels = {match.upper() for match in re.findall(r"\b([CTLctl])\d{1,2}\b", str(label.get("covers", "")))}
-    region = SPINE_REGIONS[levels.pop()] if len(levels) == 1 else EMPTY_CODE
-    return serialize_terminology(ANATOMICAL_STRUCTURE, type_, region=region)
+# The codes and their serialisation live in ``terminology`` (headless, shared with the
+# JSON summary); re-exported here for callers of this module.
+from .terminology import (  # noqa: E402,F401
+    ANATOMIC_CONTEXT,
+    ANATOMICAL_STRUCTURE,
+    EMPTY_CODE,
+    SPINE_REGIONS,
+    TERMINOLOGY_CONTEXT,
+    VERTEBRA,
+    VERTEBRAL_BODY,
+    VERTEBRAL_COLUMN,
+    parse_terminology,
+    serialize_terminology,
+    terminology_for_label,
+)
 
 
 # --------------------------------------------------------------------------- input
@@ -469,6 +415,8 @@ def apply_result(scene, volume_node, computation: Computation) -> Outputs:
         uncertainty_node = _add_uncertainty_volume(scene, volume_node, uncertainty, f"{base} uncertainty")
         segmentation_node = _add_segmentation(scene, volume_node, result, computation.card, f"{base} vertebrae")
         statistics_node = _add_statistics_table(scene, volume_node, result, f"{base} vertebra statistics")
+        for key, value in result.measurements.items():  # e.g. the Cobb angles of an X-ray
+            statistics_node.SetAttribute(f"VerdiffSegment.{key}", json.dumps(value))
         outputs = Outputs(segmentation_node, uncertainty_node, statistics_node)
         parent_item = _parent_item(hierarchy, volume_node)
         for role, node in zip(ROLES, outputs.nodes()):
@@ -543,20 +491,24 @@ UNCERTAINTY_DESCRIPTION = (
 
 
 def _add_segmentation(scene, volume_node, result, card, name: str):
-    by_value = {info["value"]: info for info in card.labels}
-    segments = [
-        {"label": int(info["value"]), "name": info["name"], "color": [float(c) for c in info["color"]]}
-        for info in card.labels
-    ]
+    """One segment per entry of ``result.segments`` (per vertebra, or per card label when
+    the pipeline ran without ``per_vertebra``), with its terminology and level tags."""
+    segments = []
+    for info in result.segments:
+        segments.append(
+            {
+                "label": int(info["value"]),
+                "name": info["name"],
+                "color": [float(c) for c in info["color"]],
+                "terminology": info.get("terminology") or terminology_for_label(info),
+                "level": info.get("level"),
+            }
+        )
     node = mrml.add_segmentation(scene, result.labels, segments, name, reference_volume_node=volume_node)
     node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), volume_node.GetID())
     segmentation = node.GetSegmentation()
-    tag = slicer.vtkSegment.GetTerminologyEntryTagName()
-    for entry in segments:
-        segment = segmentation.GetSegment(mrml.segment_id(entry["label"]))
-        info = by_value[entry["label"]]
-        segment.SetTag(tag, terminology_for_label(info))
-        segment.SetTag("VerdiffSegment.Covers", str(info.get("covers", "")))
+    for info in result.segments:
+        segmentation.GetSegment(mrml.segment_id(info["value"])).SetTag("VerdiffSegment.Covers", str(info.get("covers", "")))
     display = node.GetDisplayNode()
     if display is not None:
         display.SetVisibility2DFill(True)
@@ -566,54 +518,16 @@ def _add_segmentation(scene, volume_node, result, card, name: str):
 
 
 def _add_statistics_table(scene, volume_node, result, name: str):
-    single_slice = 1 in volume_node.GetImageData().GetDimensions()
+    """The per-vertebra table (``mrml.add_statistics_table``), areas for a single-slice input."""
     spacing = volume_node.GetSpacing()
     dims = volume_node.GetImageData().GetDimensions()
+    single_slice = 1 in dims
     if single_slice:
         in_plane = [s for s, n in zip(spacing, dims) if n != 1] or list(spacing[:2])
-        unit_size, measure, unit = float(np.prod(in_plane[:2])), "Area", "mm2"
+        unit_size = float(np.prod(in_plane[:2]))
     else:
-        unit_size, measure, unit = float(np.prod(spacing)), "Volume", "mm3"
-
-    node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = node.GetTable()
-    columns = [
-        ("Segment", vtk.vtkStringArray, "segment name (model card label)", ""),
-        ("Label value", vtk.vtkIntArray, "value of the label in the model's label map", ""),
-        ("Voxels", vtk.vtkIntArray, "number of voxels of the segment", ""),
-        (measure, vtk.vtkDoubleArray, f"{measure.lower()} of the segment", unit),
-        ("Mean uncertainty", vtk.vtkDoubleArray, "mean ensemble standard deviation inside the segment", ""),
-        ("Max uncertainty", vtk.vtkDoubleArray, "maximum ensemble standard deviation inside the segment", ""),
-    ]
-    arrays = []
-    for column, array_class, _description, _unit in columns:
-        array = array_class()
-        array.SetName(column)
-        table.AddColumn(array)
-        arrays.append(array)
-    for info in result.segments:
-        voxels = int(info["voxels"])
-        values = [
-            str(info["name"]),
-            int(info["value"]),
-            voxels,
-            round(voxels * unit_size, 3),
-            _number(info.get("mean_uncertainty")),
-            _number(info.get("max_uncertainty")),
-        ]
-        for array, value in zip(arrays, values):
-            array.InsertNextValue(value)
-    for column, _array_class, description, column_unit in columns:
-        node.SetColumnDescription(column, description)
-        if column_unit:
-            node.SetColumnUnitLabel(column, column_unit)
-    node.SetLocked(True)  # results, not for editing
-    node.Modified()
-    return node
-
-
-def _number(value) -> float:
-    return float("nan") if value is None else float(value)
+        unit_size = float(np.prod(spacing))
+    return mrml.add_statistics_table(scene, result.segments, name, unit_size, single_slice)
 
 
 # -------------------------------------------------------------- subject hierarchy

@@ -28,6 +28,7 @@ from vtk.util import numpy_support
 
 from . import mrml, slicer_logic
 from .errors import VerdiffError
+from .terminology import LEVEL_CODES, SPINE_REGIONS
 
 # Small settings for tests: the real models and data, few sampling steps.
 SMALL = {"steps": 2, "ensemble": 2, "device": "cpu", "seed": 0}
@@ -275,28 +276,37 @@ def check_outputs(scene, volume_node, outputs, computation, parent_item: int | N
     check(display is not None and display.GetColorNodeID() in slicer_logic.UNCERTAINTY_COLOR_NODE_IDS, "uncertainty has no heat colour map")
     check(display.GetWindowLevelMin() == 0.0, "uncertainty colour map does not start at 0")
 
-    # --- segmentation: one named, coloured segment per label, with terminology, on the input grid
+    # --- segmentation: one named, coloured segment per vertebra (per label of a run without
+    # per_vertebra), with terminology, on the input grid
     segmentation_node = outputs.segmentation
     check(segmentation_node.GetName() == f"{base} vertebrae", f"segmentation named {segmentation_node.GetName()!r}")
     segmentation = segmentation_node.GetSegmentation()
-    check(segmentation.GetNumberOfSegments() == len(card.labels), f"{segmentation.GetNumberOfSegments()} segments for {len(card.labels)} labels")
+    expected = result.segments
+    check(segmentation.GetNumberOfSegments() == len(expected), f"{segmentation.GetNumberOfSegments()} segments for {len(expected)} result segments")
     labels = sitk.GetArrayViewFromImage(result.labels).reshape(uncertainty.shape)
+    check(set(np.unique(labels)) - {0} <= {int(label["value"]) for label in expected}, "the label map has values without a segment")
     counts = mrml.segment_voxel_counts(segmentation_node)
     terminologies = slicer.vtkSlicerTerminologiesModuleLogic() if hasattr(slicer, "vtkSlicerTerminologiesModuleLogic") else None
-    for label in card.labels:
+    for label in expected:
         segment_id = mrml.segment_id(label["value"])
         segment = segmentation.GetSegment(segment_id)
         check(segment is not None, f"no segment {segment_id} for label {label['name']!r}")
-        check(segment.GetName() == label["name"], f"segment named {segment.GetName()!r}, card says {label['name']!r}")
-        check(np.allclose(segment.GetColor(), label["color"]), f"segment colour {segment.GetColor()} != card {label['color']}")
+        check(segment.GetName() == label["name"], f"segment named {segment.GetName()!r}, result says {label['name']!r}")
+        check(np.allclose(segment.GetColor(), label["color"]), f"segment colour {segment.GetColor()} != result {label['color']}")
+        level = label.get("level")
+        check(_segment_tag(segment, mrml.LEVEL_TAG) == level, f"segment level tag differs from {level!r}")
         entry = _segment_tag(segment, slicer.vtkSegment.GetTerminologyEntryTagName())
-        check(entry == slicer_logic.terminology_for_label(label), f"terminology entry {entry!r}")
+        check(entry == (label.get("terminology") or slicer_logic.terminology_for_label(label)), f"terminology entry {entry!r}")
         parsed = slicer_logic.parse_terminology(entry)
         check(parsed["context"] == slicer_logic.TERMINOLOGY_CONTEXT, f"terminology context {parsed['context']!r}")
         check(parsed["category"] == slicer_logic.ANATOMICAL_STRUCTURE, f"terminology category {parsed['category']}")
         check(parsed["type"][0] == "SCT", f"terminology type {parsed['type']} is not SNOMED CT")
         if card.name in EXPECTED_TERMINOLOGY:
             type_code, region_code = EXPECTED_TERMINOLOGY[card.name]
+            if level and type_code == "51282000":  # a named whole vertebra: its level's own code
+                type_code, region_code = LEVEL_CODES[level], SPINE_REGIONS[level[0]][1]
+            elif level:  # a named vertebral body: in its level's vertebra
+                region_code = LEVEL_CODES[level]
             check(parsed["type"][1] == type_code, f"{card.name}: terminology type {parsed['type']}, expected SCT {type_code}")
             check(parsed["region"][1] == region_code, f"{card.name}: terminology region {parsed['region']}, expected {region_code or 'none'}")
         if terminologies is not None:  # Slicer's own parser reads it back to the same string
@@ -306,7 +316,7 @@ def check_outputs(scene, volume_node, outputs, computation, parent_item: int | N
         check(counts[segment_id] == int((labels == label["value"]).sum()), f"segment {segment_id} voxel count differs from the result")
 
     # the shared labelmap sits exactly on the input's voxel grid ...
-    first = segmentation.GetSegment(mrml.segment_id(card.labels[0]["value"]))
+    first = segmentation.GetSegment(mrml.segment_id(expected[0]["value"]))
     labelmap = first.GetRepresentation(mrml.BINARY_LABELMAP)
     image_to_world = vtk.vtkMatrix4x4()
     labelmap.GetImageToWorldMatrix(image_to_world)
@@ -323,19 +333,23 @@ def check_outputs(scene, volume_node, outputs, computation, parent_item: int | N
     full[extent[4] : extent[5] + 1, extent[2] : extent[3] + 1, extent[0] : extent[1] + 1] = voxels
     check(np.array_equal(full > 0, labels > 0), "segmentation voxels differ from the result's label map")
 
-    # --- statistics table: a row per label, matching the segment and the uncertainty volume
+    # --- statistics table: a row per segment, matching the segment and the uncertainty volume
     table_node = outputs.statistics
     check(table_node.GetName() == f"{base} vertebra statistics", f"table named {table_node.GetName()!r}")
     rows = _table_rows(table_node)
-    check(len(rows) == len(card.labels), f"{len(rows)} table rows for {len(card.labels)} labels")
+    check(len(rows) == len(expected), f"{len(rows)} table rows for {len(expected)} segments")
     single_slice = 1 in dims
     measure = "Area" if single_slice else "Volume"
     spacing = np.array(volume_node.GetSpacing())
     unit_size = float(np.prod(spacing[np.array(dims) != 1][:2])) if single_slice else float(np.prod(spacing))
     check(table_node.GetColumnUnitLabel(measure) == ("mm2" if single_slice else "mm3"), f"{measure} column has no unit")
-    for row, label in zip(rows, card.labels):
+    for row, label in zip(rows, expected):
         inside = labels == label["value"]
         check(row["Segment"] == label["name"], f"table row names {row['Segment']!r}")
+        check(row["Level"] == (label.get("level") or ""), f"table row level {row['Level']!r}")
+        check(int(row["Label value"]) == int(label["value"]), "table label value differs from the segment's")
+        if label.get("height_mm") is not None:
+            check(abs(row["Height"] - label["height_mm"]) < 1e-6, "table height differs from the result")
         check(int(row["Voxels"]) == int(inside.sum()), "table voxel count differs from the label map")
         check(abs(row[measure] - inside.sum() * unit_size) <= 1e-3 * max(1.0, inside.sum() * unit_size), f"table {measure} is wrong")
         if inside.any():
@@ -515,22 +529,22 @@ def check_tampered_weights_leave_scene_unchanged(scene, volume_node, model: str,
 
 
 def check_failed_apply_rolls_back(scene, volume_node, computation) -> None:
-    """A failure while the outputs are being built (here: a card label that cannot
+    """A failure while the outputs are being built (here: a result segment that cannot
     become a segment, met after the uncertainty volume was already added) removes
     everything built so far; earlier outputs of the input stay as they were."""
-    from .models import ModelCard
+    import dataclasses
 
     before = snapshot(scene)
     previous = slicer_logic.find_outputs(scene, volume_node)
-    bad_labels = list(computation.card.labels) + [{"value": 99, "name": "", "covers": "nothing", "color": [1, 0, 0]}]
-    bad_card = ModelCard(computation.card.path, {**computation.card.data, "labels": bad_labels})
-    bad = slicer_logic.Computation(result=computation.result, card=bad_card)
+    bad_segment = {"value": 99, "name": "", "covers": "nothing", "color": [1, 0, 0], "voxels": 0}
+    bad_result = dataclasses.replace(computation.result, segments=list(computation.result.segments) + [bad_segment])
+    bad = slicer_logic.Computation(result=bad_result, card=computation.card)
     try:
         slicer_logic.apply_result(scene, volume_node, bad)
     except ValueError:
         pass
     else:
-        raise AssertionError("a broken card label did not fail")
+        raise AssertionError("a broken result segment did not fail")
     check_unchanged(before, snapshot(scene), compare_mtime=False)
     check(slicer_logic.find_outputs(scene, volume_node) == previous, "earlier outputs changed after a failed run")
 

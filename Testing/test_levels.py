@@ -1,0 +1,279 @@
+"""Per-vertebra segments, levels, the per-vertebra table and Cobb angles, on real data.
+
+The naming step is checked on the truth masks (the union of the truth levels must come
+back as the truth levels), the pipeline on a real X-ray with the bundled model (the union
+of the vertebrae must be exactly the binary result), the outputs by reading them back
+with real MRML (slicer-core), and the Cobb procedure against the AASCE angles.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+import SimpleITK as sitk
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+MR = DATA / "mr-lumbar-vb3"
+XRAY = DATA / "xray-aasce"
+
+try:
+    from VerdiffSegmentLib import cobb, levels
+except ImportError:  # not installed: use the checkout
+    sys.path.insert(0, str(REPO / "VerdiffSegment"))
+    from VerdiffSegmentLib import cobb, levels
+sys.path.insert(0, str(REPO))
+from VerdiffSegmentLib.models import get_card  # noqa: E402
+from VerdiffSegmentLib.terminology import parse_terminology, terminology_for_label  # noqa: E402
+
+LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
+
+
+def union_of(truth: sitk.Image, keep=None) -> sitk.Image:
+    array = sitk.GetArrayFromImage(truth)
+    mask = array > 0 if keep is None else np.isin(array, keep)
+    union = sitk.GetImageFromArray(mask.astype(np.uint8))
+    union.CopyInformation(truth)
+    return union
+
+
+def scores_of(labels: sitk.Image, segments: list[dict], truth: np.ndarray, truth_levels: dict) -> dict:
+    return levels.level_scores(sitk.GetArrayFromImage(labels), {s["value"]: s["level"] for s in segments}, truth, truth_levels)
+
+
+@pytest.fixture(scope="module")
+def vb3_17():
+    return sitk.ReadImage(str(MR / "VB3_17_seg.nii.gz"))
+
+
+# ------------------------------------------------------------------- naming on truth
+
+
+def test_mr_truth_bodies_come_back_as_l1_to_l5(vb3_17):
+    labels, segments = levels.vertebrae(union_of(vb3_17), "vertebral body", levels=LUMBAR)
+    truth = sitk.GetArrayFromImage(vb3_17)
+    assert [s["name"] for s in segments] == [f"{level} vertebral body" for level in LUMBAR]
+    assert [s["level"] for s in segments] == LUMBAR
+    scores = scores_of(labels, segments, truth, {i: f"L{i}" for i in range(1, 6)})
+    assert scores["correctly_named_share"] == 1.0
+    assert min(scores["level_dice"].values()) > 0.99
+    assert np.array_equal(sitk.GetArrayFromImage(labels) > 0, truth > 0)  # only the values change
+    assert all(20 < s["height_mm"] < 45 for s in segments), [s["height_mm"] for s in segments]
+
+
+def test_order_follows_the_direction_matrix_not_the_array(vb3_17):
+    """The same anatomy stored upside down (array axis 0 reversed, the direction matrix
+    saying so) gets the same levels at the same physical places."""
+    flipped = sitk.Flip(vb3_17, [False, False, True])  # array axis 0 = ITK axis 2; geometry kept
+    assert not np.array_equal(sitk.GetArrayFromImage(flipped), sitk.GetArrayFromImage(vb3_17))
+    labels, segments = levels.vertebrae(union_of(flipped), "vertebral body", levels=LUMBAR)
+    truth = sitk.GetArrayFromImage(flipped)
+    scores = scores_of(labels, segments, truth, {i: f"L{i}" for i in range(1, 6)})
+    assert scores["correctly_named_share"] == 1.0
+
+
+def test_merged_neighbours_are_split():
+    """VB3_49's truth has L3, L4 and L5 touching: one component of three bodies."""
+    truth_image = sitk.ReadImage(str(MR / "VB3_49_seg.nii.gz"))
+    labels, segments = levels.vertebrae(union_of(truth_image), "vertebral body", levels=LUMBAR)
+    scores = scores_of(labels, segments, sitk.GetArrayFromImage(truth_image), {i: f"L{i}" for i in range(1, 6)})
+    assert scores["correctly_named_share"] == 1.0
+    assert min(scores["level_dice"].values()) > 0.95, scores["level_dice"]
+
+
+def test_a_count_that_does_not_match_leaves_the_levels_undecided(vb3_17):
+    """Four bodies for a model that segments five: no level is guessed; top-down numbers."""
+    labels, segments = levels.vertebrae(union_of(vb3_17, keep=[1, 2, 3, 4]), "vertebral body", levels=LUMBAR)
+    assert [s["level"] for s in segments] == [None] * 4
+    assert [s["name"] for s in segments] == [f"vertebral body {i}" for i in range(1, 5)]
+    truth = sitk.GetArrayFromImage(vb3_17)
+    assert [int(np.bincount(truth[sitk.GetArrayFromImage(labels) == s["value"]]).argmax()) for s in segments] == [1, 2, 3, 4]
+
+
+def test_xray_truth_quadrilaterals_come_back_as_t1_to_l5():
+    from training.datasets import aasce_mask
+
+    card = get_card("verdiff-xray")
+    name = card.data["training"]["split"]["validation"][2]
+    image = sitk.ReadImage(str(XRAY / "data" / "training" / f"{name}.jpg"))
+    truth = aasce_mask(image, XRAY / "labels" / "training" / f"{name}.jpg.mat")
+    labels, segments = levels.vertebrae(union_of(truth), "vertebral body", levels=levels.card_levels(card))
+    assert [s["level"] for s in segments] == levels.card_levels(card) == [f"T{i}" for i in range(1, 13)] + LUMBAR
+    scores = scores_of(labels, segments, sitk.GetArrayFromImage(truth), {i + 1: level for i, level in enumerate(levels.card_levels(card))})
+    assert scores["correctly_named_share"] == 1.0 and scores["level_dice_mean"] > 0.99
+
+
+def test_terminology_of_named_segments():
+    body = parse_terminology(terminology_for_label({"name": "L3 vertebral body", "covers": "vertebral body L3", "level": "L3"}))
+    assert body["type"] == ("SCT", "3572006", "Vertebral body") and body["region"] == ("SCT", "36470004", "L3 vertebra")
+    whole = parse_terminology(terminology_for_label({"name": "T12 vertebra", "covers": "vertebra T12", "level": "T12"}))
+    assert whole["type"] == ("SCT", "23215003", "T12 vertebra") and whole["region"] == ("SCT", "122495006", "Thoracic spine")
+
+
+# ------------------------------------------------------------------------ Cobb angles
+
+
+def test_cobb_procedure_reproduces_the_aasce_angles_from_the_landmarks():
+    names = [line.strip() for line in (XRAY / "labels" / "training" / "filenames.csv").read_text().splitlines() if line.strip()]
+    truth = np.loadtxt(XRAY / "labels" / "training" / "angles.csv", delimiter=",")
+    measured = []
+    for name in names:
+        points = scipy.io.loadmat(str(XRAY / "labels" / "training" / f"{name}.mat"))["p2"]
+        height = Image.open(XRAY / "data" / "training" / name).size[1]
+        measured.append(cobb.cobb_from_landmarks(points, height))
+    differences = np.abs(np.array([[m[k] for k in cobb.NAMES] for m in measured]) - truth)
+    assert differences.max() < 0.05, differences.max()
+    assert cobb.smape(measured, truth) < 0.1
+
+
+def test_smape_is_aasce_s():
+    assert cobb.smape([{"PT": 10, "MT": 20, "TL": 0}], [[10, 30, 10]]) == pytest.approx(100 * 20 / 80)
+    assert cobb.smape([None], [[10, 30, 10]]) == 100.0
+
+
+# --------------------------------------------------------- pipeline, outputs, table
+
+
+@pytest.fixture(scope="module")
+def xray_run(tmp_path_factory):
+    """One held-out X-ray through the CLI (bundled model, one thread)."""
+    import torch
+
+    from VerdiffSegmentLib.cli import run_segment
+    from conftest import xray_image
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("xray")
+    report = run_segment(xray_image(), out, device="cpu")
+    return xray_image(), out, report
+
+
+def test_union_of_vertebrae_is_the_binary_result():
+    import torch
+
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.pipeline import segment
+    from conftest import xray_image
+
+    torch.set_num_threads(1)
+    card = get_card("verdiff-xray")
+    image = read_image(xray_image())
+    binary = segment(image, card, device="cpu", per_vertebra=False)
+    per_vertebra = segment(image, card, device="cpu")
+    assert np.array_equal(sitk.GetArrayFromImage(per_vertebra.labels) > 0, sitk.GetArrayFromImage(binary.labels) > 0)
+    assert [s["name"] for s in binary.segments] == [card.labels[0]["name"]]
+    assert len(per_vertebra.segments) > 1
+    assert np.array_equal(np.unique(sitk.GetArrayFromImage(per_vertebra.labels)), np.arange(len(per_vertebra.segments) + 1))
+    assert sum(s["voxels"] for s in per_vertebra.segments) == binary.segments[0]["voxels"]
+    assert per_vertebra.measurements["cobb_angles_deg"] is not None
+    assert binary.measurements == {}
+
+
+def test_json_summary_has_levels_heights_and_cobb_angles(xray_run):
+    _source, out, report = xray_run
+    written = json.loads(next(Path(out).glob("*.json")).read_text())
+    assert written["segments"] == report["segments"]
+    for segment in written["segments"]:
+        assert {"level", "height_mm", "terminology", "voxels", "area_mm2", "mean_uncertainty", "max_uncertainty"} <= set(segment)
+        assert segment["height_mm"] > 0
+        assert segment["level"] is None or segment["name"] == f"{segment['level']} vertebral body"
+    angles = written["cobb_angles_deg"]
+    assert set(angles) == {"PT", "MT", "TL"} and all(0 <= angles[k] <= 90 for k in angles)
+
+
+def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
+    from VerdiffSegmentLib import mrml
+
+    _source, out, report = xray_run
+    scene = mrml.read_scene_bundle(next(Path(out).glob("*.mrb")))
+    try:
+        tables = mrml.nodes_by_class(scene, "vtkMRMLTableNode")
+        assert [t.GetName() for t in tables] == [f"{Path(report['input']).name.removesuffix('.jpg')} vertebra statistics"]
+        table = tables[0].GetTable()
+        columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
+        assert columns == ["Segment", "Level", "Label value", "Voxels", "Area", "Height", "Mean uncertainty", "Max uncertainty"]
+        assert table.GetNumberOfRows() == len(report["segments"])
+        for row, segment in enumerate(report["segments"]):
+            assert table.GetValue(row, 0).ToString() == segment["name"]
+            assert table.GetValue(row, 1).ToString() == (segment["level"] or "")
+            assert table.GetValue(row, 3).ToInt() == segment["voxels"]
+            assert table.GetValue(row, 5).ToDouble() == pytest.approx(segment["height_mm"])
+        segmentation = mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode")[0].GetSegmentation()
+        assert segmentation.GetNumberOfSegments() == len(report["segments"])
+        import vtk
+
+        for segment in report["segments"]:
+            stored = segmentation.GetSegment(mrml.segment_id(segment["value"]))
+            tag = vtk.reference("")
+            assert stored.GetTag("TerminologyEntry", tag) and str(tag) == segment["terminology"]
+            level = vtk.reference("")
+            assert stored.GetTag(mrml.LEVEL_TAG, level) == bool(segment["level"])
+    finally:
+        mrml.close_scene(scene)
+
+
+# ----------------------------------------------------------------- evaluate's figures
+
+
+def test_evaluate_level_figures_find_the_truth_of_each_recipe(vb3_17):
+    from training.level_evaluation import level_figures, recipe_item, summarise_levels
+    from VerdiffSegmentLib.pipeline import SegmentationResult
+
+    assert recipe_item(DATA / "ct-chest" / "cxr_ct_int16.nii.gz").source == "totalsegmentator"
+    assert recipe_item(DATA / "ct-abdomen-small" / "example_ct.nii.gz").labels.name == "example_ct_vertebrae.nii.gz"
+    assert recipe_item(DATA / "ct-abdomen-small" / "example_ct_sm.nii.gz") is None
+    assert recipe_item(Path("/elsewhere/image.nii.gz")) is None
+    card = get_card("verdiff-xray")
+    name = card.data["training"]["split"]["validation"][2]
+    xray_path = XRAY / "data" / "training" / f"{name}.jpg"
+    assert recipe_item(xray_path).labels == XRAY / "labels" / "training" / f"{name}.jpg.mat"
+
+    # a "result" that is the truth itself: everything named right, Cobb close to angles.csv
+    from training.datasets import aasce_mask
+
+    truth = aasce_mask(sitk.ReadImage(str(xray_path)), recipe_item(xray_path).labels)
+    labels, segments = levels.vertebrae(union_of(truth), "vertebral body", levels=levels.card_levels(card))
+    result = SegmentationResult(labels, labels, segments, {}, {}, {"cobb_angles_deg": cobb.cobb_angles(labels, segments)})
+    figures = level_figures(result, xray_path)
+    assert figures["levels"]["correctly_named_share"] == 1.0
+    mr_labels, mr_segments = levels.vertebrae(union_of(vb3_17), "vertebral body", levels=LUMBAR)
+    mr_figures = level_figures(SegmentationResult(mr_labels, mr_labels, mr_segments, {}, {}, {}), MR / "VB3_17_img.nii.gz")
+    assert mr_figures["levels"]["correctly_named_share"] == 1.0 and "cobb_angles_deg" not in mr_figures
+    summary = summarise_levels([{"case": "x", **figures}, {"case": "mr", **mr_figures}, {"case": "no truth"}])
+    assert summary["correctly_named_share"] == 1.0 and summary["level_dice_mean"] > 0.99
+    assert summary["cobb_smape_percent"] == cobb.smape([figures["cobb_angles_deg"]], [figures["cobb_truth_deg"]]) < 25
+
+
+def test_levels_by_count_names_bottom_up_from_the_lowest_level():
+    assert levels.levels_by_count(5, LUMBAR) == LUMBAR
+    assert levels.levels_by_count(7, LUMBAR) == ["T11", "T12"] + LUMBAR  # extra ones above: no T13
+    assert levels.levels_by_count(4, LUMBAR) == [None] * 4
+    assert levels.levels_by_count(3, None) == [None] * 3
+    assert levels.levels_by_count(25, levels.STANDARD_LEVELS) == [None] * 25  # more than exist above L5
+
+
+def test_ct_whole_vertebrae_touching_are_separated_but_not_named():
+    """TotalSegmentator's whole vertebrae touch at the facet joints: one component. The
+    profile's repeat length separates most of them; a binary whole-vertebra model has no
+    anchor, so none is named."""
+    from training.labels import SOURCES
+
+    truth_image = sitk.ReadImage(str(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz"))
+    ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if v != "sacrum"}
+    truth = sitk.GetArrayFromImage(truth_image)
+    truth = np.where(np.isin(truth, list(ids)), truth, 0)
+    union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
+    union.CopyInformation(truth_image)
+    labels, segments = levels.name_vertebrae(union, get_card("verdiff-ct"))
+    scores = scores_of(labels, segments, truth, ids)
+    assert len(segments) >= 5 and scores["separated_share"] >= 0.7, (len(segments), scores["separated_share"])
+    assert all(s["level"] is None for s in segments)
+    assert [s["name"] for s in segments] == [f"vertebra {i}" for i in range(1, len(segments) + 1)]
+    entry = parse_terminology(segments[0]["terminology"])
+    assert entry["type"] == ("SCT", "51282000", "Vertebra")

@@ -1,0 +1,160 @@
+"""Scoliosis Cobb angles of an AP spine X-ray from its per-vertebra segmentation.
+
+The three angles and their order are those of the AASCE 2019 challenge (``angles.csv`` of
+the development data), computed as the challenge's reference MATLAB code (``angleCal``,
+distributed with the SpineWeb dataset 16 landmarks) does from the 68 landmarks; this is
+an independent implementation of that procedure:
+
+1. each vertebra's tilt is the vector from the middle of its left edge to the middle of
+   its right edge; the centre line is the middles of the upper and lower endplates;
+2. the first angle is the largest angle between any two vertebrae's tilts (the pair
+   gives the end vertebrae A, the column of the maximum, and B, its partner);
+3. if the centre line is not S-shaped (all its deviations from the chord between its ends
+   have one sign), the second angle is between the top vertebra and A, the third between
+   the bottom vertebra and B;
+4. if it is S-shaped and the lower endplates of A and B lie on average in the upper half
+   of the picture, the second angle is the largest between A and a vertebra above it and
+   the third the largest between B and one below it; otherwise the second is the largest
+   between A and one above it, A', and the third the largest between A' and one above A'.
+
+The reference names them PT, MT and TL/L in that order; ``angles.csv`` follows it, and so
+does ``cobb_angles_deg`` here: {"PT": first, "MT": second, "TL": third}.
+
+From a segmentation (``vertebra_geometry``): each vertebra's tilt is the line fitted to
+the middles between its top and bottom edge pixel in each column (the central 80 % of
+its columns), the segmentation's version of the reference's left-to-right middle line;
+the endplate middles are its centroid plus and minus half its height across that line.
+Angles between these tilts are taken between lines (0-90 degrees). Fewer than 3
+vertebrae: no angles. (The long principal axis of each mask gave the same SMAPE on the
+truth masks, 11.1 %.)
+
+Accuracy (docs/levels.md, ``benchmarks/levels_accuracy.py xray``): the procedure on the
+truth landmarks against ``angles.csv``, and on the bundled model's held-out outputs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import SimpleITK as sitk
+
+NAMES = ("PT", "MT", "TL")
+
+
+def _angle(a: np.ndarray, b: np.ndarray, lines: bool = False) -> np.ndarray:
+    """Angles (radians) between the rows of ``a`` and ``b`` (broadcast), as the reference:
+    the cosine rounded to 8 decimals before the arccos. ``lines``: between the lines along
+    them (0..90 degrees), for a segmentation's axes, which have no sign."""
+    cosine = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+    if lines:
+        cosine = np.abs(cosine)
+    return np.arccos(np.clip(np.round(cosine, 8), -1.0, 1.0))
+
+
+def is_s_shaped(centre: np.ndarray) -> bool:
+    """Whether the centre line [n, (x, y)] crosses the chord between its ends."""
+    last = centre[-1]
+    with np.errstate(divide="ignore", invalid="ignore"):  # a vertical chord: NaN, "S" as in the reference
+        deviation = (centre[:-2, 1] - last[1]) / (centre[0, 1] - last[1]) - (centre[:-2, 0] - last[0]) / (centre[0, 0] - last[0])
+        products = np.outer(deviation, deviation)
+        return not np.isclose(products.sum(), np.abs(products).sum(), rtol=1e-9, atol=1e-12)
+
+
+def cobb_from_vertebrae(tilts: np.ndarray, centre: np.ndarray, image_height: float, lines: bool = False) -> dict:
+    """The three angles (degrees) from the vertebrae's tilt vectors [n, 2] (top to bottom)
+    and the centre line [2n, 2] (upper and lower endplate middle of each, (x, y) pixels).
+    ``lines``: the tilts are axes without a sign (``_angle``)."""
+    tilts, centre = np.asarray(tilts, float), np.asarray(centre, float)
+    count = len(tilts)
+    angles = _angle(tilts[:, None], tilts[None], lines)
+    partner = angles.argmax(axis=0)  # per column, the row of its largest angle
+    end_a = int(angles.max(axis=0).argmax())
+    end_b = int(partner[end_a])
+    first = angles[end_b, end_a]
+    if not is_s_shaped(centre):
+        second = angles[0, end_a]
+        third = angles[count - 1, end_b]
+    elif centre[2 * end_a + 1, 1] + centre[2 * end_b + 1, 1] < image_height:
+        second = angles[end_a, : end_a + 1].max()
+        third = angles[end_b, end_b:].max()
+    else:
+        above = angles[end_a, : end_a + 1]
+        second = above.max()
+        end = int(above.argmax())
+        third = angles[end, : end + 1].max()
+    return {name: round(float(np.degrees(value)), 2) for name, value in zip(NAMES, (first, second, third))}
+
+
+def cobb_from_landmarks(points: np.ndarray, image_height: float) -> dict:
+    """The angles from AASCE landmarks [4n, (x, y)]: per vertebra top-left, top-right,
+    bottom-left, bottom-right."""
+    corners = np.asarray(points, float).reshape(-1, 4, 2)
+    left = (corners[:, 0] + corners[:, 2]) / 2
+    right = (corners[:, 1] + corners[:, 3]) / 2
+    centre = np.stack([(corners[:, 0] + corners[:, 1]) / 2, (corners[:, 2] + corners[:, 3]) / 2], axis=1).reshape(-1, 2)
+    return cobb_from_vertebrae(right - left, centre, image_height)
+
+
+def vertebra_geometry(labels: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Tilt vectors [n, 2] and endplate middles [2n, 2] ((x, y) pixels) of the vertebrae
+    ``values`` (top to bottom) of a 2D label map (see the module docstring)."""
+    tilts, centre = [], []
+    for value in values:
+        yx = np.argwhere(labels == value).astype(float)
+        xy = yx[:, ::-1]
+        middle = xy.mean(axis=0)
+        long_axis = _midline_direction(yx)
+        if long_axis[0] < 0:
+            long_axis = -long_axis  # towards the picture's right
+        short_axis = np.array([long_axis[1], -long_axis[0]])  # up the picture
+        half_height = (np.abs((xy - middle) @ short_axis).max() + 0.5) if len(xy) else 0.0
+        tilts.append(long_axis)
+        centre += [middle + half_height * short_axis, middle - half_height * short_axis]
+    return np.array(tilts), np.array(centre)
+
+
+def _midline_direction(yx: np.ndarray) -> np.ndarray:
+    """Unit (x, y) direction of the line fitted to the middles between the top and bottom
+    pixel of each column, over the central 80 % of the columns (the ends are the rounded
+    corners): the segmentation's version of the reference's left-to-right middle line."""
+    columns = yx[:, 1].astype(int)
+    low, high = columns.min(), columns.max()
+    top = np.full(high - low + 1, np.inf)
+    bottom = np.full(high - low + 1, -np.inf)
+    np.minimum.at(top, columns - low, yx[:, 0])
+    np.maximum.at(bottom, columns - low, yx[:, 0])
+    xs = np.arange(low, high + 1, dtype=float)
+    keep = np.isfinite(top) & (xs >= low + 0.1 * (high - low)) & (xs <= high - 0.1 * (high - low))
+    if keep.sum() < 2:
+        return np.array([1.0, 0.0])
+    slope = np.polyfit(xs[keep], (top[keep] + bottom[keep]) / 2, 1)[0]
+    direction = np.array([1.0, slope])
+    return direction / np.linalg.norm(direction)
+
+
+def cobb_angles(labels: sitk.Image, segments: list[dict]) -> dict | None:
+    """``{"PT", "MT", "TL"}`` in degrees for a 2D per-vertebra label map (``levels.vertebrae``:
+    values 1..n top to bottom), or None for volumes and for fewer than 3 vertebrae."""
+    array = sitk.GetArrayViewFromImage(labels)
+    if array.ndim == 3 and 1 in array.shape:
+        array = array.reshape([n for n in array.shape if n != 1])
+    if array.ndim != 2:
+        return None
+    counts = np.bincount(np.asarray(array, np.int64).ravel())
+    values = [int(s["value"]) for s in segments if int(s["value"]) < len(counts) and counts[int(s["value"])] >= 3]
+    if len(values) < 3:
+        return None
+    tilts, centre = vertebra_geometry(np.asarray(array), values)
+    return cobb_from_vertebrae(tilts, centre, array.shape[0], lines=True)
+
+
+def smape(predicted: list, truth: list) -> float | None:
+    """AASCE's symmetric mean absolute percentage error (%): the mean over images of
+    sum |prediction - truth| / sum (prediction + truth) over the image's three angles.
+    An image without predicted angles counts as all zeros (100 %, unless the truth is 0)."""
+    terms = []
+    for measured, reference in zip(predicted, truth):
+        reference = np.asarray(reference, float)
+        measured = np.zeros(3) if measured is None else np.asarray([measured[n] for n in NAMES] if isinstance(measured, dict) else measured, float)
+        total = (measured + reference).sum()
+        terms.append(np.abs(measured - reference).sum() / total if total > 0 else 0.0)
+    return round(float(np.mean(terms)) * 100, 2) if terms else None

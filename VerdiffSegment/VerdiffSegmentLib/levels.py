@@ -1,0 +1,377 @@
+"""One segment per vertebra, named by level where the level can be decided.
+
+``name_vertebrae(labels, card)`` takes the label map on the input grid (what ``segment``
+returns) and gives a label map with one value per vertebra (1..n, head to feet) and one
+segment description per value (name, level, colour, height along the spine). The union of
+the vertebrae is exactly the input's foreground: only the label values change.
+
+Method (the bundled models are binary, so the vertebrae are separated and then named):
+
+1. **Instances.** Connected components of the foreground (face connectivity) on the
+   input grid (components under 1 % of the largest are fragments). A component taller along the
+   spine axis than 1.6 typical heights (the median component's; with fewer than three
+   components, as in CT where whole vertebrae touch at the facet joints, the repeat length
+   of the cross-section profile along the spine) holds merged neighbours
+   when its own long axis runs along the spine (a single big body is wider than tall): it
+   is cut across that axis into round(height / typical) pieces at the narrowest sections,
+   or at equal lengths when it is over twice the typical height and shows no narrowing
+   (``_split``). Pieces under a quarter of the typical
+   piece are *fragments*; the others are seeds, and every foreground voxel, fragments
+   included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped.
+2. **Order.** Instances are sorted by their centroid along the superior direction taken
+   from the image's direction matrix (LPS +z for volumes; the top row of a 2D picture for
+   X-rays, whose headers carry no orientation), never by array order.
+3. **Naming.** The card says which levels its model segments (``training.label_scheme.levels``;
+   MR: L1-L5 bodies, X-ray: T1-L5 bodies, CT: whole vertebrae C1-L5). A binary model's
+   only anchor is the bottom of its range: its lowest level (L5) is the lowest vertebra it
+   segments, since none of the models segments the sacrum. So when at least as many
+   vertebrae were found as the card has levels, they are named bottom-up from L5, and any
+   extra ones above continue upwards (T12, T11, ...; the MR model often also finds T12).
+   With fewer, a vertebra is missing or two are merged and nothing tells which: ``level``
+   is None and the segments are "vertebral body 1..n" / "vertebra 1..n", top-down. A
+   multi-class card (one label per level) names each label directly.
+
+   Why: the MR model is trained on L1-L5 bodies and does not segment the sacrum, the X-ray
+   landmarks always run T1-L5 (17). A CT field of view holds any run of levels and a
+   binary whole-vertebra model has no anchor (no sacrum, no ribs), so CT is named only
+   when all 24 C1-L5 are found, i.e. in practice left unnamed rather than guessed. The
+   measured alternative "name only when the count is exactly the card's" named 30 % of
+   the held-out MR bodies right against 80 % for this rule (docs/levels.md).
+
+Measured (``benchmarks/levels_accuracy.py``, docs/levels.md): the naming step alone on the
+ground-truth masks (union of the truth levels -> this module -> compared with the truth
+levels) and on the bundled models' outputs of the held-out cases; see docs/levels.md for
+the figures.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+import SimpleITK as sitk
+
+from .terminology import is_body_label, terminology_for_label
+
+# Level names in cranio-caudal order (the same list as training.labels.LEVELS).
+LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["T13"] + [f"L{i}" for i in range(1, 7)] + ["S1", "sacrum"]
+
+FRAGMENT_SHARE = 0.25  # of the typical vertebra's voxels: smaller components join their nearest vertebra
+MERGED_HEIGHT = 1.6  # typical heights (vertebra + disc): a taller component holds merged neighbours
+PERIOD_PERCENTILE = 50
+NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on both sides
+EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
+
+# Colours by region, alternating light/dark so that neighbours differ (not Slicer's
+# terminology colours, which could not be checked: see ``terminology``).
+_REGION_COLORS = {
+    "C": ((0.95, 0.8, 0.55), (0.8, 0.6, 0.35)),
+    "T": ((0.6, 0.8, 0.95), (0.35, 0.55, 0.8)),
+    "L": ((0.95, 0.65, 0.6), (0.8, 0.4, 0.4)),
+    "S": ((0.7, 0.9, 0.6), (0.5, 0.7, 0.4)),
+}
+_UNNAMED_COLORS = ((0.9, 0.85, 0.5), (0.6, 0.75, 0.45))
+
+
+def level_color(level: str | None, index: int) -> list[float]:
+    """Colour of the vertebra ``index`` (0-based, top-down) with ``level`` (or None)."""
+    pair = _REGION_COLORS.get(level[0].upper(), _UNNAMED_COLORS) if level else _UNNAMED_COLORS
+    number = LEVELS.index(level) if level in LEVELS else index
+    return [float(c) for c in pair[number % 2]]
+
+
+# ------------------------------------------------------------------------- geometry
+
+
+def superior_axis(image: sitk.Image) -> np.ndarray:
+    """The head direction in numpy index order, scaled to mm per voxel step.
+
+    Volumes: the LPS +z (superior) component of each index axis' physical step. 2D images
+    (X-rays): up the picture (decreasing row); their headers carry no orientation."""
+    dimension = image.GetDimension()
+    steps = np.reshape(image.GetDirection(), (dimension, dimension)) * np.asarray(image.GetSpacing())  # column k: step of index k
+    if dimension == 3:
+        axis = steps[2]  # S component of each index axis' step
+    else:
+        axis = -steps[1]  # up the picture
+    return axis[::-1].astype(float)  # numpy order (k, j, i)
+
+
+def _spacing(image: sitk.Image) -> np.ndarray:
+    return np.asarray(image.GetSpacing(), float)[::-1]
+
+
+def _physical(points: np.ndarray, image: sitk.Image) -> np.ndarray:
+    """Physical positions (mm, an orthonormal frame) of numpy-order indices [n, d]."""
+    dimension = image.GetDimension()
+    steps = np.reshape(image.GetDirection(), (dimension, dimension)) * np.asarray(image.GetSpacing())
+    return points[:, ::-1] @ steps.T
+
+
+# ------------------------------------------------------------------------ instances
+
+
+def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray) -> np.ndarray:
+    """Instance map (int32, 0 = background, 1..n in no particular order) of a boolean mask.
+
+    ``spacing``: mm per voxel in numpy order; ``superior``: the head direction per voxel
+    step (``superior_axis``). See the module docstring."""
+    mask = np.asarray(mask, bool)
+    out = np.zeros(mask.shape, np.int32)
+    if not mask.any():
+        return out
+    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    crop = mask[box]
+    components, count = ndi.label(crop)
+    sizes = np.bincount(components.ravel())[1:]
+    objects = ndi.find_objects(components)
+    candidates = [k + 1 for k in range(count) if sizes[k] >= 0.01 * sizes.max()]
+    heights = {value: _extent_along(components[objects[value - 1]] == value, superior) for value in candidates}
+    period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
+    if len(heights) < 3:  # the whole spine in one or two pieces (CT: vertebrae touch at the facets)
+        period = _profile_period(crop, superior) or period
+    pieces = []  # (region, boolean mask within the region)
+    for value, height in heights.items():
+        region = objects[value - 1]
+        piece = components[region] == value
+        parts = _split(piece, spacing, superior, round(height / period), period) if height > MERGED_HEIGHT * period else [piece]
+        pieces += [(region, part) for part in parts]
+    piece_sizes = np.array([part.sum() for _, part in pieces])
+    typical_size = float(np.median(piece_sizes[piece_sizes >= 0.05 * piece_sizes.max()]))
+    seeds = np.zeros(crop.shape, np.int32)
+    next_seed = 1
+    for (region, part), size in zip(pieces, piece_sizes):
+        if size >= FRAGMENT_SHARE * typical_size:
+            seeds[region][part] = next_seed
+            next_seed += 1
+    # Every foreground voxel (fragments too) joins its nearest seed.
+    _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
+    assigned = seeds[tuple(nearest)]
+    out[box] = np.where(crop, assigned, 0)
+    return out
+
+
+def _profile_period(mask: np.ndarray, superior: np.ndarray) -> float | None:
+    """The repeat length (mm) of the cross-section profile along the superior direction:
+    the first autocorrelation peak, vertebra plus disc; None when there is none."""
+    coordinates = np.argwhere(mask) @ superior
+    profile = np.bincount(np.floor(coordinates - coordinates.min()).astype(int)).astype(float)
+    profile = ndi.gaussian_filter1d(profile, 1.5) - ndi.gaussian_filter1d(profile, 40.0)  # keep the vertebra-scale ripple
+    correlation = np.correlate(profile, profile, mode="full")[len(profile) - 1 :]
+    peaks = [lag for lag in range(8, len(correlation) - 1) if correlation[lag - 1] < correlation[lag] >= correlation[lag + 1] and correlation[lag] > 0]
+    return float(peaks[0]) if peaks else None
+
+
+def _extent_along(piece: np.ndarray, superior: np.ndarray) -> float:
+    """Extent (mm) of a boolean mask along the superior direction, one voxel's extent included.
+
+    ``superior``: mm along the head direction per index step; with an orthonormal direction
+    matrix ``index @ superior`` is the superior coordinate and one voxel spans ``sum |superior|``."""
+    coordinates = np.argwhere(piece) @ superior
+    return float(coordinates.max() - coordinates.min() + np.abs(superior).sum())
+
+
+def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expected: int, period: float) -> list[np.ndarray]:
+    """Split a component holding ``expected`` merged vertebrae across its long axis at the
+    ``expected - 1`` deepest minima of its cross-section profile (voxels per mm along that
+    axis, smoothed over a tenth of a ``period``), minima at least half a period apart: the
+    discs (or the thin bridges over them) are where the section narrows. Without such a
+    minimum (a disc segmented as bone) the piece is cut into equal lengths."""
+    # Along the piece's own long axis (its principal axis, in mm), not the image's: a chain
+    # of tilted bodies (lordosis, scoliosis) is then cut across its discs.
+    positions = np.argwhere(piece) * spacing
+    centred = positions - positions.mean(axis=0)
+    long_axis = np.linalg.svd(centred[:: max(len(centred) // 20000, 1)], full_matrices=False)[2][0]
+    head = superior / spacing / np.linalg.norm(superior / spacing)  # unit head direction in the same frame
+    if abs(long_axis @ head) < 0.5:
+        return [piece]  # wider than tall: one big vertebra (lumbar bodies are wider), not a chain
+    if long_axis @ head < 0:
+        long_axis = -long_axis
+    coordinates = centred @ long_axis
+    bins = np.floor(coordinates - coordinates.min()).astype(int)
+    profile = ndi.gaussian_filter1d(np.bincount(bins).astype(float), max(period / 10, 1.0))
+    order = np.argsort(profile)
+    cuts: list[int] = []
+    for position in order:
+        if position < period / 2 or position > len(profile) - 1 - period / 2:
+            continue  # not within half a vertebra of either end
+        if not (profile[max(position - 1, 0)] >= profile[position] <= profile[min(position + 1, len(profile) - 1)]):
+            continue  # not a local minimum
+        if profile[position] > NECK_DEPTH * min(profile[:position].max(), profile[position + 1 :].max()):
+            continue  # too shallow: a tilted or wedge-shaped vertebra, not a gap between two
+        if all(abs(position - cut) >= period / 2 for cut in cuts):
+            cuts.append(int(position))
+        if len(cuts) == expected - 1:
+            break
+    if not cuts and len(profile) > EQUAL_CUT_HEIGHT * period:  # no narrowing (a disc segmented as bone)
+        cuts = [int(round(len(profile) * k / expected)) for k in range(1, expected)]
+    if not cuts:
+        return [piece]
+    slab = np.searchsorted(np.sort(cuts), bins)
+    parts = []
+    for k in range(len(cuts) + 1):
+        part = np.zeros_like(piece)
+        part[tuple(np.argwhere(piece)[slab == k].T)] = True
+        parts.append(part)
+    return parts
+
+
+# --------------------------------------------------------------------------- naming
+
+
+def card_levels(card) -> list[str] | None:
+    """The levels a card's model segments, cranio-caudal (``training.label_scheme.levels``), or None."""
+    levels = (card.data.get("training") or {}).get("label_scheme", {}).get("levels")
+    return [level for level in LEVELS if level in levels] if levels else None
+
+
+def structure_of(label: dict) -> str:
+    """"vertebral body" or "vertebra", as the card label says."""
+    return "vertebral body" if is_body_label(label) else "vertebra"
+
+
+# The usual 24 presacral vertebrae: the names given above a card's levels (T13 and L6 are
+# variants that a count cannot tell).
+STANDARD_LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+
+
+def levels_by_count(count: int, levels: list[str] | None) -> list[str | None]:
+    """Level of each of ``count`` vertebrae (top-down): bottom-up from the card's lowest
+    level when at least as many vertebrae were found as the card has levels (the extra
+    ones above continue upwards: T12, T11, ...), else None for each (the decision is in the
+    module docstring)."""
+    if not levels or count < len(levels) or levels[-1] not in STANDARD_LEVELS:
+        return [None] * count
+    lowest = STANDARD_LEVELS.index(levels[-1])
+    if count > lowest + 1:
+        return [None] * count  # more vertebrae than there are above the lowest level
+    return STANDARD_LEVELS[lowest + 1 - count : lowest + 1]
+
+
+def name_vertebrae(labels: sitk.Image, card) -> tuple[sitk.Image, list[dict]]:
+    """Per-vertebra label map and segment descriptions for a model card's result.
+
+    A multi-class card (one label per level) keeps its labels, each named by its level;
+    a binary card's foreground is separated into vertebrae and named (module docstring).
+    An empty result keeps the card's labels (with no voxels), so every output still has
+    its segment."""
+    if not sitk.GetArrayViewFromImage(labels).any():
+        return labels, [{**info, "level": None} for info in card.labels]
+    if len(card.labels) > 1:
+        by_value = {int(info["value"]): _level_in(info) for info in card.labels}
+        labels, segments = vertebrae(labels, structure_of(card.labels[0]), label_levels=by_value)
+    else:
+        labels, segments = vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card))
+    for segment in segments:
+        if segment["level"] is None:  # what the card's label says (e.g. "Vertebral body" in the lumbar spine)
+            segment["terminology"] = terminology_for_label(card.labels[0])
+    return labels, segments
+
+
+def _level_in(info: dict) -> str | None:
+    words = f"{info.get('covers', '')} {info.get('name', '')}".replace("-", " ").split()
+    return next((word for word in words if word in LEVELS), None)
+
+
+def vertebrae(
+    labels: sitk.Image,
+    structure: str,
+    levels: list[str] | None = None,
+    label_levels: dict[int, str | None] | None = None,
+) -> tuple[sitk.Image, list[dict]]:
+    """The label map with one value per vertebra (1..n head to feet) and one dict per
+    vertebra: value, name, covers, level (or None), color, terminology, height_mm.
+
+    ``label_levels`` (multi-class results): label value -> level; the values are kept
+    as instances and as values. Otherwise the foreground is separated (``separate_instances``) and
+    named with ``levels_by_count(n, levels)``. ``height_mm`` is the extent along the local
+    spine axis (the line through the neighbours' centroids), mm (pixels for pictures
+    without spacing)."""
+    array = sitk.GetArrayViewFromImage(labels)
+    spacing, superior = _spacing(labels), superior_axis(labels)
+    if label_levels is not None:
+        instances = np.where(np.isin(array, list(label_levels)), array, 0).astype(np.int32)
+    else:
+        instances = separate_instances(array > 0, spacing, superior)
+    # Each vertebra's voxel indices, from one pass over the foreground (not one per vertebra).
+    foreground = np.argwhere(instances > 0)
+    owner = instances[tuple(foreground.T)]
+    order = np.argsort(owner, kind="stable")
+    values, starts = np.unique(owner[order], return_index=True)
+    values = [int(v) for v in values]
+    points = dict(zip(values, np.split(foreground[order], starts[1:])))
+    height_order = {v: float(points[v].mean(axis=0) @ superior) for v in values}
+    ordered = sorted(values, key=lambda v: -height_order[v])  # head first
+    if label_levels is not None:
+        names = [label_levels.get(v) for v in ordered]
+    else:
+        names = levels_by_count(len(ordered), levels)
+    relabelled = np.zeros(instances.shape, np.uint8 if max(ordered + [len(ordered)], default=0) < 256 else np.uint16)
+    centroids = [_physical(points[v].astype(float), labels).mean(axis=0) for v in ordered]
+    steps = np.reshape(labels.GetDirection(), (labels.GetDimension(),) * 2) * np.asarray(labels.GetSpacing())
+    head = np.array([0.0, 0.0, 1.0]) if labels.GetDimension() == 3 else np.array([0.0, -1.0])  # LPS superior; up the picture
+    segments = []
+    for index, value in enumerate(ordered):
+        new_value = value if label_levels is not None else index + 1  # a multi-class card keeps its values
+        relabelled[tuple(points[value].T)] = new_value
+        above = centroids[index - 1] if index > 0 else None
+        below = centroids[index + 1] if index + 1 < len(ordered) else None
+        if above is not None or below is not None:
+            axis = (above if above is not None else centroids[index]) - (below if below is not None else centroids[index])
+        else:
+            axis = head
+        axis = axis / max(np.linalg.norm(axis), 1e-12)
+        along = _physical(points[value].astype(float), labels) @ axis
+        height = float(along.max() - along.min() + np.abs(steps.T @ axis).sum())
+        level = names[index]
+        name = f"{level} {structure}" if level else f"{structure} {index + 1}"
+        covers = f"{structure} {level}" if level else f"{structure} {index + 1} of {len(ordered)} top-down (level not decided)"
+        entry = {"value": new_value, "name": name, "covers": covers, "level": level, "color": level_color(level, index)}
+        entry["terminology"] = terminology_for_label(entry)
+        entry["height_mm"] = round(height, 2)
+        segments.append(entry)
+    out = sitk.GetImageFromArray(relabelled)
+    out.CopyInformation(labels)
+    return out, segments
+
+
+# -------------------------------------------------------------------------- metrics
+
+
+def level_scores(predicted: np.ndarray, predicted_levels: dict[int, str | None], truth: np.ndarray, truth_levels: dict[int, str]) -> dict:
+    """Per-level Dice and the share of vertebrae named with the right level.
+
+    ``predicted``/``truth``: instance label maps on one grid; ``*_levels``: value -> level
+    (None: unnamed). Per truth level: Dice of the predicted segment named with that level
+    (0 when none is). A truth vertebra counts as correctly named when the predicted
+    vertebra that overlaps it most carries its level, wrongly named when that one carries
+    another level (not when it carries none). ``separated_share``: truth vertebrae
+    whose most-overlapping predicted vertebra overlaps it more than any other truth
+    vertebra (one-to-one: instance separation right, whatever the names)."""
+    dice, correct, wrong, separated = {}, 0, 0, 0
+    named = {level: value for value, level in predicted_levels.items() if level}
+    for value, level in truth_levels.items():
+        inside = truth == value
+        if not inside.any():
+            continue
+        mine = predicted == named[level] if level in named else np.zeros_like(inside)
+        total = inside.sum() + mine.sum()
+        dice[level] = round(float(2 * (inside & mine).sum() / total), 4) if total else 1.0
+        overlap = np.bincount(predicted[inside].ravel().astype(np.int64))
+        overlap[0] = 0
+        if overlap.any() and predicted_levels.get(int(overlap.argmax())) == level:
+            correct += 1
+        elif overlap.any() and predicted_levels.get(int(overlap.argmax())) is not None:
+            wrong += 1
+        if overlap.any():
+            back = np.bincount(truth[predicted == overlap.argmax()].ravel().astype(np.int64))
+            back[0] = 0
+            separated += int(back.argmax() == value)
+    return {
+        "level_dice": dice,
+        "level_dice_mean": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+        "vertebrae": len(dice),
+        "correctly_named": correct,
+        "correctly_named_share": round(correct / len(dice), 4) if dice else None,
+        "wrongly_named": wrong,
+        "separated_share": round(separated / len(dice), 4) if dice else None,
+    }

@@ -1,0 +1,137 @@
+"""Per-vertebra naming accuracy on held-out data, printed as JSON (docs/levels.md).
+
+Two figures per modality, to tell naming errors from segmentation errors:
+
+- ``truth``: the naming step alone: the union of the truth levels goes through
+  ``levels.vertebrae`` and is compared with the truth levels;
+- ``model``: the bundled model's output (``pipeline.segment`` with its per-vertebra step)
+  compared with the truth levels.
+
+Metrics (``levels.level_scores``): per-level Dice (0 for a level no segment is named
+with), the share of truth vertebrae named with the right level, the share separated
+one-to-one; X-ray also the Cobb angles' SMAPE (``cobb``).
+
+Usage: python benchmarks/levels_accuracy.py {mr,xray,ct} [--truth-only] [--limit N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
+
+from VerdiffSegmentLib import cobb, levels  # noqa: E402
+from VerdiffSegmentLib.io import read_image  # noqa: E402
+from VerdiffSegmentLib.models import get_card  # noqa: E402
+from VerdiffSegmentLib.pipeline import segment  # noqa: E402
+
+MR_HELD_OUT = ["VB3_17", "VB3_18", "VB3_20", "VB3_35", "VB3_42", "VB3_48", "VB3_49", "VB3_51"]
+
+
+def mr_cases():
+    for subject in MR_HELD_OUT:
+        truth = sitk.ReadImage(str(DATA / "mr-lumbar-vb3" / f"{subject}_seg.nii.gz"))
+        yield subject, DATA / "mr-lumbar-vb3" / f"{subject}_img.nii.gz", truth, {i: f"L{i}" for i in range(1, 6)}, None
+
+
+def xray_cases(card):
+    from training.datasets import aasce_mask
+
+    root = DATA / "xray-aasce"
+    names = [line.strip() for line in (root / "labels" / "training" / "filenames.csv").read_text().splitlines() if line.strip()]
+    angles = np.loadtxt(root / "labels" / "training" / "angles.csv", delimiter=",")
+    by_name = {name.removesuffix(".jpg"): row for name, row in zip(names, angles)}
+    level_names = levels.card_levels(card)
+    for name in card.data["training"]["split"]["validation"]:
+        path = root / "data" / "training" / f"{name}.jpg"
+        truth = aasce_mask(sitk.ReadImage(str(path)), root / "labels" / "training" / f"{name}.jpg.mat")
+        yield name, path, truth, {i + 1: level for i, level in enumerate(level_names)}, by_name[name]
+
+
+def ct_cases():
+    from training.labels import SOURCES
+
+    vertebrae = {k: v for k, v in SOURCES["totalsegmentator"].items() if v not in ("sacrum",)}
+    truth = sitk.ReadImage(str(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz"))
+    yield "ct-abdomen example_ct (held out)", DATA / "ct-abdomen-small" / "example_ct.nii.gz", truth, vertebrae, None
+
+
+def truth_levels_present(truth: np.ndarray, names: dict[int, str]) -> dict[int, str]:
+    present = set(np.unique(truth).tolist())
+    return {value: level for value, level in names.items() if value in present}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("modality", choices=["mr", "xray", "ct"])
+    parser.add_argument("--truth-only", action="store_true", help="only the naming step on the truth masks")
+    parser.add_argument("--limit", type=int, default=None)
+    args = parser.parse_args(argv)
+    card = get_card({"mr": "verdiff-mr", "xray": "verdiff-xray", "ct": "verdiff-ct"}[args.modality])
+    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": ct_cases}[args.modality]()
+    structure = levels.structure_of(card.labels[0])
+    card_levels = levels.card_levels(card)
+    rows = []
+    for index, (name, image_path, truth_image, names, angles) in enumerate(cases):
+        if args.limit is not None and index >= args.limit:
+            break
+        truth = sitk.GetArrayFromImage(truth_image)
+        names = truth_levels_present(truth, names)
+        truth = np.where(np.isin(truth, list(names)), truth, 0)
+        union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
+        union.CopyInformation(truth_image)
+        row = {"case": name}
+        outputs = {"truth": levels.vertebrae(union, structure, levels=card_levels)}
+        if not args.truth_only:
+            clock = time.perf_counter()
+            result = segment(read_image(image_path), card, device="cpu")
+            row["seconds"] = round(time.perf_counter() - clock, 2)
+            outputs["model"] = (result.labels, result.segments)
+        for source, (labels, segments) in outputs.items():
+            predicted = sitk.GetArrayFromImage(labels).reshape(truth.shape)
+            scores = levels.level_scores(predicted, {s["value"]: s["level"] for s in segments}, truth, names)
+            scores["found"] = len(segments)
+            scores["binary_dice"] = round(float(2 * ((predicted > 0) & (truth > 0)).sum() / max((predicted > 0).sum() + (truth > 0).sum(), 1)), 4)
+            if angles is not None:
+                measured = cobb.cobb_angles(labels, segments)
+                scores["cobb_angles_deg"] = measured
+                scores["cobb_truth_deg"] = [round(float(a), 2) for a in angles]
+            row[source] = scores
+        rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)
+    summary = {"modality": args.modality, "model": card.name, "cases": len(rows)}
+    for source in ("truth", "model"):
+        scored = [row[source] for row in rows if source in row]
+        if not scored:
+            continue
+        per_level = {}
+        for scores in scored:
+            for level, value in scores["level_dice"].items():
+                per_level.setdefault(level, []).append(value)
+        summary[source] = {
+            "level_dice_mean": round(float(np.mean([s["level_dice_mean"] for s in scored])), 4),
+            "level_dice": {level: round(float(np.mean(values)), 4) for level, values in per_level.items()},
+            "correctly_named_share": round(sum(s["correctly_named"] for s in scored) / sum(s["vertebrae"] for s in scored), 4),
+            "wrongly_named_share": round(sum(s["wrongly_named"] for s in scored) / sum(s["vertebrae"] for s in scored), 4),
+            "separated_share": round(float(np.mean([s["separated_share"] for s in scored])), 4),
+            "binary_dice_mean": round(float(np.mean([s["binary_dice"] for s in scored])), 4),
+            "named_cases": sum(any(s["level_dice"].values()) for s in scored),
+        }
+        if args.modality == "xray":
+            pairs = [(s["cobb_angles_deg"], s["cobb_truth_deg"]) for s in scored]
+            summary[source]["cobb_smape_percent"] = cobb.smape([p for p, _ in pairs], [t for _, t in pairs])
+            summary[source]["cobb_undetermined"] = sum(p is None for p, _ in pairs)
+    print(json.dumps({**summary, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -180,8 +180,9 @@ def test_json_summary_has_levels_heights_and_cobb_angles(xray_run):
     written = json.loads(next(Path(out).glob("*.json")).read_text())
     assert written["segments"] == report["segments"]
     for segment in written["segments"]:
-        assert {"level", "height_mm", "terminology", "voxels", "area_mm2", "mean_uncertainty", "max_uncertainty"} <= set(segment)
-        assert segment["height_mm"] > 0
+        # a JPG radiograph has no pixel size: area and height are in pixels (issue 13)
+        assert {"level", "height_px", "terminology", "voxels", "area_px", "mean_uncertainty", "max_uncertainty"} <= set(segment)
+        assert segment["height_px"] > 0 and segment["area_px"] == segment["voxels"]
         assert segment["level"] is None or segment["name"] == f"{segment['level']} vertebral body"
     angles = written["cobb_angles_deg"]
     assert set(angles) == {"PT", "MT", "TL"} and all(0 <= angles[k] <= 90 for k in angles)
@@ -203,7 +204,7 @@ def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
             assert table.GetValue(row, 0).ToString() == segment["name"]
             assert table.GetValue(row, 1).ToString() == (segment["level"] or "")
             assert table.GetValue(row, 3).ToInt() == segment["voxels"]
-            assert table.GetValue(row, 5).ToDouble() == pytest.approx(segment["height_mm"])
+            assert table.GetValue(row, 5).ToDouble() == pytest.approx(segment["height_px"])  # a JPG: pixels (the spacing read is 1)
         segmentation = mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode")[0].GetSegmentation()
         assert segmentation.GetNumberOfSegments() == len(report["segments"])
         import vtk

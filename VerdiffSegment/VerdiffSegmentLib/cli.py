@@ -80,9 +80,13 @@ def spacing_known(path: Path, image: sitk.Image) -> bool:
     return not (path.suffix.lower() in PIXEL_FORMATS and all(s == 1.0 for s in image.GetSpacing()))
 
 
+PIXEL_KEYS = {"area_mm2": "area_px", "height_mm": "height_px"}
+
+
 def in_pixels(segments: list[dict]) -> list[dict]:
-    """Segments whose ``area_mm2`` (spacing unknown) becomes ``area_px``, the pixel count."""
-    return [{("area_px" if key == "area_mm2" else key): (segment["voxels"] if key == "area_mm2" else value) for key, value in segment.items()} for segment in segments]
+    """Segments of an image whose spacing is unknown: ``area_mm2`` becomes ``area_px`` (the
+    pixel count) and ``height_mm`` ``height_px`` (the same number: the spacing read was 1)."""
+    return [{PIXEL_KEYS.get(key, key): (segment["voxels"] if key == "area_mm2" else value) for key, value in segment.items()} for segment in segments]
 
 
 def modality_warning(detected: str, card, name: str) -> str | None:

@@ -71,8 +71,8 @@ class SegmentationResult:
     segments: list[dict]  # per label: value, name, covers, color, voxels, volume_mm3, mean/max uncertainty
     settings: dict
     timings: dict = field(default_factory=dict)
-    probability: sitk.Image | None = None  # float32 foreground probability on the input grid (``keep_probability``)
     measurements: dict = field(default_factory=dict)  # e.g. "cobb_angles_deg" of an AP X-ray
+    probability: sitk.Image | None = None  # float32 foreground probability on the input grid (``keep_probability``)
 
 
 def detect_modality(image: sitk.Image) -> str:

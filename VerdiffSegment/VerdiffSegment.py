@@ -118,7 +118,7 @@ class VerdiffSegmentParameterNode:
 
     inputVolume: vtkMRMLScalarVolumeNode
     model: str = "auto"
-    steps: Annotated[int, WithinRange(1, 1000)] = 5
+    steps: Annotated[int, WithinRange(1, 1000)] = 5  # the widest any card takes; the spin box narrows to the chosen card's (_updateModelInfo)
     ensemble: Annotated[int, WithinRange(1, 32)] = 3
     seed: Annotated[int, WithinRange(0, 2147483647)] = 0
     device: Annotated[str, Choice(["auto", "cpu", "cuda"])] = "auto"
@@ -295,8 +295,13 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         sampled = slicer_logic.samples(card)
         for widget in (self.ui.stepsSpinBox, self.ui.ensembleSpinBox):
             widget.enabled = sampled and self._job is None
+        if sampled:  # the card's real ranges (a Verdiff-Net card sampling from t=150 takes 1-151 steps)
+            (fewest, most), (smallest, largest) = card.steps_range(), card.ensemble_range()
+            self.ui.stepsSpinBox.setRange(fewest, most)
+            self.ui.ensembleSpinBox.setRange(smallest, largest)
+            self.ui.stepsSpinBox.toolTip = _("Reverse-diffusion steps per sample ({fewest}-{most} for this model).").format(fewest=fewest, most=most)
         template = (
-            _("{prefix} (v{version}, {family}, {modality}). {labels}. Defaults: {steps} steps, ensemble of {ensemble}.")
+            _("{prefix} (v{version}, {family}, {modality}). {labels}. Defaults: {steps} steps (accepts {fewest}-{most}), ensemble of {ensemble}.")
             if sampled
             else _("{prefix} (v{version}, {family}, {modality}). {labels}. Deterministic: one pass, no sampling steps, no uncertainty.")
         )
@@ -308,6 +313,8 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             labels=labels,
             steps=card.default_steps,
             ensemble=card.default_ensemble,
+            fewest=card.steps_range()[0] if sampled else 0,
+            most=card.steps_range()[1] if sampled else 0,
         )
         if card.name != self._parameterNode.defaultsFromModel:
             # A different model: start from its defaults.

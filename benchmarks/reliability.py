@@ -104,6 +104,11 @@ def leftovers(outdir: Path) -> list[str]:
     return found
 
 
+def is_progress_line(line: str) -> bool:
+    """A line of ``verdiff segment``'s plain progress (``progress.ProgressPrinter`` lines mode)."""
+    return line.startswith("verdiff: ") and not line.startswith(("verdiff: error:", "verdiff: warning:"))
+
+
 def run_case(case: Case, workdir: Path) -> Outcome:
     expected = "exit 2; " + " + ".join(case.expected)
     try:
@@ -113,7 +118,9 @@ def run_case(case: Case, workdir: Path) -> Outcome:
     try:
         before = snapshot(invocation.outdir)
         result = run_verdiff(invocation.args, invocation.env)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        # Progress lines (``verdiff: read ..., sampled ...`` when stderr is piped) come before an
+        # error that only writing can find (a full disk); every other line counts.
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not is_progress_line(line)]
         problems = []
         if result.returncode != 2:
             problems.append(f"exit code {result.returncode}")

@@ -19,7 +19,7 @@ from VerdiffSegmentLib.reliability import SELF_DICE_WARNING
 
 
 def rows_of(data: dict) -> list[dict]:
-    if "cases" in data:
+    if isinstance(data.get("cases"), list):
         return [r for r in data["cases"] if "reliability" in r]
     rows = []
     for value in data.get("suites", data).values():

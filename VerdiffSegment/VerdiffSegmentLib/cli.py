@@ -48,8 +48,8 @@ from . import __version__
 from .errors import VerdiffError
 from .io import read_image
 from .models import AUTO_MODALITY, MAX_ENSEMBLE, list_cards, load_network
-from .outputs import staged_outputs
-from .pipeline import choose_card, detect_modality, resolve_device, segment
+from .outputs import check_output_folder, staged_outputs
+from .pipeline import check_card_fits, choose_card, detect_modality, resolve_device, segment
 from .progress import MODES, ProgressPrinter, StageTracker
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".jpg", ".jpeg", ".png", ".dcm", ".tif", ".tiff")
@@ -150,12 +150,14 @@ def run_segment(
     prefetch.start()
     clock = time.perf_counter()
     source = Path(input)
+    check_output_folder(output)  # a folder that cannot be written fails now, not after the work
     report_stage("read", 0, 1)
     image = read_image(source)
     report_stage("read", 1, 1)
     read_seconds = time.perf_counter() - clock
     card = choose_card(image, model)
     modality = detect_modality(image)
+    check_card_fits(image, card)  # an impossible model is an error, not first a warning
     warnings = [w for w in [modality_warning(modality, card, source.name)] if w]
     for warning in warnings:
         if warn is not None:

@@ -23,7 +23,6 @@ import numpy as np
 import SimpleITK as sitk
 
 from .errors import VerdiffError
-from .inferers.sagittal import sagittal_axes
 from .memory import refuse_above_available
 
 MIN_PLANE_SIZE = 8  # pixels: smaller than this is not an image of a spine
@@ -330,6 +329,8 @@ def check_image(image: sitk.Image, name: str = "image") -> None:
     if array.min() == array.max():
         raise VerdiffError(f"{name} is constant (every voxel is {array.flat[0]}); there is nothing to segment")
     if dim == 3 and single_slice_axis(image) is None:
+        from .inferers.sagittal import sagittal_axes  # here: the inferers import torch, which Slicer may not have yet
+
         _, row_axis, col_axis, _ = sagittal_axes(image)
         plane = (size[row_axis], size[col_axis])
         if min(plane) < MIN_PLANE_SIZE:

@@ -49,6 +49,23 @@ STAGING_PREFIX = ".verdiff-staging-"
 COMMIT_PREFIX = ".verdiff-commit-"
 
 
+def check_output_folder(outdir: str | Path) -> None:
+    """Refuse, before any work, an OUTDIR that cannot be written: a file, or a folder (or its
+    nearest existing parent) without write permission or on a read-only file system. A full
+    disk shows only when writing (``staged_outputs``)."""
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise VerdiffError(f"output {outdir} exists and is not a folder")
+    existing = outdir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise VerdiffError(f"cannot write into output folder {outdir}: {existing} is not a folder")
+    read_only = hasattr(os, "statvfs") and bool(os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1))
+    if read_only or not os.access(existing, os.W_OK | os.X_OK):
+        raise VerdiffError(f"cannot write into output folder {outdir}: {os.strerror(errno.EROFS if read_only else errno.EACCES)}")
+
+
 @contextlib.contextmanager
 def staged_outputs(outdir: str | Path) -> Iterator[Path]:
     """Yield an empty staging folder; when the block ends without error, move its files into

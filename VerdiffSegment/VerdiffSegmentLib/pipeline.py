@@ -82,6 +82,12 @@ def detect_modality(image: sitk.Image) -> str:
     return "CT" if looks_like_ct(image) else "MR"
 
 
+def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
+    """A 3D model (card network ``spatial_dims`` 3) segments volumes only."""
+    if card.spatial_dims == 3 and (image.GetDimension() == 2 or single_slice_axis(image) is not None):
+        raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
+
+
 def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
     return get_card(AUTO_MODALITY[detect_modality(image)] if name == "auto" else name)
 
@@ -141,9 +147,8 @@ def segment(
         raise VerdiffError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
     torch_device = resolve_device(device)
     check_image(image)
+    check_card_fits(image, card)
     volumetric = card.spatial_dims == 3
-    if volumetric and (image.GetDimension() == 2 or single_slice_axis(image) is not None):
-        raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
     refuse_segmentation_above_available(image, card, ensemble, batch_size)  # before any large allocation
     scheduler = make_scheduler(card)
     if scheduler is None:  # a deterministic family: one pass, no samples

@@ -16,7 +16,7 @@ from training.logs import RunLog
 
 def smoke_command() -> list[str]:
     """The smoke-test command exactly as docs/training.md gives it."""
-    text = (REPO / "docs" / "training.md").read_text()
+    text = (REPO / "docs" / "training.md").read_text(encoding="utf-8")
     section = text[text.index("## Smoke test") :]
     line = next(line for line in section.splitlines() if line.startswith(".venv/bin/python -m training train"))
     return shlex.split(line)[1:]

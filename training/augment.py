@@ -51,7 +51,7 @@ default), so a sample does not depend on the process, rank or resume point that 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import scipy.ndimage as ndi
@@ -221,34 +221,30 @@ def rescale_percentiles(image: np.ndarray, low: float = 0.5, high: float = 99.5)
     return np.clip((image - lo) / (hi - lo), 0.0, 1.0)
 
 
+PAPER = Augmentation(
+    rotation_deg=30.0,
+    rotation_p=0.5,
+    shift_fraction=(0.01, 0.05),
+    shift_p=0.5,
+    elastic_px=4.0,
+    elastic_sigma_px=20.0,
+    elastic_p=0.5,
+    contrast=(0.75, 1.25),
+    contrast_p=0.5,
+    gamma=(0.7, 1.5),
+    gamma_p=0.5,
+)
+
 PRESETS = {
     "light": Augmentation(rotation_deg=15.0, rotation_p=0.5, gamma=(0.7, 1.5), gamma_p=1.0),
-    "paper": Augmentation(
-        rotation_deg=30.0,
-        rotation_p=0.5,
-        shift_fraction=(0.01, 0.05),
-        shift_p=0.5,
-        elastic_px=4.0,
-        elastic_sigma_px=20.0,
-        elastic_p=0.5,
-        contrast=(0.75, 1.25),
-        contrast_p=0.5,
-        gamma=(0.7, 1.5),
-        gamma_p=0.5,
-    ),
+    "paper": PAPER,
     "none": Augmentation(),
-    "any-contrast": Augmentation(
-        rotation_deg=30.0,
-        rotation_p=0.5,
-        shift_fraction=(0.01, 0.05),
-        shift_p=0.5,
-        elastic_px=4.0,
-        elastic_sigma_px=20.0,
+    # the paper's geometry (deformed less often), then the contrast and resolution randomisation
+    "any-contrast": replace(
+        PAPER,
         elastic_p=0.3,
-        contrast=(0.75, 1.25),
         contrast_p=0.3,
         gamma=(0.5, 2.0),
-        gamma_p=0.5,
         scale=(0.8, 1.25),
         scale_p=0.5,
         slab_p=0.25,

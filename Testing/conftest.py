@@ -20,7 +20,7 @@ def xray_image() -> Path:
     """A held-out AASCE image (file names contain spaces)."""
     import json
 
-    card = json.loads((MODELS / "verdiff-xray.json").read_text())
+    card = json.loads((MODELS / "verdiff-xray.json").read_text(encoding="utf-8"))
     name = card["training"]["split"]["validation"][0]
     return DATA / "xray-aasce" / "data" / "training" / f"{name}.jpg"
 

@@ -56,4 +56,4 @@ def test_a_run_trains_from_the_cache(tmp_path, data_dir, mr_cases, one_thread):
     write_cache(run, data_dir, tmp_path / "mr.npz", limit=2)
     options = TrainOptions(steps=2, batch_size=2, crop=32, cache=str(tmp_path / "mr.npz"), tensorboard=False, workers=1)
     path = train(run, tmp_path / "no-data-here", tmp_path / "run", options)
-    assert path.exists() and json.loads((tmp_path / "run" / "split.json").read_text())["train"] == ["VB3_01", "VB3_02"]
+    assert path.exists() and json.loads((tmp_path / "run" / "split.json").read_text(encoding="utf-8"))["train"] == ["VB3_01", "VB3_02"]

@@ -27,7 +27,7 @@ def segment_to(input_path: Path, outdir: Path, *options) -> dict:
     verdiff("segment", input_path, "-o", outdir, *options)
     reports = list(outdir.glob("*.json"))
     assert len(reports) == 1, "the JSON report must be the only .json in OUTDIR"
-    return json.loads(reports[0].read_text())
+    return json.loads(reports[0].read_text(encoding="utf-8"))
 
 
 def assert_same_geometry(image: sitk.Image, reference: sitk.Image):

@@ -42,10 +42,10 @@ def test_a_batch_with_one_bad_file_gives_the_other_results_and_fails(tmp_path):
 
     assert sorted(p.name for p in outdir.iterdir()) == ["case_a", "case_b", "summary.csv", "summary.json"]
     for case in ("case_a", "case_b"):
-        report = json.loads((outdir / case / f"{case}.json").read_text())
+        report = json.loads((outdir / case / f"{case}.json").read_text(encoding="utf-8"))
         assert Path(report["outputs"]["labels"]).parent == (outdir / case).resolve()
         assert sitk.ReadImage(report["outputs"]["labels"]).GetSize() == (224, 224, 20)
-    summary = json.loads((outdir / "summary.json").read_text())
+    summary = json.loads((outdir / "summary.json").read_text(encoding="utf-8"))
     assert (summary["cases"], summary["succeeded"], summary["failed"]) == (3, 2, 1)
     status = {case["case"]: case["status"] for case in summary["results"]}
     assert status == {"broken": "failed", "case_a": "ok", "case_b": "ok"}

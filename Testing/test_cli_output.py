@@ -72,7 +72,7 @@ def test_progress_json_report_nifti_and_preview(tmp_path, mr_slab):
     outputs = report["outputs"]
     assert set(outputs) == {"labels", "uncertainty", "segmentation", "scene", "preview", "report"}
     assert sorted(Path(p).name for p in outputs.values()) == sorted(p.name for p in outdir.iterdir())
-    assert json.loads(Path(outputs["report"]).read_text()) == report
+    assert json.loads(Path(outputs["report"]).read_text(encoding="utf-8")) == report
     assert outputs["labels"].endswith("mr slab_labels.nii.gz") and outputs["uncertainty"].endswith(".nii.gz")
     source = sitk.ReadImage(str(mr_slab))
     labels, uncertainty = sitk.ReadImage(outputs["labels"]), sitk.ReadImage(outputs["uncertainty"])
@@ -91,7 +91,7 @@ def test_plain_lines_and_text_summary_when_piped(tmp_path, mr_slab):
     assert lines and all(line.startswith("verdiff: ") and "\r" not in line and "\033" not in line for line in lines), lines
     assert "read" in lines[0] and "model loaded" in lines[0] and "sampling" in lines[0]
     assert any("sampled 24 slices" in line for line in lines) and "written" in lines[-1]
-    report = json.loads((outdir / "mr slab.json").read_text())
+    report = json.loads((outdir / "mr slab.json").read_text(encoding="utf-8"))
     assert "scene" not in report["outputs"] and not list(outdir.glob("*.mrb"))
     assert sorted(Path(p).name for p in report["outputs"].values()) == sorted(p.name for p in outdir.iterdir())
     text = result.stdout

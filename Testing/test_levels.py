@@ -120,7 +120,7 @@ def test_terminology_of_named_segments():
 
 
 def test_cobb_procedure_reproduces_the_aasce_angles_from_the_landmarks():
-    names = [line.strip() for line in (XRAY / "labels" / "training" / "filenames.csv").read_text().splitlines() if line.strip()]
+    names = [line.strip() for line in (XRAY / "labels" / "training" / "filenames.csv").read_text(encoding="utf-8").splitlines() if line.strip()]
     truth = np.loadtxt(XRAY / "labels" / "training" / "angles.csv", delimiter=",")
     measured = []
     for name in names:
@@ -177,7 +177,7 @@ def test_union_of_vertebrae_is_the_binary_result():
 
 def test_json_summary_has_levels_heights_and_cobb_angles(xray_run):
     _source, out, report = xray_run
-    written = json.loads(next(Path(out).glob("*.json")).read_text())
+    written = json.loads(next(Path(out).glob("*.json")).read_text(encoding="utf-8"))
     assert written["segments"] == report["segments"]
     for segment in written["segments"]:
         # a JPG radiograph has no pixel size: area and height are in pixels (issue 13)

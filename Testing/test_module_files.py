@@ -61,7 +61,7 @@ def ui_widgets() -> dict[str, ET.Element]:
 
 
 def module_tree() -> ast.Module:
-    return ast.parse(MODULE.read_text(), filename=str(MODULE))
+    return ast.parse(MODULE.read_text(encoding="utf-8"), filename=str(MODULE))
 
 
 def parameter_fields() -> dict[str, str]:
@@ -101,7 +101,7 @@ def test_ui_is_valid_designer_xml():
 
 
 def test_every_widget_the_module_reaches_exists_with_its_class():
-    reached = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text())) | set(re.findall(r"widget\.ui\.(\w+)", MODULE.read_text()))
+    reached = set(re.findall(r"self\.ui\.(\w+)", MODULE.read_text(encoding="utf-8"))) | set(re.findall(r"widget\.ui\.(\w+)", MODULE.read_text(encoding="utf-8")))
     widgets = ui_widgets()
     unknown = reached - set(EXPECTED_WIDGETS)
     assert not unknown, f"the module reaches widgets this test does not know: {unknown}"
@@ -124,7 +124,7 @@ def test_parameter_bindings_match_the_parameter_node():
         kind = fields[parameter]
         assert widget.get("class") in CONNECTOR_WIDGETS[kind], f"{parameter} ({kind}) bound to a {widget.get('class')}"
     # ranges in the .ui agree with the parameter node's
-    text = MODULE.read_text()
+    text = MODULE.read_text(encoding="utf-8")
     for parameter, low, high in (("steps", 1, 1000), ("ensemble", 1, 32)):
         assert re.search(rf"{parameter}: Annotated\[int, WithinRange\({low}, {high}\)\]", text), parameter
         widget = bound[parameter]
@@ -144,7 +144,7 @@ def test_ui_connects_the_scene_to_the_node_selector():
 def test_apply_button_says_segment_vertebrae():
     button = ui_widgets()["applyButton"]
     assert [p.findtext("string") for p in button.findall("property") if p.get("name") == "text"] == ["Segment vertebrae"]
-    text = MODULE.read_text()
+    text = MODULE.read_text(encoding="utf-8")
     assert '_("Segment vertebrae")' in text and '_("Cancel")' in text
 
 
@@ -163,7 +163,7 @@ def test_module_follows_the_scripted_module_template():
     assert classes["VerdiffSegmentLogic"] == ["ScriptedLoadableModuleLogic"]
     assert classes["VerdiffSegmentTest"] == ["ScriptedLoadableModuleTest"]
     assert "VerdiffSegmentParameterNode" in classes
-    text = MODULE.read_text()
+    text = MODULE.read_text(encoding="utf-8")
     assert "from slicer.i18n import tr as _" in text
     assert "PyTorchUtils" in text and "slicer.util.pip_install" in text
     assert "slicer.util.errorDisplay" in text
@@ -176,7 +176,7 @@ GUI_SLICER_ATTRIBUTES = {"app", "mrmlScene", "modules", "qMRMLNodeComboBox", "qS
 def gui_uses(path: Path) -> list[str]:
     """Imports of Qt/CTK and uses of slicer.app-like attributes in the code (not in text)."""
     found = []
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names if alias.name.split(".")[0] in GUI_MODULES]
         elif isinstance(node, ast.ImportFrom) and node.module and node.module.split(".")[0] in GUI_MODULES:
@@ -211,7 +211,7 @@ def test_slicer_logic_imports_without_qt_and_without_torch():
 
 
 def cmake_text() -> str:
-    return CMAKE.read_text()
+    return CMAKE.read_text(encoding="utf-8")
 
 
 def test_cmake_declares_the_extension():
@@ -270,7 +270,7 @@ def test_installed_layout_finds_resources_and_models(tmp_path):
     assert Path(module_file).is_relative_to(target)
     assert Path(models_dir) == target / "Resources" / "Models"
     # the module's own lookup (resourcePath) uses the same rule: beside it, else one up
-    source = MODULE.read_text()
+    source = MODULE.read_text(encoding="utf-8")
     assert 'for base in (moduleDir, os.path.dirname(moduleDir))' in source
 
 

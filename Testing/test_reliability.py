@@ -64,7 +64,7 @@ def visible(outdir: Path) -> list[str]:
 def assert_consistent_set(outdir: Path, stem: str):
     """The JSON summary lists files that exist, and its statistics are those of the label map
     and uncertainty beside it: the set comes from one run."""
-    report = json.loads((outdir / f"{stem}.json").read_text())
+    report = json.loads((outdir / f"{stem}.json").read_text(encoding="utf-8"))
     for path in report["outputs"].values():
         assert Path(path).is_file(), path
     labels = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"]))
@@ -142,7 +142,7 @@ def test_a_half_committed_set_is_finished_by_the_next_run(tmp_path):
     with staged_outputs(outdir) as staging:
         (staging / "T.json").write_text("{}")
     assert sorted(p.name for p in outdir.iterdir()) == ["S.json", "S.mrb", "S_labels.nrrd", "S_uncertainty.nrrd", "T.json"]
-    assert (outdir / "S_uncertainty.nrrd").read_text() == "new" and json.loads((outdir / "S.json").read_text()) == {"run": "new"}
+    assert (outdir / "S_uncertainty.nrrd").read_text(encoding="utf-8") == "new" and json.loads((outdir / "S.json").read_text(encoding="utf-8")) == {"run": "new"}
 
 
 def test_a_failed_write_keeps_the_earlier_outputs(tmp_path):
@@ -153,7 +153,7 @@ def test_a_failed_write_keeps_the_earlier_outputs(tmp_path):
         with staged_outputs(outdir) as staging:
             (staging / "S.json").write_text("second")
             1 / 0
-    assert sorted(p.name for p in outdir.iterdir()) == ["S.json"] and (outdir / "S.json").read_text() == "first"
+    assert sorted(p.name for p in outdir.iterdir()) == ["S.json"] and (outdir / "S.json").read_text(encoding="utf-8") == "first"
 
 
 def test_a_full_disk_keeps_the_earlier_outputs(tmp_path, data_dir):

@@ -176,11 +176,11 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir):
                "--out", str(ddp), "--data", str(data_dir), "--steps", "3", "--lr", "1e-4", *TINY_ARGS]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((ddp / "summary.json").read_text())
+    summary = json.loads((ddp / "summary.json").read_text(encoding="utf-8"))
     assert summary["world_size"] == 2 and len(summary["rank_weight_sha256"]) == 2
     assert summary["rank_weight_sha256"][0] == summary["rank_weight_sha256"][1]
-    assert json.loads((ddp / "run.json").read_text())["settings"]["global_batch"] == 4
-    assert "torchrun --nnodes 1 --nproc_per_node 2" in (ddp / "command.txt").read_text()
+    assert json.loads((ddp / "run.json").read_text(encoding="utf-8"))["settings"]["global_batch"] == 4
+    assert "torchrun --nnodes 1 --nproc_per_node 2" in (ddp / "command.txt").read_text(encoding="utf-8")
 
     train(mr_run(), data_dir, single, tiny_options(steps=3, lr=1e-4, batch_size=4))
     assert float(log_rows(ddp)[0]["total"]) == pytest.approx(float(log_rows(single)[0]["total"]), rel=1e-5)
@@ -295,7 +295,7 @@ def test_recipe_splits_are_unchanged(data_dir):
     assert mr == {"train": ["VB3_01", "VB3_02"], "validation": ["VB3_17", "VB3_18", "VB3_20", "VB3_35", "VB3_42", "VB3_48", "VB3_49", "VB3_51"]}
     assert MR_VALIDATION == mr["validation"]
     _, xray = datasets.training_cases(recipe_config("verdiff-xray"), data_dir, limit=0)
-    card = json.loads((MODELS / "verdiff-xray.json").read_text()) if (MODELS / "verdiff-xray.json").exists() else None
+    card = json.loads((MODELS / "verdiff-xray.json").read_text(encoding="utf-8")) if (MODELS / "verdiff-xray.json").exists() else None
     if card is not None:
         assert xray["validation"] == card["training"]["split"]["validation"]
     assert len(xray["validation"]) == 48
@@ -324,10 +324,10 @@ include = ["VB3_01", "VB3_02", "VB3_03"]
     assert [label["name"] for label in run.card_labels] == [f"L{i} vertebral body" for i in range(1, 6)]
     out = tmp_path / "run"
     train(run, data_dir, out, tiny_options(steps=2, limit=None))
-    split = json.loads((out / "split.json").read_text())
+    split = json.loads((out / "split.json").read_text(encoding="utf-8"))
     assert split["train"] == ["VB3_01", "VB3_02"] and split["validation"] == ["VB3_03"]
     assert load_weights(out / "model.pt")["denoiser.head.2.weight"].shape[0] == 5  # one channel per level
-    config.write_text(config.read_text().replace('source = "lumbar-1-5"', 'source = "lumbar-1-5"\nspacing = 2'))
+    config.write_text(config.read_text(encoding="utf-8").replace('source = "lumbar-1-5"', 'source = "lumbar-1-5"\nspacing = 2'))
     with pytest.raises(ValueError, match="unknown keys"):
         load_config(config)
     with pytest.raises(ValueError, match="unknown label source"):

@@ -46,7 +46,7 @@ def test_train_steps_is_the_name_and_steps_a_deprecated_alias(tmp_path, data_dir
     old = subprocess.run([sys.executable, "-m", "training", "train", "verdiff-mr", "--out", str(tmp_path / "old"), "--steps", "3", *common], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert old.returncode == 0, old.stderr
     assert "deprecated" in old.stderr and "--train-steps" in old.stderr
-    assert json.loads((tmp_path / "old" / "summary.json").read_text())["step"] == 3
+    assert json.loads((tmp_path / "old" / "summary.json").read_text(encoding="utf-8"))["step"] == 3
     assert "--train-steps" in subprocess.run([sys.executable, "-m", "training", "train", "--help"], cwd=REPO, capture_output=True, text=True).stdout
 
 
@@ -69,7 +69,7 @@ def test_validation_samples_as_the_bundled_card_unless_told_otherwise():
     from training.configs import recipe_config
 
     unset = Namespace(val_steps=None, val_ensemble=None, val_start_timestep=None)
-    card = json.loads((REPO / "Resources" / "Models" / "verdiff-mr.json").read_text())
+    card = json.loads((REPO / "Resources" / "Models" / "verdiff-mr.json").read_text(encoding="utf-8"))
     expected = {"val_steps": card["defaults"]["steps"], "val_ensemble": card["defaults"]["ensemble"], "val_start_timestep": card["scheduler"]["start_timestep"]}
     assert validation_sampling(unset, recipe_config("verdiff-mr")) == expected
     # a model without a bundled card of its name and family: the loop's defaults

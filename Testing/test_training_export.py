@@ -38,7 +38,7 @@ def tiny_run(tmp_path_factory, data_dir):
 
 def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_run, data_dir, capsys):
     main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1"])
-    card = json.loads((tmp_path / "tiny-mr.json").read_text())
+    card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["sha256"] == sha256_of(tmp_path / "tiny-mr.pt")
     export = card["export"]
     assert export["precision"] == ("fp16" if export["fp16_dice_mean"] >= export["fp32_dice_mean"] - export["tolerance"] else "fp32")
@@ -59,13 +59,13 @@ def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_r
 
 def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_path, tiny_run, data_dir, capsys):
     main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
-    before = json.loads((tmp_path / "tiny-mr.json").read_text())
+    before = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     common = ["--models-dir", str(tmp_path), "--data", str(data_dir)]
     with pytest.raises(SystemExit):  # 200 steps cannot fit below timestep 150: refused before any work
         main(["defaults", "tiny-mr", "--steps", "200", "--ensemble", "2", "--start-timestep", "150", *common])
-    assert json.loads((tmp_path / "tiny-mr.json").read_text()) == before
+    assert json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8")) == before
     main(["defaults", "tiny-mr", "--steps", "1", "--ensemble", "2", "--start-timestep", "150", *common])
-    card = json.loads((tmp_path / "tiny-mr.json").read_text())
+    card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["defaults"] == {"steps": 1, "ensemble": 2} and card["scheduler"]["start_timestep"] == 150
     assert card["sha256"] == before["sha256"] == sha256_of(tmp_path / "tiny-mr.pt")
     assert card["validation"]["settings"] == {"steps": 1, "ensemble": 2, "seed": 0, "start_timestep": 150}
@@ -77,7 +77,7 @@ def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_pat
 def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, data_dir, capsys):
     out = tmp_path / "figures.json"
     main(["evaluate", "--run", str(tiny_run), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--out", str(out)])
-    result = json.loads(out.read_text())
+    result = json.loads(out.read_text(encoding="utf-8"))
     assert result["evaluated_on"] == "validation split" and len(result["cases"]) == 1
     row = result["cases"][0]
     assert set(row) >= {"case", "dice", "iou", "hd95", "nsd"}
@@ -112,7 +112,7 @@ def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, data_dir):
     it with the card's architecture, and the new card's history holds both stages and their sums."""
     main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1",
           "--precision", "fp32", "--start-timestep", "150"])
-    first = json.loads((tmp_path / "tiny-mr.json").read_text())
+    first = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert first["scheduler"]["start_timestep"] == 150 and first["validation"]["settings"]["start_timestep"] == 150
     assert first["training"]["cumulative"]["optimiser_steps"] == 3 and len(first["training"]["history"]) == 1
     with pytest.raises(SystemExit):  # the card's channels are 8,16,32: other channels cannot continue it
@@ -121,7 +121,7 @@ def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, data_dir):
     main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
           "--name", "tiny-mr", "--data", str(data_dir), "--out", str(second), "--init", str(tmp_path / "tiny-mr.pt"), "--steps", "2",
           "--batch-size", "2", "--crop", "48", "--limit", "1", "--threads", "1", "--no-tensorboard"])
-    run = json.loads((second / "run.json").read_text())
+    run = json.loads((second / "run.json").read_text(encoding="utf-8"))
     assert run["config"]["channels"] == [8, 16, 32] and run["settings"]["threads"] == 1
     from training.export import cumulative_training, training_history
 

@@ -50,3 +50,30 @@ def test_self_consistency_separates_sure_from_unsure_results():
     assert bad["self_dice"] < SELF_DICE_WARNING and bad["likely_wrong"] and len(bad["warnings"]) == 1
     empty = reliability_estimate(np.zeros_like(sure), spread, np.zeros((2, 32, 32), np.uint8))
     assert empty["likely_wrong"] and "no vertebra" in empty["warnings"][0]
+
+
+def test_the_bundled_mr_model_warns_on_a_bad_result_and_not_on_a_good_one(data_dir):
+    """The calibrated warning on real runs (issue 16): a clinical T1 slice of another hospital
+    that the MR model gets mostly wrong (Dice 0.59 at export) is flagged; a held-out subject it
+    segments well (VB3_18, Dice 0.91) is not."""
+    import json
+    import subprocess
+    import sys
+
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.models import get_card
+    from VerdiffSegmentLib.pipeline import segment
+
+    card = get_card("verdiff-mr")
+    good = segment(read_image(data_dir / "mr-lumbar-vb3" / "VB3_18_img.nii.gz"), card, device="cpu")
+    assert not good.settings["reliability"]["likely_wrong"] and good.settings["reliability"]["self_dice"] >= card.self_dice_warning
+    done = subprocess.run(
+        [sys.executable, "-m", "VerdiffSegmentLib.cli", "segment", str(data_dir / "mr-sagittal-2d" / "images" / "17.png"), "-o", "/dev/null/never",
+         "--model", "verdiff-mr", "--json", "--progress", "none"],
+        capture_output=True, text=True, timeout=300,
+    )
+    # /dev/null/never cannot be written: the run must stop before any work, with one error
+    assert done.returncode == 2 and done.stderr.count("verdiff: error:") == 1
+    bad = segment(read_image(data_dir / "mr-sagittal-2d" / "images" / "17.png"), card, device="cpu")
+    assert bad.settings["reliability"]["likely_wrong"] and "likely wrong" in bad.settings["reliability"]["warnings"][0]
+    assert json.dumps(bad.settings["reliability"])  # goes into the report as it is

@@ -196,7 +196,7 @@ def segment(
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
-        if card.data.get("modality") == "XR":
+        if card.modality == "XR":
             measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
@@ -204,8 +204,8 @@ def segment(
     timings["postprocess"] = time.perf_counter() - clock
     settings = {
         "model": card.name,
-        "model_version": card.data["version"],
-        "family": card.data["family"],
+        "model_version": card.version,
+        "family": card.family_name,
         "steps": steps,
         "ensemble": ensemble,
         "device": str(torch_device),

@@ -66,3 +66,15 @@ def test_cards_without_a_schema_version_are_version_1_and_parse_to_the_same_card
     assert old.schema_version == 1
     assert (old.default_steps, old.default_ensemble, old.channels, old.postprocess) == (1, 2, (16, 32, 64, 128), {"spine_bridge_mm": 15})
     assert parse_card(old.raw, old.path) == old  # parsing is a pure function of the JSON
+
+
+def test_one_resolver_takes_auto_a_modality_or_a_name():
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.pipeline import choose_card
+
+    from conftest import xray_image
+
+    image = read_image(str(xray_image()))
+    assert [choose_card(image, name).name for name in ("auto", "MR", "CT", "XR", "unet-xray")] == ["verdiff-xray", "verdiff-mr", "verdiff-ct", "verdiff-xray", "unet-xray"]
+    with pytest.raises(VerdiffError, match="unknown model 'mr'"):
+        choose_card(image, "mr")

@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("input", nargs="+", help="NIfTI, NRRD, MHA, a DICOM series folder, JPG or PNG; several, or a folder of images, make a batch (one subfolder of OUTDIR each)")
     seg.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (a batch: one subfolder per input, and summary.csv/.json)")
-    seg.add_argument("--model", default="auto", help="bundled model name (see 'verdiff models'), or auto: the default model for the input's modality")
+    seg.add_argument("--model", default="auto", help="bundled model name (see 'verdiff models'), a modality (MR, CT, XR: its default model), or auto: the default model for the input's modality")
     steps_help, ensemble_help = ranges_help()
     seg.add_argument("--steps", type=int, default=None, metavar="K", help=steps_help)
     seg.add_argument("--ensemble", type=int, default=None, metavar="N", help=ensemble_help)

@@ -89,7 +89,11 @@ def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
 
 
 def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
-    return get_card(AUTO_MODALITY[detect_modality(image)] if name == "auto" else name)
+    """The one card resolver (CLI, module, benchmarks): ``auto`` takes the default model of
+    the image's detected modality (``AUTO_MODALITY``), a modality (``MR``, ``CT``, ``XR``)
+    takes its default model, anything else is a bundled model's name."""
+    modality = detect_modality(image) if name == "auto" else name
+    return get_card(AUTO_MODALITY.get(modality, name))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -13,9 +13,11 @@ benchmarks and validation all use:
    blend mean probability and standard deviation alike (``sliding_window_inference``,
    ``VOLUME_OVERLAP``, Gaussian weights);
 4. label map = mean probability above 0.5, post-processed as the card says (``postprocess``:
-   the spine's connected chain kept, holes filled); uncertainty = the standard deviation of the
-   probability across the ensemble's samples (0 where only the prior was used); a
-   reliability estimate with its warnings (``reliability``);
+   the probability averaged across neighbouring slices, the spine's connected chain kept,
+   holes filled); uncertainty = the standard deviation of the probability across the
+   ensemble's samples (0 where only the prior was used), averaged over neighbouring voxels
+   where the card says; a reliability estimate with its warnings (``reliability``, from
+   the samples before any smoothing);
 5. map both back onto the input voxel grid: uncertainty linearly; labels of a binary model
    by mapping the mean foreground probability linearly and thresholding it at 0.5 there,
    so its boundary falls between the model grid's pixels (nearest-neighbour labels would
@@ -45,7 +47,7 @@ from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import name_vertebrae
 from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
-from .postprocess import postprocess
+from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import prepare_for_card
 from .reliability import SELF_DICE_WARNING, reliability_estimate
 from .transforms import pad_to_multiple
@@ -182,9 +184,12 @@ def segment(
 
     clock = time.perf_counter()
     raw_labels = labels_from_probability(probability)
+    # the reliability estimate sees the samples as they came (its thresholds were calibrated so)
+    reliability = reliability_estimate(probability, spread, postprocess(raw_labels, prepared.grid_spacing, card.postprocess), card.self_dice_warning or SELF_DICE_WARNING)
+    probability = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
+    raw_labels = labels_from_probability(probability)
     labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
-    reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
-    uncertainty_stack = spread.max(axis=1).astype(np.float32)
+    uncertainty_stack = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
     uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)
     foreground = None
     if network.num_classes == 1 or keep_probability:

@@ -12,7 +12,6 @@ way ([B, classes, D, H, W] out; the count is then of patches).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..schedulers import randn_tensor

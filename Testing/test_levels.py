@@ -142,7 +142,7 @@ def test_smape_is_aasce_s():
 
 @pytest.fixture(scope="module")
 def xray_run(tmp_path_factory):
-    """One held-out X-ray through the CLI (bundled model, one thread)."""
+    """One held-out X-ray through the CLI (bundled model, one thread), with its preview."""
     import torch
 
     from VerdiffSegmentLib.cli import run_segment
@@ -150,7 +150,7 @@ def xray_run(tmp_path_factory):
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("xray")
-    report = run_segment(xray_image(), out, device="cpu")
+    report = run_segment(xray_image(), out, device="cpu", preview=True)
     return xray_image(), out, report
 
 
@@ -186,6 +186,51 @@ def test_json_summary_has_levels_heights_and_cobb_angles(xray_run):
         assert segment["level"] is None or segment["name"] == f"{segment['level']} vertebral body"
     angles = written["cobb_angles_deg"]
     assert set(angles) == {"PT", "MT", "TL"} and all(0 <= angles[k] <= 90 for k in angles)
+    names = [s["level"] or s["name"] for s in written["segments"]]
+    ends = written["cobb_end_vertebrae"]
+    assert set(ends) == {"PT", "MT", "TL"}
+    for upper, lower in ends.values():
+        assert names.index(upper) <= names.index(lower)  # upper end first
+
+
+def test_preview_draws_each_cobb_angle_on_its_end_vertebrae(xray_run):
+    """The preview of the CLI run shows, in each angle's colour, a line along the upper end
+    vertebra's upper endplate and one along the lower end vertebra's lower endplate."""
+    from VerdiffSegmentLib import preview
+    from VerdiffSegmentLib.io import read_image
+
+    source, out, report = xray_run
+    picture = np.asarray(Image.open(report["outputs"]["preview"]).convert("RGB"))
+    labels = sitk.ReadImage(report["outputs"]["labels"])
+    plane = cobb.label_plane(labels)
+    value_of = {s["level"] or s["name"]: s["value"] for s in report["segments"]}
+    lines = preview.cobb_lines_on_canvas(read_image(source), labels, report, report["segments"])
+    assert set(lines) == {"PT", "MT", "TL"}
+    for name, (upper_line, lower_line) in lines.items():
+        colour = np.array(preview.COBB_COLOURS[name])
+        upper, lower = (value_of[end] for end in report["cobb_end_vertebrae"][name])
+        for line in (upper_line, lower_line):
+            (x0, y0), (x1, y1) = line
+            assert np.hypot(x1 - x0, y1 - y0) > 20  # wider than the vertebra
+            drawn = 0
+            for t in np.linspace(0.1, 0.9, 17):  # the line's own colour along it, where no other line crosses
+                x, y = round(x0 + t * (x1 - x0)), max(round(y0 + t * (y1 - y0)), 1)  # a top endplate may lie on the edge
+                drawn += bool((picture[y - 1 : y + 2, x - 1 : x + 2] == colour).all(axis=-1).any())
+            assert drawn >= 12, (name, drawn)
+        # in the label plane: the upper line's middle at the upper vertebra's top, the lower
+        # line's at the lower vertebra's bottom (within a tenth of its height: a tilted
+        # endplate's middle is above its lowest corner)
+        plane_lines = cobb.endplate_lines(plane, upper, lower)
+        for (start, end), value, top in ((plane_lines[0], upper, True), (plane_lines[1], lower, False)):
+            rows = np.nonzero((plane == value).any(axis=1))[0]
+            middle, tolerance = (start[1] + end[1]) / 2, 0.1 * (rows.max() - rows.min()) + 1
+            assert abs(middle - (rows.min() if top else rows.max())) <= tolerance, (name, value, middle, rows.min(), rows.max())
+    # the same picture without the angles has none of their colours on those lines
+    plain = np.asarray(preview.render_preview(read_image(source), labels, sitk.ReadImage(report["outputs"]["uncertainty"]), []))
+    for name, pair in lines.items():
+        colour = np.array(preview.COBB_COLOURS[name])
+        (x0, y0), (x1, y1) = pair[0]
+        assert not (plain[round((y0 + y1) / 2) - 1 : round((y0 + y1) / 2) + 2, round((x0 + x1) / 2) - 1 : round((x0 + x1) / 2) + 2] == colour).all(axis=-1).any()
 
 
 def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):

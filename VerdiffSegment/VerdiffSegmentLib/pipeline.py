@@ -36,7 +36,7 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cobb import cobb_angles
+from .cobb import cobb_measurements
 from .errors import VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
@@ -204,7 +204,7 @@ def segment(
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
         if card.data.get("modality") == "XR":
-            measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
+            measurements.update(cobb_measurements(labels, label_info))  # angles and end vertebrae
     if planar is not image:
         labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
         foreground = restore_from_plane(foreground, image) if foreground is not None else None

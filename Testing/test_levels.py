@@ -30,7 +30,7 @@ except ImportError:  # not installed: use the checkout
     from VerdiffSegmentLib import cobb, levels
 sys.path.insert(0, str(REPO))
 from VerdiffSegmentLib.models import get_card  # noqa: E402
-from VerdiffSegmentLib.terminology import parse_terminology, terminology_for_label  # noqa: E402
+from VerdiffSegmentLib.terminology import SLICER_VERTEBRAE, parse_terminology, terminology_for_label  # noqa: E402
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 
@@ -114,6 +114,55 @@ def test_terminology_of_named_segments():
     assert body["type"] == ("SCT", "3572006", "Vertebral body") and body["region"] == ("SCT", "36470004", "L3 vertebra")
     whole = parse_terminology(terminology_for_label({"name": "T12 vertebra", "covers": "vertebra T12", "level": "T12"}))
     assert whole["type"] == ("SCT", "23215003", "T12 vertebra") and whole["region"] == ("SCT", "122495006", "Thoracic spine")
+
+
+def test_levels_get_slicers_terminology_codes_and_colours():
+    """Slicer's values (its terminology file, see terminology.py) for a level of each region,
+    as the test's own copy, then every level of the embedded table."""
+    slicer = {"C1": ("14806007", (255, 255, 207)), "T12": ("23215003", (226, 202, 134)), "L3": ("36470004", (212, 188, 102)), "S1": ("65985001", (212, 208, 122))}
+    for level, (code, rgb) in slicer.items():
+        assert SLICER_VERTEBRAE[level][0] == code and SLICER_VERTEBRAE[level][2] == rgb
+    assert SLICER_VERTEBRAE["sacrum"][:2] == ("54735007", "Sacrum")
+    for index, (level, (code, meaning, rgb)) in enumerate(SLICER_VERTEBRAE.items()):
+        whole = parse_terminology(terminology_for_label({"name": f"{level} vertebra", "covers": f"vertebra {level}", "level": level}))
+        assert whole["type"] == ("SCT", code, meaning)
+        body = parse_terminology(terminology_for_label({"name": f"{level} vertebral body", "covers": f"vertebral body {level}", "level": level}))
+        assert body["type"] == ("SCT", "3572006", "Vertebral body") and body["region"] == ("SCT", code, meaning)
+        assert levels.level_color(level, index) == pytest.approx([c / 255 for c in rgb])
+    assert parse_terminology(terminology_for_label({"name": "S1 vertebra", "covers": "vertebra S1", "level": "S1"}))["region"] == ("SCT", "54735007", "Sacrum")
+    assert levels.level_color("T13", 0) == pytest.approx([c / 255 for c in (226, 202, 134)])  # no entry: its region's colour
+    assert levels.level_color(None, 0) != levels.level_color(None, 1)  # undecided neighbours still differ
+
+
+def test_named_segments_in_the_seg_nrrd_and_scene_carry_slicers_codes_and_colours(vb3_17, tmp_path):
+    from VerdiffSegmentLib import mrml
+
+    labels, segments = levels.vertebrae(union_of(vb3_17), "vertebral body", levels=LUMBAR)
+    assert [s["level"] for s in segments] == LUMBAR
+    image = sitk.Cast(vb3_17, sitk.sitkFloat32)
+    styles = [{"label": s["value"], "name": s["name"], "color": s["color"], "terminology": s["terminology"], "level": s["level"]} for s in segments]
+    paths = mrml.write_outputs(image, labels, image * 0, styles, "VB3_17", tmp_path, statistics=None)
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(paths["segmentation"]))
+    header.ReadImageInformation()
+    stored = {header.GetMetaData(f"Segment{i}_Name"): header.GetMetaData(f"Segment{i}_Color") for i in range(len(segments))}
+    for segment in segments:
+        code, _, rgb = SLICER_VERTEBRAE[segment["level"]]
+        assert [float(c) for c in stored[segment["name"]].split()] == pytest.approx([c / 255 for c in rgb], abs=1e-5)
+    scene = mrml.read_scene_bundle(paths["scene"])
+    try:
+        import vtk
+
+        segmentation = mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode")[0].GetSegmentation()
+        for segment in segments:
+            code, meaning, rgb = SLICER_VERTEBRAE[segment["level"]]
+            node_segment = segmentation.GetSegment(mrml.segment_id(segment["value"]))
+            assert node_segment.GetColor() == pytest.approx([c / 255 for c in rgb], abs=1e-5)
+            tag = vtk.reference("")
+            assert node_segment.GetTag("TerminologyEntry", tag)
+            assert parse_terminology(str(tag))["region"] == ("SCT", code, meaning)
+    finally:
+        mrml.close_scene(scene)
 
 
 # ------------------------------------------------------------------------ Cobb angles

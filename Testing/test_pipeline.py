@@ -16,10 +16,9 @@ import torch
 from torch import nn
 
 from VerdiffSegmentLib.errors import VerdiffError
-from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_stack
 from VerdiffSegmentLib.models import get_card, load_network, make_scheduler
 from VerdiffSegmentLib.pipeline import sample_slices, sample_volume, segment
-from VerdiffSegmentLib.transforms import intensity_range, normalise
+from VerdiffSegmentLib.preparation import prepare_for_card
 
 from conftest import MR_IMAGE
 
@@ -93,9 +92,7 @@ class GPUTooSmallForOneSlice(nn.Module):
 
 def sampler_input(image, card):
     """The network-ready stack of ``image`` for ``card`` (as ``segment`` prepares it) and a scheduler."""
-    reference = sagittal_reference(image, card.spacing_mm, card.spacing_mm if card.spatial_dims == 3 else None)
-    stack = to_sagittal_stack(image, reference, card.spacing_mm)
-    stack = normalise(stack, *intensity_range(sitk.GetArrayViewFromImage(image), card.normalisation))
+    stack = prepare_for_card(image, card).stack
     scheduler = make_scheduler(card)
     scheduler.set_timesteps(2)
     return stack, scheduler

@@ -200,7 +200,7 @@ def run_segment(
             from .preview import write_preview
 
             caption = preview_caption(stem, settings, segments)
-            names["preview"] = write_preview(staging / f"{stem}_preview.png", image, result.labels, result.uncertainty, caption).name
+            names["preview"] = write_preview(staging / f"{stem}_preview.png", image, result.labels, result.uncertainty, caption, result.measurements, result.segments).name
         names["report"] = f"{stem}.json"
         outputs = {key: str((outdir / name).resolve()) for key, name in names.items()}
         result.timings["load_model"] = result.timings.get("load_model", 0.0) + load_seconds

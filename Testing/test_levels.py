@@ -146,11 +146,12 @@ def xray_run(tmp_path_factory):
     import torch
 
     from VerdiffSegmentLib.cli import run_segment
+    from VerdiffSegmentLib.settings import SegmentSettings
     from conftest import xray_image
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("xray")
-    report = run_segment(xray_image(), out, device="cpu")
+    report = run_segment(xray_image(), out, SegmentSettings(device="cpu"))
     return xray_image(), out, report
 
 
@@ -189,7 +190,7 @@ def test_json_summary_has_levels_heights_and_cobb_angles(xray_run):
 
 
 def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
-    from VerdiffSegmentLib import mrml
+    from VerdiffSegmentLib.slicer_bound import mrml
 
     _source, out, report = xray_run
     scene = mrml.read_scene_bundle(next(Path(out).glob("*.mrb")))

@@ -96,10 +96,10 @@ def child(args: dict) -> dict:
     device = resolve_device(args["device"])
     prepared = prepare_for_card(image, card)
     planar, reference = prepared.planar, prepared.reference
-    channels = card.data["network"]["channels"]
+    channels = card.channels
     unet_family = get_family("unet")
     stack, (rows, cols) = pad_to_multiple(prepared.stack, 2 ** (len(channels) - 1))
-    unet = unet_family.network(num_classes=card.data["network"]["num_classes"], channels=channels).to(device, memory_format=torch.channels_last).eval()
+    unet = unet_family.network(num_classes=card.num_classes, channels=channels).to(device, memory_format=torch.channels_last).eval()
     batches = [torch.from_numpy(stack[start : start + args["batch_size"], None]).to(device) for start in range(0, len(stack), args["batch_size"])]
     unet_family.sample(unet, None, batches[0], 1, None)  # warm-up, untimed
 

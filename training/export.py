@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.models import ModelCard, sha256_of
+from VerdiffSegmentLib.models import ModelCard, parse_card, sha256_of
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .configs import RunConfig
@@ -140,7 +140,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
 
     def validate(card: dict) -> dict:
         """Figures through the card on disk: the weights file users load, the path they run."""
-        figures = evaluate(ModelCard(path, card), split_cases(run, data_root, split), steps, ensemble, seed=0)
+        figures = evaluate(parse_card(card, path), split_cases(run, data_root, split), steps, ensemble, seed=0)
         figures.update(unseen_patient_figures(figures, run, split))
         figures["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0, **({"start_timestep": start_timestep} if start_timestep is not None else {})}
         return figures
@@ -161,7 +161,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             card["validation"] = validation
         card["export"] = {"precision": "fp16" if keep_half else "fp32", "fp32_dice_mean": fp32_dice, "fp16_dice_mean": fp16_dice, "tolerance": tolerance}
     if suites:
-        figures = suite_figures(ModelCard(path, card), run, data_root, suites)
+        figures = suite_figures(parse_card(card, path), run, data_root, suites)
         (run_dir / "suites.json").write_text(json.dumps(figures, indent=1))  # with every case's row, beside the run
         card["validation_suites"] = {suite: {k: v for k, v in f.items() if k != "cases"} | {"cases": len(f["cases"])} for suite, f in figures.items()}
     path.write_text(json.dumps(card, indent=2))
@@ -192,7 +192,7 @@ def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int,
     card["defaults"] = {"steps": steps, "ensemble": ensemble}
     if start_timestep is not None:
         card["scheduler"] = {**card.get("scheduler", {}), "start_timestep": start_timestep}
-    model = ModelCard(path, card)
+    model = parse_card(card, path)
     model.family.scheduler(**card["scheduler"]).set_timesteps(steps)  # refuse impossible settings before any work
     run = run_config_of_card(model)
     split = card["training"]["split"]

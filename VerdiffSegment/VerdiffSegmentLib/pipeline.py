@@ -83,7 +83,11 @@ def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
 
 
 def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
-    return get_card(AUTO_MODALITY[detect_modality(image)] if name == "auto" else name)
+    """The one card resolver (CLI, module, benchmarks): ``auto`` takes the default model of
+    the image's detected modality (``AUTO_MODALITY``), a modality (``MR``, ``CT``, ``XR``)
+    takes its default model, anything else is a bundled model's name."""
+    modality = detect_modality(image) if name == "auto" else name
+    return get_card(AUTO_MODALITY.get(modality, name))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -182,7 +186,7 @@ def segment(
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
-        if card.data.get("modality") == "XR":
+        if card.modality == "XR":
             measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
@@ -190,8 +194,8 @@ def segment(
     timings["postprocess"] = time.perf_counter() - clock
     settings = {
         "model": card.name,
-        "model_version": card.data["version"],
-        "family": card.data["family"],
+        "model_version": card.version,
+        "family": card.family_name,
         "steps": steps,
         "ensemble": ensemble,
         "device": str(torch_device),

@@ -224,7 +224,7 @@ def card_for_volume(volume_node, model: str = "auto"):
 
 def card_title(card) -> str:
     """The model selector's entry: name, modality and what it segments."""
-    return f"{card.name} ({card.data.get('modality', '?')}): {', '.join(label['name'] for label in card.labels)}"
+    return f"{card.name} ({card.modality}): {', '.join(label['name'] for label in card.labels)}"
 
 
 def card_info(card) -> dict:
@@ -233,9 +233,9 @@ def card_info(card) -> dict:
     (``(0, 0)`` steps for a deterministic family)."""
     sampled = samples(card)
     return {
-        "version": card.data.get("version", "?"),
-        "family": card.data.get("family", "?"),
-        "modality": card.data.get("modality", "?"),
+        "version": card.version,
+        "family": card.family_name,
+        "modality": card.modality,
         "labels": "; ".join(f"{label['name']}: {label.get('covers', '')}" for label in card.labels),
         "samples": sampled,
         "steps": card.default_steps,

@@ -37,7 +37,7 @@ import SimpleITK as sitk
 import torch
 
 from .cobb import cobb_angles
-from .errors import Cancelled, VerdiffError  # noqa: F401 - Cancelled: raised here, imported from here
+from .errors import Cancelled, VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
 from .inferers.sliding_window import sliding_window_inference, window_slices

@@ -7,6 +7,8 @@ path), which needs neither and is checked to import without them
 - ``mrml``: Slicer files (``.seg.nrrd``, ``.mrb``) and nodes built with real MRML classes;
 - ``slicer_logic``: the Slicer module's logic without Qt: a volume node in, the
   ``verdiff segment`` process run on it, its outputs put into a scene in one go;
+- ``dependencies``: what the module needs in Slicer's Python, installed the Slicer way
+  (PyTorchUtils, ``slicer.util.pip_install``);
 - ``testing``: test bodies shared by the headless pytest suite and ``Slicer --testing``.
 
 Why the name ``slicer_bound`` and not ``slicer``: inside this folder ``import slicer``

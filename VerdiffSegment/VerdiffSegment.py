@@ -212,10 +212,8 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text = _("PyTorch is not installed yet.")
         elif warning:
             text = "\u26a0 " + warning
-        elif device == "cuda":
-            text = _("Runs on the GPU: {gpu} (PyTorch {torch}).").format(**info)
         else:
-            text = _("Runs on the CPU (PyTorch {torch}).").format(**info)
+            text = (_("Runs on the GPU: {gpu} (PyTorch {torch}).") if device == "cuda" else _("Runs on the CPU (PyTorch {torch}).")).format(**info)
         self.ui.deviceInfoLabel.text = text
 
     def onInstallDependencies(self) -> bool:
@@ -285,6 +283,8 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._onParameterNodeModified()  # re-applies what the chosen model allows
 
     def _onProcessOutput(self) -> None:
+        if self._process is None:  # a late signal of a process already let go
+            return
         text = bytes(self._process.readAllStandardError().data()).decode("utf-8", "replace")
         for stage, done, total in self._job.output.feed_stderr(text):
             self._showProgress(stage, done, total)

@@ -273,3 +273,12 @@ def test_write_input_of_an_rgb_volume_is_grey(scene, tmp_path):
     assert written.GetNumberOfComponentsPerPixel() == 1
     assert sitk.GetArrayViewFromImage(written)[0, 0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
     assert sitk.GetArrayViewFromImage(written)[0, 6, 6] == pytest.approx(0.299 * 10 + 0.587 * 20 + 0.114 * 30, abs=1e-3)
+
+
+def test_dependencies_are_found_and_nothing_is_installed_when_all_are_there():
+    """What the module's install button checks: torch, numpy and SimpleITK import here, so
+    installing asks nothing and changes nothing."""
+    from VerdiffSegmentLib.slicer_bound import dependencies
+
+    assert dependencies.missing() == []
+    assert dependencies.install(confirm_pip=lambda packages: pytest.fail(f"asked to install {packages}")) is True

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from conftest import CT_IMAGE, CT_LABELS, DATA, MR_IMAGE, MR_LABELS, xray_image
 from VerdiffSegmentLib.metrics import dice
-from VerdiffSegmentLib.mrml import close_scene, nodes_by_class, read_scene_bundle
+from VerdiffSegmentLib.slicer_bound.mrml import close_scene, nodes_by_class, read_scene_bundle
 
 
 def verdiff(*args) -> dict:

@@ -195,11 +195,12 @@ def xray_run(tmp_path_factory):
     import torch
 
     from VerdiffSegmentLib.cli import run_segment
+    from VerdiffSegmentLib.settings import SegmentSettings
     from conftest import xray_image
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("xray")
-    report = run_segment(xray_image(), out, device="cpu", preview=True)
+    report = run_segment(xray_image(), out, SegmentSettings(device="cpu"), preview=True)
     return xray_image(), out, report
 
 
@@ -283,7 +284,7 @@ def test_preview_draws_each_cobb_angle_on_its_end_vertebrae(xray_run):
 
 
 def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
-    from VerdiffSegmentLib import mrml
+    from VerdiffSegmentLib.slicer_bound import mrml
 
     _source, out, report = xray_run
     scene = mrml.read_scene_bundle(next(Path(out).glob("*.mrb")))

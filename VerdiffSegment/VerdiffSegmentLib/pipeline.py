@@ -39,17 +39,18 @@ import SimpleITK as sitk
 import torch
 
 from .cobb import cobb_measurements
-from .errors import VerdiffError
+from .errors import Cancelled, VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import name_vertebrae
-from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
+from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import prepare_for_card
 from .reliability import SELF_DICE_WARNING, reliability_estimate
+from .settings import SegmentSettings
 from .transforms import pad_to_multiple
 
 
@@ -57,13 +58,6 @@ from .transforms import pad_to_multiple
 # volume's faces is predicted by 2-8 windows, whose Gaussian-weighted average hides the
 # seams where a window's context is cut off (the MONAI/nnU-Net convention).
 VOLUME_OVERLAP = 0.5
-
-# Slices (3D models: windows) per network call; more is never faster and only risks memory.
-MAX_BATCH_SIZE = 4096
-
-
-class Cancelled(Exception):
-    """Raised inside ``segment`` when the caller's ``cancel()`` returns True."""
 
 
 @dataclass
@@ -145,25 +139,17 @@ def segment(
     decided (``levels.name_vertebrae``); the union is the model's foreground either way."""
     timings = {}
     clock = time.perf_counter()
-    steps = card.default_steps if steps is None else int(steps)
-    ensemble = card.default_ensemble if ensemble is None else int(ensemble)
-    if not 1 <= ensemble <= MAX_ENSEMBLE:
-        raise VerdiffError(f"ensemble size must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
-    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
-        raise VerdiffError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    # The one check of the request (settings.py); a deterministic card gets 0 steps, 1 member.
+    checked = SegmentSettings(card.name, steps, ensemble, str(device), seed, batch_size).for_card(card)
+    steps, ensemble, seed, batch_size = checked.steps, checked.ensemble, checked.seed, checked.batch_size
     torch_device = resolve_device(device)
     check_image(image)
     check_card_fits(image, card)
     volumetric = card.spatial_dims == 3
     refuse_segmentation_above_available(image, card, ensemble, batch_size)  # before any large allocation
     scheduler = make_scheduler(card)
-    if scheduler is None:  # a deterministic family: one pass, no samples
-        steps, ensemble = 0, 1
-    else:
-        try:
-            scheduler.set_timesteps(steps)
-        except ValueError as error:
-            raise VerdiffError(str(error)) from None
+    if scheduler is not None:
+        scheduler.set_timesteps(steps)  # within the card's range: checked above
     network = network or load_network(card, torch_device)
     timings["load_model"] = time.perf_counter() - clock
 

@@ -135,7 +135,7 @@ def test_levels_get_slicers_terminology_codes_and_colours():
 
 
 def test_named_segments_in_the_seg_nrrd_and_scene_carry_slicers_codes_and_colours(vb3_17, tmp_path):
-    from VerdiffSegmentLib import mrml
+    from VerdiffSegmentLib.slicer_bound import mrml
 
     labels, segments = levels.vertebrae(union_of(vb3_17), "vertebral body", levels=LUMBAR)
     assert [s["level"] for s in segments] == LUMBAR

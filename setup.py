@@ -40,4 +40,5 @@ class BuildWithModels(build_py):
             self.copy_file(str(source), str(target / source.name))
 
 
-setup(cmdclass={"build_py": BuildWithModels})
+if __name__ == "__main__":  # as setuptools runs it; Testing/test_packaging.py imports the file selection
+    setup(cmdclass={"build_py": BuildWithModels})

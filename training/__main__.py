@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
+from VerdiffSegmentLib.errors import VerdiffError
 from VerdiffSegmentLib.families import FAMILY_MODULES
+from VerdiffSegmentLib.models import models_dir, read_card
 
 from .augment import PRESETS
 from .configs import DEFAULT_CHANNELS, DEFAULT_FAMILY, RECIPES, RunConfig, load_config, recipe_config
@@ -37,7 +39,6 @@ from .labels import SCHEMES, SOURCES
 from .train import TrainOptions
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -122,8 +123,8 @@ def keep_init_architecture(args) -> None:
     card_path = Path(args.init).with_suffix(".json") if args.init else None
     if card_path is None or not card_path.exists():
         return
-    card = json.loads(card_path.read_text())
-    channels, family = tuple(card["network"]["channels"]), card["family"]
+    card = read_card(card_path)
+    channels, family = tuple(card.data["network"]["channels"]), card.data["family"]
     if args.channels is not None and tuple(args.channels) != channels:
         raise ValueError(f"--init {args.init} has channels {','.join(map(str, channels))} (its card); --channels {','.join(map(str, args.channels))} would not fit")
     if args.family is not None and args.family != family:
@@ -175,7 +176,7 @@ def run_config_from_args(args) -> RunConfig:
 
 def bundled_card(run: RunConfig) -> dict | None:
     """The bundled card this run would replace (same name and family), if any."""
-    path = MODELS / f"{run.name}.json"
+    path = models_dir() / f"{run.name}.json"
     if not path.is_file():
         return None
     card = json.loads(path.read_text())
@@ -231,7 +232,7 @@ def main(argv=None) -> None:
     e.add_argument("model", help="model name (a bundled recipe, or the name in the run's config)")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--data", type=Path, default=DATA)
-    e.add_argument("--models-dir", type=Path, default=MODELS)
+    e.add_argument("--models-dir", type=Path, default=None, help="where to write the card and weights (default: the bundled models' folder, models_dir())")
     e.add_argument("--steps", type=int, default=None, help="default sampling steps for the card (default: the family's)")
     e.add_argument("--ensemble", type=int, default=None, help="default ensemble size for the card (default: the family's)")
     e.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto", help="auto: fp16 where validation Dice does not drop")
@@ -244,7 +245,7 @@ def main(argv=None) -> None:
     d.add_argument("--steps", type=int, required=True)
     d.add_argument("--ensemble", type=int, required=True)
     d.add_argument("--start-timestep", type=int, default=None, help="prior-shifted families: sample from this timestep (default: keep the card's)")
-    d.add_argument("--models-dir", type=Path, default=MODELS)
+    d.add_argument("--models-dir", type=Path, default=None, help="the card's folder (default: the bundled models' folder, models_dir())")
     d.add_argument("--data", type=Path, default=DATA)
     d.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     v = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD per case and mean +- sd")
@@ -275,14 +276,14 @@ def main(argv=None) -> None:
             from .cross_source import SUITES
 
             suites = list(SUITES) if args.suites == "all" else (args.suites.split(",") if args.suites else None)
-            card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance,
+            card = export(args.model, args.run, args.models_dir or models_dir(), args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance,
                           start_timestep=args.start_timestep, suites=suites)
             print(json.dumps({**card["validation"], "export": card["export"]}, indent=1))
             return
         if args.command == "defaults":
             from .export import set_defaults
 
-            card = set_defaults(args.model, args.models_dir, args.data, args.steps, args.ensemble, args.start_timestep)
+            card = set_defaults(args.model, args.models_dir or models_dir(), args.data, args.steps, args.ensemble, args.start_timestep)
             print(json.dumps({k: v for k, v in card["validation"].items() if k != "cases"}, indent=1))
             return
         if args.command == "evaluate":
@@ -299,7 +300,7 @@ def main(argv=None) -> None:
             print(text)
             return
         run = run_config_from_args(args)
-    except ValueError as error:
+    except (ValueError, VerdiffError) as error:
         parser.exit(2, f"error: {error}\n")
 
     if args.write_cache:

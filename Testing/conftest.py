@@ -18,10 +18,9 @@ CT_LABELS = DATA / "ct-chest" / "mask.nii.gz"
 
 def xray_image() -> Path:
     """A held-out AASCE image (file names contain spaces)."""
-    import json
+    from VerdiffSegmentLib.models import read_card
 
-    card = json.loads((MODELS / "verdiff-xray.json").read_text(encoding="utf-8"))
-    name = card["training"]["split"]["validation"][0]
+    name = read_card(MODELS / "verdiff-xray.json").validation_cases[0]
     return DATA / "xray-aasce" / "data" / "training" / f"{name}.jpg"
 
 

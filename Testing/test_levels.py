@@ -100,7 +100,7 @@ def test_xray_truth_quadrilaterals_come_back_as_t1_to_l5():
     from training.datasets import aasce_mask
 
     card = get_card("verdiff-xray")
-    name = card.data["training"]["split"]["validation"][2]
+    name = card.validation_cases[2]
     image = sitk.ReadImage(str(XRAY / "data" / "training" / f"{name}.jpg"))
     truth = aasce_mask(image, XRAY / "labels" / "training" / f"{name}.jpg.mat")
     labels, segments = levels.vertebrae(union_of(truth), "vertebral body", levels=levels.card_levels(card))
@@ -231,7 +231,7 @@ def test_evaluate_level_figures_find_the_truth_of_each_recipe(vb3_17):
     assert recipe_item(DATA / "ct-abdomen-small" / "example_ct_sm.nii.gz") is None
     assert recipe_item(Path("/elsewhere/image.nii.gz")) is None
     card = get_card("verdiff-xray")
-    name = card.data["training"]["split"]["validation"][2]
+    name = card.validation_cases[2]
     xray_path = XRAY / "data" / "training" / f"{name}.jpg"
     assert recipe_item(xray_path).labels == XRAY / "labels" / "training" / f"{name}.jpg.mat"
 

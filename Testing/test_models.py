@@ -1,10 +1,14 @@
 """Every bundled model card: its weights match its sha256 and load into its family's network,
 and it carries what docs/models.md and the module show (validation figures, training command)."""
 
+import copy
+import json
+
 import pytest
 import torch
 
-from VerdiffSegmentLib.models import list_cards, load_network, make_scheduler
+from VerdiffSegmentLib.errors import VerdiffError
+from VerdiffSegmentLib.models import CARD_SCHEMA_VERSION, list_cards, load_network, make_scheduler, parse_card, read_card
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -12,7 +16,7 @@ CARDS = list_cards()
 
 
 def test_the_bundled_models_cover_every_family():
-    assert {card.data["family"] for card in CARDS} == {"verdiff-net", "versediff-unet", "imgx-diffseg", "ldseg", "unet"}
+    assert {card.family_name for card in CARDS} == {"verdiff-net", "versediff-unet", "imgx-diffseg", "ldseg", "unet"}
 
 
 @pytest.mark.parametrize("card", CARDS, ids=[card.name for card in CARDS])
@@ -22,6 +26,55 @@ def test_bundled_card_loads_with_its_checksum_and_records_its_validation(card):
     scheduler = make_scheduler(card)
     if scheduler is not None:
         scheduler.set_timesteps(card.default_steps)  # the card's defaults are valid settings
-    validation = card.data["validation"]
+    validation = card.validation
     assert 0 < validation["dice_mean"] <= 1
-    assert card.data["training"]["command"].startswith("python -m training train")
+    assert card.training["command"].startswith("python -m training train")
+
+
+def card_json(**changes) -> dict:
+    card = next(card for card in CARDS if card.name == "verdiff-mr")
+    return {**copy.deepcopy(card.raw), **changes}
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"schema_version": CARD_SCHEMA_VERSION + 1}, "newer than this VerdiffSegment reads"),
+        ({"schema_version": "1"}, "schema_version must be a positive integer"),
+        ({"modality": "PET"}, "modality must be one of"),
+        ({"labels": []}, "labels must be a non-empty list"),
+        ({"input": {"spacing_mm": "one", "normalisation": {}}}, "input or defaults are malformed"),
+        ({"input": {"spacing_mm": 0, "normalisation": {}}}, "spacing_mm must be positive"),
+        ({"defaults": {"steps": 1, "ensemble": 0}}, "ensemble >= 1"),
+        ({"network": [16, 32]}, "network must be an object"),
+    ],
+    ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list"],
+)
+def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
+    path = tmp_path / "broken.json"
+    path.write_text(json.dumps(card_json(**changes)), encoding="utf-8")
+    with pytest.raises(VerdiffError, match=message) as error:
+        read_card(path)
+    assert str(path) in str(error.value)
+
+
+def test_cards_without_a_schema_version_are_version_1_and_parse_to_the_same_card(tmp_path):
+    data = card_json()
+    data.pop("schema_version", None)
+    (tmp_path / "old.json").write_text(json.dumps(data), encoding="utf-8")
+    old = read_card(tmp_path / "old.json")
+    assert old.schema_version == 1
+    assert (old.default_steps, old.default_ensemble, old.channels, old.postprocess) == (1, 2, (16, 32, 64, 128), {"spine_bridge_mm": 15})
+    assert parse_card(old.raw, old.path) == old  # parsing is a pure function of the JSON
+
+
+def test_one_resolver_takes_auto_a_modality_or_a_name():
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.pipeline import choose_card
+
+    from conftest import xray_image
+
+    image = read_image(str(xray_image()))
+    assert [choose_card(image, name).name for name in ("auto", "MR", "CT", "XR", "unet-xray")] == ["verdiff-xray", "verdiff-mr", "verdiff-ct", "verdiff-xray", "unet-xray"]
+    with pytest.raises(VerdiffError, match="unknown model 'mr'"):
+        choose_card(image, "mr")

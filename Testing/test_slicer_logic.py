@@ -239,12 +239,12 @@ def test_list_models_gives_the_bundled_cards():
 
 def test_only_sampling_models_offer_steps_and_ensemble():
     """The GUI greys the steps and ensemble boxes for deterministic families."""
-    from VerdiffSegmentLib.models import ModelCard
+    from VerdiffSegmentLib.models import get_card
 
-    verdiff = {"family": "verdiff-net"}
-    assert slicer_logic.samples(ModelCard(Path("x.json"), verdiff))
-    assert not slicer_logic.samples(ModelCard(Path("x.json"), {"family": "unet"}))
-    assert not slicer_logic.samples(ModelCard(Path("x.json"), {"name": "x", "family": "no-such-family"}))
+    verdiff = get_card("verdiff-mr")
+    assert slicer_logic.samples(verdiff)
+    assert not slicer_logic.samples(verdiff.derived(family="unet"))
+    assert not slicer_logic.samples(verdiff.derived(name="x", family="no-such-family"))
 
 
 def test_background_job_progress_cancel_and_errors(scene):

@@ -92,7 +92,7 @@ def test_a_few_real_3d_training_steps_lower_the_loss(family, tmp_path, data_dir,
     run = recipe_config("verdiff-mr", channels=(8, 16, 32), name=f"tiny3d-{family}", family=family, spatial_dims=3, patch_size=PATCH, spacing_mm=2.0)
     train(run, data_dir, tmp_path, TrainOptions(steps=30, batch_size=2, limit=1, augmentation="none", tensorboard=False, log_every=10))
     card, trained = run_card(run, tmp_path, steps=2, ensemble=2)
-    assert card.spatial_dims == 3 and card.patch_size == PATCH and card.data["input"]["spacing_mm"] == 2.0
+    assert card.spatial_dims == 3 and card.patch_size == PATCH and card.spacing_mm == 2.0
 
     image, mask = PatchSampler(isotropic_cases, PATCH, seed=123, augmentation=PRESETS["none"]).batch(4)
     spec = get_family(family)

@@ -248,7 +248,7 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             combo.addItem(_("auto (pick by modality)"), "auto")
             for card in slicer_logic.list_models():
                 labels = ", ".join(label["name"] for label in card.labels)
-                combo.addItem(f"{card.name} ({card.data.get('modality', '?')}): {labels}", card.name)
+                combo.addItem(f"{card.name} ({card.modality}): {labels}", card.name)
                 combo.setItemData(combo.count - 1, card.summary(), qt.Qt.ToolTipRole)
         finally:
             combo.blockSignals(wasBlocked)
@@ -307,9 +307,9 @@ class VerdiffSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         )
         self.ui.modelInfoLabel.text = template.format(
             prefix=prefix,
-            version=card.data.get("version", "?"),
-            family=card.data.get("family", "?"),
-            modality=card.data.get("modality", "?"),
+            version=card.version,
+            family=card.family_name,
+            modality=card.modality,
             labels=labels,
             steps=card.default_steps,
             ensemble=card.default_ensemble,

@@ -65,18 +65,17 @@ def truth_of(path: Path):
 
 
 def child(args: dict) -> dict:
-    import numpy as np
     import SimpleITK as sitk
     import torch
 
     from VerdiffSegmentLib.cli import run_segment
     from VerdiffSegmentLib.families import get_family
-    from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_stack
-    from VerdiffSegmentLib.io import as_plane, read_image, single_slice_axis
+    from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.metrics import dice
     from VerdiffSegmentLib.models import load_network
     from VerdiffSegmentLib.pipeline import choose_card, resolve_device, segment
-    from VerdiffSegmentLib.transforms import intensity_range, normalise, pad_to_multiple
+    from VerdiffSegmentLib.preparation import prepare_for_card
+    from VerdiffSegmentLib.transforms import pad_to_multiple
 
     if args["threads"]:
         torch.set_num_threads(args["threads"])
@@ -94,14 +93,12 @@ def child(args: dict) -> dict:
     image = read_image(str(path))
     card = choose_card(image, args["model"])
     device = resolve_device(args["device"])
-    planar = as_plane(image) if single_slice_axis(image) is not None else image
-    reference = sagittal_reference(planar, card.spacing_mm)
-    stack = to_sagittal_stack(planar, reference, card.spacing_mm)
-    low, high = intensity_range(sitk.GetArrayViewFromImage(planar), card.normalisation)
-    channels = card.data["network"]["channels"]
+    prepared = prepare_for_card(image, card)
+    planar, reference = prepared.planar, prepared.reference
+    channels = card.channels
     unet_family = get_family("unet")
-    stack, (rows, cols) = pad_to_multiple(normalise(stack, low, high), 2 ** (len(channels) - 1))
-    unet = unet_family.network(num_classes=card.data["network"]["num_classes"], channels=channels).to(device, memory_format=torch.channels_last).eval()
+    stack, (rows, cols) = pad_to_multiple(prepared.stack, 2 ** (len(channels) - 1))
+    unet = unet_family.network(num_classes=card.num_classes, channels=channels).to(device, memory_format=torch.channels_last).eval()
     batches = [torch.from_numpy(stack[start : start + args["batch_size"], None]).to(device) for start in range(0, len(stack), args["batch_size"])]
     unet_family.sample(unet, None, batches[0], 1, None)  # warm-up, untimed
 

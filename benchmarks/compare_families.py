@@ -38,18 +38,18 @@ def child(args: dict) -> dict:
     if args["threads"]:
         torch.set_num_threads(args["threads"])
     card = get_card(args["model"])
-    recipe = RECIPE_OF_MODALITY[card.data["modality"]]
-    held_out = get_card(recipe).data["training"]["split"]  # the Verdiff-Net recipe's split: the same subjects for every family
+    recipe = RECIPE_OF_MODALITY[card.modality]
+    held_out = get_card(recipe).split  # the Verdiff-Net recipe's split: the same subjects for every family
     result = evaluate(card, split_cases(recipe_config(recipe), DATA, held_out, "validation"), device=args["device"])
     summary = {k: v for k, v in result.items() if k != "cases"}
     summary["cases"] = [{k: row[k] for k in ("case", "dice", "uncertainty_correct", "uncertainty_wrong")} for row in result["cases"]]
     return {
         "model": card.name,
-        "family": card.data["family"],
-        "modality": card.data["modality"],
+        "family": card.family_name,
+        "modality": card.modality,
         "steps": card.default_steps,
         "ensemble": card.default_ensemble,
-        "training_steps": card.data.get("training", {}).get("steps"),
+        "training_steps": card.training.get("steps"),
         **summary,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
@@ -64,7 +64,7 @@ def modality_of(result: dict) -> str:
         return result["modality"]
     from VerdiffSegmentLib.models import get_card
 
-    return get_card(result["model"]).data["modality"]
+    return get_card(result["model"]).modality
 
 
 def markdown(report: dict) -> str:
@@ -114,7 +114,7 @@ def main() -> None:
         return
     from VerdiffSegmentLib.models import list_cards
 
-    models = args.models or [card.name for card in list_cards() if card.data["modality"] in args.modality]
+    models = args.models or [card.name for card in list_cards() if card.modality in args.modality]
     results = []
     for model in models:
         child_args = {"model": model, "device": args.device, "threads": args.threads}

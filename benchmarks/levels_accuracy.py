@@ -51,7 +51,7 @@ def xray_cases(card):
     angles = np.loadtxt(root / "labels" / "training" / "angles.csv", delimiter=",")
     by_name = {name.removesuffix(".jpg"): row for name, row in zip(names, angles)}
     level_names = levels.card_levels(card)
-    for name in card.data["training"]["split"]["validation"]:
+    for name in card.validation_cases:
         path = root / "data" / "training" / f"{name}.jpg"
         truth = aasce_mask(sitk.ReadImage(str(path)), root / "labels" / "training" / f"{name}.jpg.mat")
         yield name, path, truth, {i + 1: level for i, level in enumerate(level_names)}, by_name[name]

@@ -23,7 +23,6 @@ on the whole split.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import re
@@ -48,14 +47,10 @@ def parse_setting(text: str) -> dict:
 
 def card_with_start(card, start_timestep: int | None):
     """A copy of ``card`` whose sampling starts at ``start_timestep`` (None: from T-1)."""
-    from VerdiffSegmentLib.models import ModelCard
-
-    data = copy.deepcopy(card.data)
-    scheduler = {k: v for k, v in data.get("scheduler", {}).items() if k != "start_timestep"}
+    scheduler = {k: v for k, v in card.scheduler_config.items() if k != "start_timestep"}
     if start_timestep is not None:
         scheduler["start_timestep"] = start_timestep
-    data["scheduler"] = scheduler
-    return ModelCard(card.path, data)
+    return card.derived(scheduler=scheduler)
 
 
 def main() -> None:
@@ -80,7 +75,7 @@ def main() -> None:
     if make_scheduler(card) is None:
         raise SystemExit(f"{card.name} is deterministic: it has no sampling settings")
     run = run_config_of_card(card)
-    split = card.data["training"]["split"]
+    split = card.split
     cases = list(split_cases(run, DATA, split, "validation", args.limit))
     network = load_network(card, torch.device(args.device))
 

@@ -31,7 +31,7 @@ import torch
 
 from VerdiffSegmentLib.errors import VerdiffError
 from VerdiffSegmentLib.families import FAMILY_MODULES
-from VerdiffSegmentLib.models import models_dir, read_card
+from VerdiffSegmentLib.models import ModelCard, models_dir, read_card
 
 from .augment import PRESETS
 from .configs import DEFAULT_CHANNELS, DEFAULT_FAMILY, RECIPES, RunConfig, load_config, recipe_config
@@ -124,7 +124,7 @@ def keep_init_architecture(args) -> None:
     if card_path is None or not card_path.exists():
         return
     card = read_card(card_path)
-    channels, family = tuple(card.data["network"]["channels"]), card.data["family"]
+    channels, family = card.channels, card.family_name
     if args.channels is not None and tuple(args.channels) != channels:
         raise ValueError(f"--init {args.init} has channels {','.join(map(str, channels))} (its card); --channels {','.join(map(str, args.channels))} would not fit")
     if args.family is not None and args.family != family:
@@ -174,13 +174,13 @@ def run_config_from_args(args) -> RunConfig:
     return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing)
 
 
-def bundled_card(run: RunConfig) -> dict | None:
+def bundled_card(run: RunConfig) -> ModelCard | None:
     """The bundled card this run would replace (same name and family), if any."""
     path = models_dir() / f"{run.name}.json"
     if not path.is_file():
         return None
-    card = json.loads(path.read_text())
-    return card if card.get("family") == run.family else None
+    card = read_card(path)
+    return card if card.family_name == run.family else None
 
 
 def validation_sampling(args, run: RunConfig) -> dict:
@@ -189,9 +189,9 @@ def validation_sampling(args, run: RunConfig) -> dict:
     loop's defaults (``TrainOptions``)."""
     card, defaults = bundled_card(run), TrainOptions()
     settings = {
-        "val_steps": card["defaults"]["steps"] if card else defaults.val_steps,
-        "val_ensemble": card["defaults"]["ensemble"] if card else defaults.val_ensemble,
-        "val_start_timestep": card.get("scheduler", {}).get("start_timestep") if card else defaults.val_start_timestep,
+        "val_steps": card.default_steps if card else defaults.val_steps,
+        "val_ensemble": card.default_ensemble if card else defaults.val_ensemble,
+        "val_start_timestep": card.scheduler_config.get("start_timestep") if card else defaults.val_start_timestep,
     }
     return {key: value if getattr(args, key) is None else getattr(args, key) for key, value in settings.items()}
 
@@ -210,8 +210,8 @@ def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
     text = f"validation every {options.val_every} steps on {cases} held-out cases: {options.val_steps} sampling steps x {options.val_ensemble} samples from t={start}"
     card = bundled_card(run)
     if card is not None:
-        card_start = card.get("scheduler", {}).get("start_timestep", config.get("num_train_timesteps", 1000) - 1)
-        text += f" (the bundled card {run.name}: {card['defaults']['steps']} x {card['defaults']['ensemble']} from t={card_start})"
+        card_start = card.scheduler_config.get("start_timestep", config.get("num_train_timesteps", 1000) - 1)
+        text += f" (the bundled card {run.name}: {card.default_steps} x {card.default_ensemble} from t={card_start})"
     return text
 
 

@@ -9,9 +9,9 @@ Adapters (each gives ``Item``s, one labelled image each, grouped by subject):
 - ``volume``: a NIfTI/NRRD/MHA image and its label map of source ids (VerSe,
   TotalSegmentator, 1..5), matched by the part of the file name a ``*`` stands for.
 
-``load_case`` resamples an item onto the sagittal grid with the core's own functions
-(``sagittal_reference``, ``to_sagittal_stack``, ``intensity_range``, ``normalise``) and
-maps source ids to the product's labels (``labels.LabelScheme``).
+``load_case`` prepares an item with the core's own preparation (``VerdiffSegmentLib.preparation``,
+the function inference uses) and maps source ids to the product's labels
+(``labels.LabelScheme``).
 
 The bundled recipes keep their own data and held-out split (``configs`` docstring):
 ``training_cases`` and ``evaluation_cases`` dispatch between them and config data sets.
@@ -28,9 +28,8 @@ import scipy.io
 import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
-from VerdiffSegmentLib.inferers.sagittal import sagittal_reference, to_sagittal_stack
 from VerdiffSegmentLib.io import read_image
-from VerdiffSegmentLib.transforms import intensity_range, normalise
+from VerdiffSegmentLib.preparation import prepare_image
 
 from .case import Case
 from .configs import RunConfig
@@ -150,14 +149,12 @@ def read_item(item: Item) -> tuple[sitk.Image, sitk.Image]:
 
 def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: str, scheme: LabelScheme, spacing_mm: float, normalisation: dict,
                slice_spacing_mm: float | None = None) -> Case:
-    """Resample a labelled image to the canonical sagittal grid, as inference does, and map
-    its source ids to the product's labels. ``slice_spacing_mm``: resample the slices too
-    (the isotropic grid of the 3D networks; ``sagittal_reference``)."""
-    reference = sagittal_reference(image, spacing_mm, slice_spacing_mm)
-    stack = to_sagittal_stack(image, reference, spacing_mm)
-    low, high = intensity_range(sitk.GetArrayViewFromImage(image), normalisation)
-    ids = to_sagittal_stack(source_labels, reference, spacing_mm, is_label=True)
-    return Case(name, normalise(stack, low, high), scheme.apply(ids, source))
+    """Prepare a labelled image exactly as inference does (``preparation.prepare_image``) and
+    map its source ids, resampled by nearest neighbour onto the same grid, to the product's
+    labels. ``slice_spacing_mm``: resample the slices too (the isotropic grid of the 3D
+    networks; ``sagittal_reference``)."""
+    prepared = prepare_image(image, spacing_mm, normalisation, slice_spacing_mm)
+    return Case(name, prepared.stack, scheme.apply(prepared.labels_on_grid(source_labels), source))
 
 
 def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> Case:

@@ -36,7 +36,7 @@ import torch
 
 from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.metrics import auroc, dice, expected_calibration_error, grown_bounding_box, hd95, iou, nsd
-from VerdiffSegmentLib.models import ModelCard, get_card, sha256_of
+from VerdiffSegmentLib.models import CARD_SCHEMA_VERSION, ModelCard, get_card, parse_card, sha256_of
 from VerdiffSegmentLib.pipeline import segment
 
 from .checkpoint import load_weights
@@ -56,6 +56,7 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
     channels = list(run.channels)
     family = get_family(run.family)
     card = {
+        "schema_version": CARD_SCHEMA_VERSION,
         "name": run.name,
         "family": run.family,
         "version": version,
@@ -79,11 +80,11 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
 
 def run_config_of_card(card: ModelCard) -> RunConfig:
     """The config a card was trained with: stored in new cards, else its bundled recipe."""
-    stored = card.data.get("training", {}).get("config")
+    stored = card.training_config
     if stored:
         return RunConfig.from_dict(stored, str(card.path))
     if card.name in RECIPES:
-        return recipe_config(card.name, channels=card.data["network"]["channels"])
+        return recipe_config(card.name, channels=card.channels)
     raise ValueError(f"card {card.path} names no training config and is not a bundled recipe")
 
 
@@ -215,8 +216,8 @@ def run_weights(run_dir: Path) -> Path:
 def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:
     """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
     weights = run_weights(run_dir)
-    card = ModelCard(Path(run_dir) / f"{run.name}.json", card_data(run, weights.name, sha256_of(weights), steps, ensemble))
-    network = card.family.network(**card.data["network"])
+    card = parse_card(card_data(run, weights.name, sha256_of(weights), steps, ensemble), Path(run_dir) / f"{run.name}.json")
+    network = card.family.network(**card.network_config)
     network.load_state_dict(load_weights(weights))
     return card, network.eval()
 
@@ -256,7 +257,7 @@ def run_evaluate(args) -> dict:
     else:
         card = get_card(args.model, args.models_dir)
         run, network = run_config_of_card(card), None
-        split = card.data.get("training", {}).get("split")
+        split = card.split or None
     if getattr(args, "suite", None):
         from .cross_source import SUITES, suite_cases
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.models import ModelCard, sha256_of
+from VerdiffSegmentLib.models import ModelCard, parse_card, read_card, sha256_of
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .configs import RunConfig
@@ -60,7 +60,7 @@ def training_history(run_dir: Path, run_info: dict) -> list[dict]:
     if init:
         card_path, init_run = Path(init).with_suffix(".json"), Path(init).parent
         if card_path.exists():
-            earlier = list(json.loads(card_path.read_text()).get("training", {}).get("history", []))
+            earlier = list(read_card(card_path).training.get("history", []))
         elif (init_run / "run.json").exists() and init_run.resolve() != Path(run_dir).resolve():
             earlier = training_history(init_run, json.loads((init_run / "run.json").read_text()))
     summary_path = Path(run_dir) / "summary.json"
@@ -140,7 +140,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
 
     def validate(card: dict) -> dict:
         """Figures through the card on disk: the weights file users load, the path they run."""
-        figures = evaluate(ModelCard(path, card), split_cases(run, data_root, split), steps, ensemble, seed=0)
+        figures = evaluate(parse_card(card, path), split_cases(run, data_root, split), steps, ensemble, seed=0)
         figures.update(unseen_patient_figures(figures, run, split))
         figures["settings"] = {"steps": steps, "ensemble": ensemble, "seed": 0, **({"start_timestep": start_timestep} if start_timestep is not None else {})}
         return figures
@@ -161,7 +161,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             card["validation"] = validation
         card["export"] = {"precision": "fp16" if keep_half else "fp32", "fp32_dice_mean": fp32_dice, "fp16_dice_mean": fp16_dice, "tolerance": tolerance}
     if suites:
-        figures = suite_figures(ModelCard(path, card), run, data_root, suites)
+        figures = suite_figures(parse_card(card, path), run, data_root, suites)
         (run_dir / "suites.json").write_text(json.dumps(figures, indent=1))  # with every case's row, beside the run
         card["validation_suites"] = {suite: {k: v for k, v in f.items() if k != "cases"} | {"cases": len(f["cases"])} for suite, f in figures.items()}
     path.write_text(json.dumps(card, indent=2))
@@ -181,7 +181,7 @@ def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int,
     disk. The weights are untouched; the figures of the settings it replaces are kept in
     ``validation_history`` so a card shows what each choice cost or gained."""
     path = Path(models_dir) / f"{model_name}.json"
-    card = json.loads(path.read_text())
+    card = read_card(path).raw  # the JSON this function edits and writes back, checked on the way in
     if card["family"] == "unet":
         raise ValueError(f"{model_name} is deterministic: it has no sampling settings")
     previous = card.get("validation", {})
@@ -192,7 +192,7 @@ def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int,
     card["defaults"] = {"steps": steps, "ensemble": ensemble}
     if start_timestep is not None:
         card["scheduler"] = {**card.get("scheduler", {}), "start_timestep": start_timestep}
-    model = ModelCard(path, card)
+    model = parse_card(card, path)
     model.family.scheduler(**card["scheduler"]).set_timesteps(steps)  # refuse impossible settings before any work
     run = run_config_of_card(model)
     split = card["training"]["split"]

@@ -45,7 +45,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.models import ModelCard
+from VerdiffSegmentLib.models import parse_card
 
 from .augment import PRESETS
 from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states
@@ -346,7 +346,7 @@ class Trainer:
             data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble)
             if options.val_start_timestep is not None and "scheduler" in data:
                 data["scheduler"]["start_timestep"] = options.val_start_timestep
-            card = ModelCard(self.out_dir / f"{run.name}.json", data)
+            card = parse_card(data, self.out_dir / f"{run.name}.json")
             network.eval()
             result = evaluate(card, split_cases(run, self.data_root, self.split, "validation", options.val_limit), network=network, device=self.device.type)
             network.train()

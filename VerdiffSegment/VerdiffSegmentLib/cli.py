@@ -92,7 +92,7 @@ def in_pixels(segments: list[dict]) -> list[dict]:
 def modality_warning(detected: str, card, name: str) -> str | None:
     """A warning when the input (of ``pipeline.detect_modality`` ``detected``) does not look
     like what the model was trained on."""
-    expected = card.data["modality"]
+    expected = card.modality
     if detected == expected:
         return None
     looks = {"XR": "a 2D image (an X-ray)", "CT": "a CT (its intensities are Hounsfield units)", "MR": "an MR (no Hounsfield units)" if expected == "CT" else "a volume"}[detected]
@@ -210,7 +210,7 @@ def run_segment(
         report = {
             "verdiff_version": __version__,
             "input": str(source.resolve()),
-            "modality": {"model": card.data["modality"], "input": modality},
+            "modality": {"model": card.modality, "input": modality},
             **settings,
             "timings_seconds": {k: round(v, 3) for k, v in result.timings.items()},
             "warnings": warnings,
@@ -409,7 +409,7 @@ def batch_text(summary: dict) -> str:
 def run_models(args) -> None:
     cards = list_cards()
     if args.json:
-        print(json.dumps([card.data for card in cards], indent=2))
+        print(json.dumps([card.raw for card in cards], indent=2))
         return
     print(models_table(cards))
 
@@ -425,9 +425,9 @@ def models_table(cards) -> str:
         rows.append(
             (
                 card.name + (" *" if card.name in defaults else ""),
-                card.data["family"],
+                card.family_name,
                 f"{card.spatial_dims}D",
-                card.data["modality"],
+                card.modality,
                 f"{card.default_steps} x {card.default_ensemble}" if steps_range else "one pass",
                 f"{steps_range[0]}-{steps_range[1]}" if steps_range else "-",
                 f"{low}-{high}",
@@ -486,7 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     seg.add_argument("input", nargs="+", help="NIfTI, NRRD, MHA, a DICOM series folder, JPG or PNG; several, or a folder of images, make a batch (one subfolder of OUTDIR each)")
     seg.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output folder (a batch: one subfolder per input, and summary.csv/.json)")
-    seg.add_argument("--model", default="auto", help="bundled model name (see 'verdiff models'), or auto: the default model for the input's modality")
+    seg.add_argument("--model", default="auto", help="bundled model name (see 'verdiff models'), a modality (MR, CT, XR: its default model), or auto: the default model for the input's modality")
     steps_help, ensemble_help = ranges_help()
     seg.add_argument("--steps", type=int, default=None, metavar="K", help=steps_help)
     seg.add_argument("--ensemble", type=int, default=None, metavar="N", help=ensemble_help)

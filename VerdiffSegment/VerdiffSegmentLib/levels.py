@@ -220,7 +220,7 @@ def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expecte
 
 def card_levels(card) -> list[str] | None:
     """The levels a card's model segments, cranio-caudal (``training.label_scheme.levels``), or None."""
-    levels = (card.data.get("training") or {}).get("label_scheme", {}).get("levels")
+    levels = card.trained_levels
     return [level for level in LEVELS if level in levels] if levels else None
 
 

@@ -101,11 +101,11 @@ def pipeline_peak_bytes(image, card, ensemble: int, batch_size: int) -> int:
         slices = 1
     rows, cols, slices = math.ceil(rows) + 16, math.ceil(cols) + 16, math.ceil(slices)  # + padding to the network's multiple
     grid = float(rows) * cols * slices
-    classes = int(card.data["network"].get("num_classes", 1)) + 1
+    classes = card.num_classes + 1
     input_voxels = float(math.prod(size))
     on_grid = grid * 4 * (2 + 2 * classes + 2)
     on_input = input_voxels * (4 + 2 * (1 + 4))
-    width = int((card.data["network"].get("channels") or [64])[0])  # 64: a card relying on a family default
+    width = (card.channels or (64,))[0]  # 64: a card relying on a family default
     if card.spatial_dims == 3 and card.patch_size:
         batch_pixels = min(batch_size, 64) * math.prod(card.patch_size)
     else:

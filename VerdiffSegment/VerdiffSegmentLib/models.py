@@ -11,6 +11,7 @@ its weights belong to.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -42,60 +43,81 @@ def models_dir() -> Path:
     return here.parents[2] / "Resources" / "Models"
 
 
-@dataclass
-class ModelCard:
-    path: Path
-    data: dict = field(repr=False)
+# The card layout this code reads. Cards without ``schema_version`` are version 1 (all cards
+# written before the key existed); a higher version was written by a newer VerdiffSegment and
+# is refused rather than half understood.
+CARD_SCHEMA_VERSION = 1
 
-    @property
-    def name(self) -> str:
-        return self.data["name"]
+REQUIRED_KEYS = ("name", "family", "version", "modality", "weights", "sha256", "labels", "network", "input", "defaults")
+MODALITIES = ("CT", "MR", "XR")
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """A model card, parsed and checked once (``read_card``); nothing outside this module
+    reads the card's JSON. ``raw`` is the JSON as read, kept only to list it
+    (``verdiff models --json``) and to derive a card from it (``derived``)."""
+
+    path: Path
+    name: str
+    family_name: str
+    version: str
+    modality: str  # "CT", "MR" or "XR"
+    weights_file: str
+    sha256: str
+    labels: list[dict]  # value, name, covers, color
+    network_config: dict  # the family's network constructor keywords
+    spacing_mm: float
+    normalisation: dict
+    patch_size: tuple[int, ...] | None  # 3D networks: the training patch (slices, rows, columns), the sliding window's size
+    default_steps: int
+    default_ensemble: int
+    scheduler_config: dict
+    postprocess: dict  # ``postprocess.py`` settings; empty for older cards
+    self_dice_warning: float | None  # the card's calibrated reliability threshold (``reliability.py``); None: the default
+    training: dict  # provenance: split, config, label scheme, history (may be empty)
+    validation: dict  # figures on the held-out split at the defaults (may be empty)
+    schema_version: int = CARD_SCHEMA_VERSION
+    raw: dict = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def weights_path(self) -> Path:
-        return self.path.parent / self.data["weights"]
-
-    @property
-    def spacing_mm(self) -> float:
-        return float(self.data["input"]["spacing_mm"])
+        return self.path.parent / self.weights_file
 
     @property
     def spatial_dims(self) -> int:
         """2: the network segments sagittal slices; 3: volume patches on an isotropic grid."""
-        return int(self.data["network"].get("spatial_dims", 2))
+        return int(self.network_config.get("spatial_dims", 2))
 
     @property
-    def patch_size(self) -> tuple[int, ...] | None:
-        """The 3D networks' training patch (slices, rows, columns), the sliding window's size."""
-        patch = self.data["input"].get("patch_size")
-        return None if patch is None else tuple(int(n) for n in patch)
+    def channels(self) -> tuple[int, ...] | None:
+        """The network's widths per level, None where the card relies on the family's default."""
+        channels = self.network_config.get("channels")
+        return None if channels is None else tuple(int(c) for c in channels)
 
     @property
-    def normalisation(self) -> dict:
-        return self.data["input"]["normalisation"]
+    def num_classes(self) -> int:
+        """Foreground classes of the network (1: binary)."""
+        return int(self.network_config.get("num_classes", 1))
 
     @property
-    def labels(self) -> list[dict]:
-        return self.data["labels"]
+    def split(self) -> dict:
+        """The subjects (or images) trained on and held out: ``{"train": [...], "validation": [...]}``."""
+        return dict(self.training.get("split") or {})
 
     @property
-    def postprocess(self) -> dict:
-        """The card's ``postprocess`` settings (``postprocess.py``); none for older cards."""
-        return dict(self.data.get("postprocess") or {})
+    def validation_cases(self) -> list[str]:
+        return list(self.split.get("validation") or [])
 
     @property
-    def self_dice_warning(self) -> float | None:
-        """The card's calibrated reliability threshold (``reliability.py``); None: the default."""
-        value = (self.data.get("reliability") or {}).get("self_dice_warning")
-        return None if value is None else float(value)
+    def trained_levels(self) -> list[str] | None:
+        """The vertebral levels the training labels covered, top to bottom, when the card says."""
+        return (self.training.get("label_scheme") or {}).get("levels")
 
     @property
-    def default_steps(self) -> int:
-        return int(self.data["defaults"]["steps"])
-
-    @property
-    def default_ensemble(self) -> int:
-        return int(self.data["defaults"]["ensemble"])
+    def training_config(self) -> dict | None:
+        """The run config the model was trained with (``training.configs``), when recorded."""
+        return self.training.get("config")
 
     def steps_range(self) -> tuple[int, int] | None:
         """(fewest, most) sampling steps this card accepts, None for a deterministic family.
@@ -114,28 +136,93 @@ class ModelCard:
     @property
     def family(self) -> Family:
         try:
-            return get_family(self.data["family"])
+            return get_family(self.family_name)
         except VerdiffError as error:
             raise VerdiffError(f"model {self.name}: {error}") from None
 
     def summary(self) -> str:
         labels = "; ".join(f"{label['name']} ({label['covers']})" for label in self.labels)
         variant = "  3D" if self.spatial_dims == 3 else ""
-        return f"{self.name}  v{self.data['version']}  {self.data['family']}{variant}  {self.data['modality']}  labels: {labels}"
+        return f"{self.name}  v{self.version}  {self.family_name}{variant}  {self.modality}  labels: {labels}"
+
+    def derived(self, **changes) -> "ModelCard":
+        """A copy of this card with top-level JSON sections replaced (e.g. ``scheduler=...``),
+        parsed and checked like any card: how benchmarks try other sampling settings."""
+        return parse_card({**copy.deepcopy(self.raw), **changes}, self.path)
 
 
-REQUIRED_KEYS = ("name", "family", "version", "modality", "weights", "sha256", "labels", "network", "input", "defaults")
+def parse_card(data: dict, path: Path) -> ModelCard:
+    """Check a card's JSON and build the ``ModelCard``; any problem is one ``VerdiffError``
+    naming the card and the field."""
+
+    def fail(message: str):
+        raise VerdiffError(f"model card {path}: {message}")
+
+    if not isinstance(data, dict):
+        fail("is not a JSON object")
+    missing = [k for k in REQUIRED_KEYS if k not in data]
+    if missing:
+        raise VerdiffError(f"model card {path} lacks {', '.join(missing)}")
+    schema = data.get("schema_version", 1)
+    if not isinstance(schema, int) or schema < 1:
+        fail(f"schema_version must be a positive integer, got {schema!r}")
+    if schema > CARD_SCHEMA_VERSION:
+        fail(f"schema_version {schema} is newer than this VerdiffSegment reads ({CARD_SCHEMA_VERSION}); update VerdiffSegment")
+    for key in ("network", "input", "defaults"):
+        if not isinstance(data[key], dict):
+            fail(f"{key} must be an object")
+    if data["modality"] not in MODALITIES:
+        fail(f"modality must be one of {', '.join(MODALITIES)}, got {data['modality']!r}")
+    labels = data["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(label, dict) and {"value", "name"} <= set(label) for label in labels):
+        fail("labels must be a non-empty list of objects with a value and a name")
+    sha256 = str(data["sha256"])  # checked against the weights when they load (``load_network``)
+    source = data["input"]
+    try:
+        spacing = float(source["spacing_mm"])
+        normalisation = dict(source["normalisation"])
+        patch = source.get("patch_size")
+        patch_size = None if patch is None else tuple(int(n) for n in patch)
+        steps, ensemble = int(data["defaults"]["steps"]), int(data["defaults"]["ensemble"])
+        warning = (data.get("reliability") or {}).get("self_dice_warning")
+        warning = None if warning is None else float(warning)
+    except (KeyError, TypeError, ValueError) as error:
+        fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
+    if not spacing > 0:
+        fail(f"input.spacing_mm must be positive, got {spacing}")
+    if steps < 0 or ensemble < 1:
+        fail(f"defaults must have steps >= 0 and ensemble >= 1, got {steps} and {ensemble}")
+    return ModelCard(
+        path=Path(path),
+        name=str(data["name"]),
+        family_name=str(data["family"]),
+        version=str(data["version"]),
+        modality=data["modality"],
+        weights_file=str(data["weights"]),
+        sha256=sha256,
+        labels=[dict(label) for label in labels],
+        network_config=dict(data["network"]),
+        spacing_mm=spacing,
+        normalisation=normalisation,
+        patch_size=patch_size,
+        default_steps=steps,
+        default_ensemble=ensemble,
+        scheduler_config=dict(data.get("scheduler") or {}),
+        postprocess=dict(data.get("postprocess") or {}),
+        self_dice_warning=warning,
+        training=dict(data.get("training") or {}),
+        validation=dict(data.get("validation") or {}),
+        schema_version=schema,
+        raw=data,
+    )
 
 
 def read_card(path: Path) -> ModelCard:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
         raise VerdiffError(f"cannot read model card {path}: {error}") from None
-    missing = [k for k in REQUIRED_KEYS if k not in data]
-    if missing:
-        raise VerdiffError(f"model card {path} lacks {', '.join(missing)}")
-    return ModelCard(Path(path), data)
+    return parse_card(data, Path(path))
 
 
 def list_cards(directory: Path | None = None) -> list[ModelCard]:
@@ -163,13 +250,13 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
     path = card.weights_path
     if not path.is_file():
         raise VerdiffError(f"weights of model {card.name} not found: {path}")
-    if sha256_of(path) != card.data["sha256"]:
+    if sha256_of(path) != card.sha256:
         raise VerdiffError(f"weights of model {card.name} do not match the sha256 in its card ({path.name} was changed or damaged)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         # Weights may be shipped in fp16 (half the file); the networks compute in float32.
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        network = card.family.network(**card.data["network"])
+        network = card.family.network(**card.network_config)
         network.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - any failure here means unusable weights
         raise VerdiffError(f"weights of model {card.name} cannot be loaded: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
@@ -182,4 +269,4 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
 def make_scheduler(card: ModelCard):
     """The card's scheduler, or None for a deterministic family."""
     family = card.family
-    return None if family.scheduler is None else family.scheduler(**card.data.get("scheduler", {}))
+    return None if family.scheduler is None else family.scheduler(**card.scheduler_config)

@@ -40,15 +40,15 @@ from .cobb import cobb_angles
 from .errors import VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
-from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
-from .io import as_plane, check_image, looks_like_ct, restore_from_plane, single_slice_axis
+from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import name_vertebrae
 from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess
+from .preparation import prepare_for_card
 from .reliability import SELF_DICE_WARNING, reliability_estimate
-from .transforms import intensity_range, normalise, pad_to_multiple
+from .transforms import pad_to_multiple
 
 
 # A 3D model's windows overlap by half a patch on every axis: each voxel away from the
@@ -89,7 +89,11 @@ def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
 
 
 def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
-    return get_card(AUTO_MODALITY[detect_modality(image)] if name == "auto" else name)
+    """The one card resolver (CLI, module, benchmarks): ``auto`` takes the default model of
+    the image's detected modality (``AUTO_MODALITY``), a modality (``MR``, ``CT``, ``XR``)
+    takes its default model, anything else is a bundled model's name."""
+    modality = detect_modality(image) if name == "auto" else name
+    return get_card(AUTO_MODALITY.get(modality, name))
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -162,11 +166,8 @@ def segment(
     timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    planar = as_plane(image) if single_slice_axis(image) is not None else image
-    reference = sagittal_reference(planar, card.spacing_mm, card.spacing_mm if volumetric else None)
-    stack = to_sagittal_stack(planar, reference, card.spacing_mm)
-    low, high = intensity_range(sitk.GetArrayViewFromImage(planar), card.normalisation)
-    stack = normalise(stack, low, high)
+    prepared = prepare_for_card(image, card)
+    stack = prepared.stack
     timings["preprocess"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -181,36 +182,34 @@ def segment(
 
     clock = time.perf_counter()
     raw_labels = labels_from_probability(probability)
-    grid_spacing = reference.GetSpacing()[::-1] if reference.GetDimension() == 3 else (1.0, *reference.GetSpacing()[::-1])
-    labels_stack = postprocess(raw_labels, grid_spacing, card.postprocess)
+    labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
     reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
     uncertainty_stack = spread.max(axis=1).astype(np.float32)
-    uncertainty = from_sagittal_stack(uncertainty_stack, reference, planar, is_label=False)
+    uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)
     foreground = None
     if network.num_classes == 1 or keep_probability:
         foreground_stack = probability.max(axis=1)
         foreground_stack[(raw_labels > 0) & (labels_stack == 0)] = 0.0  # what post-processing removed
         foreground_stack[(raw_labels == 0) & (labels_stack > 0)] = 1.0  # and what it filled
-        foreground = from_sagittal_stack(foreground_stack, reference, planar, is_label=False)
+        foreground = prepared.to_input_grid(foreground_stack, is_label=False)
     if network.num_classes == 1:
         labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (``map_back`` in the docstring)
     else:
-        labels = from_sagittal_stack(labels_stack, reference, planar, is_label=True)
+        labels = prepared.to_input_grid(labels_stack, is_label=True)
     foreground = foreground if keep_probability else None
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
-        if card.data.get("modality") == "XR":
+        if card.modality == "XR":
             measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
-    if planar is not image:
-        labels, uncertainty = restore_from_plane(labels, image), restore_from_plane(uncertainty, image)
-        foreground = restore_from_plane(foreground, image) if foreground is not None else None
+    labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
+    foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)
     timings["postprocess"] = time.perf_counter() - clock
     settings = {
         "model": card.name,
-        "model_version": card.data["version"],
-        "family": card.data["family"],
+        "model_version": card.version,
+        "family": card.family_name,
         "steps": steps,
         "ensemble": ensemble,
         "device": str(torch_device),

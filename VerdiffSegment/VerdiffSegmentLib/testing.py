@@ -80,7 +80,7 @@ def xray_path(data_dir: Path) -> Path:
     name contains spaces)."""
     from .models import get_card
 
-    name = get_card("verdiff-xray").data["training"]["split"]["validation"][0]
+    name = get_card("verdiff-xray").validation_cases[0]
     return Path(data_dir) / "xray-aasce" / "data" / "training" / f"{name}.jpg"
 
 

@@ -1,0 +1,84 @@
+"""One image preparation: an image and a model's input settings in, the network's input stack
+and its grid out, and the way back onto the image.
+
+Inference (``pipeline.segment``), the training datasets (``training.datasets.slice_case``),
+evaluation and the benchmarks all prepare images here, so that training and inference can
+never drift apart in resampling or intensity scaling (a test prepares one case both ways
+and compares the arrays).
+
+The decisions, in order:
+
+1. A single-slice 3D image (how Slicer holds an X-ray) is segmented as its 2D plane
+   (``io.as_plane``); the results are put back into the 3D slice (``restore``).
+2. The plane or volume is resampled onto the canonical sagittal grid at the model's
+   in-plane spacing (``inferers.sagittal``); a 3D model's grid is isotropic
+   (``slice_spacing_mm``).
+3. Intensities are scaled by the range of the image as segmented (the plane for a
+   single-slice image), as the card's ``normalisation`` says (``transforms``). The range
+   is taken from the input voxels, not the resampled grid: padding outside the image and
+   the anti-aliasing filter must not move it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import SimpleITK as sitk
+
+from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
+from .io import as_plane, restore_from_plane, single_slice_axis
+from .transforms import intensity_range, normalise
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """An image on the network's grid.
+
+    ``image``: as given; ``planar``: what is segmented (``image`` itself, or the 2D plane of
+    a single-slice volume); ``reference``: the empty canonical sagittal grid;
+    ``stack``: float32 [slices, rows, columns], normalised."""
+
+    image: sitk.Image
+    planar: sitk.Image
+    reference: sitk.Image
+    stack: np.ndarray
+    spacing_mm: float
+
+    @property
+    def grid_spacing(self) -> tuple[float, float, float]:
+        """(slice, row, column) spacing of ``stack`` in mm; 1 mm slice spacing for a 2D image."""
+        spacing = self.reference.GetSpacing()[::-1]
+        return tuple(spacing) if self.reference.GetDimension() == 3 else (1.0, *spacing)
+
+    def labels_on_grid(self, labels: sitk.Image) -> np.ndarray:
+        """A label map on ``image``'s voxel grid, by nearest neighbour onto the network's grid
+        (integer [slices, rows, columns]): how training sees its truth."""
+        planar = as_plane(labels) if self.planar is not self.image else labels
+        return to_sagittal_stack(planar, self.reference, self.spacing_mm, is_label=True)
+
+    def to_input_grid(self, stack: np.ndarray, is_label: bool) -> sitk.Image:
+        """A [slices, rows, columns] result on the network's grid mapped onto ``planar``'s
+        voxel grid: labels by nearest neighbour, anything else linearly."""
+        return from_sagittal_stack(stack, self.reference, self.planar, is_label)
+
+    def restore(self, result: sitk.Image) -> sitk.Image:
+        """A result on ``planar``'s grid put back into ``image``'s (a single-slice volume's) geometry."""
+        return result if self.planar is self.image else restore_from_plane(result, self.image)
+
+
+def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> PreparedImage:
+    """Prepare ``image`` for a network trained at ``spacing_mm`` with ``normalisation``.
+
+    ``slice_spacing_mm``: resample the slice axis too (the 3D networks' isotropic grid);
+    None (default) keeps the input's sagittal slices."""
+    planar = as_plane(image) if single_slice_axis(image) is not None else image
+    reference = sagittal_reference(planar, spacing_mm, slice_spacing_mm)
+    stack = to_sagittal_stack(planar, reference, spacing_mm)
+    low, high = intensity_range(sitk.GetArrayViewFromImage(planar), normalisation)
+    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm))
+
+
+def prepare_for_card(image: sitk.Image, card) -> PreparedImage:
+    """``prepare_image`` with a model card's input settings (``models.ModelCard``)."""
+    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None)

@@ -173,8 +173,14 @@ class TrainingState:
             "config": config,
         }
 
-    def restore(self, checkpoint: dict) -> None:
-        """Continue from ``checkpoint`` (checked against the run by ``Trainer.resume``)."""
+    def restore(self, checkpoint: dict, settings: dict, config: dict) -> None:
+        """Continue from ``checkpoint``, which must belong to the same run (``config``) with the
+        same ``RESUME_KEYS`` settings and world size; else a ValueError naming what differs."""
+        mismatched = {k: (checkpoint["settings"].get(k), settings[k]) for k in (*RESUME_KEYS, "world_size") if checkpoint["settings"].get(k) != settings[k]}
+        if checkpoint["config"] != config:
+            mismatched["config"] = "differs"
+        if mismatched:
+            raise ValueError(f"settings differ from the checkpoint's (checkpoint, now): {mismatched}")
         self.network.load_state_dict(checkpoint["model"])
         self.optimiser.load_state_dict(checkpoint["optimiser"])
         self.lr_schedule.load_state_dict(checkpoint["lr_schedule"])
@@ -271,13 +277,10 @@ class Trainer:
     # -- checkpoints -----------------------------------------------------------------------
     def resume(self) -> None:
         """Continue from ``checkpoint.pt``, which must belong to the same run and settings."""
-        checkpoint = load_checkpoint(self.checkpoint_path)
-        mismatched = {k: (checkpoint["settings"].get(k), self.settings[k]) for k in (*RESUME_KEYS, "world_size") if checkpoint["settings"].get(k) != self.settings[k]}
-        if checkpoint["config"] != self.run.to_dict():
-            mismatched["config"] = "differs"
-        if mismatched:
-            raise ValueError(f"cannot resume {self.checkpoint_path}: settings differ from the checkpoint's (checkpoint, now): {mismatched}")
-        self.state.restore(checkpoint)
+        try:
+            self.state.restore(load_checkpoint(self.checkpoint_path), self.settings, self.run.to_dict())
+        except ValueError as error:
+            raise ValueError(f"cannot resume {self.checkpoint_path}: {error}") from None
         if self.world.is_main:
             print(f"resumed from {self.checkpoint_path} at step {self.state.progress['step']}", flush=True)
 
@@ -338,7 +341,7 @@ class Trainer:
     def validate(self, step: int) -> None:
         """Validation Dice/IoU through ``segment`` on rank 0 (``best.pt`` when it improves);
         every rank learns the outcome and counts towards ``patience`` alike."""
-        from .evaluate import card_data, evaluate, split_cases
+        from .evaluate import card_data, evaluate, split_cases  # here: a run without validation needs no segmentation pipeline
 
         run, options, network, progress = self.run, self.options, self.state.network, self.state.progress
         outcome, result, started_at = None, None, time.time()

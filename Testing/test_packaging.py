@@ -7,9 +7,9 @@ test_module_files.py."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
-import sys
 
 try:
     import tomllib
@@ -49,11 +49,10 @@ def test_cmake_lists_every_resource_the_module_loads():
 
 
 def test_cmake_and_the_wheel_carry_every_card_and_the_weights_it_names():
-    sys.path.insert(0, str(REPO))
-    try:
-        import setup  # its file selection; setup() runs only as __main__, as setuptools runs it
-    finally:
-        sys.path.remove(str(REPO))
+    # setup.py's own file selection (setup() runs only as __main__, as setuptools runs the file)
+    spec = importlib.util.spec_from_file_location("verdiff_setup", REPO / "setup.py")
+    setup = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(setup)
     installed = cmake_globbed_models()
     cards = sorted(MODELS.glob("*.json"))
     assert cards

@@ -14,7 +14,7 @@ import SimpleITK as sitk
 
 from conftest import CT_IMAGE, CT_LABELS, DATA, MR_IMAGE, MR_LABELS, REPO, xray_image
 from VerdiffSegmentLib.metrics import dice
-from VerdiffSegmentLib.mrml import close_scene, nodes_by_class, read_scene_bundle
+from VerdiffSegmentLib.slicer_bound.mrml import close_scene, nodes_by_class, read_scene_bundle
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from reliability import write_dicom_series  # noqa: E402  (benchmarks/ is not a package; one DICOM writer for the tests and the battery)

@@ -30,7 +30,7 @@ except ImportError:  # not installed: use the checkout
     from VerdiffSegmentLib import cobb, levels
 sys.path.insert(0, str(REPO))
 from VerdiffSegmentLib.models import get_card  # noqa: E402
-from VerdiffSegmentLib.terminology import parse_terminology, terminology_for_label  # noqa: E402
+from VerdiffSegmentLib.terminology import SLICER_VERTEBRAE, parse_terminology, terminology_for_label  # noqa: E402
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 
@@ -116,6 +116,55 @@ def test_terminology_of_named_segments():
     assert whole["type"] == ("SCT", "23215003", "T12 vertebra") and whole["region"] == ("SCT", "122495006", "Thoracic spine")
 
 
+def test_levels_get_slicers_terminology_codes_and_colours():
+    """Slicer's values (its terminology file, see terminology.py) for a level of each region,
+    as the test's own copy, then every level of the embedded table."""
+    slicer = {"C1": ("14806007", (255, 255, 207)), "T12": ("23215003", (226, 202, 134)), "L3": ("36470004", (212, 188, 102)), "S1": ("65985001", (212, 208, 122))}
+    for level, (code, rgb) in slicer.items():
+        assert SLICER_VERTEBRAE[level][0] == code and SLICER_VERTEBRAE[level][2] == rgb
+    assert SLICER_VERTEBRAE["sacrum"][:2] == ("54735007", "Sacrum")
+    for index, (level, (code, meaning, rgb)) in enumerate(SLICER_VERTEBRAE.items()):
+        whole = parse_terminology(terminology_for_label({"name": f"{level} vertebra", "covers": f"vertebra {level}", "level": level}))
+        assert whole["type"] == ("SCT", code, meaning)
+        body = parse_terminology(terminology_for_label({"name": f"{level} vertebral body", "covers": f"vertebral body {level}", "level": level}))
+        assert body["type"] == ("SCT", "3572006", "Vertebral body") and body["region"] == ("SCT", code, meaning)
+        assert levels.level_color(level, index) == pytest.approx([c / 255 for c in rgb])
+    assert parse_terminology(terminology_for_label({"name": "S1 vertebra", "covers": "vertebra S1", "level": "S1"}))["region"] == ("SCT", "54735007", "Sacrum")
+    assert levels.level_color("T13", 0) == pytest.approx([c / 255 for c in (226, 202, 134)])  # no entry: its region's colour
+    assert levels.level_color(None, 0) != levels.level_color(None, 1)  # undecided neighbours still differ
+
+
+def test_named_segments_in_the_seg_nrrd_and_scene_carry_slicers_codes_and_colours(vb3_17, tmp_path):
+    from VerdiffSegmentLib.slicer_bound import mrml
+
+    labels, segments = levels.vertebrae(union_of(vb3_17), "vertebral body", levels=LUMBAR)
+    assert [s["level"] for s in segments] == LUMBAR
+    image = sitk.Cast(vb3_17, sitk.sitkFloat32)
+    styles = [{"label": s["value"], "name": s["name"], "color": s["color"], "terminology": s["terminology"], "level": s["level"]} for s in segments]
+    paths = mrml.write_outputs(image, labels, image * 0, styles, "VB3_17", tmp_path, statistics=None)
+    header = sitk.ImageFileReader()
+    header.SetFileName(str(paths["segmentation"]))
+    header.ReadImageInformation()
+    stored = {header.GetMetaData(f"Segment{i}_Name"): header.GetMetaData(f"Segment{i}_Color") for i in range(len(segments))}
+    for segment in segments:
+        code, _, rgb = SLICER_VERTEBRAE[segment["level"]]
+        assert [float(c) for c in stored[segment["name"]].split()] == pytest.approx([c / 255 for c in rgb], abs=1e-5)
+    scene = mrml.read_scene_bundle(paths["scene"])
+    try:
+        import vtk
+
+        segmentation = mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode")[0].GetSegmentation()
+        for segment in segments:
+            code, meaning, rgb = SLICER_VERTEBRAE[segment["level"]]
+            node_segment = segmentation.GetSegment(mrml.segment_id(segment["value"]))
+            assert node_segment.GetColor() == pytest.approx([c / 255 for c in rgb], abs=1e-5)
+            tag = vtk.reference("")
+            assert node_segment.GetTag("TerminologyEntry", tag)
+            assert parse_terminology(str(tag))["region"] == ("SCT", code, meaning)
+    finally:
+        mrml.close_scene(scene)
+
+
 # ------------------------------------------------------------------------ Cobb angles
 
 
@@ -142,15 +191,16 @@ def test_smape_is_aasce_s():
 
 @pytest.fixture(scope="module")
 def xray_run(tmp_path_factory):
-    """One held-out X-ray through the CLI (bundled model, one thread)."""
+    """One held-out X-ray through the CLI (bundled model, one thread), with its preview."""
     import torch
 
     from VerdiffSegmentLib.cli import run_segment
+    from VerdiffSegmentLib.settings import SegmentSettings
     from conftest import xray_image
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("xray")
-    report = run_segment(xray_image(), out, device="cpu")
+    report = run_segment(xray_image(), out, SegmentSettings(device="cpu"), preview=True)
     return xray_image(), out, report
 
 
@@ -186,10 +236,55 @@ def test_json_summary_has_levels_heights_and_cobb_angles(xray_run):
         assert segment["level"] is None or segment["name"] == f"{segment['level']} vertebral body"
     angles = written["cobb_angles_deg"]
     assert set(angles) == {"PT", "MT", "TL"} and all(0 <= angles[k] <= 90 for k in angles)
+    names = [s["level"] or s["name"] for s in written["segments"]]
+    ends = written["cobb_end_vertebrae"]
+    assert set(ends) == {"PT", "MT", "TL"}
+    for upper, lower in ends.values():
+        assert names.index(upper) <= names.index(lower)  # upper end first
+
+
+def test_preview_draws_each_cobb_angle_on_its_end_vertebrae(xray_run):
+    """The preview of the CLI run shows, in each angle's colour, a line along the upper end
+    vertebra's upper endplate and one along the lower end vertebra's lower endplate."""
+    from VerdiffSegmentLib import preview
+    from VerdiffSegmentLib.io import read_image
+
+    source, out, report = xray_run
+    picture = np.asarray(Image.open(report["outputs"]["preview"]).convert("RGB"))
+    labels = sitk.ReadImage(report["outputs"]["labels"])
+    plane = cobb.label_plane(labels)
+    value_of = {s["level"] or s["name"]: s["value"] for s in report["segments"]}
+    lines = preview.cobb_lines_on_canvas(read_image(source), labels, report, report["segments"])
+    assert set(lines) == {"PT", "MT", "TL"}
+    for name, (upper_line, lower_line) in lines.items():
+        colour = np.array(preview.COBB_COLOURS[name])
+        upper, lower = (value_of[end] for end in report["cobb_end_vertebrae"][name])
+        for line in (upper_line, lower_line):
+            (x0, y0), (x1, y1) = line
+            assert np.hypot(x1 - x0, y1 - y0) > 20  # wider than the vertebra
+            drawn = 0
+            for t in np.linspace(0.1, 0.9, 17):  # the line's own colour along it, where no other line crosses
+                x, y = round(x0 + t * (x1 - x0)), max(round(y0 + t * (y1 - y0)), 1)  # a top endplate may lie on the edge
+                drawn += bool((picture[y - 1 : y + 2, x - 1 : x + 2] == colour).all(axis=-1).any())
+            assert drawn >= 12, (name, drawn)
+        # in the label plane: the upper line's middle at the upper vertebra's top, the lower
+        # line's at the lower vertebra's bottom (within a tenth of its height: a tilted
+        # endplate's middle is above its lowest corner)
+        plane_lines = cobb.endplate_lines(plane, upper, lower)
+        for (start, end), value, top in ((plane_lines[0], upper, True), (plane_lines[1], lower, False)):
+            rows = np.nonzero((plane == value).any(axis=1))[0]
+            middle, tolerance = (start[1] + end[1]) / 2, 0.1 * (rows.max() - rows.min()) + 1
+            assert abs(middle - (rows.min() if top else rows.max())) <= tolerance, (name, value, middle, rows.min(), rows.max())
+    # the same picture without the angles has none of their colours on those lines
+    plain = np.asarray(preview.render_preview(read_image(source), labels, sitk.ReadImage(report["outputs"]["uncertainty"]), []))
+    for name, pair in lines.items():
+        colour = np.array(preview.COBB_COLOURS[name])
+        (x0, y0), (x1, y1) = pair[0]
+        assert not (plain[round((y0 + y1) / 2) - 1 : round((y0 + y1) / 2) + 2, round((x0 + x1) / 2) - 1 : round((x0 + x1) / 2) + 2] == colour).all(axis=-1).any()
 
 
 def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
-    from VerdiffSegmentLib import mrml
+    from VerdiffSegmentLib.slicer_bound import mrml
 
     _source, out, report = xray_run
     scene = mrml.read_scene_bundle(next(Path(out).glob("*.mrb")))

@@ -26,10 +26,10 @@ MR_LABELS = DATA / "mr-lumbar-vb3" / "VB3_01_seg.nii.gz"
 XRAY_DIR = DATA / "xray-aasce" / "data" / "training"
 
 try:
-    from VerdiffSegmentLib import mrml
+    from VerdiffSegmentLib.slicer_bound import mrml
 except ImportError:  # not installed: use the checkout
     sys.path.insert(0, str(REPO / "VerdiffSegment"))
-    from VerdiffSegmentLib import mrml
+    from VerdiffSegmentLib.slicer_bound import mrml
 from VerdiffSegmentLib.errors import VerdiffError
 from slicer.util import arrayFromVolume, arrayFromVTKMatrix
 

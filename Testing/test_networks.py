@@ -71,3 +71,16 @@ def test_ensemble_members_are_independent_of_batch_composition():
         batched = net(x, t, prior, features)
         single = net(x[:1], t[:1], prior[:1], features[:1])
     assert torch.allclose(batched[:1], single, atol=1e-5)
+
+
+def test_the_dilated_depthwise_convolution_equals_torchs_also_on_maps_smaller_than_its_dilation():
+    """An image a few pixels wide reaches the deepest level as a 1- or 2-pixel map: fewer
+    rows than the dilation. The split into sub-images must still equal the dilated convolution."""
+    from VerdiffSegmentLib.networks.layers import DilatedDepthwiseConv2d
+
+    torch.manual_seed(0)
+    layer = DilatedDepthwiseConv2d(4, 7, dilation=3)
+    for shape in ((2, 4, 2, 13), (1, 4, 1, 1), (2, 4, 9, 10)):
+        x = torch.randn(shape)
+        expected = torch.nn.functional.conv2d(x, layer.weight, layer.bias, padding=layer.padding, dilation=layer.dilation, groups=4)
+        assert torch.allclose(layer(x), expected, atol=1e-6)

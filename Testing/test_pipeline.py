@@ -1,9 +1,11 @@
 """``pipeline.segment`` behaviour that the CLI tests do not reach: falling back to smaller
-batches when the GPU runs out of memory.
+batches, then to the CPU, when the GPU runs out of memory.
 
-CI has no GPU, so the memory limit is played by the real bundled MR network behind a
+CI has no GPU, so the memory limit is played by the real bundled networks behind a
 wrapper that raises CUDA's own out-of-memory error for batches above a size, as a small
-GPU would; everything else is the real pipeline on a real volume."""
+GPU would (or for every call until it is moved, as a GPU too small for one slice would,
+and the fallback device is the real CPU); everything else is the real pipeline on a real
+volume."""
 
 from __future__ import annotations
 
@@ -14,8 +16,9 @@ import torch
 from torch import nn
 
 from VerdiffSegmentLib.errors import VerdiffError
-from VerdiffSegmentLib.models import get_card, load_network
-from VerdiffSegmentLib.pipeline import segment
+from VerdiffSegmentLib.models import get_card, load_network, make_scheduler
+from VerdiffSegmentLib.pipeline import sample_slices, sample_volume, segment
+from VerdiffSegmentLib.preparation import prepare_for_card
 
 from conftest import MR_IMAGE
 
@@ -61,3 +64,69 @@ def test_out_of_memory_on_one_slice_is_a_clear_error(central_slab):
     card = get_card("verdiff-mr")
     with pytest.raises(VerdiffError, match="single slice"):
         segment(central_slab, card, device="cpu", network=SmallGPU(load_network(card, "cpu"), limit=0), batch_size=4)
+
+
+class GPUTooSmallForOneSlice(nn.Module):
+    """The real network; every denoising call (after the sampler drew its noise) raises
+    CUDA's out-of-memory error until the network is moved with ``to`` (the pipeline's fall
+    back to the CPU), after which it runs as it is."""
+
+    def __init__(self, network: nn.Module):
+        super().__init__()
+        self.network, self.refusals, self.moves = network, 0, []
+        self.num_classes, self.input_multiple = network.num_classes, getattr(network, "input_multiple", 1)
+
+    def to(self, device):
+        self.moves.append(torch.device(device))
+        return super().to(device)
+
+    def condition(self, images):
+        return self.network.condition(images)
+
+    def forward(self, *args):
+        if not self.moves:
+            self.refusals += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (test: the GPU holds no slice)")
+        return self.network(*args)
+
+
+def sampler_input(image, card):
+    """The network-ready stack of ``image`` for ``card`` (as ``segment`` prepares it) and a scheduler."""
+    stack = prepare_for_card(image, card).stack
+    scheduler = make_scheduler(card)
+    scheduler.set_timesteps(2)
+    return stack, scheduler
+
+
+def test_a_slice_that_does_not_fit_the_gpu_finishes_on_the_cpu_with_the_same_noise(central_slab):
+    card = get_card("verdiff-mr")
+    network = load_network(card, "cpu")
+    stack, scheduler = sampler_input(central_slab, card)
+    cpu = torch.device("cpu")
+    reference = sample_slices(stack, card, network, scheduler, 2, torch.Generator().manual_seed(4), cpu, 4, None, None)
+    gpu, warnings, progress = GPUTooSmallForOneSlice(network), [], []
+    played = sample_slices(stack, card, gpu, scheduler, 2, torch.Generator().manual_seed(4), cpu, 4, lambda *a: progress.append(a), None, fallback=cpu, warnings=warnings)
+    assert gpu.refusals == 3 and gpu.moves == [cpu]  # 4 slices -> 2 -> 1 -> the CPU, in batches of 4 again
+    assert reference[2] > 0  # slices were diffused: the refused calls had drawn noise
+    for expected, observed in zip(reference, played):
+        assert np.array_equal(expected, observed)  # the retried slices drew the same noise
+    assert progress[-1] == ("inference", len(stack), len(stack))
+    assert len(warnings) == 1 and "ran out of memory on a single slice" in warnings[0] and "CPU" in warnings[0]
+
+
+def test_a_window_that_does_not_fit_the_gpu_finishes_on_the_cpu_with_the_same_noise():
+    card = get_card("imgx3d-mr")
+    network = load_network(card, "cpu")
+    volume = sitk.ReadImage(str(MR_IMAGE))
+    middle = volume.GetSize()[0] // 2
+    stack, scheduler = sampler_input(volume[middle - 12 : middle + 12, :, :], card)
+    cpu = torch.device("cpu")
+    reference = sample_volume(stack, card, network, scheduler, 2, torch.Generator().manual_seed(4), cpu, 2, None, None)
+    gpu, warnings = GPUTooSmallForOneSlice(network), []
+    played = sample_volume(stack, card, gpu, scheduler, 2, torch.Generator().manual_seed(4), cpu, 2, None, None, fallback=cpu, warnings=warnings)
+    assert gpu.refusals == 2 and gpu.moves == [cpu]  # 2 windows -> 1 -> the CPU
+    for expected, observed in zip(reference, played):
+        assert np.array_equal(expected, observed)
+    assert len(warnings) == 1 and "single window" in warnings[0]
+    with pytest.raises(VerdiffError, match="single window"):  # already on the CPU: nowhere to go
+        sample_volume(stack, card, GPUTooSmallForOneSlice(network), scheduler, 1, torch.Generator(), cpu, 2, None, None)

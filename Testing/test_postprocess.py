@@ -4,6 +4,7 @@ reliability estimate (VerdiffSegmentLib/reliability.py) on known probability map
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 
 from VerdiffSegmentLib.postprocess import fill_holes, keep_spine, postprocess
@@ -77,3 +78,50 @@ def test_the_bundled_mr_model_warns_on_a_bad_result_and_not_on_a_good_one(data_d
     bad = segment(read_image(data_dir / "mr-sagittal-2d" / "images" / "17.png"), card, device="cpu")
     assert bad.settings["reliability"]["likely_wrong"] and "likely wrong" in bad.settings["reliability"]["warnings"][0]
     assert json.dumps(bad.settings["reliability"])  # goes into the report as it is
+
+
+def test_probability_smoothing_is_across_slices_only_and_in_mm():
+    from VerdiffSegmentLib.postprocess import smooth_probability_across_slices
+
+    probability = np.zeros((9, 1, 5, 5), np.float32)
+    probability[4, 0, 2, 2] = 1.0  # one voxel in one slice
+    out = smooth_probability_across_slices(probability, 1.0, {"probability_slice_sigma_mm": 1.5})
+    assert out[:, 0, 2, 2].sum() == pytest.approx(1.0, abs=0.01) and out[3, 0, 2, 2] > 0.2  # spread over the neighbours
+    assert out[4, 0, 2, 1] == 0 and out[4, 0, 1, 2] == 0  # never in-plane
+    thick = smooth_probability_across_slices(probability, 4.0, {"probability_slice_sigma_mm": 1.5})
+    assert thick[4, 0, 2, 2] > out[4, 0, 2, 2] + 0.3  # 4 mm slices: the same mm barely smooth
+    assert np.array_equal(smooth_probability_across_slices(probability[4:5], 1.0, {"probability_slice_sigma_mm": 1.5}), probability[4:5])
+    assert smooth_probability_across_slices(probability, 1.0, {}) is probability
+
+
+def test_uncertainty_smoothing_uses_mm_per_axis_and_a_single_slice_only_in_plane():
+    from VerdiffSegmentLib.postprocess import smooth_uncertainty
+
+    spread = np.zeros((5, 9, 9), np.float32)
+    spread[2, 4, 4] = 1.0
+    out = smooth_uncertainty(spread, (1.0, 1.0, 1.0), {"uncertainty_sigma_mm": [2.0, 0.0]})
+    assert out[1, 4, 4] > 0 and out[2, 4, 3] == 0  # along the slices only
+    xray = smooth_uncertainty(spread[2:3], (1.0, 5.0, 5.0), {"uncertainty_sigma_mm": [2.0, 7.5]})
+    assert xray[0, 4, 3] > 0 and xray.sum() == pytest.approx(1.0, abs=0.01)  # 1.5 pixels of 5 mm in-plane
+    assert smooth_uncertainty(spread, (1.0, 1.0, 1.0), None) is spread
+
+
+def test_the_cards_smoothing_changes_labels_and_uncertainty_but_not_the_reliability_estimate(data_dir):
+    """A slab of a held-out MR through the real pipeline, with and without the smoothing."""
+    from VerdiffSegmentLib.models import get_card, load_network
+    from VerdiffSegmentLib.pipeline import segment
+
+    volume = sitk.ReadImage(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))
+    middle = volume.GetSize()[2] // 2  # its third axis is left-right
+    slab = volume[:, :, middle - 5 : middle + 5]
+    card = get_card("verdiff-mr")
+    plain = card.derived(postprocess={"spine_bridge_mm": 15})
+    smoothed = card.derived(postprocess={"spine_bridge_mm": 15, "probability_slice_sigma_mm": 1.5, "uncertainty_sigma_mm": [2.0, 1.0]})
+    network = load_network(card, "cpu")
+    a, b = (segment(slab, c, device="cpu", network=network, seed=3, per_vertebra=False) for c in (plain, smoothed))
+    assert a.settings["reliability"] == b.settings["reliability"]
+    ua, ub = sitk.GetArrayFromImage(a.uncertainty), sitk.GetArrayFromImage(b.uncertainty)
+    # smoother: smaller differences between neighbouring slices and pixels
+    assert np.abs(np.diff(ub, axis=2)).mean() < 0.8 * np.abs(np.diff(ua, axis=2)).mean()
+    la, lb = sitk.GetArrayFromImage(a.labels), sitk.GetArrayFromImage(b.labels)
+    assert (la != lb).any() and (lb > 0).sum() > 0.9 * (la > 0).sum()

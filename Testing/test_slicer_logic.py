@@ -1,7 +1,8 @@
 """The Slicer module's logic, headless: real MRML scenes (slicer-core), real dev data, the
-real bundled models at small settings (steps=2, ensemble=2).
+real bundled models at small settings (steps=2, ensemble=2), run as the module runs them:
+in a real ``verdiff segment`` process whose progress is read and whose outputs are loaded.
 
-The test bodies live in ``VerdiffSegmentLib/testing.py`` so that ``VerdiffSegmentTest``
+The test bodies live in ``VerdiffSegmentLib/slicer_bound/testing.py`` so that ``VerdiffSegmentTest``
 runs the same checks inside 3D Slicer (``Slicer --testing``).
 """
 
@@ -18,10 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 
 try:
-    from VerdiffSegmentLib import mrml, slicer_logic, testing
+    from VerdiffSegmentLib.slicer_bound import mrml, slicer_logic, testing
 except ImportError:  # not installed: use the checkout
     sys.path.insert(0, str(REPO / "VerdiffSegment"))
-    from VerdiffSegmentLib import mrml, slicer_logic, testing
+    from VerdiffSegmentLib.slicer_bound import mrml, slicer_logic, testing
 from VerdiffSegmentLib.errors import VerdiffError
 from VerdiffSegmentLib.models import list_cards
 
@@ -104,8 +105,8 @@ def test_read_input_turns_rgb_into_grey(scene):
 def test_mr_outputs_geometry_names_colours_terminology_hierarchy(mr):
     scene, volume, source, outputs, computation = mr
     # check_segment_volume ran every check when the fixture was built; spell out the essentials
-    assert computation.card.name == "verdiff-mr"
-    assert computation.result.settings["steps"] == 2 and computation.result.settings["ensemble"] == 2
+    assert computation.settings["model"] == "verdiff-mr"
+    assert computation.settings["steps"] == 2 and computation.settings["ensemble"] == 2
     segmentation = outputs.segmentation.GetSegmentation()
     names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
     # one segment per vertebral body, top-down: named bottom-up from L5 when at least five
@@ -174,7 +175,7 @@ def test_xray_outputs_under_a_transform(scene):
     import json
 
     angles = json.loads(outputs.statistics.GetAttribute("VerdiffSegment.cobb_angles_deg"))
-    assert angles == computation.result.measurements["cobb_angles_deg"] and set(angles) == {"PT", "MT", "TL"}
+    assert angles == computation.measurements["cobb_angles_deg"] and set(angles) == {"PT", "MT", "TL"}
 
 
 def test_xray_second_run_replaces_and_spares_other_inputs(scene):
@@ -247,8 +248,37 @@ def test_only_sampling_models_offer_steps_and_ensemble():
     assert not slicer_logic.samples(verdiff.derived(name="x", family="no-such-family"))
 
 
-def test_background_job_progress_cancel_and_errors(scene):
-    """The worker thread the Slicer GUI polls, on a few real MR slices."""
+def test_process_job_progress_cancel_and_errors(scene):
+    """The pieces the Slicer GUI drives with qt.QProcess, with real processes on a few
+    real MR slices: progress from chunked stderr, outputs read back, a kill mid-run, an error line."""
     source = testing.mr_image(DATA, 6)
     volume = testing.add_volume(scene, source, "MR slab")
-    testing.check_background_job(scene, volume)
+    testing.check_process_job(scene, volume)
+
+
+def test_write_input_is_exact_for_the_full_mr_volume_and_an_xray(scene):
+    """The file handed to the process is the node, voxel for voxel and in the same place
+    (the MR's left-handed grid, the X-ray's single slice, an oblique volume)."""
+    for name, source in (("full MR", testing.mr_image(DATA)), ("xray", testing.xray_image(DATA)), ("oblique", testing.synthetic_image())):
+        testing.check_write_input_exact(testing.add_volume(scene, source, name))
+
+
+def test_write_input_of_an_rgb_volume_is_grey(scene, tmp_path):
+    rgb = np.zeros((1, 20, 30, 3), np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    rgb[0, 5:10, 5:10] = (10, 20, 30)
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
+    slicer.util.updateVolumeFromArray(node, rgb)
+    written = sitk.ReadImage(str(slicer_logic.write_input(node, tmp_path)))
+    assert written.GetNumberOfComponentsPerPixel() == 1
+    assert sitk.GetArrayViewFromImage(written)[0, 0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
+    assert sitk.GetArrayViewFromImage(written)[0, 6, 6] == pytest.approx(0.299 * 10 + 0.587 * 20 + 0.114 * 30, abs=1e-3)
+
+
+def test_dependencies_are_found_and_nothing_is_installed_when_all_are_there():
+    """What the module's install button checks: torch, numpy and SimpleITK import here, so
+    installing asks nothing and changes nothing."""
+    from VerdiffSegmentLib.slicer_bound import dependencies
+
+    assert dependencies.missing() == []
+    assert dependencies.install(confirm_pip=lambda packages: pytest.fail(f"asked to install {packages}")) is True

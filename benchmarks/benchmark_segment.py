@@ -75,6 +75,7 @@ def child(args: dict) -> dict:
     from VerdiffSegmentLib.models import load_network
     from VerdiffSegmentLib.pipeline import choose_card, resolve_device, segment
     from VerdiffSegmentLib.preparation import prepare_for_card
+    from VerdiffSegmentLib.settings import SegmentSettings
     from VerdiffSegmentLib.transforms import pad_to_multiple
 
     if args["threads"]:
@@ -82,7 +83,7 @@ def child(args: dict) -> dict:
     path = Path(args["input"])
     truth = truth_of(path)
     with tempfile.TemporaryDirectory() as out:
-        report = run_segment(str(path), out, args["model"], args["steps"], args["ensemble"], args["device"], 0, args["batch_size"])
+        report = run_segment(str(path), out, SegmentSettings(args["model"], args["steps"], args["ensemble"], args["device"], 0, args["batch_size"]))
         result = {k: report[k] for k in ("model", "steps", "ensemble", "device", "slices", "diffused_slices", "timings_seconds")}
         if truth is not None:
             labels = sitk.GetArrayFromImage(sitk.ReadImage(report["outputs"]["labels"])) > 0

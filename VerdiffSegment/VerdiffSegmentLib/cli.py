@@ -11,7 +11,10 @@ a failure or a kill leaves OUTDIR as it was):
 - ``S.mrb``: a Slicer scene bundle with the input volume, the segmentation and the
   uncertainty volume. ``--no-scene`` leaves it out: the bundle must hold a copy of the
   input (an .mrb that referenced the input file would break when either is moved), so
-  for a cohort, where the inputs are kept anyway, it is mostly a second copy of them;
+  for a cohort, where the inputs are kept anyway, it is mostly a second copy of them.
+  ``--volumes-only`` leaves out both Slicer files (``.seg.nrrd`` and ``.mrb``): what the
+  Slicer module's process (``process``) writes, as the module builds its nodes itself; such
+  a run needs neither vtk nor slicer-core;
 - ``S_preview.png`` with ``--preview`` (``preview``);
 - ``S.json``: settings, timings, warnings, per-segment statistics and the path of every
   output under ``outputs``, itself included (key ``report``).
@@ -47,10 +50,11 @@ import SimpleITK as sitk
 from . import __version__
 from .errors import VerdiffError
 from .io import read_image
-from .models import AUTO_MODALITY, MAX_ENSEMBLE, list_cards, load_network
+from .models import AUTO_MODALITY, list_cards, load_network
 from .outputs import check_output_folder, staged_outputs
 from .pipeline import check_card_fits, choose_card, detect_modality, resolve_device, segment
 from .progress import MODES, ProgressPrinter, StageTracker
+from .settings import BATCH_SIZE_LIMITS, DEFAULT_BATCH_SIZE, MAX_ENSEMBLE, SEED_LIMITS, SegmentSettings
 
 IMAGE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd", ".jpg", ".jpeg", ".png", ".dcm", ".tif", ".tiff")
 # File types that carry no pixel size SimpleITK can trust (it reads them as 1 x 1).
@@ -122,16 +126,12 @@ class Networks:
 def run_segment(
     input,
     output,
-    model="auto",
-    steps=None,
-    ensemble=None,
-    device="auto",
-    seed=0,
-    batch_size=8,
+    settings: SegmentSettings = SegmentSettings(),
     *,
     output_format="nrrd",
     scene=True,
     preview=False,
+    slicer_files=True,
     progress=None,
     networks: Networks | None = None,
     warn=None,
@@ -146,8 +146,9 @@ def run_segment(
     # slicer-core (for the .seg.nrrd and .mrb) takes 1-4 s to import, mostly loading shared
     # libraries: import it on a side thread while the image is read and segmented (torch
     # releases the GIL in its kernels), so an X-ray does not wait for it at the end.
-    prefetch = threading.Thread(target=_import_quietly, args=(".mrml",), daemon=True)
-    prefetch.start()
+    prefetch = threading.Thread(target=_import_quietly, args=(".slicer_bound.mrml",), daemon=True)
+    if slicer_files:
+        prefetch.start()
     clock = time.perf_counter()
     source = Path(input)
     check_output_folder(output)  # a folder that cannot be written fails now, not after the work
@@ -155,22 +156,23 @@ def run_segment(
     image = read_image(source)
     report_stage("read", 1, 1)
     read_seconds = time.perf_counter() - clock
-    card = choose_card(image, model)
+    card = choose_card(image, settings.model)
     modality = detect_modality(image)
     check_card_fits(image, card)  # an impossible model is an error, not first a warning
+    settings = settings.for_card(card)  # steps and ensemble out of this model's range: an error before the model loads
     warnings = [w for w in [modality_warning(modality, card, source.name)] if w]
     for warning in warnings:
         if warn is not None:
             warn(warning)
     clock = time.perf_counter()
-    torch_device = resolve_device(device)
+    torch_device = resolve_device(settings.device)
     network = (networks or Networks()).get(card, torch_device, report_stage)
     if isinstance(progress, ProgressPrinter):
         progress.unit = "windows" if card.spatial_dims == 3 else "slices"
     load_seconds = time.perf_counter() - clock
     report_stage("preprocess", 0, 1)
     stages = StageTracker(report_stage)
-    result = segment(image, card, steps, ensemble, torch_device, seed, batch_size, network=network, progress=stages, cancel=stages.cancel)
+    result = segment(image, card, **{**settings.segment_arguments(), "device": torch_device}, network=network, progress=stages, cancel=stages.cancel)
     if not stages.sampling:
         report_stage("preprocess", 1, 1)
     report_stage("postprocess", 1, 1)
@@ -185,22 +187,23 @@ def run_segment(
     report_stage("write", 0, 1)
     clock = time.perf_counter()
     with staged_outputs(outdir) as staging:
-        prefetch.join()
-        from .mrml import write_outputs  # raises here, in the caller's thread, if the import failed
-
         suffix = FORMATS[output_format]
         names = {"labels": f"{stem}_labels{suffix}", "uncertainty": f"{stem}_uncertainty{suffix}"}
         sitk.WriteImage(result.labels, str(staging / names["labels"]), True)
         sitk.WriteImage(result.uncertainty, str(staging / names["uncertainty"]), True)
         segment_styles = [{"label": s["value"], "name": s["name"], "color": s["color"], "terminology": s.get("terminology"), "level": s.get("level")} for s in result.segments]
-        written = write_outputs(image, result.labels, result.uncertainty, segment_styles, stem, staging, scene_bundle=scene, statistics=result.segments)
-        names.update({key: Path(path).name for key, path in written.items()})
+        if slicer_files:
+            prefetch.join()
+            from .slicer_bound.mrml import write_outputs  # raises here, in the caller's thread, if the import failed
+
+            written = write_outputs(image, result.labels, result.uncertainty, segment_styles, stem, staging, scene_bundle=scene, statistics=result.segments)
+            names.update({key: Path(path).name for key, path in written.items()})
         settings = {**result.settings, "output_format": output_format}
         if preview:
             from .preview import write_preview
 
             caption = preview_caption(stem, settings, segments)
-            names["preview"] = write_preview(staging / f"{stem}_preview.png", image, result.labels, result.uncertainty, caption).name
+            names["preview"] = write_preview(staging / f"{stem}_preview.png", image, result.labels, result.uncertainty, caption, result.measurements, result.segments).name
         names["report"] = f"{stem}.json"
         outputs = {key: str((outdir / name).resolve()) for key, name in names.items()}
         result.timings["load_model"] = result.timings.get("load_model", 0.0) + load_seconds
@@ -491,10 +494,11 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--steps", type=int, default=None, metavar="K", help=steps_help)
     seg.add_argument("--ensemble", type=int, default=None, metavar="N", help=ensemble_help)
     seg.add_argument("--device", default="auto", help="auto (CUDA if present, else CPU), cpu, cuda, cuda:N (GPU number N) or mps (Apple GPU); a device that is absent is an error")
-    seg.add_argument("--seed", type=int, default=0, help="random seed of the sampling noise: the same seed, settings and device give the same result (default 0)")
-    seg.add_argument("--batch-size", type=int, default=8, metavar="B", help="sagittal slices (3D models: windows) per network call; on a GPU, raised to what fits in memory (default 8)")
+    seg.add_argument("--seed", type=int, default=0, help=f"random seed of the sampling noise, {SEED_LIMITS[0]}-{SEED_LIMITS[1]}: the same seed, settings and device give the same result (default 0)")
+    seg.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE, metavar="B", help=f"sagittal slices (3D models: windows) per network call, {BATCH_SIZE_LIMITS[0]}-{BATCH_SIZE_LIMITS[1]}; on a GPU, raised to what fits in memory (default {DEFAULT_BATCH_SIZE})")
     seg.add_argument("--format", dest="output_format", choices=sorted(FORMATS), default="nrrd", help="file format of the label map and the uncertainty (the segmentation stays .seg.nrrd); default nrrd")
     seg.add_argument("--no-scene", dest="scene", action="store_false", help="do not write the .mrb scene bundle (it holds a copy of the input)")
+    seg.add_argument("--volumes-only", dest="slicer_files", action="store_false", help="write only the label map, the uncertainty and the JSON report: no .seg.nrrd and no .mrb (the Slicer module's runs; needs no vtk or slicer-core)")
     seg.add_argument("--preview", action="store_true", help="also write S_preview.png: the mid-sagittal slice (or the X-ray) with the outline and the uncertainty")
     seg.add_argument("--shard", type=parse_shard, default=None, metavar="K/N", help="run only the K-th of N interleaved parts of the sorted inputs (array jobs)")
     seg.add_argument("--progress", choices=MODES, default="auto", help="on stderr: bar (a terminal's default), lines (the default when piped), json (one object a line, for programs) or none")
@@ -520,9 +524,15 @@ def main(argv=None) -> int:
     return 0
 
 
+def settings_from(args) -> SegmentSettings:
+    """The request of ``verdiff segment``'s options (``SegmentSettings.cli_arguments`` writes them)."""
+    return SegmentSettings(model=args.model, steps=args.steps, ensemble=args.ensemble, device=args.device, seed=args.seed, batch_size=args.batch_size)
+
+
 def segment_command(args) -> int:
+    settings = settings_from(args)  # a bad option fails here, before any input is read
     printer = ProgressPrinter("none" if args.quiet else args.progress)
-    options = dict(model=args.model, steps=args.steps, ensemble=args.ensemble, device=args.device, seed=args.seed, batch_size=args.batch_size, output_format=args.output_format, scene=args.scene, preview=args.preview)
+    options = dict(settings=settings, output_format=args.output_format, scene=args.scene, preview=args.preview, slicer_files=args.slicer_files)
     single = len(args.input) == 1 and not is_image_folder(Path(args.input[0])) and args.shard is None
     if single:
         try:

@@ -63,25 +63,28 @@ def cobb_from_vertebrae(tilts: np.ndarray, centre: np.ndarray, image_height: flo
     """The three angles (degrees) from the vertebrae's tilt vectors [n, 2] (top to bottom)
     and the centre line [2n, 2] (upper and lower endplate middle of each, (x, y) pixels).
     ``lines``: the tilts are axes without a sign (``_angle``)."""
+    return cobb_with_end_vertebrae(tilts, centre, image_height, lines)[0]
+
+
+def cobb_with_end_vertebrae(tilts: np.ndarray, centre: np.ndarray, image_height: float, lines: bool = False) -> tuple[dict, dict]:
+    """``cobb_from_vertebrae``'s angles and, per angle, its end vertebrae: the pair of
+    vertebrae (indices top to bottom, upper first) whose tilts make it."""
     tilts, centre = np.asarray(tilts, float), np.asarray(centre, float)
     count = len(tilts)
     angles = _angle(tilts[:, None], tilts[None], lines)
     partner = angles.argmax(axis=0)  # per column, the row of its largest angle
     end_a = int(angles.max(axis=0).argmax())
     end_b = int(partner[end_a])
-    first = angles[end_b, end_a]
+    pairs = [(end_b, end_a)]
     if not is_s_shaped(centre):
-        second = angles[0, end_a]
-        third = angles[count - 1, end_b]
+        pairs += [(0, end_a), (count - 1, end_b)]
     elif centre[2 * end_a + 1, 1] + centre[2 * end_b + 1, 1] < image_height:
-        second = angles[end_a, : end_a + 1].max()
-        third = angles[end_b, end_b:].max()
+        pairs += [(int(angles[end_a, : end_a + 1].argmax()), end_a), (end_b, end_b + int(angles[end_b, end_b:].argmax()))]
     else:
-        above = angles[end_a, : end_a + 1]
-        second = above.max()
-        end = int(above.argmax())
-        third = angles[end, : end + 1].max()
-    return {name: round(float(np.degrees(value)), 2) for name, value in zip(NAMES, (first, second, third))}
+        end = int(angles[end_a, : end_a + 1].argmax())
+        pairs += [(end, end_a), (int(angles[end, : end + 1].argmax()), end)]
+    degrees = {name: round(float(np.degrees(angles[i, j])), 2) for name, (i, j) in zip(NAMES, pairs)}
+    return degrees, {name: (min(i, j), max(i, j)) for name, (i, j) in zip(NAMES, pairs)}
 
 
 def cobb_from_landmarks(points: np.ndarray, image_height: float) -> dict:
@@ -134,17 +137,50 @@ def _midline_direction(yx: np.ndarray) -> np.ndarray:
 def cobb_angles(labels: sitk.Image, segments: list[dict]) -> dict | None:
     """``{"PT", "MT", "TL"}`` in degrees for a 2D per-vertebra label map (``levels.vertebrae``:
     values 1..n top to bottom), or None for volumes and for fewer than 3 vertebrae."""
+    return cobb_measurements(labels, segments)["cobb_angles_deg"]
+
+
+def cobb_measurements(labels: sitk.Image, segments: list[dict]) -> dict:
+    """What the JSON summary carries of an AP X-ray: ``cobb_angles_deg`` (``cobb_angles``)
+    and ``cobb_end_vertebrae``: per angle its upper and lower end vertebra, each by its
+    level, or by its segment's name where the level is not decided (``"vertebra 3"``);
+    both None for volumes and for fewer than 3 vertebrae."""
+    array = label_plane(labels)
+    none = {"cobb_angles_deg": None, "cobb_end_vertebrae": None}
+    if array is None:
+        return none
+    counts = np.bincount(np.asarray(array, np.int64).ravel())
+    measured = [s for s in segments if int(s["value"]) < len(counts) and counts[int(s["value"])] >= 3]
+    if len(measured) < 3:
+        return none
+    tilts, centre = vertebra_geometry(array, [int(s["value"]) for s in measured])
+    angles, ends = cobb_with_end_vertebrae(tilts, centre, array.shape[0], lines=True)
+    name = lambda s: s.get("level") or s["name"]  # noqa: E731
+    return {"cobb_angles_deg": angles, "cobb_end_vertebrae": {key: [name(measured[i]) for i in pair] for key, pair in ends.items()}}
+
+
+def label_plane(labels: sitk.Image) -> np.ndarray | None:
+    """The [rows, columns] array of a 2D or single-slice label map; None for a volume."""
     array = sitk.GetArrayViewFromImage(labels)
     if array.ndim == 3 and 1 in array.shape:
         array = array.reshape([n for n in array.shape if n != 1])
-    if array.ndim != 2:
-        return None
-    counts = np.bincount(np.asarray(array, np.int64).ravel())
-    values = [int(s["value"]) for s in segments if int(s["value"]) < len(counts) and counts[int(s["value"])] >= 3]
-    if len(values) < 3:
-        return None
-    tilts, centre = vertebra_geometry(np.asarray(array), values)
-    return cobb_from_vertebrae(tilts, centre, array.shape[0], lines=True)
+    return np.asarray(array) if array.ndim == 2 else None
+
+
+def endplate_lines(labels: np.ndarray, upper: int, lower: int, reach: float = 1.6) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The two lines of one Cobb angle as drawn on a picture of the label map [rows,
+    columns]: along the tilt of the vertebra ``upper`` (a label value) through the middle of
+    its upper endplate, and along that of ``lower`` through the middle of its lower
+    endplate (the tilts the angle is measured between, ``vertebra_geometry``); each
+    ``reach`` times the vertebra's half width to either side. Returns (start, end) (x, y)
+    pixel pairs, upper first."""
+    tilts, centre = vertebra_geometry(labels, [upper, lower])
+    out = []
+    for index, (value, middle) in enumerate(((upper, centre[0]), (lower, centre[3]))):
+        xy = np.argwhere(labels == value)[:, ::-1].astype(float)
+        half_width = np.abs((xy - xy.mean(axis=0)) @ tilts[index]).max() + 0.5
+        out.append((middle - reach * half_width * tilts[index], middle + reach * half_width * tilts[index]))
+    return out
 
 
 def smape(predicted: list, truth: list) -> float | None:

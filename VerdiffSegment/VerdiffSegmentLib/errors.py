@@ -7,3 +7,8 @@ module shows it with ``slicer.util.errorDisplay``. Everything else is a bug.
 
 class VerdiffError(Exception):
     """A clear, user-facing error: bad input, bad weights, unknown model, bad option."""
+
+
+class Cancelled(Exception):
+    """The caller asked to stop: ``pipeline.segment``'s ``cancel()`` returned True, or the
+    Slicer logic's cancel stopped the ``verdiff segment`` process. Nothing was changed."""

@@ -50,7 +50,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 
-from .terminology import is_body_label, terminology_for_label
+from .terminology import is_body_label, level_display_color, terminology_for_label
 
 # Level names in cranio-caudal order (the same list as training.labels.LEVELS).
 LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["T13"] + [f"L{i}" for i in range(1, 7)] + ["S1", "sacrum"]
@@ -61,22 +61,16 @@ PERIOD_PERCENTILE = 50
 NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on both sides
 EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
-# Colours by region, alternating light/dark so that neighbours differ (not Slicer's
-# terminology colours, which could not be checked: see ``terminology``).
-_REGION_COLORS = {
-    "C": ((0.95, 0.8, 0.55), (0.8, 0.6, 0.35)),
-    "T": ((0.6, 0.8, 0.95), (0.35, 0.55, 0.8)),
-    "L": ((0.95, 0.65, 0.6), (0.8, 0.4, 0.4)),
-    "S": ((0.7, 0.9, 0.6), (0.5, 0.7, 0.4)),
-}
+# Vertebrae whose level is not decided have no terminology colour: two shades alternating
+# top-down, so that neighbours differ.
 _UNNAMED_COLORS = ((0.9, 0.85, 0.5), (0.6, 0.75, 0.45))
 
 
 def level_color(level: str | None, index: int) -> list[float]:
-    """Colour of the vertebra ``index`` (0-based, top-down) with ``level`` (or None)."""
-    pair = _REGION_COLORS.get(level[0].upper(), _UNNAMED_COLORS) if level else _UNNAMED_COLORS
-    number = LEVELS.index(level) if level in LEVELS else index
-    return [float(c) for c in pair[number % 2]]
+    """Colour of the vertebra ``index`` (0-based, top-down) with ``level`` (or None): Slicer's
+    terminology colour for the level (``terminology.level_display_color``), else one of
+    ``_UNNAMED_COLORS``."""
+    return level_display_color(level) or [float(c) for c in _UNNAMED_COLORS[index % 2]]
 
 
 # ------------------------------------------------------------------------- geometry

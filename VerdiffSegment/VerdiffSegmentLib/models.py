@@ -23,12 +23,10 @@ import torch
 from .errors import VerdiffError
 from .families import Family, get_family
 from .inferers import memory_layout
+from .settings import MAX_ENSEMBLE  # the request's limits live in settings.py
 
 # Which card "auto" takes for each detected modality.
 AUTO_MODALITY = {"XR": "verdiff-xray", "CT": "verdiff-ct", "MR": "verdiff-mr"}
-
-# The most samples ``pipeline.segment`` averages (memory and time grow linearly with it).
-MAX_ENSEMBLE = 32
 
 
 def models_dir() -> Path:

@@ -13,9 +13,11 @@ benchmarks and validation all use:
    blend mean probability and standard deviation alike (``sliding_window_inference``,
    ``VOLUME_OVERLAP``, Gaussian weights);
 4. label map = mean probability above 0.5, post-processed as the card says (``postprocess``:
-   the spine's connected chain kept, holes filled); uncertainty = the standard deviation of the
-   probability across the ensemble's samples (0 where only the prior was used); a
-   reliability estimate with its warnings (``reliability``);
+   the probability averaged across neighbouring slices, the spine's connected chain kept,
+   holes filled); uncertainty = the standard deviation of the probability across the
+   ensemble's samples (0 where only the prior was used), averaged over neighbouring voxels
+   where the card says; a reliability estimate with its warnings (``reliability``, from
+   the samples before any smoothing);
 5. map both back onto the input voxel grid: uncertainty linearly; labels of a binary model
    by mapping the mean foreground probability linearly and thresholding it at 0.5 there,
    so its boundary falls between the model grid's pixels (nearest-neighbour labels would
@@ -36,18 +38,19 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .cobb import cobb_angles
-from .errors import VerdiffError
+from .cobb import cobb_measurements
+from .errors import Cancelled, VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import labels_from_probability
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import name_vertebrae
-from .models import AUTO_MODALITY, MAX_ENSEMBLE, ModelCard, get_card, load_network, make_scheduler
-from .postprocess import postprocess
+from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
+from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import prepare_for_card
 from .reliability import SELF_DICE_WARNING, reliability_estimate
+from .settings import SegmentSettings
 from .transforms import pad_to_multiple
 
 
@@ -55,13 +58,6 @@ from .transforms import pad_to_multiple
 # volume's faces is predicted by 2-8 windows, whose Gaussian-weighted average hides the
 # seams where a window's context is cut off (the MONAI/nnU-Net convention).
 VOLUME_OVERLAP = 0.5
-
-# Slices (3D models: windows) per network call; more is never faster and only risks memory.
-MAX_BATCH_SIZE = 4096
-
-
-class Cancelled(Exception):
-    """Raised inside ``segment`` when the caller's ``cancel()`` returns True."""
 
 
 @dataclass
@@ -143,25 +139,17 @@ def segment(
     decided (``levels.name_vertebrae``); the union is the model's foreground either way."""
     timings = {}
     clock = time.perf_counter()
-    steps = card.default_steps if steps is None else int(steps)
-    ensemble = card.default_ensemble if ensemble is None else int(ensemble)
-    if not 1 <= ensemble <= MAX_ENSEMBLE:
-        raise VerdiffError(f"ensemble size must be between 1 and {MAX_ENSEMBLE}, got {ensemble}")
-    if not 1 <= int(batch_size) <= MAX_BATCH_SIZE:
-        raise VerdiffError(f"batch size must be between 1 and {MAX_BATCH_SIZE}, got {batch_size}")
+    # The one check of the request (settings.py); a deterministic card gets 0 steps, 1 member.
+    checked = SegmentSettings(card.name, steps, ensemble, str(device), seed, batch_size).for_card(card)
+    steps, ensemble, seed, batch_size = checked.steps, checked.ensemble, checked.seed, checked.batch_size
     torch_device = resolve_device(device)
     check_image(image)
     check_card_fits(image, card)
     volumetric = card.spatial_dims == 3
     refuse_segmentation_above_available(image, card, ensemble, batch_size)  # before any large allocation
     scheduler = make_scheduler(card)
-    if scheduler is None:  # a deterministic family: one pass, no samples
-        steps, ensemble = 0, 1
-    else:
-        try:
-            scheduler.set_timesteps(steps)
-        except ValueError as error:
-            raise VerdiffError(str(error)) from None
+    if scheduler is not None:
+        scheduler.set_timesteps(steps)  # within the card's range: checked above
     network = network or load_network(card, torch_device)
     timings["load_model"] = time.perf_counter() - clock
 
@@ -174,17 +162,23 @@ def segment(
     generator = torch.Generator().manual_seed(int(seed))
     n_slices = stack.shape[0]
     sample = (card, network, scheduler, ensemble, generator, torch_device)
+    run_warnings: list[str] = []  # a fall back to the CPU (``OutOfMemoryFallback``)
+    on_oom = {"fallback": cpu_fallback(torch_device), "warnings": run_warnings}
     if volumetric:
-        probability, spread, diffused, windows = sample_volume(stack, *sample, batch_size, progress, cancel)
+        probability, spread, diffused, windows = sample_volume(stack, *sample, batch_size, progress, cancel, **on_oom)
     else:
-        probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel)
+        probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel, **on_oom)
     timings["inference"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
     raw_labels = labels_from_probability(probability)
+    # the reliability estimate sees the samples as they came (its thresholds were calibrated so)
+    reliability = reliability_estimate(probability, spread, postprocess(raw_labels, prepared.grid_spacing, card.postprocess), card.self_dice_warning or SELF_DICE_WARNING)
+    probability = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
+    raw_labels = labels_from_probability(probability)
     labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
-    reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
-    uncertainty_stack = spread.max(axis=1).astype(np.float32)
+    reliability["warnings"][:0] = run_warnings  # the path by which warnings reach the CLI, its JSON and the module
+    uncertainty_stack = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
     uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)
     foreground = None
     if network.num_classes == 1 or keep_probability:
@@ -201,7 +195,7 @@ def segment(
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
         if card.modality == "XR":
-            measurements["cobb_angles_deg"] = cobb_angles(labels, label_info)
+            measurements.update(cobb_measurements(labels, label_info))  # angles and end vertebrae
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)
@@ -222,39 +216,41 @@ def segment(
     return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
 
 
-def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):
+def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None):
     """The 2D models: the ensemble on batches of padded sagittal slices. Returns the mean
-    probability and its spread [slices, classes, rows, cols] and how many slices were diffused."""
+    probability and its spread [slices, classes, rows, cols] and how many slices were diffused.
+    An out-of-memory error halves the batch, then moves the work to ``fallback``
+    (``OutOfMemoryFallback``; its warning is appended to ``warnings``)."""
     stack, (rows, cols) = pad_to_multiple(stack, network.input_multiple)
     n_slices = stack.shape[0]
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
     spread = np.zeros_like(probability)
     diffused = 0
+    limit = batch_size
     if torch_device.type == "cuda":
-        batch_size = max(batch_size, gpu_batch_size(stack.shape[1:], ensemble, network, torch_device))
+        limit = max(batch_size, gpu_batch_size(stack.shape[1:], ensemble, network, torch_device))
+    sampler = OutOfMemoryFallback(card, network, scheduler, ensemble, generator, torch_device, limit, fallback, batch_size, "slice")
     start = 0
-    while start < n_slices:
-        if cancel is not None and cancel():
-            raise Cancelled()
-        batch = torch.from_numpy(stack[start : start + batch_size, None]).to(torch_device)
-        state = generator.get_state()
-        try:
-            with inference_autocast(torch_device):
-                mean, std, n = card.family.sample(network, scheduler, batch, ensemble, generator)
-        except torch.cuda.OutOfMemoryError:
-            batch_size = smaller_batch_after_oom(batch_size, len(batch))
-            generator.set_state(state)  # the retried batch draws the same noise
-            continue
-        probability[start : start + len(batch)] = mean[..., :rows, :cols]
-        spread[start : start + len(batch)] = std[..., :rows, :cols]
-        diffused += n
-        start += len(batch)
-        if progress is not None:
-            progress("inference", start, n_slices)
+    try:
+        while start < n_slices:
+            if cancel is not None and cancel():
+                raise Cancelled()
+            mean, std, n = sampler.sample(torch.from_numpy(stack[start : start + sampler.batch_size, None]))
+            end = start + len(mean)
+            probability[start:end] = mean[..., :rows, :cols]
+            spread[start:end] = std[..., :rows, :cols]
+            diffused += n
+            start = end
+            if progress is not None:
+                progress("inference", start, n_slices)
+    finally:
+        sampler.return_network()
+        if warnings is not None:
+            warnings.extend(sampler.warnings)
     return probability, spread, diffused
 
 
-def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel):
+def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None):
     """The 3D models: the ensemble on overlapping windows of the card's patch size over the
     isotropic volume [slices, rows, cols], ``batch_size`` windows per sampler call.
 
@@ -263,49 +259,118 @@ def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_de
     the windows' sample spreads, as the probability is of their means. ``progress`` counts
     windows; ``cancel`` is asked before each batch of windows. Returns the mean
     probability and its spread [slices, classes, rows, cols] (the layout of the 2D path),
-    the number of slices diffused (all, for a diffusion family) and of windows."""
+    the number of slices diffused (all, for a diffusion family) and of windows.
+    An out-of-memory error splits a call's windows into smaller batches, then moves the
+    sampling to ``fallback`` (``OutOfMemoryFallback``; its warning is appended to
+    ``warnings``); the volume and the blending stay on ``torch_device``."""
     patch_size = card.patch_size
     if patch_size is None or len(patch_size) != 3:
         raise VerdiffError(f"model {card.name} is a 3D model but its card gives no input.patch_size (slices, rows, columns)")
     total = len(window_slices(stack.shape, patch_size, VOLUME_OVERLAP))
     done, diffused = 0, 0
+    sampler = OutOfMemoryFallback(card, network, scheduler, ensemble, generator, torch_device, batch_size, fallback, batch_size, "window")
 
     def predict(patches: torch.Tensor) -> torch.Tensor:
         nonlocal done, diffused
         if cancel is not None and cancel():
             raise Cancelled()
-        with inference_autocast(torch_device):
-            mean, std, n = card.family.sample(network, scheduler, patches, ensemble, generator)
-        diffused += n
+        parts, sampled = [], 0
+        while sampled < len(patches):  # in smaller batches after an out-of-memory error
+            mean, std, n = sampler.sample(patches[sampled:])
+            parts.append(np.concatenate([mean, std], axis=1))
+            sampled += len(mean)
+            diffused += n
         done += len(patches)
         if progress is not None:
             progress("inference", done, total)
-        return torch.from_numpy(np.concatenate([mean, std], axis=1)).to(patches.device)
+        return torch.from_numpy(np.concatenate(parts)).to(patches.device)
 
     volume = torch.from_numpy(np.ascontiguousarray(stack[None, None])).to(torch_device)
-    blended = sliding_window_inference(volume, patch_size, predict, VOLUME_OVERLAP, "gaussian", batch_size)[0].cpu().numpy()
+    try:
+        blended = sliding_window_inference(volume, patch_size, predict, VOLUME_OVERLAP, "gaussian", batch_size)[0].cpu().numpy()
+    finally:
+        sampler.return_network()
+        if warnings is not None:
+            warnings.extend(sampler.warnings)
     classes = network.num_classes
     # [classes, slices, rows, cols] -> [slices, classes, rows, cols]
     probability, spread = (np.ascontiguousarray(part.swapaxes(0, 1)) for part in (blended[:classes], blended[classes:]))
     return probability, spread, stack.shape[0] if diffused else 0, total
 
 
+def cpu_fallback(device: torch.device) -> torch.device | None:
+    """Where a run that cannot fit one slice (window) in ``device``'s memory goes on: the
+    CPU, from a GPU; nowhere from the CPU itself (its out-of-memory is an error)."""
+    return None if device.type == "cpu" else torch.device("cpu")
+
+
+class OutOfMemoryFallback:
+    """The family's sampler on batches, surviving an out-of-memory error of the GPU.
+
+    ``sample(images)`` samples the first ``batch_size`` of ``images`` (on any device; moved
+    to the current one) and returns the sampler's (mean, std, diffused) for them: fewer
+    than asked when the batch shrank on the way (the caller asks again for the rest). On
+    ``torch.cuda.OutOfMemoryError`` the generator is rewound, so the retried images draw
+    the same noise, and:
+
+    1. a batch of several images is halved (and stays halved for the rest of the run);
+    2. a single image that does not fit moves the network to ``fallback`` (the CPU,
+       ``cpu_fallback``) with a warning in ``warnings``, and the rest of the run goes on
+       there in batches of ``fallback_batch_size`` (the batch the caller asked for; the GPU's
+       larger one would starve the progress reports). Where there is no fallback (already on
+       the CPU) it is a ``VerdiffError``.
+
+    ``return_network()`` moves the network back where it was (the CLI and the module keep
+    one network per model and device across runs)."""
+
+    def __init__(self, card, network, scheduler, ensemble, generator, device, batch_size, fallback, fallback_batch_size, unit):
+        self.card, self.network, self.scheduler, self.ensemble, self.generator = card, network, scheduler, ensemble, generator
+        self.home = self.device = device
+        self.batch_size, self.fallback, self.fallback_batch_size, self.unit = int(batch_size), fallback, int(fallback_batch_size), unit
+        self.warnings: list[str] = []
+
+    def sample(self, images: torch.Tensor):
+        while True:
+            state = self.generator.get_state()
+            try:
+                batch = images[: self.batch_size].to(self.device)
+                with inference_autocast(self.device):
+                    return self.card.family.sample(self.network, self.scheduler, batch, self.ensemble, self.generator)
+            except torch.cuda.OutOfMemoryError:
+                attempted = min(len(images), self.batch_size)
+            batch = None
+            self.generator.set_state(state)  # the retried images draw the same noise
+            torch.cuda.empty_cache()  # after the except block: its traceback held the batch's tensors
+            if attempted > 1:
+                self.batch_size = attempted // 2
+            elif self.fallback is not None:
+                self.move_to_fallback()
+            else:
+                raise VerdiffError(f"the GPU ran out of memory on a single {self.unit}; choose the CPU device or a smaller ensemble")
+
+    def move_to_fallback(self) -> None:
+        self.warnings.append(
+            f"the GPU ({self.device}) ran out of memory on a single {self.unit}: the rest of the run went on on the {self.fallback.type.upper()}, "
+            "which is slower (the result is as valid; a smaller ensemble may fit the GPU)"
+        )
+        self.network.to(self.fallback)
+        torch.cuda.empty_cache()
+        self.device, self.fallback, self.batch_size = self.fallback, None, self.fallback_batch_size
+
+    def return_network(self) -> None:
+        if self.device != self.home:
+            self.network.to(self.home)
+            self.device = self.home
+
+
 def gpu_batch_size(slice_shape, ensemble: int, network: torch.nn.Module, device: torch.device, budget: float = 0.5) -> int:
     """Slices per batch that fit in ``budget`` of the GPU's free memory: a heuristic of
     64 float32 activations of the first level's width per pixel and ensemble member (the
-    U-Nets' peak); an out-of-memory error still falls back (``smaller_batch_after_oom``)."""
+    U-Nets' peak); an out-of-memory error still falls back (``OutOfMemoryFallback``)."""
     free, _ = torch.cuda.mem_get_info(device)
     width = next(m for m in network.modules() if isinstance(m, torch.nn.Conv2d)).out_channels
     per_slice = 64 * 4 * width * ensemble * int(np.prod(slice_shape))
     return int(max(1, min(256, budget * free // per_slice)))
-
-
-def smaller_batch_after_oom(batch_size: int, attempted: int) -> int:
-    """Half the batch that ran out of GPU memory; a single slice that does not fit is an error."""
-    torch.cuda.empty_cache()
-    if attempted <= 1:
-        raise VerdiffError("the GPU ran out of memory on a single slice; choose the CPU device or a smaller ensemble")
-    return max(1, attempted // 2)
 
 
 def segment_statistics(labels: sitk.Image, uncertainty: sitk.Image, label_info: list[dict]) -> list[dict]:

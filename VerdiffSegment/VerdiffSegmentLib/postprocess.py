@@ -1,8 +1,23 @@
 """What the third dimension (and the spine's shape) adds after sampling (issue 16, "use the volume").
 
-Two steps, each on the label map on the sagittal grid (slices, rows, columns) before it is
-mapped back onto the input grid, each switched on per model by its card's ``postprocess``
-section, where it was measured to help (figures in ``docs/experiments.md``):
+Steps on the sagittal grid (slices, rows, columns) before results are mapped back onto the
+input grid, each switched on per model by its card's ``postprocess`` section, where it was
+measured to help (figures in ``docs/experiments.md``):
+
+- ``probability_slice_sigma_mm``: the ensemble's mean probability is averaged across
+  neighbouring sagittal slices (a Gaussian of this sigma in mm along the slice axis only)
+  before it is thresholded. Slices are segmented one by one, so a body's edge flickers
+  from slice to slice; anatomy does not change in 1.5 mm. In mm, not slices: on 4 mm
+  clinical slices the same setting barely smooths (0.4 slice), as it should.
+- ``uncertainty_sigma_mm`` ([along the slices, in-plane]): the uncertainty volume (the
+  samples' standard deviation) is averaged with a Gaussian of these sigmas in mm. With the
+  default 2 samples the per-voxel spread is a noisy estimate of how much the samples
+  disagree there; neighbouring voxels share nearly all their context, so averaging over
+  them estimates the same disagreement from more evidence (it ranks the wrong voxels
+  better: uncertainty AUROC on the held-out MR 0.864 -> 0.929). The reliability estimate
+  (``reliability``) is computed before either smoothing, as its thresholds were calibrated.
+
+and on the label map:
 
 - ``spine_bridge_mm``: keep the spine, drop what lies apart from it. Connected components
   (26-connected in a volume, 8 in a plane) are grown from the largest one: a component is
@@ -58,6 +73,29 @@ def fill_holes(labels: np.ndarray) -> np.ndarray:
                 filled = ndi.binary_fill_holes(plane == value)
                 plane[filled & (plane == 0)] = value
     return out
+
+
+def smooth_probability_across_slices(probability: np.ndarray, slice_spacing_mm: float, settings: dict | None) -> np.ndarray:
+    """[slices, classes, rows, cols] mean probability averaged across neighbouring slices
+    (``probability_slice_sigma_mm``); unchanged without the setting or for a single slice."""
+    sigma_mm = float((settings or {}).get("probability_slice_sigma_mm") or 0)
+    if sigma_mm <= 0 or probability.shape[0] < 2:
+        return probability
+    return ndi.gaussian_filter1d(probability, sigma_mm / slice_spacing_mm, axis=0, mode="nearest")
+
+
+def smooth_uncertainty(uncertainty: np.ndarray, spacing, settings: dict | None) -> np.ndarray:
+    """[slices, rows, cols] uncertainty averaged over neighbouring voxels (``uncertainty_sigma_mm``:
+    sigma along the slices and in-plane, in mm; ``spacing`` per numpy axis). A single slice
+    (an X-ray) is smoothed in-plane only."""
+    sigmas_mm = (settings or {}).get("uncertainty_sigma_mm")
+    if not sigmas_mm:
+        return uncertainty
+    along, in_plane = (float(x) for x in sigmas_mm)
+    sigma = [along / spacing[0] if uncertainty.shape[0] > 1 else 0.0, in_plane / spacing[1], in_plane / spacing[2]]
+    if not any(sigma):
+        return uncertainty
+    return ndi.gaussian_filter(uncertainty, sigma, mode="nearest").astype(uncertainty.dtype)
 
 
 def postprocess(labels: np.ndarray, spacing, settings: dict | None) -> np.ndarray:

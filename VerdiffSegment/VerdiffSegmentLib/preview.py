@@ -12,6 +12,12 @@ What it shows, on a canvas of fixed size ``CANVAS`` (so previews of a cohort lin
   is higher, on a scale from 0 to the plane's maximum;
 - the segmentation's outline in one colour that contrasts with the heat map (cyan), the
   borders between labels included;
+- an AP X-ray's Cobb angles (``cobb``): for each of PT, MT and TL, in its own colour
+  (``COBB_COLOURS``), the two endplate lines the angle is measured between (the upper end
+  vertebra's upper endplate, the lower one's lower endplate, along their tilts, reaching
+  beyond the vertebra so the angle reads) with the angle's name at their outer ends, and a
+  legend at the top left: name, angle and end vertebrae. Each line has a dark border, to
+  stand out on the grey image and the heat map alike;
 - a colour bar with the heat map's scale, and a caption (the settings) below.
 """
 
@@ -23,6 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
+from .cobb import NAMES as COBB_NAMES, endplate_lines
 from .inferers.sagittal import sagittal_reference
 from .io import as_plane, single_slice_axis
 
@@ -35,6 +42,10 @@ OUTLINE = (0, 255, 255)
 FAINT = 0.05  # uncertainty below this fraction of the colour bar's scale is not drawn
 MAX_PLANE_PIXELS = 800  # the plane is resampled no finer than this many pixels along its longer side
 # An "inferno"-like map: black, purple, red, orange, pale yellow.
+# PT, MT, TL: green, magenta, blue: apart from each other, from the outline's cyan, from the
+# heat map's warm colours (none is redder than blue) and from the grey image's white bone.
+COBB_COLOURS = {"PT": (64, 255, 64), "MT": (255, 64, 255), "TL": (110, 165, 255)}
+COBB_LINE_WIDTH = 3
 HEAT_ANCHORS = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], np.float32)
 
 
@@ -79,18 +90,19 @@ def outline_mask(labels: np.ndarray) -> np.ndarray:
     return edge & (labels > 0)
 
 
-def render_preview(image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image, caption: list[str]) -> Image.Image:
-    """The preview as an RGB picture of size ``CANVAS``."""
+def render_preview(image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image, caption: list[str], measurements: dict | None = None, segments: list[dict] = ()) -> Image.Image:
+    """The preview as an RGB picture of size ``CANVAS``. ``measurements`` and ``segments``:
+    those of the result (``pipeline.SegmentationResult``); an X-ray's Cobb angles are drawn
+    from them."""
     grey, label_plane, spread, (row_size, column_size) = preview_planes(image, labels, uncertainty)
+    cobb_lines = _cobb_canvas_lines(label_plane, (row_size, column_size), measurements, segments)
     low, high = np.percentile(grey, [1, 99])
     grey = np.clip((grey - low) / max(high - low, 1e-6), 0, 1)
     scale_max = float(spread.max()) if spread.max() > 0 else 1.0
 
     # Fit the plane in the panel with its physical aspect, then draw the outline at that size
     # so it stays one or two pixels wide whatever the image's resolution.
-    height_mm, width_mm = grey.shape[0] * row_size, grey.shape[1] * column_size
-    zoom = min(PANEL[0] / width_mm, PANEL[1] / height_mm)
-    size = (max(1, round(width_mm * zoom)), max(1, round(height_mm * zoom)))
+    size, corner = panel_layout(label_plane.shape, (row_size, column_size))
     grey = np.asarray(Image.fromarray(grey.astype(np.float32), "F").resize(size, Image.BILINEAR))
     spread = np.asarray(Image.fromarray(spread, "F").resize(size, Image.BILINEAR)) / scale_max
     label_plane = np.asarray(Image.fromarray(label_plane.astype(np.uint8), "L").resize(size, Image.NEAREST))
@@ -101,13 +113,77 @@ def render_preview(image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Imag
     rgb[outline_mask(label_plane)] = OUTLINE
 
     canvas = Image.new("RGB", CANVAS, BACKGROUND)
-    canvas.paste(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"), ((PANEL[0] - size[0]) // 2, (PANEL[1] - size[1]) // 2))
+    canvas.paste(Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8), "RGB"), corner)
     draw = ImageDraw.Draw(canvas)
     font = ImageFont.load_default(size=13)
+    if cobb_lines:
+        _cobb_overlay(draw, font, cobb_lines, measurements, segments)
     _colour_bar(canvas, draw, font, scale_max)
     for n, line in enumerate(caption[:4]):
         draw.text((8, PANEL[1] + 6 + 15 * n), line, fill=(235, 235, 235), font=font)
     return canvas
+
+
+def panel_layout(plane_shape: tuple[int, int], pixel_size: tuple[float, float]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(width, height) of the shown plane [rows, columns] of pixels (row, column) in size,
+    fitted into the panel with its physical aspect, and the corner where it is pasted."""
+    height, width = plane_shape[0] * pixel_size[0], plane_shape[1] * pixel_size[1]
+    zoom = min(PANEL[0] / width, PANEL[1] / height)
+    size = (max(1, round(width * zoom)), max(1, round(height * zoom)))
+    return size, ((PANEL[0] - size[0]) // 2, (PANEL[1] - size[1]) // 2)
+
+
+def plane_to_canvas(xy, plane_shape: tuple[int, int], size: tuple[int, int], corner: tuple[int, int]) -> tuple[float, float]:
+    """Canvas coordinates of (x, y) in the shown plane's pixels (pixel centres on pixel
+    centres), for the plane [rows, columns] shown at ``size`` from ``corner`` (``panel_layout``)."""
+    scale_x, scale_y = size[0] / plane_shape[1], size[1] / plane_shape[0]
+    return corner[0] + (xy[0] + 0.5) * scale_x - 0.5, corner[1] + (xy[1] + 0.5) * scale_y - 0.5
+
+
+def cobb_lines_on_canvas(image: sitk.Image, labels: sitk.Image, measurements: dict, segments: list[dict]) -> dict:
+    """Per Cobb angle, its two endplate lines (canvas (x, y) start and end) on the preview of
+    an X-ray: where ``render_preview`` draws them (empty without Cobb angles)."""
+    _, label_plane, _, pixel_size = preview_planes(image, labels, labels)
+    return _cobb_canvas_lines(label_plane, pixel_size, measurements, segments)
+
+
+def _cobb_canvas_lines(label_plane: np.ndarray, pixel_size: tuple[float, float], measurements: dict | None, segments: list[dict]) -> dict:
+    """Per angle, its endplate lines (``cobb.endplate_lines``) in canvas coordinates; the
+    end vertebrae are found by their level or segment name (``cobb.cobb_measurements``)."""
+    ends = (measurements or {}).get("cobb_end_vertebrae")
+    if not ends:
+        return {}
+    size, corner = panel_layout(label_plane.shape, pixel_size)
+    value_of = {s.get("level") or s["name"]: int(s["value"]) for s in segments}
+    plane = np.asarray(label_plane)
+    return {
+        name: [[plane_to_canvas(p, plane.shape, size, corner) for p in line] for line in endplate_lines(plane, value_of[ends[name][0]], value_of[ends[name][1]])]
+        for name in COBB_NAMES
+    }
+
+
+def _cobb_overlay(draw: ImageDraw.ImageDraw, font, lines: dict, measurements: dict, segments: list[dict]) -> None:
+    """The Cobb lines (canvas coordinates, per angle) with their names, and the legend.
+    The names go to the lines' right ends, MT's to the left ones: neighbouring angles often
+    share an end vertebra, and their names would overlap."""
+    angles, ends = measurements["cobb_angles_deg"], measurements["cobb_end_vertebrae"]
+    for name, pair in lines.items():
+        colour = COBB_COLOURS[name]
+        for points in pair:
+            draw.line(points, fill=(0, 0, 0), width=COBB_LINE_WIDTH + 2)
+            draw.line(points, fill=colour, width=COBB_LINE_WIDTH)
+            if name == "MT":
+                x, y = min(points, key=lambda p: p[0])
+                draw.text((x - 4, y - 7), name, fill=colour, font=font, anchor="ra", stroke_width=2, stroke_fill=(0, 0, 0))
+            else:
+                x, y = max(points, key=lambda p: p[0])
+                draw.text((x + 4, y - 7), name, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    levels = {s.get("level") or s["name"]: s.get("level") for s in segments}
+    values = {s.get("level") or s["name"]: s["value"] for s in segments}
+    for row, name in enumerate(COBB_NAMES):
+        upper, lower = ends[name]
+        span = f"{upper}-{lower}" if levels[upper] and levels[lower] else f"segments {values[upper]}-{values[lower]}"
+        draw.text((8, 8 + 17 * row), f"{name} {angles[name]:.1f}\u00b0  {span}", fill=COBB_COLOURS[name], font=font, stroke_width=2, stroke_fill=(0, 0, 0))
 
 
 def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font, scale_max: float) -> None:
@@ -122,7 +198,7 @@ def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font, scale_max:
         draw.text((left + width + 7, y - 7), f"{fraction * scale_max:.2g}", fill=(235, 235, 235), font=font)
 
 
-def write_preview(path: str | Path, image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image, caption: list[str]) -> Path:
+def write_preview(path: str | Path, image: sitk.Image, labels: sitk.Image, uncertainty: sitk.Image, caption: list[str], measurements: dict | None = None, segments: list[dict] = ()) -> Path:
     path = Path(path)
-    render_preview(image, labels, uncertainty, caption).save(path, optimize=True)
+    render_preview(image, labels, uncertainty, caption, measurements, segments).save(path, optimize=True)
     return path

@@ -20,7 +20,8 @@ Modes (``--progress``):
   ``{"stage": ..., "done": ..., "total": ..., "elapsed_s": ..., "case": ..., "cases": ...}``
   (``elapsed_s``: seconds since the command started; ``case``: 1-based index of the input
   in a batch, ``cases`` how many); lines that do not start with ``{`` are messages
-  (``verdiff: warning: ...``, ``verdiff: error: ...``). The Slicer module reads this;
+  (``verdiff: warning: ...``, ``verdiff: error: ...``). The Slicer module reads this
+  (``read_progress_line``, through ``process.ProcessOutput``);
 - ``none`` (``--quiet``): nothing but warnings and errors.
 """
 
@@ -69,6 +70,19 @@ def resolve_mode(mode: str, stream: TextIO) -> str:
     if mode != "auto":
         return mode
     return "bar" if hasattr(stream, "isatty") and stream.isatty() else "lines"
+
+
+def read_progress_line(line: str) -> tuple[str, int, int] | None:
+    """``(stage, done, total)`` of one ``--progress json`` line; None for a message line
+    (``verdiff: warning: ...``) or anything else that is not a progress report."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        record = json.loads(line)
+        return str(record["stage"]), int(record["done"]), int(record["total"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 class ProgressPrinter:

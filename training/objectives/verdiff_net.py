@@ -1,6 +1,7 @@
 """Verdiff-Net's training step: noise each mask around the conditional U-Net's prior at a
-random timestep (``PriorShiftedScheduler.add_noise``, eq. 5), predict the noise, and
-minimise ``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE + Dice)."""
+random timestep (``PriorShiftedScheduler.add_noise(..., prior=f)``, eq. 5: the prior shift is
+explicit in the noising and in the x0 estimate), predict the noise, and minimise
+``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE + Dice)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,11 @@ class Objective(nn.Module):
         with autocast(image.device, self.autocast_dtype):
             condition = self.network.condition(image)
         prior = condition.prior.detach().float()  # the shift is a fixed input of the diffusion, trained by its own loss
-        x_t = self.scheduler.add_noise(2 * mask - 1, prior, noise, t)
+        x_t = self.scheduler.add_noise(2 * mask - 1, noise, t, prior=prior)
         with autocast(image.device, self.autocast_dtype):
             eps = self.network(x_t, t, Condition(prior, condition.prior_logits, condition.image_features))
         eps = eps.float()
         bad = non_finite(self.terms, eps, condition.prior_logits)
         if bad is not None:
             return bad
-        return verdiff_loss(eps, noise, self.scheduler.predict_x0(x_t, eps, prior, t), mask, condition.prior_logits.float())
+        return verdiff_loss(eps, noise, self.scheduler.predict_x0(eps, x_t, t, prior=prior), mask, condition.prior_logits.float())

@@ -8,8 +8,9 @@ The contract every family keeps (the pipeline, the training package and the benc
 rely on nothing else):
 - ``network(in_channels=1, num_classes=.., channels=(..), **network_defaults)`` builds it;
   ``network.num_classes`` and ``network.input_multiple`` (the pad multiple) exist;
-- ``scheduler(**scheduler_config)`` with ``set_timesteps(n)``, or ``None`` for a
-  deterministic network (sampling steps and ensemble size are then ignored);
+- ``scheduler(**scheduler_config)`` with the schedulers' interface (``set_timesteps(n)``,
+  ``add_noise``, ``initial_sample``, ``step``: ``schedulers/scheduling_utils.py``), or
+  ``None`` for a deterministic network (sampling steps and ensemble size are then ignored);
 - ``sample(network, scheduler, images [B, C, H, W], ensemble, generator)`` returns
   ``(mean, std, diffused)``: the mean probability and its standard deviation across
   samples as numpy [B, classes, H, W], and how many slices were actually diffused;

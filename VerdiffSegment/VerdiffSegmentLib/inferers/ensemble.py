@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from ..networks.verdiff_net import Condition
+from ..schedulers import randn_tensor
 
 
 def labels_from_probability(probability: np.ndarray) -> np.ndarray:
@@ -51,7 +52,8 @@ def sample_ensemble(
     min_pixels: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """Sample a batch of padded slices [B, 1, H, W]; returns (mean, std, diffused) with mean and std
-    as [B, classes, H, W] numpy arrays. ``scheduler.set_timesteps`` must have been called."""
+    as [B, classes, H, W] numpy arrays. ``scheduler`` is a ``PriorShiftedScheduler`` whose
+    ``set_timesteps`` has been called; the prior shift is explicit in its calls (``prior=``)."""
     condition = model.condition(images.contiguous(memory_format=torch.channels_last))
     # float32 whatever autocast computed the networks in: the diffusion maths stays exact.
     condition = Condition(*(x.float() for x in (condition.prior, condition.prior_logits, condition.image_features)))
@@ -65,12 +67,14 @@ def sample_ensemble(
     rows, cols = _box(spine[active].any(axis=0), margin, model.input_multiple)
     crop = Condition(*(x[active][:, :, rows, cols] for x in (condition.prior, condition.prior_logits, condition.image_features)))
     members = crop.repeat(ensemble).channels_last()
-    x = scheduler.start(members.prior, generator)
+    prior = members.prior
+    x = scheduler.initial_sample(randn_tensor(prior.shape, generator, prior.device, prior.dtype), prior=prior)
     x0 = x
     for t in scheduler.timesteps:
         t_batch = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
         eps = model(x, t_batch, members).float()
-        x, x0 = scheduler.step(eps, int(t), x, members.prior, generator)
+        step = scheduler.step(eps, int(t), x, generator, prior=prior)
+        x, x0 = step.prev_sample, step.pred_original_sample
     samples = ((x0.clamp(-1, 1) + 1) / 2).float().cpu().numpy().reshape(ensemble, active.size, *x0.shape[1:])
     mean[active, :, rows, cols] = samples.mean(axis=0)
     std[active, :, rows, cols] = samples.std(axis=0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..networks.ldseg import label_probabilities
+from ..schedulers import randn_tensor
 from . import memory_layout
 
 
@@ -22,10 +23,10 @@ from . import memory_layout
 def sample_latent_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
     image_code = model.encode_image(images.contiguous(memory_format=memory_layout(images.dim() - 2))).float()
     members = image_code.repeat(ensemble, *([1] * (image_code.ndim - 1)))
-    z = scheduler.start(members.shape, generator, device=members.device)
+    z = scheduler.initial_sample(randn_tensor(members.shape, generator, members.device))
     for t in scheduler.timesteps:
         t_batch = torch.full((members.shape[0],), int(t), device=members.device, dtype=torch.long)
-        z, _ = scheduler.step(model.denoise(z, t_batch, members).float(), int(t), z, generator)
+        z = scheduler.step(model.denoise(z, t_batch, members).float(), int(t), z, generator).prev_sample
     probability = label_probabilities(model.decode(z).float()).cpu().numpy()
     samples = probability.reshape(ensemble, images.shape[0], *probability.shape[1:])
     return samples.mean(axis=0), samples.std(axis=0), int(images.shape[0])

@@ -12,9 +12,9 @@ way ([B, classes, D, H, W] out; the count is then of patches).
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
+from ..schedulers import randn_tensor
 from . import memory_layout
 
 
@@ -22,11 +22,12 @@ from . import memory_layout
 def sample_x0_ensemble(model, scheduler, images: torch.Tensor, ensemble: int, generator: torch.Generator):
     members = images.repeat(ensemble, *[1] * (images.dim() - 1)).contiguous(memory_format=memory_layout(images.dim() - 2))
     shape = (members.shape[0], model.num_classes, *members.shape[2:])
-    x = scheduler.start(torch.zeros(shape, device=members.device), generator)
+    x = scheduler.initial_sample(randn_tensor(shape, generator, members.device))
     x0 = x
     for t in scheduler.timesteps:
         t_batch = torch.full((shape[0],), int(t), device=members.device, dtype=torch.long)
         logits = model(x, t_batch, members).float()
-        x, x0 = scheduler.step(2 * logits.sigmoid() - 1, int(t), x, generator)
+        step = scheduler.step(2 * logits.sigmoid() - 1, int(t), x, generator)
+        x, x0 = step.prev_sample, step.pred_original_sample
     samples = ((x0 + 1) / 2).cpu().numpy().reshape(ensemble, images.shape[0], *shape[1:])
     return samples.mean(axis=0), samples.std(axis=0), int(images.shape[0])

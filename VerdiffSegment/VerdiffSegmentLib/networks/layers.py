@@ -104,8 +104,8 @@ class DilatedDepthwiseConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d = self.dilation[0]
         out = torch.empty_like(x)
-        for i in range(d):
-            for j in range(d):
+        for i in range(min(d, x.shape[-2])):  # a map smaller than d has fewer sub-images (a thin image's deepest level)
+            for j in range(min(d, x.shape[-1])):
                 out[:, :, i::d, j::d] = nn.functional.conv2d(
                     x[:, :, i::d, j::d], self.weight, self.bias, padding=self.kernel_size[0] // 2, groups=self.groups
                 )

@@ -36,7 +36,7 @@ import vtk
 from slicer.util import arrayFromVolume, updateVolumeFromArray, vtkMatrixFromArray
 from vtk.util import numpy_support
 
-from .errors import VerdiffError
+from ..errors import VerdiffError
 
 BINARY_LABELMAP = "Binary labelmap"  # vtkSegmentationConverter.GetBinaryLabelmapRepresentationName()
 

@@ -8,11 +8,12 @@
 Each ``check_*`` function takes the scene (and a volume node where it needs one), does
 the work through :mod:`slicer_logic` and raises ``AssertionError`` with a message on the
 first thing that is wrong. No Qt, no pytest, no mocks: real data, real models, real
-MRML nodes.
+MRML nodes, and the real ``verdiff segment`` process the module runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -27,11 +28,12 @@ import vtk
 from vtk.util import numpy_support
 
 from . import mrml, slicer_logic
-from .errors import VerdiffError
-from .terminology import LEVEL_CODES, SPINE_REGIONS
+from ..errors import Cancelled, VerdiffError
+from ..settings import SegmentSettings
+from ..terminology import LEVEL_CODES, SPINE_REGIONS
 
 # Small settings for tests: the real models and data, few sampling steps.
-SMALL = {"steps": 2, "ensemble": 2, "device": "cpu", "seed": 0}
+SMALL = SegmentSettings(steps=2, ensemble=2, device="cpu", seed=0)
 
 MR_CASE = "VB3_17"  # held out from training (see the verdiff-mr card)
 
@@ -78,7 +80,7 @@ def mr_image(data_dir: Path, sagittal_slices: int | None = None) -> sitk.Image:
 def xray_path(data_dir: Path) -> Path:
     """A held-out AASCE X-ray (from the verdiff-xray card's validation split; its file
     name contains spaces)."""
-    from .models import get_card
+    from ..models import get_card
 
     name = get_card("verdiff-xray").validation_cases[0]
     return Path(data_dir) / "xray-aasce" / "data" / "training" / f"{name}.jpg"
@@ -240,8 +242,8 @@ EXPECTED_TERMINOLOGY = {
 
 def check_outputs(scene, volume_node, outputs, computation, parent_item: int | None = None) -> None:
     """Everything the module promises about its outputs, checked on the real nodes."""
-    card = computation.card
-    result = computation.result
+    model = computation.settings["model"]
+    result = computation
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     base = volume_node.GetName()
     matrix = ijk_to_ras(volume_node)
@@ -254,7 +256,7 @@ def check_outputs(scene, volume_node, outputs, computation, parent_item: int | N
         check(found[role] == [node], f"find_outputs({role}) gives {[n.GetID() for n in found[role]]}, expected [{node.GetID()}]")
         check(node.GetAttribute(slicer_logic.ROLE_ATTRIBUTE) == role, f"{role} node lacks its role attribute")
         settings = json.loads(node.GetAttribute(slicer_logic.SETTINGS_ATTRIBUTE))
-        check(settings["model"] == card.name, f"{role} settings name model {settings['model']}, not {card.name}")
+        check(settings["model"] == model, f"{role} settings name model {settings['model']}, not {model}")
         if hierarchy is not None:
             item = hierarchy.GetItemByDataNode(node)
             check(item, f"{role} node has no subject-hierarchy item")
@@ -301,14 +303,14 @@ def check_outputs(scene, volume_node, outputs, computation, parent_item: int | N
         check(parsed["context"] == slicer_logic.TERMINOLOGY_CONTEXT, f"terminology context {parsed['context']!r}")
         check(parsed["category"] == slicer_logic.ANATOMICAL_STRUCTURE, f"terminology category {parsed['category']}")
         check(parsed["type"][0] == "SCT", f"terminology type {parsed['type']} is not SNOMED CT")
-        if card.name in EXPECTED_TERMINOLOGY:
-            type_code, region_code = EXPECTED_TERMINOLOGY[card.name]
+        if model in EXPECTED_TERMINOLOGY:
+            type_code, region_code = EXPECTED_TERMINOLOGY[model]
             if level and type_code == "51282000":  # a named whole vertebra: its level's own code
                 type_code, region_code = LEVEL_CODES[level], SPINE_REGIONS[level[0]][1]
             elif level:  # a named vertebral body: in its level's vertebra
                 region_code = LEVEL_CODES[level]
-            check(parsed["type"][1] == type_code, f"{card.name}: terminology type {parsed['type']}, expected SCT {type_code}")
-            check(parsed["region"][1] == region_code, f"{card.name}: terminology region {parsed['region']}, expected {region_code or 'none'}")
+            check(parsed["type"][1] == type_code, f"{model}: terminology type {parsed['type']}, expected SCT {type_code}")
+            check(parsed["region"][1] == region_code, f"{model}: terminology region {parsed['region']}, expected {region_code or 'none'}")
         if terminologies is not None:  # Slicer's own parser reads it back to the same string
             terminology = slicer.vtkSlicerTerminologyEntry()
             check(terminologies.DeserializeTerminologyEntry(entry, terminology), f"Slicer cannot parse {entry!r}")
@@ -384,17 +386,33 @@ def check_label_positions(volume_node, outputs, source: sitk.Image, samples: int
 # ----------------------------------------------------------------- test bodies
 
 
-def check_segment_volume(scene, volume_node, source: sitk.Image | None = None, model: str = "auto", settings: dict | None = None, expected_model: str | None = None):
-    """Segment ``volume_node`` (placed in a study) through the three logic steps and
-    check every output. Returns ``(outputs, computation)``."""
-    settings = dict(SMALL if settings is None else settings)
+def check_write_input_exact(volume_node) -> None:
+    """The file the process reads holds the node's voxels and geometry exactly: the same
+    as :func:`slicer_logic.read_input` (itself checked against SimpleITK), so a flip or a
+    resampling on the way to the process cannot go unnoticed."""
+    expected = slicer_logic.read_input(volume_node)
+    with tempfile.TemporaryDirectory(prefix="verdiff-test-") as folder:
+        written = sitk.ReadImage(str(slicer_logic.write_input(volume_node, folder)))
+    check(written.GetSize() == expected.GetSize(), f"written size {written.GetSize()} != node {expected.GetSize()}")
+    check(np.array_equal(sitk.GetArrayViewFromImage(written), sitk.GetArrayViewFromImage(expected)), "written voxels differ from the node's")
+    for what in ("GetSpacing", "GetOrigin", "GetDirection"):
+        check(np.allclose(getattr(written, what)(), getattr(expected, what)(), atol=1e-6), f"written {what[3:].lower()} differs from the node's")
+
+
+def check_segment_volume(scene, volume_node, source: sitk.Image | None = None, model: str = "auto", settings: SegmentSettings | None = None, expected_model: str | None = None):
+    """Segment ``volume_node`` (placed in a study) through the logic's steps (the input
+    written for the process, the real ``verdiff segment`` process, its outputs applied)
+    and check every output and the progress read from the process. Returns
+    ``(outputs, computation)``."""
+    settings = dataclasses.replace(SMALL if settings is None else settings, model=model)
     study = put_in_study(scene, volume_node)
-    image = check_read_input_exact(volume_node, source)
+    check_read_input_exact(volume_node, source)
+    check_write_input_exact(volume_node)
     stages = []
-    computation = slicer_logic.compute(image, model=model, progress=lambda stage, done, total: stages.append((stage, done, total)), **settings)
+    computation = slicer_logic.compute(volume_node, settings, progress=lambda stage, done, total: stages.append((stage, done, total)))
     if expected_model:
-        check(computation.card.name == expected_model, f"model {computation.card.name} chosen, expected {expected_model}")
-    check(stages[0][0] == "loading" and stages[-1][0] == "finishing", f"progress stages {stages}")
+        check(computation.settings["model"] == expected_model, f"model {computation.settings['model']} chosen, expected {expected_model}")
+    check(stages and stages[0] == ("read", 0, 1) and stages[-1] == ("write", 1, 1), f"progress stages {stages}")
     inference = [s for s in stages if s[0] == "inference"]
     check(inference and inference[-1][1] == inference[-1][2] > 0, f"inference progress never reached all slices: {inference}")
     outputs = slicer_logic.apply_result(scene, volume_node, computation)
@@ -404,18 +422,18 @@ def check_segment_volume(scene, volume_node, source: sitk.Image | None = None, m
     return outputs, computation
 
 
-def check_second_run_replaces(scene, volume_node, settings: dict | None = None, other_volume_node=None) -> None:
+def check_second_run_replaces(scene, volume_node, settings: SegmentSettings | None = None, other_volume_node=None) -> None:
     """Running again on the same input replaces its outputs (found by attribute and
     reference even after the user renamed them), keeps the node count, and leaves the
     outputs of other inputs alone."""
-    settings = dict(SMALL if settings is None else settings)
-    first = slicer_logic.run(scene, volume_node, **settings)
-    other_outputs = slicer_logic.run(scene, other_volume_node, **settings) if other_volume_node is not None else None
+    settings = SMALL if settings is None else settings
+    first = slicer_logic.run(scene, volume_node, settings)
+    other_outputs = slicer_logic.run(scene, other_volume_node, settings) if other_volume_node is not None else None
     first.segmentation.SetName("renamed by the user")
     first.statistics.SetName("my table")
     count = scene.GetNumberOfNodes()
     items = len(snapshot(scene)["items"])
-    second = slicer_logic.run(scene, volume_node, **settings)
+    second = slicer_logic.run(scene, volume_node, settings)
     for old in first.nodes():
         check(scene.GetNodeByID(old.GetID()) is None, f"old output {old.GetID()} is still in the scene")
     for new in second.nodes():
@@ -429,14 +447,13 @@ def check_second_run_replaces(scene, volume_node, settings: dict | None = None, 
             check(scene.GetNodeByID(node.GetID()) is node, "outputs of another input were removed")
 
 
-def check_cancel_leaves_scene_unchanged(scene, volume_node, settings: dict | None = None) -> None:
-    """A cancel requested while slices are being sampled stops the run with
-    ``Cancelled`` and leaves every node untouched, earlier outputs included."""
-    from .pipeline import Cancelled
-
-    settings = dict(SMALL if settings is None else settings)
-    settings.setdefault("batch_size", 2)
+def check_cancel_leaves_scene_unchanged(scene, volume_node, settings: SegmentSettings | None = None) -> None:
+    """A cancel requested once sampling has started ends the real process (terminated,
+    then killed) with ``Cancelled``; no progress is passed on after it, its temporary
+    folder is gone, and every node is untouched, earlier outputs included."""
+    settings = dataclasses.replace(SMALL if settings is None else settings, batch_size=2)
     before = snapshot(scene)
+    temporary_before = _temporary_folders()
     batches = []
 
     def progress(stage, done, total):
@@ -444,16 +461,17 @@ def check_cancel_leaves_scene_unchanged(scene, volume_node, settings: dict | Non
             batches.append(done)
 
     try:
-        slicer_logic.run(scene, volume_node, progress=progress, cancel=lambda: len(batches) >= 1, **settings)
+        slicer_logic.run(scene, volume_node, settings, progress=progress, cancel=lambda: len(batches) >= 1)
     except Cancelled:
         pass
     else:
         raise AssertionError("a cancel requested mid-run did not stop the run")
     check(batches == [batches[0]] and batches[0] < 10**9, f"the run went on after the cancel: batches {batches}")
+    check(_temporary_folders() == temporary_before, "the cancelled run left its temporary folder")
     check_unchanged(before, snapshot(scene))
     # a cancel before anything started
     try:
-        slicer_logic.run(scene, volume_node, cancel=lambda: True, **settings)
+        slicer_logic.run(scene, volume_node, settings, cancel=lambda: True)
     except Cancelled:
         pass
     else:
@@ -461,24 +479,31 @@ def check_cancel_leaves_scene_unchanged(scene, volume_node, settings: dict | Non
     check_unchanged(before, snapshot(scene))
 
 
-def check_errors_leave_scene_unchanged(scene, volume_node, settings: dict | None = None) -> None:
-    """Bad input and bad options fail with one clear ``VerdiffError`` and touch nothing."""
-    settings = dict(SMALL if settings is None else settings)
+def _temporary_folders() -> set:
+    return {p.name for p in Path(tempfile.gettempdir()).glob("verdiff-slicer-*")}
+
+
+def check_errors_leave_scene_unchanged(scene, volume_node, settings: SegmentSettings | None = None) -> None:
+    """Bad input and bad options fail with one clear ``VerdiffError`` (from the process
+    where it finds them) and touch nothing."""
+    settings = SMALL if settings is None else settings
     constant = add_volume(scene, sitk.Image([32, 32, 6], sitk.sitkInt16) + 7, "constant volume")
     labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "a labelmap")
     before = snapshot(scene)
     cases = [
-        ("constant volume", constant, {}),
-        ("unknown model", volume_node, {"model": "no-such-model"}),
-        ("too large ensemble", volume_node, {"ensemble": 33}),
-        ("labelmap input", labelmap, {}),
-        ("no input", None, {}),
+        ("constant volume", constant, {}, "constant"),
+        ("unknown model", volume_node, {"model": "no-such-model"}, "unknown model"),
+        ("too many steps", volume_node, {"model": "verdiff-mr", "steps": 152}, "steps"),
+        ("too large ensemble", volume_node, {"ensemble": 33}, "ensemble"),
+        ("labelmap input", labelmap, {}, "not a scalar volume"),
+        ("no input", None, {}, "no input"),
     ]
-    for what, node, options in cases:
+    for what, node, options, expected in cases:
         try:
-            slicer_logic.run(scene, node, **{**settings, **options})
+            slicer_logic.run(scene, node, dataclasses.replace(settings, **options))
         except VerdiffError as error:
             check(str(error) and "\n" not in str(error), f"{what}: error message is not one clear line: {error!r}")
+            check(expected in str(error), f"{what}: the error does not say what is wrong: {error}")
         else:
             raise AssertionError(f"{what}: no error")
         check_unchanged(before, snapshot(scene))
@@ -490,7 +515,7 @@ def check_errors_leave_scene_unchanged(scene, volume_node, settings: dict | None
 def models_dir_copy(tamper: str | None = None):
     """A copy of the bundled models in a temporary folder, used through
     ``$VERDIFF_MODELS_DIR``; with ``tamper`` the weights of that model get one byte changed."""
-    from .models import list_cards, models_dir
+    from ..models import list_cards, models_dir
 
     source = models_dir()
     previous = os.environ.get("VERDIFF_MODELS_DIR")
@@ -513,14 +538,14 @@ def models_dir_copy(tamper: str | None = None):
                 os.environ["VERDIFF_MODELS_DIR"] = previous
 
 
-def check_tampered_weights_leave_scene_unchanged(scene, volume_node, model: str, settings: dict | None = None) -> None:
-    """Weights whose sha256 no longer matches their card are refused before anything is
-    unpickled, with a clear error, and the scene is untouched."""
-    settings = dict(SMALL if settings is None else settings)
+def check_tampered_weights_leave_scene_unchanged(scene, volume_node, model: str, settings: SegmentSettings | None = None) -> None:
+    """Weights whose sha256 no longer matches their card are refused by the process before
+    anything is unpickled, with a clear error, and the scene is untouched."""
+    settings = dataclasses.replace(SMALL if settings is None else settings, model=model)
     before = snapshot(scene)
     with models_dir_copy(tamper=model):
         try:
-            slicer_logic.run(scene, volume_node, model=model, **settings)
+            slicer_logic.run(scene, volume_node, settings)
         except VerdiffError as error:
             check("sha256" in str(error), f"tampered weights: unclear error {error}")
         else:
@@ -532,13 +557,10 @@ def check_failed_apply_rolls_back(scene, volume_node, computation) -> None:
     """A failure while the outputs are being built (here: a result segment that cannot
     become a segment, met after the uncertainty volume was already added) removes
     everything built so far; earlier outputs of the input stay as they were."""
-    import dataclasses
-
     before = snapshot(scene)
     previous = slicer_logic.find_outputs(scene, volume_node)
     bad_segment = {"value": 99, "name": "", "covers": "nothing", "color": [1, 0, 0], "voxels": 0}
-    bad_result = dataclasses.replace(computation.result, segments=list(computation.result.segments) + [bad_segment])
-    bad = slicer_logic.Computation(result=bad_result, card=computation.card)
+    bad = dataclasses.replace(computation, segments=list(computation.segments) + [bad_segment])
     try:
         slicer_logic.apply_result(scene, volume_node, bad)
     except ValueError:
@@ -549,54 +571,78 @@ def check_failed_apply_rolls_back(scene, volume_node, computation) -> None:
     check(slicer_logic.find_outputs(scene, volume_node) == previous, "earlier outputs changed after a failed run")
 
 
-def _wait(job, timeout: float = 900.0) -> None:
-    """Poll a job as the GUI does (the sleep also lets the worker have the GIL)."""
-    import time
+def check_process_job(scene, volume_node, settings: SegmentSettings | None = None) -> None:
+    """The pieces the GUI drives with ``qt.QProcess``, driven here by hand with a real
+    process: the job's command runs the CLI on the written input, its stderr (fed in
+    small chunks, as a QProcess delivers it) gives the progress, ``finish`` reads the
+    outputs back and removes the temporary folder; a process that is killed mid-run (the
+    GUI's Cancel) leaves no folder and no scene change; a failing process gives its error line."""
+    import subprocess
 
-    start = time.perf_counter()
-    while not job.finished:
-        time.sleep(0.02)
-        check(time.perf_counter() - start < timeout, "the background job did not finish in time")
-    job.wait(10)
-
-
-def check_background_job(scene, volume_node, settings: dict | None = None) -> None:
-    """The worker the GUI uses: it reports progress, hands a computation to the main
-    thread (which applies it), stops on cancel and reports errors; it never touches the
-    scene itself."""
-    settings = dict(SMALL if settings is None else settings)
-    image = slicer_logic.read_input(volume_node)
+    settings = SMALL if settings is None else settings
     before = snapshot(scene)
+    job = slicer_logic.Job(volume_node, settings)
+    check(job.command.arguments[:3] == ["-m", "VerdiffSegmentLib.cli", "segment"], f"command {job.command.arguments}")
+    process = subprocess.Popen([job.command.program, *job.command.arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=job.command.full_environment())
+    stdout, stderr = process.communicate(timeout=900)
+    reports = []
+    for start in range(0, len(stderr), 7):  # chunks that cut lines anywhere
+        reports += job.output.feed_stderr(stderr[start : start + 7].decode("utf-8", "replace"))
+    computation = job.finish(process.returncode, stdout.decode("utf-8"))
+    check(not job.folder.exists(), "finish left the temporary folder")
+    check([r for r in reports if r[0] == "inference"][-1][1] > 0, f"no inference progress parsed: {reports}")
+    check(reports[-1] == ("write", 1, 1), f"the last progress report is {reports[-1]}")
+    check(computation.settings["steps"] == settings.steps and computation.settings["ensemble"] == settings.ensemble, f"the process ran {computation.settings}")
+    check_unchanged(before, snapshot(scene))  # the process did not touch the scene
 
-    job = slicer_logic.BackgroundJob(image, **settings)
-    seen = []
-    job.start()
-    import time
+    job = slicer_logic.Job(volume_node, settings)
+    process = subprocess.Popen([job.command.program, *job.command.arguments], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=job.command.full_environment())
+    for line in process.stderr:  # the GUI's Cancel once sampling has started: terminate, then kill
+        if any(stage == "inference" for stage, _, _ in job.output.feed_stderr(line.decode())):
+            break
+    from ..process import stop
 
-    while not job.finished:
-        if not seen or seen[-1] != job.progress:
-            seen.append(job.progress)
-        time.sleep(0.005)
-    job.wait(10)
-    check(job.outcome == "done" and job.error is None, f"job outcome {job.outcome}: {job.error_traceback}")
-    check(job.computation is not None and job.seconds > 0, "job has no computation")
-    check(any(stage == "inference" for stage, _, _ in seen), f"no inference progress seen: {seen}")
-    check_unchanged(before, snapshot(scene))  # the worker did not touch the scene
-    outputs = slicer_logic.apply_result(scene, volume_node, job.computation)
-    check(all(scene.GetNodeByID(node.GetID()) is node for node in outputs.nodes()), "applied outputs missing")
-
-    before = snapshot(scene)
-    job = slicer_logic.BackgroundJob(image, **{**settings, "batch_size": 1})
-    job.start()
-    job.cancel()
-    _wait(job)
-    check(job.outcome == "cancelled" and job.computation is None, f"cancelled job ended {job.outcome}")
+    stop(process)
+    check(process.returncode is not None and process.returncode != 0, f"the cancelled process ended with {process.returncode}")
+    job.close()
+    check(not job.folder.exists(), "a cancelled job left its temporary folder")
     check_unchanged(before, snapshot(scene))
 
-    constant = sitk.Image([24, 24, 4], sitk.sitkFloat32)
-    job = slicer_logic.BackgroundJob(constant, **settings)
-    job.start()
-    _wait(job)
-    check(job.outcome == "failed" and isinstance(job.error, VerdiffError), f"job on a constant image ended {job.outcome}")
-    check("constant" in str(job.error), f"unclear error {job.error}")
+    failing = slicer_logic.Job(volume_node, dataclasses.replace(settings, model="no-such-model"))
+    process = subprocess.run([failing.command.program, *failing.command.arguments], capture_output=True, env=failing.command.full_environment(), timeout=600)
+    failing.output.feed_stderr(process.stderr.decode())
+    try:
+        failing.finish(process.returncode, process.stdout.decode())
+    except VerdiffError as error:
+        check("unknown model 'no-such-model'" in str(error), f"the process's error line was not passed on: {error}")
+    else:
+        raise AssertionError("a failing process gave no error")
+    check(not failing.folder.exists(), "a failed job left its temporary folder")
     check_unchanged(before, snapshot(scene))
+
+
+def module_test_source(data_dir: Path | None):
+    """What ``VerdiffSegmentTest`` segments: (image, node name, the model auto must pick) of
+    the held-out MR's central slices, or of a synthetic volume without the development data."""
+    if data_dir is not None:
+        return mr_image(data_dir, 24), MR_CASE, "verdiff-mr"
+    return synthetic_image(), "synthetic", None
+
+
+def check_module_logic(scene, data_dir: Path | None) -> None:
+    """Every logic check of the headless suite in one call, for ``VerdiffSegmentTest`` in
+    Slicer: a volume segmented and checked, cancel, errors, roll-back, tampered weights, the
+    process job; with the development data, also an X-ray run twice."""
+    source, name, model = module_test_source(data_dir)
+    volume = add_volume(scene, source, name)
+    _outputs, computation = check_segment_volume(scene, volume, source, expected_model=model)
+    check_cancel_leaves_scene_unchanged(scene, volume)
+    check_errors_leave_scene_unchanged(scene, volume)
+    check_failed_apply_rolls_back(scene, volume, computation)
+    check_tampered_weights_leave_scene_unchanged(scene, volume, computation.settings["model"])
+    check_process_job(scene, volume)
+    if data_dir is not None:
+        xray = xray_image(data_dir)
+        volume = add_volume(scene, xray, "xray")
+        check_segment_volume(scene, volume, xray, expected_model="verdiff-xray")
+        check_second_run_replaces(scene, volume, other_volume_node=add_volume(scene, xray, "xray copy"))

@@ -1,18 +1,20 @@
 """The Slicer module's logic without Qt: a volume node in, results in the MRML scene.
 
-``VerdiffSegment.py`` (the Slicer entry point) only draws the GUI and runs
-:func:`compute` in a worker thread; everything else happens here, on a
+``VerdiffSegment.py`` (the Slicer entry point) only draws the GUI and runs the
+``verdiff segment`` process with ``qt.QProcess``; everything else happens here, on a
 ``vtkMRMLScene`` passed in explicitly, so the same code runs inside Slicer and headless
-under slicer-core (where the tests run it).
+under slicer-core (where the tests run it, with real processes).
 
-The work is split in three steps so that only the middle one may run off the main
-thread and so that the scene is touched once, at the end:
+A run has three steps, and the scene is touched once, at the end:
 
-1. :func:`read_input` (main thread): the volume node's voxels and geometry as a
-   SimpleITK image, exactly (RAS -> LPS, the node's own IJK grid, no resampling);
-2. :func:`compute` (any thread): :func:`pipeline.segment` with progress and cancel
-   callbacks; it never touches the scene, so a cancel or an error there leaves the scene
-   as it was;
+1. :class:`Job` (main thread): checks the volume node, writes it into a private temporary
+   folder (:func:`write_input`: through a storage node, as Slicer saves it) and builds the
+   command (``process.segment_command``) from a ``SegmentSettings``;
+2. the process runs (``qt.QProcess`` in the GUI, ``process.run`` headless: :func:`compute`);
+   its progress is read from its ``--progress json`` lines (``process.ProcessOutput``).
+   It never touches the scene: a cancel (terminate, then kill) or an error there leaves the
+   scene as it was. ``Job.finish`` reads its outputs back (:func:`load_result`: label map,
+   uncertainty, report) and removes the temporary folder;
 3. :func:`apply_result` (main thread): builds every output node, and only when all of
    them exist removes the previous outputs of the same input. If building fails half
    way, the nodes (and subject-hierarchy items) created so far are removed again.
@@ -33,15 +35,18 @@ by name, so renaming them in Slicer does not break re-runs):
 all placed under the input's parent in the subject hierarchy (its study, normally) and
 under the input's parent transform.
 
-Torch is imported lazily (through ``pipeline``/``models``), so that Slicer can load the
-module and offer to install PyTorch when it is missing.
+Torch is imported lazily (through ``models``), and only for the GUI's model and device
+descriptions: Slicer can load the module and offer to install PyTorch when it is missing.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -51,8 +56,11 @@ import vtk
 from vtk.util import numpy_support
 
 from . import mrml
-from .errors import VerdiffError
-from .io import check_image
+from ..errors import Cancelled, VerdiffError
+from ..io import check_image
+from ..process import ProcessOutput, segment_command
+from ..process import run as run_process
+from ..settings import SegmentSettings
 
 # ------------------------------------------------------------------ node bookkeeping
 
@@ -71,7 +79,7 @@ UNCERTAINTY_COLOR_NODE_IDS = mrml.UNCERTAINTY_COLOR_NODE_IDS
 # ---------------------------------------------------------------------- terminology
 # The codes and their serialisation live in ``terminology`` (headless, shared with the
 # JSON summary); re-exported here for callers of this module.
-from .terminology import (  # noqa: E402,F401
+from ..terminology import (  # noqa: E402,F401
     ANATOMIC_CONTEXT,
     ANATOMICAL_STRUCTURE,
     EMPTY_CODE,
@@ -89,6 +97,18 @@ from .terminology import (  # noqa: E402,F401
 # --------------------------------------------------------------------------- input
 
 
+def _check_volume_node(volume_node):
+    """The node's image data; ``VerdiffError`` unless it is a scalar volume with voxels."""
+    if volume_node is None:
+        raise VerdiffError("no input volume selected")
+    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
+        raise VerdiffError(f"{volume_node.GetName()} is not a scalar volume (a {volume_node.GetClassName()})")
+    image_data = volume_node.GetImageData()
+    if image_data is None or image_data.GetNumberOfPoints() == 0 or image_data.GetPointData().GetScalars() is None:
+        raise VerdiffError(f"volume {volume_node.GetName()} has no voxels")
+    return image_data
+
+
 def read_input(volume_node) -> sitk.Image:
     """The voxels and geometry of a scalar volume node as a SimpleITK image (LPS).
 
@@ -98,13 +118,7 @@ def read_input(volume_node) -> sitk.Image:
     placed under the same transform instead. An RGB(A) volume (a colour JPG loaded in
     Slicer) becomes grey by luminance. Raises ``VerdiffError`` for anything else, and
     for an image the pipeline would refuse (constant, NaN, too small), naming the node."""
-    if volume_node is None:
-        raise VerdiffError("no input volume selected")
-    if not volume_node.IsA("vtkMRMLScalarVolumeNode") or volume_node.IsA("vtkMRMLLabelMapVolumeNode"):
-        raise VerdiffError(f"{volume_node.GetName()} is not a scalar volume (a {volume_node.GetClassName()})")
-    image_data = volume_node.GetImageData()
-    if image_data is None or image_data.GetNumberOfPoints() == 0 or image_data.GetPointData().GetScalars() is None:
-        raise VerdiffError(f"volume {volume_node.GetName()} has no voxels")
+    image_data = _check_volume_node(volume_node)
     scalars = image_data.GetPointData().GetScalars()
     components = scalars.GetNumberOfComponents()
     shape = tuple(reversed(image_data.GetDimensions()))  # (k, j, i)
@@ -174,7 +188,7 @@ def choose_device(choice: str) -> tuple[str, str | None]:
 def list_models() -> list:
     """The bundled model cards (empty when PyTorch is not installed yet)."""
     try:
-        from .models import list_cards
+        from ..models import list_cards
     except ImportError:
         return []
     return list_cards()
@@ -182,7 +196,7 @@ def list_models() -> list:
 
 def resolve_card(image: sitk.Image, model: str = "auto"):
     """The card ``model`` names, or for ``auto`` the one for the image's modality."""
-    from .pipeline import choose_card
+    from ..pipeline import choose_card
 
     return choose_card(image, model or "auto")
 
@@ -200,7 +214,7 @@ def card_for_volume(volume_node, model: str = "auto"):
     """The card a run on ``volume_node`` would use (for the GUI's model description);
     None while it cannot be told (no input yet for ``auto``)."""
     if model and model != "auto":
-        from .models import get_card
+        from ..models import get_card
 
         return get_card(model)
     if volume_node is None:
@@ -208,129 +222,162 @@ def card_for_volume(volume_node, model: str = "auto"):
     return resolve_card(read_input(volume_node), "auto")
 
 
-# ------------------------------------------------------------------------- compute
+def card_title(card) -> str:
+    """The model selector's entry: name, modality and what it segments."""
+    return f"{card.name} ({card.modality}): {', '.join(label['name'] for label in card.labels)}"
+
+
+def card_info(card) -> dict:
+    """What the GUI's model line and spin boxes show of ``card``: version, family, modality,
+    labels, whether it samples, its default steps and ensemble and their accepted ranges
+    (``(0, 0)`` steps for a deterministic family)."""
+    sampled = samples(card)
+    return {
+        "version": card.version,
+        "family": card.family_name,
+        "modality": card.modality,
+        "labels": "; ".join(f"{label['name']}: {label.get('covers', '')}" for label in card.labels),
+        "samples": sampled,
+        "steps": card.default_steps,
+        "ensemble": card.default_ensemble,
+        "steps_range": card.steps_range() if sampled else (0, 0),
+        "ensemble_range": card.ensemble_range(),
+    }
+
+
+class CardLookup:
+    """The card a run on a volume node would use (:func:`card_for_volume`), remembered per
+    node, modification time of its voxels and model (``auto`` reads the image): None while it
+    cannot be told, a ``VerdiffError`` (returned, for the GUI to show) when it cannot be resolved."""
+
+    def __init__(self):
+        self._cards = {}
+
+    def __call__(self, volume_node, model: str):
+        image_data = volume_node.GetImageData() if volume_node is not None else None
+        key = (volume_node.GetID() if volume_node is not None else None, image_data.GetMTime() if image_data is not None else None, model)
+        if key not in self._cards:
+            try:
+                self._cards[key] = card_for_volume(volume_node, model)
+            except Exception as error:  # noqa: BLE001 - shown in the model line, never raised from an observer
+                self._cards[key] = error if isinstance(error, VerdiffError) else VerdiffError(f"{type(error).__name__}: {error}")
+        return self._cards[key]
+
+
+# ---------------------------------------------------------------------- the process
+
+
+def write_input(volume_node, folder: str | Path) -> Path:
+    """Write ``volume_node`` into ``folder`` as NRRD for the process; returns the path.
+
+    A grey-level volume goes through a volume storage node, as Slicer saves it (its own
+    voxels and IJK-to-RAS, no resampling; a parent transform is not applied: the outputs
+    are placed under the same transform instead). An RGB(A) volume (a colour JPG loaded in
+    Slicer) is written grey by luminance (:func:`read_input`). The file is named after the
+    node, so the process's messages and outputs carry its name. Raises ``VerdiffError``
+    for a missing node, a label map, a volume without voxels."""
+    image_data = _check_volume_node(volume_node)
+    stem = "".join(c if c.isalnum() or c in "-_. " else "_" for c in volume_node.GetName()).strip(" .") or "input"
+    path = Path(folder) / f"{stem}.nrrd"
+    if image_data.GetPointData().GetScalars().GetNumberOfComponents() != 1:
+        sitk.WriteImage(read_input(volume_node), str(path))
+        return path
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.SetUseCompression(False)  # read once, at once: compressing would only cost time
+    if not storage.WriteData(volume_node) or not path.is_file():
+        raise VerdiffError(f"could not write volume {volume_node.GetName()} for the segmentation: {storage.GetUserMessages().GetAllMessagesAsString().strip() or 'storage node failed'}")
+    return path
+
+
+# The report's measurements (``pipeline.SegmentationResult.measurements``, spread at the
+# top of the CLI's report), kept as attributes of the statistics table.
+MEASUREMENT_KEYS = ("cobb_angles_deg",)
+# Report entries that are not the run's settings (the rest is kept in SETTINGS_ATTRIBUTE).
+NOT_SETTINGS = ("input", "outputs", "segments", "timings_seconds", "warnings", "output_format", *MEASUREMENT_KEYS)
 
 
 @dataclass
 class Computation:
-    """What :func:`compute` hands to :func:`apply_result`: no MRML objects, only data."""
+    """A finished run's outputs read back from the process (:func:`load_result`): data only,
+    no MRML objects; what :func:`apply_result` puts into the scene."""
 
-    result: object  # pipeline.SegmentationResult
-    card: object  # models.ModelCard
-    device_warning: str | None = None
+    labels: sitk.Image  # on the input node's voxel grid
+    uncertainty: sitk.Image
+    segments: list[dict]  # per segment: value, name, covers, color, level, voxels, size, uncertainty
+    settings: dict  # model, version, family, steps, ensemble, device, seed, reliability...
+    measurements: dict = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
 
-ProgressCallback = Callable[[str, int, int], None]
-
-
-def compute(
-    image: sitk.Image,
-    model: str = "auto",
-    steps: int | None = None,
-    ensemble: int | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> Computation:
-    """Segment ``image`` (from :func:`read_input`); safe to call off the main thread.
-
-    ``progress(stage, done, total)`` gets the stages "loading" (model and image checks),
-    "inference" (``done``/``total`` slices) and "finishing"; ``cancel()`` returning True
-    stops the work with ``pipeline.Cancelled``."""
-    from .pipeline import Cancelled, segment
-
-    def report(stage, done=0, total=0):
-        if progress is not None:
-            progress(stage, done, total)
-
-    report("loading")
-    if cancel is not None and cancel():
-        raise Cancelled()
-    card = resolve_card(image, model)
-    torch_device, warning = choose_device(device)
-    result = segment(
-        image,
-        card,
-        steps=steps,
-        ensemble=ensemble,
-        device=torch_device,
-        seed=seed,
-        batch_size=batch_size,
-        progress=progress,
-        cancel=cancel,
+def load_result(report: dict) -> Computation:
+    """The outputs of a finished ``verdiff segment`` (its JSON report and the files it lists)."""
+    try:
+        labels = sitk.ReadImage(report["outputs"]["labels"])
+        uncertainty = sitk.ReadImage(report["outputs"]["uncertainty"])
+    except (KeyError, RuntimeError) as error:
+        raise VerdiffError(f"the segmentation process left no readable outputs ({type(error).__name__}: {error})") from None
+    return Computation(
+        labels=labels,
+        uncertainty=uncertainty,
+        segments=report["segments"],
+        settings={key: value for key, value in report.items() if key not in NOT_SETTINGS},
+        measurements={key: report[key] for key in MEASUREMENT_KEYS if key in report},
+        warnings=list(report.get("warnings", [])),
+        timings=dict(report.get("timings_seconds", {})),
     )
+
+
+class Job:
+    """One segmentation of a volume node as a process, without Qt: what the GUI drives with
+    ``qt.QProcess`` and :func:`compute` with ``process.run``.
+
+    Made on the main thread: it checks the node, writes it into a private temporary folder
+    and builds ``command``. The runner feeds the process's stderr to ``output``
+    (``process.ProcessOutput``), then calls :meth:`finish` with the exit status and stdout
+    (or :meth:`close` after a cancel); both remove the folder."""
+
+    def __init__(self, volume_node, settings: SegmentSettings):
+        self.volume_node = volume_node
+        self.settings = settings
+        _check_volume_node(volume_node)
+        self.folder = Path(tempfile.mkdtemp(prefix="verdiff-slicer-"))
+        try:
+            input_path = write_input(volume_node, self.folder)
+        except BaseException:
+            self.close()
+            raise
+        self.command = segment_command(settings, input_path, self.folder / "outputs")
+        self.output = ProcessOutput()
+
+    def finish(self, exit_code: int | None, stdout: str) -> Computation:
+        """The computation of the ended process (``exit_code`` None: it crashed), or ``VerdiffError``."""
+        try:
+            return load_result(self.output.result(exit_code, stdout))
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def compute(volume_node, settings: SegmentSettings = SegmentSettings(), progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Computation:
+    """Segment ``volume_node`` in a ``verdiff segment`` process, headless (``process.run``);
+    the scene is not touched. ``progress(stage, done, total)`` gets the stages of
+    ``progress.STAGES``; ``cancel()`` returning True ends the process and raises ``Cancelled``."""
     if cancel is not None and cancel():
         raise Cancelled()
-    report("finishing")
-    return Computation(result=result, card=card, device_warning=warning, timings=dict(result.timings))
+    job = Job(volume_node, settings)
+    try:
+        report = run_process(job.command, progress, cancel)
+    except BaseException:
+        job.close()
+        raise
+    return job.finish(0, json.dumps(report))
 
 
-class BackgroundJob:
-    """:func:`compute` in a Python thread, for a GUI that polls it (Qt-free).
-
-    The main thread reads the input (:func:`read_input`), starts the job, polls
-    ``progress`` and ``finished`` (plain attributes, written by the worker), may call
-    :meth:`cancel`, and once ``finished`` applies ``computation`` to the scene itself:
-    the worker never touches MRML. ``outcome`` is then "done", "cancelled" or "failed"
-    (with ``error`` and ``error_traceback``)."""
-
-    def __init__(self, image: sitk.Image, **settings):
-        import threading
-
-        self._image = image
-        self._settings = settings
-        self._cancel = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="VerdiffSegment worker", daemon=True)
-        self.progress: tuple[str, int, int] = ("starting", 0, 0)
-        self.computation: Computation | None = None
-        self.error: BaseException | None = None
-        self.error_traceback = ""
-        self.outcome: str | None = None
-        self.started_at: float | None = None
-        self.seconds: float | None = None
-        self.finished = False
-
-    def start(self) -> None:
-        self.started_at = time.perf_counter()
-        self._thread.start()
-
-    def cancel(self) -> None:
-        """Ask the worker to stop at the next batch of slices."""
-        self._cancel.set()
-
-    @property
-    def cancel_requested(self) -> bool:
-        return self._cancel.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Block until the worker ends (tests, shutdown); True when it has."""
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
-
-    def _on_progress(self, stage: str, done: int, total: int) -> None:
-        self.progress = (stage, done, total)  # one tuple: read atomically by the poller
-
-    def _run(self) -> None:
-        import traceback
-
-        from .pipeline import Cancelled
-
-        try:
-            self.computation = compute(self._image, progress=self._on_progress, cancel=self._cancel.is_set, **self._settings)
-            self.outcome = "cancelled" if self._cancel.is_set() else "done"
-        except Cancelled:
-            self.outcome = "cancelled"
-        except BaseException as error:  # noqa: BLE001 - handed to the main thread
-            self.error = error
-            self.error_traceback = traceback.format_exc()
-            self.outcome = "failed"
-        finally:
-            self._image = None
-            self.seconds = time.perf_counter() - (self.started_at or time.perf_counter())
-            self.finished = True
+ProgressCallback = Callable[[str, int, int], None]
 
 
 # ---------------------------------------------------------------------- the scene
@@ -360,28 +407,12 @@ def find_outputs(scene, volume_node) -> dict[str, list]:
     return found
 
 
-def run(
-    scene,
-    volume_node,
-    model: str = "auto",
-    steps: int | None = None,
-    ensemble: int | None = None,
-    device: str = "auto",
-    seed: int = 0,
-    batch_size: int = 8,
-    progress: ProgressCallback | None = None,
-    cancel: Callable[[], bool] | None = None,
-) -> Outputs:
-    """:func:`read_input`, :func:`compute` and :func:`apply_result` in one call (headless
-    use and tests). A cancel or an error leaves ``scene`` as it was."""
-    from .pipeline import Cancelled
-
-    image = read_input(volume_node)
-    computation = compute(image, model, steps, ensemble, device, seed, batch_size, progress, cancel)
+def run(scene, volume_node, settings: SegmentSettings = SegmentSettings(), progress: ProgressCallback | None = None, cancel: Callable[[], bool] | None = None) -> Outputs:
+    """:func:`compute` and :func:`apply_result` in one call (scripts, tests). A cancel or
+    an error leaves ``scene`` as it was."""
+    computation = compute(volume_node, settings, progress, cancel)
     if cancel is not None and cancel():
         raise Cancelled()
-    if progress is not None:
-        progress("writing", 0, 0)
     return apply_result(scene, volume_node, computation)
 
 
@@ -394,10 +425,9 @@ def apply_result(scene, volume_node, computation: Computation) -> Outputs:
     if volume_node is None or volume_node.GetScene() is not scene or scene.GetNodeByID(volume_node.GetID()) is not volume_node:
         raise VerdiffError("the input volume is no longer in the scene; nothing was added")
     clock = time.perf_counter()
-    result = computation.result
     dims = tuple(reversed(volume_node.GetImageData().GetDimensions()))  # (k, j, i)
-    labels = np.asarray(sitk.GetArrayViewFromImage(result.labels))
-    uncertainty = np.asarray(sitk.GetArrayViewFromImage(result.uncertainty), dtype=np.float32)
+    labels = np.asarray(sitk.GetArrayViewFromImage(computation.labels))
+    uncertainty = np.asarray(sitk.GetArrayViewFromImage(computation.uncertainty), dtype=np.float32)
     if labels.ndim == 2:  # a 2D result of a single-slice input
         labels, uncertainty = labels[np.newaxis], uncertainty[np.newaxis]
     if labels.shape != dims or uncertainty.shape != dims:
@@ -407,15 +437,13 @@ def apply_result(scene, volume_node, computation: Computation) -> Outputs:
     before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     items_before = _hierarchy_items(hierarchy)
-    settings = dict(result.settings)
-    settings["device_warning"] = computation.device_warning
-    settings_json = json.dumps(settings, sort_keys=True)
+    settings_json = json.dumps(computation.settings, sort_keys=True)
     base = volume_node.GetName()
     try:
         uncertainty_node = _add_uncertainty_volume(scene, volume_node, uncertainty, f"{base} uncertainty")
-        segmentation_node = _add_segmentation(scene, volume_node, result, computation.card, f"{base} vertebrae")
-        statistics_node = _add_statistics_table(scene, volume_node, result, f"{base} vertebra statistics")
-        for key, value in result.measurements.items():  # e.g. the Cobb angles of an X-ray
+        segmentation_node = _add_segmentation(scene, volume_node, computation, f"{base} vertebrae")
+        statistics_node = _add_statistics_table(scene, volume_node, computation, f"{base} vertebra statistics")
+        for key, value in computation.measurements.items():  # e.g. the Cobb angles of an X-ray
             statistics_node.SetAttribute(f"VerdiffSegment.{key}", json.dumps(value))
         outputs = Outputs(segmentation_node, uncertainty_node, statistics_node)
         parent_item = _parent_item(hierarchy, volume_node)
@@ -490,9 +518,9 @@ UNCERTAINTY_DESCRIPTION = (
 )
 
 
-def _add_segmentation(scene, volume_node, result, card, name: str):
-    """One segment per entry of ``result.segments`` (per vertebra, or per card label when
-    the pipeline ran without ``per_vertebra``), with its terminology and level tags."""
+def _add_segmentation(scene, volume_node, result: Computation, name: str):
+    """One segment per entry of ``result.segments`` (per vertebra), with its terminology
+    and level tags."""
     segments = []
     for info in result.segments:
         segments.append(

@@ -281,7 +281,6 @@ def test_ct_chest_totalsegmentator_ids_29_to_46_are_the_vertebrae_c5_to_l3(data_
 
 
 def test_ct_abdomen_binary_labels_leave_out_s1_as_the_recipe_does(data_dir):
-    recipe = RECIPES["verdiff-ct"]
     item = datasets.ct_abdomen_item(data_dir)
     image, truth = datasets.truth_on_image_grid(item, LabelScheme())
     source = sitk.GetArrayFromImage(sitk.ReadImage(str(item.labels)))

@@ -12,9 +12,12 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import CT_IMAGE, CT_LABELS, DATA, MR_IMAGE, MR_LABELS, xray_image
+from conftest import CT_IMAGE, CT_LABELS, DATA, MR_IMAGE, MR_LABELS, REPO, xray_image
 from VerdiffSegmentLib.metrics import dice
 from VerdiffSegmentLib.slicer_bound.mrml import close_scene, nodes_by_class, read_scene_bundle
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from reliability import write_dicom_series  # noqa: E402  (benchmarks/ is not a package; one DICOM writer for the tests and the battery)
 
 
 def verdiff(*args) -> dict:
@@ -114,28 +117,7 @@ def test_segment_dev_chest_ct_reaches_the_acceptance_dice(chest_ct_dice):
 def test_dicom_series_folder(tmp_path):
     """A DICOM series folder takes the same path (written here from a real MR volume)."""
     image = sitk.ReadImage(str(MR_IMAGE))[:, :, 30:46]
-    folder = tmp_path / "dicom"
-    folder.mkdir()
-    series = sitk.Cast(image, sitk.sitkInt16)
-    direction = series.GetDirection()
-    for k in range(series.GetDepth()):
-        plane = series[:, :, k]
-        writer = sitk.ImageFileWriter()
-        writer.KeepOriginalImageUIDOn()
-        position = series.TransformIndexToPhysicalPoint((0, 0, k))
-        for tag, value in (
-            ("0008|0060", "MR"),
-            ("0020|000e", "1.2.826.0.1.3680043.2.1125.1.12345"),
-            ("0020|000d", "1.2.826.0.1.3680043.2.1125.1.1234"),
-            ("0020|0032", "\\".join(map(str, position))),
-            ("0020|0037", "\\".join(map(str, direction[0::3] + direction[1::3]))),
-            ("0020|0013", str(k + 1)),
-            ("0028|0030", "\\".join(map(str, series.GetSpacing()[:2]))),
-            ("0018|0050", str(series.GetSpacing()[2])),
-        ):
-            plane.SetMetaData(tag, value)
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(plane)
+    folder = write_dicom_series(image, tmp_path / "dicom", "1.2.826.0.1.3680043.2.1125.1.12345")
     report = segment_to(folder, tmp_path / "out", "--steps", "2", "--ensemble", "1")
     labels = sitk.ReadImage(report["outputs"]["labels"])
     # DICOM cannot store this left-handed grid: the reader stacks the slices along the

@@ -4,6 +4,7 @@ what its source means. Runs are tiny (few steps, small crops, one subject, 1 thr
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import math
@@ -280,7 +281,6 @@ def test_ct_chest_totalsegmentator_ids_29_to_46_are_the_vertebrae_c5_to_l3(data_
 
 
 def test_ct_abdomen_binary_labels_leave_out_s1_as_the_recipe_does(data_dir):
-    recipe = RECIPES["verdiff-ct"]
     item = datasets.ct_abdomen_item(data_dir)
     image, truth = datasets.truth_on_image_grid(item, LabelScheme())
     source = sitk.GetArrayFromImage(sitk.ReadImage(str(item.labels)))
@@ -332,3 +332,47 @@ include = ["VB3_01", "VB3_02", "VB3_03"]
         load_config(config)
     with pytest.raises(ValueError, match="unknown label source"):
         RunConfig.from_dict({"recipe": "verdiff-mr", "datasets": [{"images": "a/*.nii", "labels": "b/*.nii", "source": "verse2"}]})
+
+
+# -- the package's shape -----------------------------------------------------------------
+def training_imports() -> dict[str, set[str]]:
+    """module -> the training modules it imports anywhere in its code (lazy imports too)."""
+    graph = {}
+    for path in sorted((REPO / "training").rglob("*.py")):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                base = package
+                for _ in range(node.level - 1):
+                    base = base.rpartition(".")[0]
+                name = (base + (f".{node.module}" if node.module else "")) if node.level else node.module
+                targets |= {name, *(f"{name}.{alias.name}" for alias in node.names)}
+            elif isinstance(node, ast.Import):
+                targets |= {alias.name for alias in node.names}
+        graph[module] = targets
+    return {module: {t for t in targets if t in graph and t != module} for module, targets in graph.items()}
+
+
+def test_no_training_modules_import_each_other_in_a_cycle():
+    """Issue 12: evaluate and export once imported each other; a cycle (lazy imports counted)
+    makes the import order matter and the pieces hard to read apart."""
+    graph = training_imports()
+    assert "training.evaluate" in graph["training.export"] and "training.evaluate" in graph["training.train"]
+    cycles, done = [], set()
+
+    def visit(module: str, path: list[str]) -> None:
+        if module in path:
+            cycles.append(path[path.index(module):] + [module])
+            return
+        if module in done:
+            return
+        for target in sorted(graph[module]):
+            visit(target, path + [module])
+        done.add(module)
+
+    for module in sorted(graph):
+        visit(module, [])
+    assert not cycles, cycles

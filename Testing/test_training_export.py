@@ -1,11 +1,17 @@
 """``export`` and ``evaluate`` on a tiny run: the card's sha256, fp16 weights that load with
-``weights_only=True`` through ``models.load_network``, and Dice/IoU/HD95/NSD figures."""
+``weights_only=True`` through ``models.load_network``, and Dice/IoU/HD95/NSD figures.
+
+The run trains and validates on two real MR volumes cut to a central slab of sagittal slices
+(``slab_data``): every export and evaluation here segments its case through ``segment``, and a
+whole volume costs five times the slices while checking nothing more."""
 
 from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+import SimpleITK as sitk
 import torch
 
 from VerdiffSegmentLib.models import get_card, load_network, sha256_of
@@ -16,8 +22,31 @@ from training.export import training_command
 from training.train import TrainOptions, train
 
 
+SLAB_SLICES = 16  # of 77 sagittal slices (1 mm): the middle of the lumbar bodies
+
+
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, data_dir):
+def slab_data(tmp_path_factory, data_dir):
+    """A data root holding VB3_01 and VB3_17 (images and labels) cut to their central
+    ``SLAB_SLICES`` sagittal slices, under the same names as in ../shared/data."""
+    root = tmp_path_factory.mktemp("data")
+    (root / "mr-lumbar-vb3").mkdir()
+    for subject in ("VB3_01", "VB3_17"):
+        for kind in ("img", "seg"):
+            name = f"mr-lumbar-vb3/{subject}_{kind}.nii.gz"
+            volume = sitk.ReadImage(str(data_dir / name))
+            # the index axis that runs left-right (largest x component of its direction)
+            axis = int(np.argmax(np.abs(np.array(volume.GetDirection()).reshape(3, 3)[0])))
+            start = (volume.GetSize()[axis] - SLAB_SLICES) // 2
+            slab = volume[tuple(slice(start, start + SLAB_SLICES) if a == axis else slice(None) for a in range(3))]
+            sitk.WriteImage(slab, str(root / name))
+    slab = sitk.ReadImage(str(root / "mr-lumbar-vb3" / "VB3_17_seg.nii.gz"))
+    assert sitk.GetArrayViewFromImage(slab).any(), "the slab must cut through the vertebral bodies"
+    return root
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, slab_data):
     """Three steps on VB3_01, VB3_17 held out: a model to export, not a good one."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -31,13 +60,13 @@ def tiny_run(tmp_path_factory, data_dir):
         }
     )
     out = tmp_path_factory.mktemp("run")
-    train(run, data_dir, out, TrainOptions(steps=3, batch_size=2, crop=48, tensorboard=False))
+    train(run, slab_data, out, TrainOptions(steps=3, batch_size=2, crop=48, tensorboard=False))
     yield out
     torch.set_num_threads(threads)
 
 
-def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_run, data_dir, capsys):
-    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1"])
+def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_run, slab_data, capsys):
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1"])
     card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["sha256"] == sha256_of(tmp_path / "tiny-mr.pt")
     export = card["export"]
@@ -57,10 +86,10 @@ def test_export_writes_fp16_weights_where_validation_dice_holds(tmp_path, tiny_r
     assert printed["dice_mean"] == validation["dice_mean"]
 
 
-def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_path, tiny_run, data_dir, capsys):
-    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
+def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_path, tiny_run, slab_data, capsys):
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
     before = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
-    common = ["--models-dir", str(tmp_path), "--data", str(data_dir)]
+    common = ["--models-dir", str(tmp_path), "--data", str(slab_data)]
     with pytest.raises(SystemExit):  # 200 steps cannot fit below timestep 150: refused before any work
         main(["defaults", "tiny-mr", "--steps", "200", "--ensemble", "2", "--start-timestep", "150", *common])
     assert json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8")) == before
@@ -74,16 +103,16 @@ def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_pat
     assert get_card("tiny-mr", tmp_path).default_ensemble == 2
 
 
-def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, data_dir, capsys):
+def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, slab_data, capsys):
     out = tmp_path / "figures.json"
-    main(["evaluate", "--run", str(tiny_run), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--out", str(out)])
+    main(["evaluate", "--run", str(tiny_run), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--out", str(out)])
     result = json.loads(out.read_text(encoding="utf-8"))
     assert result["evaluated_on"] == "validation split" and len(result["cases"]) == 1
     row = result["cases"][0]
     assert set(row) >= {"case", "dice", "iou", "hd95", "nsd"}
     assert row["hd95"] is None or row["hd95"] > 0  # mm
     capsys.readouterr()
-    main(["evaluate", "--run", str(tiny_run), "--data", str(data_dir), "--steps", "1", "--ensemble", "1", "--images", "mr-lumbar-vb3/*_img.nii.gz",
+    main(["evaluate", "--run", str(tiny_run), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--images", "mr-lumbar-vb3/*_img.nii.gz",
           "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5", "--limit", "1"])
     folder = json.loads(capsys.readouterr().out)
     assert folder["cases"][0]["case"] == "VB3_01" and folder["evaluated_on"].startswith("folder")
@@ -107,10 +136,10 @@ def test_xray_recipe_reports_held_out_images_of_unseen_patients_apart():
     assert unseen_patient_figures(result, recipe_config("verdiff-mr"), split) == {}
 
 
-def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, data_dir):
+def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, slab_data):
     """Training that accumulates (issue 16): a run started --init from an exported model continues
     it with the card's architecture, and the new card's history holds both stages and their sums."""
-    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(data_dir), "--steps", "1", "--ensemble", "1",
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1",
           "--precision", "fp32", "--start-timestep", "150"])
     first = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert first["scheduler"]["start_timestep"] == 150 and first["validation"]["settings"]["start_timestep"] == 150
@@ -119,7 +148,7 @@ def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, data_dir):
         main(["train", "--config", "unused.toml", "--out", str(tmp_path / "x"), "--init", str(tmp_path / "tiny-mr.pt"), "--channels", "4,8"])
     second = tmp_path / "second"
     main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
-          "--name", "tiny-mr", "--data", str(data_dir), "--out", str(second), "--init", str(tmp_path / "tiny-mr.pt"), "--steps", "2",
+          "--name", "tiny-mr", "--data", str(slab_data), "--out", str(second), "--init", str(tmp_path / "tiny-mr.pt"), "--steps", "2",
           "--batch-size", "2", "--crop", "48", "--limit", "1", "--threads", "1", "--no-tensorboard"])
     run = json.loads((second / "run.json").read_text(encoding="utf-8"))
     assert run["config"]["channels"] == [8, 16, 32] and run["settings"]["threads"] == 1

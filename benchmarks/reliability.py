@@ -209,7 +209,9 @@ def sheared_sform(data):
 
 
 def write_dicom_series(image: sitk.Image, folder: Path, series_uid: str, skip: int | None = None, prefix: str = "slice") -> Path:
-    """``image`` as one DICOM file per slice with positions and orientation (as test_cli does)."""
+    """``image`` as one DICOM series in ``folder``: one file per slice (``PREFIXnnn.dcm``) with its
+    position, orientation and spacing, leaving out slice number ``skip``. The one writer of the
+    battery and the tests (test_cli and test_reliability import it)."""
     folder.mkdir(exist_ok=True)
     series = sitk.Cast(image, sitk.sitkInt16)
     direction = series.GetDirection()

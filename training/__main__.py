@@ -29,7 +29,9 @@ from pathlib import Path
 
 import torch
 
+from VerdiffSegmentLib.errors import VerdiffError
 from VerdiffSegmentLib.families import FAMILY_MODULES
+from VerdiffSegmentLib.models import ModelCard, models_dir, read_card
 
 from .augment import PRESETS
 from .configs import DEFAULT_CHANNELS, DEFAULT_FAMILY, RECIPES, RunConfig, load_config, recipe_config
@@ -37,7 +39,6 @@ from .labels import SCHEMES, SOURCES
 from .train import TrainOptions
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-MODELS = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 
 
 def _channels(text: str) -> tuple[int, ...]:
@@ -122,8 +123,8 @@ def keep_init_architecture(args) -> None:
     card_path = Path(args.init).with_suffix(".json") if args.init else None
     if card_path is None or not card_path.exists():
         return
-    card = json.loads(card_path.read_text())
-    channels, family = tuple(card["network"]["channels"]), card["family"]
+    card = read_card(card_path)
+    channels, family = card.channels, card.family_name
     if args.channels is not None and tuple(args.channels) != channels:
         raise ValueError(f"--init {args.init} has channels {','.join(map(str, channels))} (its card); --channels {','.join(map(str, args.channels))} would not fit")
     if args.family is not None and args.family != family:
@@ -173,13 +174,13 @@ def run_config_from_args(args) -> RunConfig:
     return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing)
 
 
-def bundled_card(run: RunConfig) -> dict | None:
+def bundled_card(run: RunConfig) -> ModelCard | None:
     """The bundled card this run would replace (same name and family), if any."""
-    path = MODELS / f"{run.name}.json"
+    path = models_dir() / f"{run.name}.json"
     if not path.is_file():
         return None
-    card = json.loads(path.read_text())
-    return card if card.get("family") == run.family else None
+    card = read_card(path)
+    return card if card.family_name == run.family else None
 
 
 def validation_sampling(args, run: RunConfig) -> dict:
@@ -188,9 +189,9 @@ def validation_sampling(args, run: RunConfig) -> dict:
     loop's defaults (``TrainOptions``)."""
     card, defaults = bundled_card(run), TrainOptions()
     settings = {
-        "val_steps": card["defaults"]["steps"] if card else defaults.val_steps,
-        "val_ensemble": card["defaults"]["ensemble"] if card else defaults.val_ensemble,
-        "val_start_timestep": card.get("scheduler", {}).get("start_timestep") if card else defaults.val_start_timestep,
+        "val_steps": card.default_steps if card else defaults.val_steps,
+        "val_ensemble": card.default_ensemble if card else defaults.val_ensemble,
+        "val_start_timestep": card.scheduler_config.get("start_timestep") if card else defaults.val_start_timestep,
     }
     return {key: value if getattr(args, key) is None else getattr(args, key) for key, value in settings.items()}
 
@@ -209,8 +210,8 @@ def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
     text = f"validation every {options.val_every} steps on {cases} held-out cases: {options.val_steps} sampling steps x {options.val_ensemble} samples from t={start}"
     card = bundled_card(run)
     if card is not None:
-        card_start = card.get("scheduler", {}).get("start_timestep", config.get("num_train_timesteps", 1000) - 1)
-        text += f" (the bundled card {run.name}: {card['defaults']['steps']} x {card['defaults']['ensemble']} from t={card_start})"
+        card_start = card.scheduler_config.get("start_timestep", config.get("num_train_timesteps", 1000) - 1)
+        text += f" (the bundled card {run.name}: {card.default_steps} x {card.default_ensemble} from t={card_start})"
     return text
 
 
@@ -231,7 +232,7 @@ def main(argv=None) -> None:
     e.add_argument("model", help="model name (a bundled recipe, or the name in the run's config)")
     e.add_argument("--run", type=Path, required=True)
     e.add_argument("--data", type=Path, default=DATA)
-    e.add_argument("--models-dir", type=Path, default=MODELS)
+    e.add_argument("--models-dir", type=Path, default=None, help="where to write the card and weights (default: the bundled models' folder, models_dir())")
     e.add_argument("--steps", type=int, default=None, help="default sampling steps for the card (default: the family's)")
     e.add_argument("--ensemble", type=int, default=None, help="default ensemble size for the card (default: the family's)")
     e.add_argument("--precision", choices=["auto", "fp32", "fp16"], default="auto", help="auto: fp16 where validation Dice does not drop")
@@ -244,7 +245,7 @@ def main(argv=None) -> None:
     d.add_argument("--steps", type=int, required=True)
     d.add_argument("--ensemble", type=int, required=True)
     d.add_argument("--start-timestep", type=int, default=None, help="prior-shifted families: sample from this timestep (default: keep the card's)")
-    d.add_argument("--models-dir", type=Path, default=MODELS)
+    d.add_argument("--models-dir", type=Path, default=None, help="the card's folder (default: the bundled models' folder, models_dir())")
     d.add_argument("--data", type=Path, default=DATA)
     d.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     v = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD per case and mean +- sd")
@@ -275,14 +276,14 @@ def main(argv=None) -> None:
             from .cross_source import SUITES
 
             suites = list(SUITES) if args.suites == "all" else (args.suites.split(",") if args.suites else None)
-            card = export(args.model, args.run, args.models_dir, args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance,
+            card = export(args.model, args.run, args.models_dir or models_dir(), args.data, args.steps, args.ensemble, args.precision, args.fp16_tolerance,
                           start_timestep=args.start_timestep, suites=suites)
             print(json.dumps({**card["validation"], "export": card["export"]}, indent=1))
             return
         if args.command == "defaults":
             from .export import set_defaults
 
-            card = set_defaults(args.model, args.models_dir, args.data, args.steps, args.ensemble, args.start_timestep)
+            card = set_defaults(args.model, args.models_dir or models_dir(), args.data, args.steps, args.ensemble, args.start_timestep)
             print(json.dumps({k: v for k, v in card["validation"].items() if k != "cases"}, indent=1))
             return
         if args.command == "evaluate":
@@ -299,7 +300,7 @@ def main(argv=None) -> None:
             print(text)
             return
         run = run_config_from_args(args)
-    except ValueError as error:
+    except (ValueError, VerdiffError) as error:
         parser.exit(2, f"error: {error}\n")
 
     if args.write_cache:

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from VerdiffSegmentLib.families import get_family
-from VerdiffSegmentLib.models import ModelCard, parse_card, sha256_of
+from VerdiffSegmentLib.models import ModelCard, parse_card, read_card, sha256_of
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .configs import RunConfig
@@ -60,7 +60,7 @@ def training_history(run_dir: Path, run_info: dict) -> list[dict]:
     if init:
         card_path, init_run = Path(init).with_suffix(".json"), Path(init).parent
         if card_path.exists():
-            earlier = list(json.loads(card_path.read_text()).get("training", {}).get("history", []))
+            earlier = list(read_card(card_path).training.get("history", []))
         elif (init_run / "run.json").exists() and init_run.resolve() != Path(run_dir).resolve():
             earlier = training_history(init_run, json.loads((init_run / "run.json").read_text()))
     summary_path = Path(run_dir) / "summary.json"
@@ -181,7 +181,7 @@ def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int,
     disk. The weights are untouched; the figures of the settings it replaces are kept in
     ``validation_history`` so a card shows what each choice cost or gained."""
     path = Path(models_dir) / f"{model_name}.json"
-    card = json.loads(path.read_text())
+    card = read_card(path).raw  # the JSON this function edits and writes back, checked on the way in
     if card["family"] == "unet":
         raise ValueError(f"{model_name} is deterministic: it has no sampling settings")
     previous = card.get("validation", {})

@@ -20,6 +20,11 @@ held-out subjects, the best weights by validation Dice (``best.pt``), early stop
 ``--patience`` validations without improvement, and resuming (``--resume``) from
 ``checkpoint.pt`` bit-exactly.
 
+The loop is a ``Trainer`` (built in a fixed order, so the seeded RNGs give each piece the same
+draws in every run) over a ``TrainingState``: network, optimiser, schedule, sampler, noise
+generator and progress, which is what ``checkpoint.pt`` holds (with the global RNG states)
+and what a resume restores, in one place.
+
 Outputs in the run folder: ``model.pt`` (final weights, a plain state dict), ``best.pt`` and
 ``best.json``, ``checkpoint.pt``, ``split.json``, ``run.json`` (config and settings),
 ``command.txt``, ``log.csv``, ``validation.csv``, ``tensorboard/`` and ``summary.json``.
@@ -129,168 +134,249 @@ def train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions 
     options = options or TrainOptions()
     world = init_world(options.device)
     try:
-        return _train(run, Path(data_root), Path(out_dir), options, world, command)
+        return Trainer(run, Path(data_root), Path(out_dir), options, world, command).fit()
     finally:
         close_world(world)
 
 
-def _train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions, world: World, command: str | None) -> Path:
-    if options.augmentation not in PRESETS:
-        raise ValueError(f"unknown augmentation {options.augmentation!r}; use {', '.join(PRESETS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    random.seed(options.seed)
-    np.random.seed(options.seed)
-    torch.manual_seed(options.seed)
-    device = world.device
-    amp_dtype = autocast_dtype(options, device)
+CHECKPOINT_FORMAT = 1
 
-    if options.cache:
-        from .cache import read_cache
 
-        cases, split = read_cache(Path(options.cache), run)
-    else:
-        from .datasets import training_cases  # imported here: a run from a cache needs no image readers (SimpleITK)
+@dataclass
+class TrainingState:
+    """Everything the next optimiser step depends on besides the global RNGs (which the
+    checkpoint adds): what ``checkpoint.pt`` holds and a resume restores, in one place.
 
-        cases, split = training_cases(run, data_root, options.seed, options.limit)
-    if options.val_every and not split.get("validation"):
-        raise ValueError("--val-every needs validation subjects, and this run's split has none")
-    settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size, "threads": torch.get_num_threads()}
-    if world.is_main:
-        write_split(split, out_dir)
-        (out_dir / "run.json").write_text(json.dumps({"config": run.to_dict(), "settings": settings}, indent=1))
-        if command:
-            (out_dir / "command.txt").write_text(command + "\n")
+    ``progress``: step, training seconds so far, best validation Dice and its step, validations
+    without improvement, whether the run stopped early (and, once out of time,
+    ``stopped_at_time_limit``); it is also the run's ``summary.json``."""
 
-    num_classes = run.labels.num_classes
-    if run.spatial_dims == 3:
-        sampler = PatchSampler(cases, run.patch_size, options.seed, PRESETS[options.augmentation], num_classes)
-    else:
-        sampler = SliceSampler(cases, options.crop, options.seed, PRESETS[options.augmentation], num_classes)
-    if options.workers:
-        sampler.start_workers(options.workers)
-    family = get_family(run.family)
-    network = family.network(**run.network_arguments)
-    if options.init:
-        network.load_state_dict(load_weights(options.init))
-    network = network.to(device)
-    if world.distributed:
-        use_global_batch_norm(network, world.batch_norm_group)
-    step_module = objective_for(run.family, network, amp_dtype)
-    loss_terms = step_module.terms
-    trainer = DistributedDataParallel(step_module, device_ids=[world.local_rank] if device.type == "cuda" else None) if world.distributed else step_module
-    optimiser = make_optimiser(options, network.parameters())
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor(options))
-    noise_generator = torch.Generator().manual_seed(options.seed)
-    progress = {"step": 0, "seconds": 0.0, "best_dice": -1.0, "best_step": 0, "bad_validations": 0, "stopped_early": False}
+    network: nn.Module
+    optimiser: torch.optim.Optimizer
+    lr_schedule: torch.optim.lr_scheduler.LambdaLR
+    sampler: SliceSampler | PatchSampler
+    noise_generator: torch.Generator
+    progress: dict
 
-    checkpoint_path = out_dir / "checkpoint.pt"
-    if options.resume and checkpoint_path.exists():
-        checkpoint = load_checkpoint(checkpoint_path)
+    def checkpoint(self, settings: dict, config: dict) -> dict:
+        """The checkpoint: this state, the global RNG states, and the run it belongs to."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model": self.network.state_dict(),
+            "optimiser": self.optimiser.state_dict(),
+            "lr_schedule": self.lr_schedule.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "noise_generator": self.noise_generator.get_state(),
+            "rng": rng_states(),
+            "progress": dict(self.progress),
+            "settings": settings,
+            "config": config,
+        }
+
+    def restore(self, checkpoint: dict, settings: dict, config: dict) -> None:
+        """Continue from ``checkpoint``, which must belong to the same run (``config``) with the
+        same ``RESUME_KEYS`` settings and world size; else a ValueError naming what differs."""
         mismatched = {k: (checkpoint["settings"].get(k), settings[k]) for k in (*RESUME_KEYS, "world_size") if checkpoint["settings"].get(k) != settings[k]}
-        if checkpoint["config"] != run.to_dict():
+        if checkpoint["config"] != config:
             mismatched["config"] = "differs"
         if mismatched:
-            raise ValueError(f"cannot resume {checkpoint_path}: settings differ from the checkpoint's (checkpoint, now): {mismatched}")
-        network.load_state_dict(checkpoint["model"])
-        optimiser.load_state_dict(checkpoint["optimiser"])
-        lr_schedule.load_state_dict(checkpoint["lr_schedule"])
-        sampler.load_state_dict(checkpoint["sampler"])
-        noise_generator.set_state(checkpoint["noise_generator"])
+            raise ValueError(f"settings differ from the checkpoint's (checkpoint, now): {mismatched}")
+        self.network.load_state_dict(checkpoint["model"])
+        self.optimiser.load_state_dict(checkpoint["optimiser"])
+        self.lr_schedule.load_state_dict(checkpoint["lr_schedule"])
+        self.sampler.load_state_dict(checkpoint["sampler"])
+        self.noise_generator.set_state(checkpoint["noise_generator"])
         restore_rng_states(checkpoint["rng"])
-        progress = dict(checkpoint["progress"])
-        if world.is_main:
-            print(f"resumed from {checkpoint_path} at step {progress['step']}", flush=True)
+        self.progress = dict(checkpoint["progress"])
 
-    def save_checkpoint():
-        if world.is_main:
-            state = {
-                "format": 1,
-                "model": network.state_dict(),
-                "optimiser": optimiser.state_dict(),
-                "lr_schedule": lr_schedule.state_dict(),
-                "sampler": sampler.state_dict(),
-                "noise_generator": noise_generator.get_state(),
-                "rng": rng_states(),
-                "progress": dict(progress),
-                "settings": settings,
-                "config": run.to_dict(),
-            }
-            atomic_save(state, checkpoint_path)
 
-    def validate(step: int) -> None:
-        """Validation Dice/IoU through ``segment`` on rank 0; every rank learns the outcome."""
-        from .evaluate import card_data, evaluate, split_cases
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
+
+class Trainer:
+    """One training run: built from its config and options (data, sampler, network, objective,
+    optimiser, schedule: in this order, which fixes what the seeded RNGs give each), resumed
+    from its checkpoint if asked, then ``fit``. The pieces: ``step`` (one optimiser step),
+    ``validate``, ``save_checkpoint`` / ``resume`` (``TrainingState``) and ``finish``."""
+
+    def __init__(self, run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions, world: World, command: str | None = None):
+        if options.augmentation not in PRESETS:
+            raise ValueError(f"unknown augmentation {options.augmentation!r}; use {', '.join(PRESETS)}")
+        self.run, self.data_root, self.out_dir, self.options, self.world = run, data_root, out_dir, options, world
+        out_dir.mkdir(parents=True, exist_ok=True)
+        seed_everything(options.seed)
+        self.device = world.device
+        amp_dtype = autocast_dtype(options, self.device)
+        cases, self.split = self._cases()
+        if options.val_every and not self.split.get("validation"):
+            raise ValueError("--val-every needs validation subjects, and this run's split has none")
+        self.settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size, "threads": torch.get_num_threads()}
+        self._write_run_files(command)
+        sampler = self._sampler(cases)
+        network = self._network()
+        self.objective = objective_for(run.family, network, amp_dtype)
+        self.loss_terms = self.objective.terms
+        # The module a step calls: the objective, wrapped for DDP in a distributed run.
+        self.step_module = DistributedDataParallel(self.objective, device_ids=[world.local_rank] if self.device.type == "cuda" else None) if world.distributed else self.objective
+        optimiser = make_optimiser(options, network.parameters())
+        self.state = TrainingState(
+            network=network,
+            optimiser=optimiser,
+            lr_schedule=torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor(options)),
+            sampler=sampler,
+            noise_generator=torch.Generator().manual_seed(options.seed),
+            progress={"step": 0, "seconds": 0.0, "best_dice": -1.0, "best_step": 0, "bad_validations": 0, "stopped_early": False},
+        )
+        self.checkpoint_path = out_dir / "checkpoint.pt"
+        self.log: RunLog | None = None
+        if options.resume and self.checkpoint_path.exists():
+            self.resume()
+
+    # -- building ------------------------------------------------------------------------
+    def _cases(self):
+        if self.options.cache:
+            from .cache import read_cache
+
+            return read_cache(Path(self.options.cache), self.run)
+        from .datasets import training_cases  # imported here: a run from a cache needs no image readers (SimpleITK)
+
+        return training_cases(self.run, self.data_root, self.options.seed, self.options.limit)
+
+    def _write_run_files(self, command: str | None) -> None:
+        if not self.world.is_main:
+            return
+        write_split(self.split, self.out_dir)
+        (self.out_dir / "run.json").write_text(json.dumps({"config": self.run.to_dict(), "settings": self.settings}, indent=1))
+        if command:
+            (self.out_dir / "command.txt").write_text(command + "\n")
+
+    def _sampler(self, cases) -> SliceSampler | PatchSampler:
+        run, options = self.run, self.options
+        augmentation, num_classes = PRESETS[options.augmentation], run.labels.num_classes
+        if run.spatial_dims == 3:
+            sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, num_classes)
+        else:
+            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, num_classes)
+        if options.workers:
+            sampler.start_workers(options.workers)
+        return sampler
+
+    def _network(self) -> nn.Module:
+        """The family's network with fresh (seeded) or ``--init`` weights, on the device."""
+        network = get_family(self.run.family).network(**self.run.network_arguments)
+        if self.options.init:
+            network.load_state_dict(load_weights(self.options.init))
+        network = network.to(self.device)
+        if self.world.distributed:
+            use_global_batch_norm(network, self.world.batch_norm_group)
+        return network
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def resume(self) -> None:
+        """Continue from ``checkpoint.pt``, which must belong to the same run and settings."""
+        try:
+            self.state.restore(load_checkpoint(self.checkpoint_path), self.settings, self.run.to_dict())
+        except ValueError as error:
+            raise ValueError(f"cannot resume {self.checkpoint_path}: {error}") from None
+        if self.world.is_main:
+            print(f"resumed from {self.checkpoint_path} at step {self.state.progress['step']}", flush=True)
+
+    def save_checkpoint(self) -> None:
+        if self.world.is_main:
+            atomic_save(self.state.checkpoint(self.settings, self.run.to_dict()), self.checkpoint_path)
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Run the steps left; returns ``model.pt``, or ``checkpoint.pt`` when ``stop_after``
+        ended this invocation before the run's end."""
+        options, state = self.options, self.state
+        progress = state.progress
+        self.log = RunLog(self.out_dir, options.steps, progress["step"], enabled=self.world.is_main, tensorboard=options.tensorboard, terms=self.loss_terms)
+        start_step, started = progress["step"], time.time() - progress["seconds"]
+        state.network.train()
+        for step in range(start_step + 1, options.steps + 1):
+            terms, grad_norm = self.step(step)
+            progress.update(step=step, seconds=round(time.time() - started, 3))
+            if step % options.log_every == 0 or step == options.steps:
+                self.log.train_row(step, dict(zip(self.loss_terms, terms)), state.optimiser.param_groups[0]["lr"], grad_norm, time.time() - started)
+            if options.val_every and (step % options.val_every == 0 or step == options.steps):
+                self.validate(step)
+            if options.time_limit_s is not None and progress["seconds"] >= options.time_limit_s:
+                progress["stopped_early"] = True  # out of time: finish here as an early stop does
+                progress["stopped_at_time_limit"] = True
+            stopping = progress["stopped_early"] or (options.stop_after is not None and step - start_step >= options.stop_after)
+            if (options.checkpoint_every and step % options.checkpoint_every == 0) or step == options.steps or stopping:
+                self.save_checkpoint()
+            if stopping:
+                break
+        self.log.close()
+        state.sampler.stop_workers()
+        if options.stop_after is not None and not progress["stopped_early"] and progress["step"] < options.steps:
+            return self.checkpoint_path
+        return self.finish()
+
+    def step(self, step: int) -> tuple[list[float], float]:
+        """One optimiser step on a fresh global batch; returns the loss terms (mean over the
+        ranks) and the gradient norm before clipping."""
+        state, world, options = self.state, self.world, self.options
+        global_batch, shard = options.batch_size * world.size, world.shard(options.batch_size)
+        image, mask = state.sampler.batch(global_batch, shard)
+        draws = {k: v[shard].to(self.device) for k, v in self.objective.draw(global_batch, mask.shape[1:], state.noise_generator).items()}
+        losses = self.step_module(image.to(self.device), mask.to(self.device), **draws)
+        terms = all_mean(world, torch.stack([losses[k].detach().float() for k in self.loss_terms]))
+        if not torch.isfinite(terms).all():
+            bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss_terms, terms.tolist()))
+            raise FloatingPointError(f"loss is not finite at step {step} ({bad}); lower --lr, or check the data of this run")
+        state.optimiser.zero_grad(set_to_none=True)
+        losses["total"].backward()
+        max_norm = options.clip_grad if options.clip_grad > 0 else float("inf")
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(state.network.parameters(), max_norm))
+        state.optimiser.step()
+        state.lr_schedule.step()
+        return terms.tolist(), grad_norm
+
+    def validate(self, step: int) -> None:
+        """Validation Dice/IoU through ``segment`` on rank 0 (``best.pt`` when it improves);
+        every rank learns the outcome and counts towards ``patience`` alike."""
+        from .evaluate import card_data, evaluate, split_cases  # here: a run without validation needs no segmentation pipeline
+
+        run, options, network, progress = self.run, self.options, self.state.network, self.state.progress
         outcome, result, started_at = None, None, time.time()
-        if world.is_main:
+        if self.world.is_main:
             data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble)
             if options.val_start_timestep is not None and "scheduler" in data:
                 data["scheduler"]["start_timestep"] = options.val_start_timestep
-            card = parse_card(data, out_dir / f"{run.name}.json")
+            card = parse_card(data, self.out_dir / f"{run.name}.json")
             network.eval()
-            result = evaluate(card, split_cases(run, data_root, split, "validation", options.val_limit), network=network, device=device.type)
+            result = evaluate(card, split_cases(run, self.data_root, self.split, "validation", options.val_limit), network=network, device=self.device.type)
             network.train()
             outcome = {"dice": result["dice_mean"], "improved": result["dice_mean"] > progress["best_dice"] + options.min_delta}
             if outcome["improved"]:
-                atomic_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, out_dir / "best.pt")
-                (out_dir / "best.json").write_text(json.dumps({"step": step, "dice": result["dice_mean"], "iou": result["iou_mean"], "validation": result}, indent=1))
-        outcome = broadcast(world, outcome)
+                atomic_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, self.out_dir / "best.pt")
+                (self.out_dir / "best.json").write_text(json.dumps({"step": step, "dice": result["dice_mean"], "iou": result["iou_mean"], "validation": result}, indent=1))
+        outcome = broadcast(self.world, outcome)
         if outcome["improved"]:
             progress.update(best_dice=outcome["dice"], best_step=step, bad_validations=0)
         else:
             progress["bad_validations"] += 1
         if options.patience and progress["bad_validations"] >= options.patience:
             progress["stopped_early"] = True
+        if self.world.is_main:
+            self.log.validation_row(step, result, progress["best_dice"], progress["best_step"], time.time() - started_at)
+
+    def finish(self) -> Path:
+        """Write the final weights and the summary; check that every rank holds the same weights."""
+        network, world, progress = self.state.network, self.world, self.state.progress
+        digests = gather(world, weights_digest(network))
+        path = self.out_dir / "model.pt"
         if world.is_main:
-            log.validation_row(step, result, progress["best_dice"], progress["best_step"], time.time() - started_at)
-
-    log = RunLog(out_dir, options.steps, progress["step"], enabled=world.is_main, tensorboard=options.tensorboard, terms=loss_terms)
-    global_batch, shard = options.batch_size * world.size, world.shard(options.batch_size)
-    start_step, started = progress["step"], time.time() - progress["seconds"]
-    network.train()
-    for step in range(start_step + 1, options.steps + 1):
-        image, mask = sampler.batch(global_batch, shard)
-        draws = {k: v[shard].to(device) for k, v in step_module.draw(global_batch, mask.shape[1:], noise_generator).items()}
-        losses = trainer(image.to(device), mask.to(device), **draws)
-        terms = all_mean(world, torch.stack([losses[k].detach().float() for k in loss_terms]))
-        if not torch.isfinite(terms).all():
-            bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(loss_terms, terms.tolist()))
-            raise FloatingPointError(f"loss is not finite at step {step} ({bad}); lower --lr, or check the data of this run")
-        optimiser.zero_grad(set_to_none=True)
-        losses["total"].backward()
-        max_norm = options.clip_grad if options.clip_grad > 0 else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(network.parameters(), max_norm))
-        optimiser.step()
-        lr_schedule.step()
-        progress.update(step=step, seconds=round(time.time() - started, 3))
-        if step % options.log_every == 0 or step == options.steps:
-            log.train_row(step, dict(zip(loss_terms, terms.tolist())), optimiser.param_groups[0]["lr"], grad_norm, time.time() - started)
-        if options.val_every and (step % options.val_every == 0 or step == options.steps):
-            validate(step)
-        if options.time_limit_s is not None and progress["seconds"] >= options.time_limit_s:
-            progress["stopped_early"] = True  # out of time: finish here as an early stop does
-            progress["stopped_at_time_limit"] = True
-        stopping = progress["stopped_early"] or (options.stop_after is not None and step - start_step >= options.stop_after)
-        if (options.checkpoint_every and step % options.checkpoint_every == 0) or step == options.steps or stopping:
-            save_checkpoint()
-        if stopping:
-            break
-    log.close()
-    sampler.stop_workers()
-    if options.stop_after is not None and not progress["stopped_early"] and progress["step"] < options.steps:
-        return checkpoint_path
-    return _finish(network, world, out_dir, progress)
-
-
-def _finish(network: nn.Module, world: World, out_dir: Path, progress: dict) -> Path:
-    """Write the final weights and the summary; check that every rank holds the same weights."""
-    digests = gather(world, weights_digest(network))
-    path = out_dir / "model.pt"
-    if world.is_main:
-        atomic_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
-        summary = {**progress, "world_size": world.size, "rank_weight_sha256": digests}
-        (out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(f"done at step {progress['step']}" + (f"; stopped early, best validation Dice {progress['best_dice']:.4f} at step {progress['best_step']}" if progress["stopped_early"] else ""), flush=True)
-    if len(set(digests)) != 1:
-        raise RuntimeError(f"ranks hold different weights at the end of training: {digests}")
-    return path
+            atomic_save({k: v.detach().cpu() for k, v in network.state_dict().items()}, path)
+            summary = {**progress, "world_size": world.size, "rank_weight_sha256": digests}
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+            print(f"done at step {progress['step']}" + (f"; stopped early, best validation Dice {progress['best_dice']:.4f} at step {progress['best_step']}" if progress["stopped_early"] else ""), flush=True)
+        if len(set(digests)) != 1:
+            raise RuntimeError(f"ranks hold different weights at the end of training: {digests}")
+        return path

@@ -127,6 +127,19 @@ def test_a_second_stage_card_records_both_commands(tmp_path):
     assert training_command(second) == "python -m training train verdiff-xray --out runs/a --steps 10 && python -m training train verdiff-xray --out runs/b --init runs/a/model.pt --steps 5"
 
 
+def test_a_stage_warm_started_from_a_bundled_model_records_its_cards_command_first(tmp_path):
+    from VerdiffSegmentLib.models import read_card
+
+    from conftest import MODELS
+
+    run = tmp_path / "runs" / "c"
+    run.mkdir(parents=True)
+    (run / "command.txt").write_text(f"python -m training train verdiff-xray --out runs/c --init {MODELS / 'verdiff-xray.pt'} --train-steps 5\n")
+    earlier = read_card(MODELS / "verdiff-xray.json").training["command"]
+    assert earlier.startswith("python -m training train")
+    assert training_command(run) == f"{earlier} && python -m training train verdiff-xray --out runs/c --init {MODELS / 'verdiff-xray.pt'} --train-steps 5"
+
+
 def test_xray_recipe_reports_held_out_images_of_unseen_patients_apart():
     split = {"train": ["sunhl-1th-02-Jan-2017-162 B AP", "sunhl-1th-20-Jul-2016-coronal1"]}
     result = {"cases": [{"case": "sunhl-1th-02-Jan-2017-162 A AP", "dice": 0.9}, {"case": "sunhl-1th-05-Jan-2017-167 A AP", "dice": 0.7},

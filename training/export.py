@@ -38,16 +38,19 @@ FP16_TOLERANCE = 0.001
 
 def training_command(run_dir: Path) -> str | None:
     """The run's command; a run started ``--init`` from another run's weights is preceded by that
-    run's command, so the card holds the whole recipe from random weights."""
+    run's command (from a bundled model's weights: its card's command), so the card holds the
+    whole recipe from random weights."""
     path = Path(run_dir) / "command.txt"
     if not path.exists():
         return None
     command = path.read_text().strip()
     words = command.split()
     if "--init" in words:
-        earlier = Path(words[words.index("--init") + 1]).parent
-        earlier = earlier if earlier.is_absolute() else Path(run_dir).parent.parent / earlier
-        return f"{training_command(earlier)} && {command}"
+        init = Path(words[words.index("--init") + 1])
+        init = init if init.is_absolute() else Path(run_dir).parent.parent / init
+        card = init.with_suffix(".json")  # a bundled model's weights: its card holds the recipe so far
+        earlier = read_card(card).training.get("command") if card.exists() else training_command(init.parent)
+        return f"{earlier} && {command}" if earlier else command
     return command
 
 

@@ -172,11 +172,13 @@ def segment(
 
     clock = time.perf_counter()
     raw_labels = labels_from_probability(probability)
-    # the reliability estimate sees the samples as they came (its thresholds were calibrated so)
-    reliability = reliability_estimate(probability, spread, postprocess(raw_labels, prepared.grid_spacing, card.postprocess), card.self_dice_warning or SELF_DICE_WARNING)
-    probability = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
-    raw_labels = labels_from_probability(probability)
     labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
+    # the reliability estimate sees the samples as they came (its thresholds were calibrated so)
+    reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
+    smoothed = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
+    if smoothed is not probability:  # labels again only where the card smooths (post-processing a CT takes seconds)
+        probability, raw_labels = smoothed, labels_from_probability(smoothed)
+        labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
     reliability["warnings"][:0] = run_warnings  # the path by which warnings reach the CLI, its JSON and the module
     uncertainty_stack = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
     uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)

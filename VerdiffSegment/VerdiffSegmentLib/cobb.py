@@ -35,6 +35,7 @@ truth landmarks against ``angles.csv``, and on the bundled model's held-out outp
 from __future__ import annotations
 
 import numpy as np
+import scipy.stats
 import SimpleITK as sitk
 
 NAMES = ("PT", "MT", "TL")
@@ -98,40 +99,73 @@ def cobb_from_landmarks(points: np.ndarray, image_height: float) -> dict:
 
 
 def vertebra_geometry(labels: np.ndarray, values: list[int]) -> tuple[np.ndarray, np.ndarray]:
-    """Tilt vectors [n, 2] and endplate middles [2n, 2] ((x, y) pixels) of the vertebrae
-    ``values`` (top to bottom) of a 2D label map (see the module docstring)."""
+    """Tilt vectors [n, 2] (unit, towards the picture's right) and endplate middles [2n, 2]
+    ((x, y) pixels, upper then lower of each) of the vertebrae ``values`` (top to bottom)
+    of a 2D label map (``endplate_fit``; the module docstring)."""
     tilts, centre = [], []
     for value in values:
-        yx = np.argwhere(labels == value).astype(float)
-        xy = yx[:, ::-1]
-        middle = xy.mean(axis=0)
-        long_axis = _midline_direction(yx)
-        if long_axis[0] < 0:
-            long_axis = -long_axis  # towards the picture's right
-        short_axis = np.array([long_axis[1], -long_axis[0]])  # up the picture
-        half_height = (np.abs((xy - middle) @ short_axis).max() + 0.5) if len(xy) else 0.0
-        tilts.append(long_axis)
-        centre += [middle + half_height * short_axis, middle - half_height * short_axis]
+        tilt, upper, lower = endplate_fit(np.argwhere(labels == value).astype(float))
+        tilts.append(tilt)
+        centre += [upper, lower]
     return np.array(tilts), np.array(centre)
 
 
-def _midline_direction(yx: np.ndarray) -> np.ndarray:
-    """Unit (x, y) direction of the line fitted to the middles between the top and bottom
-    pixel of each column, over the central 80 % of the columns (the ends are the rounded
-    corners): the segmentation's version of the reference's left-to-right middle line."""
-    columns = yx[:, 1].astype(int)
-    low, high = columns.min(), columns.max()
-    top = np.full(high - low + 1, np.inf)
-    bottom = np.full(high - low + 1, -np.inf)
-    np.minimum.at(top, columns - low, yx[:, 0])
-    np.maximum.at(bottom, columns - low, yx[:, 0])
-    xs = np.arange(low, high + 1, dtype=float)
-    keep = np.isfinite(top) & (xs >= low + 0.1 * (high - low)) & (xs <= high - 0.1 * (high - low))
-    if keep.sum() < 2:
-        return np.array([1.0, 0.0])
-    slope = np.polyfit(xs[keep], (top[keep] + bottom[keep]) / 2, 1)[0]
-    direction = np.array([1.0, slope])
-    return direction / np.linalg.norm(direction)
+def endplate_fit(yx: np.ndarray, iterations: int = 12) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Tilt (unit (x, y), towards the right) and upper and lower endplate middles ((x, y))
+    of one vertebra's pixels [n, (row, column)].
+
+    The upper and lower boundary are fitted in a frame turned by the current tilt estimate:
+    per column of that frame (one pixel wide) the outermost pixel above and below, over the
+    central ``CENTRAL_COLUMNS`` of the columns (the ends are the rounded corners and the side
+    edges), each by a Theil-Sen line (robust to the notches of a cut or a fragment); the new
+    tilt turns by the mean of the two slopes, until it stops turning. The tilt is then the
+    mean direction of the two endplates, as the reference's left-edge-middle to
+    right-edge-middle line is. Why turned: in the picture's own columns a tilted body's
+    side edges take up a large share of the columns and their middles flatten the slope
+    (a 35 degree tilt read as about 25, SMAPE 11 % on the truth quadrilaterals)."""
+    xy = yx[:, ::-1]
+    middle = xy.mean(axis=0)
+    tilt = np.array([1.0, 0.0])
+    offsets = None
+    for _ in range(iterations):
+        across = np.array([tilt[1], -tilt[0]])  # up the picture when the tilt points right
+        lines = _boundary_lines((xy - middle) @ tilt, (xy - middle) @ across)
+        if lines is None:
+            break
+        (upper_slope, upper_offset), (lower_slope, lower_offset) = lines
+        offsets = (upper_offset, lower_offset)
+        turn = np.arctan((upper_slope + lower_slope) / 2)
+        tilt = np.cos(turn) * tilt + np.sin(turn) * across
+        if abs(turn) < 1e-4:
+            break
+    across = np.array([tilt[1], -tilt[0]])
+    if offsets is None:  # too small to fit: its extent across the tilt
+        v = (xy - middle) @ across
+        offsets = (v.max() + 0.5, v.min() - 0.5)
+    return tilt, middle + offsets[0] * across, middle + offsets[1] * across
+
+
+CENTRAL_COLUMNS = 0.6  # share of a vertebra's columns (across its tilt) whose boundary pixels fit its endplates
+
+
+def _boundary_lines(u: np.ndarray, v: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """Theil-Sen lines v = slope * u + offset through the highest and the lowest ``v`` per
+    one-pixel column of ``u``, over the central ``CENTRAL_COLUMNS`` of the columns (offsets
+    moved half a pixel outwards, to the pixels' edge); None with fewer than 3 columns."""
+    columns = np.floor(u - u.min()).astype(int)
+    count = columns.max() + 1
+    top = np.full(count, -np.inf)
+    bottom = np.full(count, np.inf)
+    np.maximum.at(top, columns, v)
+    np.minimum.at(bottom, columns, v)
+    centres = u.min() + np.arange(count) + 0.5
+    margin = (1 - CENTRAL_COLUMNS) / 2 * count
+    keep = np.isfinite(top) & (np.arange(count) >= np.floor(margin)) & (np.arange(count) <= count - 1 - np.floor(margin))
+    if keep.sum() < 3:
+        return None
+    upper = scipy.stats.theilslopes(top[keep], centres[keep])
+    lower = scipy.stats.theilslopes(bottom[keep], centres[keep])
+    return (float(upper[0]), float(upper[1]) + 0.5), (float(lower[0]), float(lower[1]) - 0.5)
 
 
 def cobb_angles(labels: sitk.Image, segments: list[dict]) -> dict | None:

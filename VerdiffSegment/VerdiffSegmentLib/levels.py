@@ -59,6 +59,7 @@ FRAGMENT_SHARE = 0.25  # of the typical vertebra's voxels: smaller components jo
 MERGED_HEIGHT = 1.6  # typical heights (vertebra + disc): a taller component holds merged neighbours
 PERIOD_PERCENTILE = 50
 NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on both sides
+CHAIN_AXIS_DEGREES = 30.0  # a merged piece is cut across its principal axis when within this of the local spine direction
 EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
 # Vertebrae whose level is not decided have no terminology colour: two shades alternating
@@ -119,7 +120,8 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     sizes = np.bincount(components.ravel())[1:]
     objects = ndi.find_objects(components)
     candidates = [k + 1 for k in range(count) if sizes[k] >= 0.01 * sizes.max()]
-    heights = {value: _extent_along(components[objects[value - 1]] == value, superior) for value in candidates}
+    axes = _local_spine_axes(components, objects, candidates, sizes, spacing, superior)
+    heights = {value: _extent_across(components[objects[value - 1]] == value, spacing, axes[value]) for value in candidates}
     period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
     if len(heights) < 3:  # the whole spine in one or two pieces (CT: vertebrae touch at the facets)
         period = _profile_period(crop, superior) or period
@@ -127,7 +129,7 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     for value, height in heights.items():
         region = objects[value - 1]
         piece = components[region] == value
-        parts = _split(piece, spacing, superior, round(height / period), period) if height > MERGED_HEIGHT * period else [piece]
+        parts = _split(piece, spacing, axes[value], round(height / period), period) if height > MERGED_HEIGHT * period else [piece]
         pieces += [(region, part) for part in parts]
     piece_sizes = np.array([part.sum() for _, part in pieces])
     typical_size = float(np.median(piece_sizes[piece_sizes >= 0.05 * piece_sizes.max()]))
@@ -164,22 +166,56 @@ def _extent_along(piece: np.ndarray, superior: np.ndarray) -> float:
     return float(coordinates.max() - coordinates.min() + np.abs(superior).sum())
 
 
-def _split(piece: np.ndarray, spacing: np.ndarray, superior: np.ndarray, expected: int, period: float) -> list[np.ndarray]:
-    """Split a component holding ``expected`` merged vertebrae across its long axis at the
+def _local_spine_axes(components, objects, candidates, sizes, spacing, superior) -> dict[int, np.ndarray]:
+    """Per component (value -> unit vector, mm, numpy order, pointing to the head) the
+    local spine direction: from the centroid of the next vertebra below to that of the
+    next one above (one-sided at the ends), among the components of at least
+    ``FRAGMENT_SHARE`` of the median size (a fragment takes its nearest one's direction).
+
+    Why: heights and cuts along the image's superior axis overstate tilted bodies in a
+    scoliotic spine (a 40 degree tilted lumbar body is 1.8 of its height tall in the
+    picture's vertical) and a merged chain's principal axis can run across the spine (a
+    merged L4-L5 in MR is wider than tall)."""
+    head = superior / spacing / np.linalg.norm(superior / spacing)
+    centroids = {value: (np.argwhere(components[objects[value - 1]] == value) + [r.start for r in objects[value - 1]]).mean(axis=0) * spacing for value in candidates}
+    median = float(np.median([sizes[value - 1] for value in candidates]))
+    chain = sorted((v for v in candidates if sizes[v - 1] >= FRAGMENT_SHARE * median), key=lambda v: -(centroids[v] @ head))
+    axes = {}
+    for index, value in enumerate(chain):
+        if len(chain) < 2:
+            axes[value] = head
+            continue
+        above, below = chain[max(index - 1, 0)], chain[min(index + 1, len(chain) - 1)]
+        axis = centroids[above] - centroids[below]
+        axes[value] = axis / np.linalg.norm(axis)
+    for value in candidates:
+        if value not in axes:
+            nearest = min(chain, key=lambda v: np.linalg.norm(centroids[v] - centroids[value])) if chain else None
+            axes[value] = axes[nearest] if nearest is not None else head
+    return axes
+
+
+def _extent_across(piece: np.ndarray, spacing: np.ndarray, axis: np.ndarray) -> float:
+    """Extent (mm) of a boolean mask along the unit vector ``axis`` (mm, numpy order), one
+    voxel's extent included."""
+    coordinates = (np.argwhere(piece) * spacing) @ axis
+    return float(coordinates.max() - coordinates.min() + (np.abs(axis) * spacing).sum())
+
+
+def _split(piece: np.ndarray, spacing: np.ndarray, long_axis: np.ndarray, expected: int, period: float) -> list[np.ndarray]:
+    """Split a component holding ``expected`` merged vertebrae across ``long_axis`` (its
+    local spine direction, a unit vector in mm, numpy order: ``_local_spine_axes``) at the
     ``expected - 1`` deepest minima of its cross-section profile (voxels per mm along that
     axis, smoothed over a tenth of a ``period``), minima at least half a period apart: the
     discs (or the thin bridges over them) are where the section narrows. Without such a
     minimum (a disc segmented as bone) the piece is cut into equal lengths."""
-    # Along the piece's own long axis (its principal axis, in mm), not the image's: a chain
-    # of tilted bodies (lordosis, scoliosis) is then cut across its discs.
     positions = np.argwhere(piece) * spacing
     centred = positions - positions.mean(axis=0)
-    long_axis = np.linalg.svd(centred[:: max(len(centred) // 20000, 1)], full_matrices=False)[2][0]
-    head = superior / spacing / np.linalg.norm(superior / spacing)  # unit head direction in the same frame
-    if abs(long_axis @ head) < 0.5:
-        return [piece]  # wider than tall: one big vertebra (lumbar bodies are wider), not a chain
-    if long_axis @ head < 0:
-        long_axis = -long_axis
+    # A chain of several bodies (lordosis, scoliosis) is cut across its own principal axis
+    # when that runs along the spine; a merged pair can be wider than tall: then the spine's.
+    principal = np.linalg.svd(centred[:: max(len(centred) // 20000, 1)], full_matrices=False)[2][0]
+    if abs(principal @ long_axis) >= np.cos(np.radians(CHAIN_AXIS_DEGREES)):
+        long_axis = principal
     coordinates = centred @ long_axis
     bins = np.floor(coordinates - coordinates.min()).astype(int)
     profile = ndi.gaussian_filter1d(np.bincount(bins).astype(float), max(period / 10, 1.0))

@@ -149,7 +149,9 @@ def cobb_lines_on_canvas(image: sitk.Image, labels: sitk.Image, measurements: di
 
 def _cobb_canvas_lines(label_plane: np.ndarray, pixel_size: tuple[float, float], measurements: dict | None, segments: list[dict]) -> dict:
     """Per angle, its endplate lines (``cobb.endplate_lines``) in canvas coordinates; the
-    end vertebrae are found by their level or segment name (``cobb.cobb_measurements``)."""
+    end vertebrae are found by their level or segment name (``cobb.cobb_measurements``).
+    An angle whose two ends are the same vertebra (0 degrees, as the reference gives when
+    a curve has no partner) has no lines: they would hide another angle's line."""
     ends = (measurements or {}).get("cobb_end_vertebrae")
     if not ends:
         return {}
@@ -159,6 +161,7 @@ def _cobb_canvas_lines(label_plane: np.ndarray, pixel_size: tuple[float, float],
     return {
         name: [[plane_to_canvas(p, plane.shape, size, corner) for p in line] for line in endplate_lines(plane, value_of[ends[name][0]], value_of[ends[name][1]])]
         for name in COBB_NAMES
+        if ends[name][0] != ends[name][1]  # a 0 degree angle within one vertebra: nothing to draw (the legend gives it)
     }
 
 

@@ -20,13 +20,16 @@ an independent implementation of that procedure:
 The reference names them PT, MT and TL/L in that order; ``angles.csv`` follows it, and so
 does ``cobb_angles_deg`` here: {"PT": first, "MT": second, "TL": third}.
 
-From a segmentation (``vertebra_geometry``): each vertebra's tilt is the line fitted to
-the middles between its top and bottom edge pixel in each column (the central 80 % of
-its columns), the segmentation's version of the reference's left-to-right middle line;
-the endplate middles are its centroid plus and minus half its height across that line.
-Angles between these tilts are taken between lines (0-90 degrees). Fewer than 3
-vertebrae: no angles. (The long principal axis of each mask gave the same SMAPE on the
-truth masks, 11.1 %.)
+From a segmentation (``vertebra_geometry``): each vertebra's tilt is the mean direction
+of its upper and lower boundary, each a Theil-Sen line fitted in a frame turned with the
+vertebra (``endplate_fit``), the segmentation's version of the reference's left-to-right
+middle line; the endplate middles are its centroid moved to its outermost pixels across
+that line. Angles between these tilts are taken between lines (0-90 degrees). Tilts over
+``MAX_TILT_FROM_SPINE`` from the perpendicular to the local spine line are left out
+(``plausible_tilts``: merged bodies fitted as one, fragments). Fewer than 3 vertebrae: no
+angles. (Before: the middles between top and bottom pixel per column of the picture, and
+the long principal axis, both gave 11 % SMAPE on the truth masks, since a tilted body's
+side edges flatten them.)
 
 Accuracy (docs/levels.md, ``benchmarks/levels_accuracy.py xray``): the procedure on the
 truth landmarks against ``angles.csv``, and on the bundled model's held-out outputs.

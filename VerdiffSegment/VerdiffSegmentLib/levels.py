@@ -8,13 +8,17 @@ the vertebrae is exactly the input's foreground: only the label values change.
 Method (the bundled models are binary, so the vertebrae are separated and then named):
 
 1. **Instances.** Connected components of the foreground (face connectivity) on the
-   input grid (components under 1 % of the largest are fragments). A component taller along the
-   spine axis than 1.6 typical heights (the median component's; with fewer than three
+   input grid (components under 1 % of the largest are fragments). Heights are measured
+   along the *local* spine direction (from the centroid of the vertebra below to that of the
+   one above, ``_local_spine_axes``), not the image's superior axis: a tilted body in a
+   scoliotic spine is much taller in the picture's vertical than along the spine. A
+   component taller than 1.6 typical heights (the median component's; with fewer than three
    components, as in CT where whole vertebrae touch at the facet joints, the repeat length
-   of the cross-section profile along the spine) holds merged neighbours
-   when its own long axis runs along the spine (a single big body is wider than tall): it
-   is cut across that axis into round(height / typical) pieces at the narrowest sections,
-   or at equal lengths when it is over twice the typical height and shows no narrowing
+   of the cross-section profile along the spine) holds merged neighbours: it is cut across
+   its own principal axis (within 30 degrees of the local spine direction: a curved chain)
+   or else across the local spine direction (a merged pair wider than tall, as MR's L4-L5)
+   into round(height / typical) pieces at the narrowest sections, or at equal lengths when
+   it is over twice the typical height and shows no narrowing
    (``_split``). Pieces under a quarter of the typical
    piece are *fragments*; the others are seeds, and every foreground voxel, fragments
    included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped.

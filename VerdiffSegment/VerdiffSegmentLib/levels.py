@@ -161,15 +161,6 @@ def _profile_period(mask: np.ndarray, superior: np.ndarray) -> float | None:
     return float(peaks[0]) if peaks else None
 
 
-def _extent_along(piece: np.ndarray, superior: np.ndarray) -> float:
-    """Extent (mm) of a boolean mask along the superior direction, one voxel's extent included.
-
-    ``superior``: mm along the head direction per index step; with an orthonormal direction
-    matrix ``index @ superior`` is the superior coordinate and one voxel spans ``sum |superior|``."""
-    coordinates = np.argwhere(piece) @ superior
-    return float(coordinates.max() - coordinates.min() + np.abs(superior).sum())
-
-
 def _local_spine_axes(components, objects, candidates, sizes, spacing, superior) -> dict[int, np.ndarray]:
     """Per component (value -> unit vector, mm, numpy order, pointing to the head) the
     local spine direction: from the centroid of the next vertebra below to that of the

@@ -113,5 +113,5 @@ def test_a_card_whose_context_slices_and_in_channels_disagree_is_one_clear_error
 
 def test_a_consistent_2_5d_card_parses_and_bundled_cards_have_no_context():
     card = parse_card(_context_card(1, 3), CARDS[0].path)
-    assert card.context_slices == 1 and card.network_config["in_channels"] == 3
+    assert card.context_slices == 1 and card.network_config["in_channels"] == 3 and "2.5D (+-1 slices)" in card.summary()
     assert all(c.context_slices == 0 and "context_slices" not in c.raw["input"] for c in CARDS)  # written before it: unchanged

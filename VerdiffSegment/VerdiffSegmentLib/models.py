@@ -146,7 +146,7 @@ class ModelCard:
 
     def summary(self) -> str:
         labels = "; ".join(f"{label['name']} ({label['covers']})" for label in self.labels)
-        variant = "  3D" if self.spatial_dims == 3 else ""
+        variant = "  3D" if self.spatial_dims == 3 else (f"  2.5D (+-{self.context_slices} slices)" if self.context_slices else "")
         return f"{self.name}  v{self.version}  {self.family_name}{variant}  {self.modality}  labels: {labels}"
 
     def derived(self, **changes) -> "ModelCard":

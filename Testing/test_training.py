@@ -451,3 +451,34 @@ def test_a_2_5d_sampler_stacks_the_neighbours_and_transforms_all_channels_alike(
         assert 0 < np.abs(left - centre).mean() < 0.1 and 0 < np.abs(right - centre).mean() < 0.1
         edges = [np.hypot(*np.gradient(channel)) for channel in image]
         assert all(np.corrcoef(edges[1].ravel(), other.ravel())[0, 1] > 0.6 for other in (edges[0], edges[2]))
+
+
+def test_a_2_5d_model_widens_to_more_neighbours_and_keeps_its_own_unless_told(tmp_path, data_dir):
+    """From 1 neighbour on each side to 2: the old channels keep their distances (the centre
+    3 of 5), so the output is unchanged; ``--init`` from a 2.5D card keeps its context slices
+    and refuses fewer."""
+    import argparse
+
+    from training.__main__ import keep_init_architecture
+    from training.checkpoint import widen_image_input
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.models import get_card
+    from VerdiffSegmentLib.preparation import prepare_image
+
+    torch.manual_seed(3)
+    three, five = VerdiffNet(in_channels=3, channels=TINY).eval(), VerdiffNet(in_channels=5, channels=TINY)
+    five.load_state_dict(widen_image_input(three.state_dict(), five.state_dict(), 2))
+    five.eval()
+    prepared = prepare_image(read_image(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz")), 1.25, {"kind": "percentile", "low": 0.5, "high": 99.5}, context_slices=2)
+    images = torch.from_numpy(np.ascontiguousarray(prepared.network_input([36, 40])[:, :, 40:104, 60:124]))
+    with torch.no_grad():
+        assert torch.allclose(three.condition(images[:, 1:4]).prior, five.condition(images).prior, atol=1e-5)
+
+    card = get_card("verdiff-mr")
+    data = {**card.raw, "network": {**card.network_config, "in_channels": 3}, "input": {**card.raw["input"], "context_slices": 1}}
+    (tmp_path / "mr25d.json").write_text(json.dumps(data), encoding="utf-8")
+    args = argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=None)
+    keep_init_architecture(args)
+    assert args.context_slices == 1
+    with pytest.raises(ValueError, match="would drop its weights"):
+        keep_init_architecture(argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=0))

@@ -170,3 +170,44 @@ def test_scale_enlarges_about_the_centre():
     image, labels = _blob((65, 65))
     _, grown = warp(image, labels, Warp(scale=1.25))
     assert abs((grown == 1).sum() / (labels == 1).sum() - 1.25**2) < 0.1
+
+
+# -- 2.5D samples [C, rows, cols]: one transform for all channels (issue 16, item 4) ----------
+@pytest.mark.parametrize("name", ["light", "paper", "any-contrast"])
+def test_one_channel_gives_bit_for_bit_what_the_slice_gives(name):
+    image, labels = _blob()
+    image = image + np.linspace(0, 0.2, image.shape[1])[None].astype(np.float32)
+    preset = PRESETS[name]
+    for seed in range(25):
+        flat_rng, channel_rng = np.random.default_rng(seed), np.random.default_rng(seed)
+        flat, flat_labels = preset.spatial(image, labels, flat_rng)
+        stacked, stacked_labels = preset.spatial(image[None], labels, channel_rng)
+        assert np.array_equal(stacked[0], flat) and np.array_equal(stacked_labels, flat_labels)
+        assert np.array_equal(preset.intensity(stacked, channel_rng, channels=True)[0], preset.intensity(flat, flat_rng))
+
+
+def test_every_channel_of_a_sample_gets_the_same_transform():
+    """Three equal channels stay equal through the warp and every intensity transform (noise
+    aside, which is per pixel as in a scan), and the resolution loss never runs across channels."""
+    image, labels = _blob()
+    image = image + np.linspace(0, 0.2, image.shape[1])[None].astype(np.float32)
+    always = Augmentation(**{**PRESETS["any-contrast"].__dict__, "noise_p": 0.0, "rotation_p": 1.0, "elastic_p": 1.0, "resolution_p": 1.0, "bias_p": 1.0, "curve_p": 1.0})
+    channels = np.stack([image, image, image])
+    for seed in range(15):
+        rng = np.random.default_rng(seed)
+        warped, _ = always.spatial(channels, labels, rng)
+        out = always.intensity(warped, rng, channels=True)
+        assert out.shape == channels.shape and out.dtype == np.float32
+        assert np.array_equal(out[0], out[1]) and np.array_equal(out[1], out[2])
+    different = np.stack([image, 1 - image, image])  # a channel unlike the others must stay itself
+    out = lower_resolution(different, np.random.default_rng(0), channels=True)
+    assert np.abs(out[1] - (1 - out[0])).max() < 1e-5
+
+
+def test_a_thick_2_5d_slice_averages_the_slab_around_each_channel():
+    stack = np.arange(6, dtype=np.float32)[:, None, None] * np.ones((6, 2, 2), np.float32)
+    assert np.array_equal(thick_slice(stack, 2, 1, [0.0])[0], thick_slice(stack, 2, 1))  # one channel: the slice's own slab
+    channels = thick_slice(stack, 2, 1, [-1.5, 0.0, 1.5])
+    assert channels.shape == (3, 2, 2) and np.allclose(channels[:, 0, 0], [1.0, 2.0, 3.5])  # 0.5 and 1.5; 1, 2, 3; 2.5, 3.5, 4.5 (-0.5 lies before the first slice)
+    edge = thick_slice(stack, 0, 1, [-1.5, 0.0, 1.5])  # beyond the first slice: the edge, its slab cut at the end
+    assert np.allclose(edge[:, 0, 0], [0.5, 0.5, 1.5])

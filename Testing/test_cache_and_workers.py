@@ -57,3 +57,13 @@ def test_a_run_trains_from_the_cache(tmp_path, data_dir, mr_cases, one_thread):
     options = TrainOptions(steps=2, batch_size=2, crop=32, cache=str(tmp_path / "mr.npz"), tensorboard=False, workers=1)
     path = train(run, tmp_path / "no-data-here", tmp_path / "run", options)
     assert path.exists() and json.loads((tmp_path / "run" / "split.json").read_text(encoding="utf-8"))["train"] == ["VB3_01", "VB3_02"]
+
+
+def test_a_2_5d_cache_keeps_the_slice_spacing_its_neighbours_are_placed_by(tmp_path, data_dir):
+    """Every second slice cached: 2 mm between cached slices, so the neighbours stay at +-1.25 mm."""
+    run = recipe_config("verdiff-mr", channels=(4, 8), context_slices=1)
+    write_cache(run, data_dir, tmp_path / "mr.npz", limit=1, slice_step=2)
+    cached, _ = read_cache(tmp_path / "mr.npz", run)
+    assert cached[0].slice_spacing_mm == 2.0
+    sampler = SliceSampler(cached, 32, 35, PRESETS["light"], context_slices=1, context_distance_mm=run.input_spacing_mm)
+    assert np.allclose(sampler.offsets[0], [-0.625, 0.0, 0.625]) and sampler.batch(2)[0].shape == (2, 3, 32, 32)

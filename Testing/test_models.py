@@ -81,3 +81,37 @@ def test_one_resolver_takes_auto_a_modality_or_a_name():
     assert [choose_card(image, name).name for name in ("auto", "MR", "CT", "XR", "unet-xray")] == ["verdiff-xray", "verdiff-mr", "verdiff-ct", "verdiff-xray", "unet-xray"]
     with pytest.raises(VerdiffError, match="unknown model 'mr'"):
         choose_card(image, "mr")
+
+
+# -- 2.5D cards: input.context_slices (issue 16, item 4) -----------------------------------
+def _context_card(context, in_channels, **network):
+    data = card_json()
+    data["input"] = {**data["input"], "context_slices": context}
+    data["network"] = {**data["network"], "in_channels": in_channels, **network}
+    return data
+
+
+@pytest.mark.parametrize(
+    "context, in_channels, network, message",
+    [
+        (1, 1, {}, "network.in_channels is 1 but input.context_slices 1 needs 3"),
+        (0, 3, {}, "network.in_channels is 3 but input.context_slices 0 needs 1"),
+        (2, 3, {}, "input.context_slices 2 needs 5"),
+        (-1, -1, {}, "context_slices must be 0 or more"),
+        ("1", 3, {}, "must be integers"),
+        (1, 3, {"spatial_dims": 3}, "for 2D \\(sagittal-slice\\) networks"),
+    ],
+    ids=["context-without-channels", "channels-without-context", "too-few-channels", "negative", "text", "3d-network"],
+)
+def test_a_card_whose_context_slices_and_in_channels_disagree_is_one_clear_error(tmp_path, context, in_channels, network, message):
+    path = tmp_path / "context.json"
+    path.write_text(json.dumps(_context_card(context, in_channels, **network)), encoding="utf-8")
+    with pytest.raises(VerdiffError, match=message) as error:
+        read_card(path)
+    assert str(path) in str(error.value) and str(error.value).count("\n") == 0
+
+
+def test_a_consistent_2_5d_card_parses_and_bundled_cards_have_no_context():
+    card = parse_card(_context_card(1, 3), CARDS[0].path)
+    assert card.context_slices == 1 and card.network_config["in_channels"] == 3 and "2.5D (+-1 slices)" in card.summary()
+    assert all(c.context_slices == 0 and "context_slices" not in c.raw["input"] for c in CARDS)  # written before it: unchanged

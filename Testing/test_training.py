@@ -376,3 +376,109 @@ def test_no_training_modules_import_each_other_in_a_cycle():
     for module in sorted(graph):
         visit(module, [])
     assert not cycles, cycles
+
+
+# -- 2.5D: neighbouring slices as input channels, warm-started from a 1-channel model (issue 16, item 4)
+def context_card(card, context_slices: int):
+    """``card`` as a 2.5D card of ``context_slices`` neighbours on each side (weights not checked)."""
+    return card.derived(network={**card.network_config, "in_channels": 1 + 2 * context_slices}, input={**card.raw["input"], "context_slices": context_slices})
+
+
+def test_a_2_5d_run_warm_started_from_the_bundled_mr_model_segments_as_it_does_at_step_0(tmp_path, data_dir):
+    """``train verdiff-mr --init Resources/Models/verdiff-mr.pt --context-slices 1``: the
+    widened network's probability on a held-out MR volume is the bundled model's, with the
+    same seed and noise, to float32 rounding (a convolution over 3 channels sums in another
+    order than over 1: measured 3e-6), and the label maps are the same."""
+    from training.__main__ import main
+    from VerdiffSegmentLib.models import get_card, load_network
+    from VerdiffSegmentLib.pipeline import segment
+
+    main(["train", "verdiff-mr", "--init", str(MODELS / "verdiff-mr.pt"), "--context-slices", "1", "--train-steps", "0", "--limit", "1",
+          "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
+    bundled = get_card("verdiff-mr")
+    card = context_card(bundled, 1)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"]["context_slices"] == 1 and run["config"]["channels"] == [16, 32, 64, 128]  # the card's architecture
+    widened, original = load_weights(tmp_path / "model.pt"), load_weights(bundled.weights_path)
+    image_convs = [k for k in original if widened[k].shape != original[k].shape]
+    assert len(image_convs) == 3 and all(widened[k].shape[1] == 3 for k in image_convs)  # the MSFM's 3x3, 5x5 and 7x7 branches
+    for key in image_convs:
+        assert torch.equal(widened[key][:, 1:2], original[key]) and not widened[key][:, [0, 2]].any()
+    network = card.family.network(**card.network_config)
+    network.load_state_dict(widened)
+    network = network.to(memory_format=torch.channels_last).eval()
+
+    volume = sitk.ReadImage(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))  # held out
+    slab = volume[:, :, 32:44]  # 12 central sagittal slices (the third axis is left-right)
+    ours = segment(slab, card, device="cpu", seed=5, network=network, keep_probability=True)
+    theirs = segment(slab, bundled, device="cpu", seed=5, network=load_network(bundled, "cpu"), keep_probability=True)
+    assert ours.settings["diffused_slices"] == theirs.settings["diffused_slices"] > 0
+    for a, b in ((ours.probability, theirs.probability), (ours.uncertainty, theirs.uncertainty)):
+        assert np.abs(sitk.GetArrayViewFromImage(a) - sitk.GetArrayViewFromImage(b)).max() < 1e-5
+    assert np.array_equal(sitk.GetArrayViewFromImage(ours.labels), sitk.GetArrayViewFromImage(theirs.labels))
+    assert sitk.GetArrayViewFromImage(ours.labels).any()
+
+
+def test_a_2_5d_run_refuses_x_rays_3d_and_fewer_context_slices_than_its_init():
+    with pytest.raises(ValueError, match="X-rays are single images"):
+        recipe_config("verdiff-xray", context_slices=1)
+    with pytest.raises(ValueError, match="context_slices is for 2D runs"):
+        recipe_config("verdiff-mr", family="imgx-diffseg", context_slices=1, spatial_dims=3, patch_size=(16, 32, 32))
+    from training.__main__ import keep_init_architecture
+    import argparse
+
+    args = argparse.Namespace(init=str(MODELS / "verdiff-mr.pt"), channels=None, family=None, context_slices=None)
+    keep_init_architecture(args)
+    assert (args.context_slices, args.channels) == (0, (16, 32, 64, 128))
+    assert recipe_config("verdiff-mr", context_slices=2).network_arguments["in_channels"] == 5
+
+
+def test_a_2_5d_sampler_stacks_the_neighbours_and_transforms_all_channels_alike(data_dir):
+    """The sampler's channels are the slice and its neighbours at +-1.25 mm (1 mm slices:
+    interpolated), the label is the centre slice's, and one warp moves every channel alike."""
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    assert case.slice_spacing_mm == 1.0
+    rotate = PRESETS["light"].__class__(rotation_deg=20.0, rotation_p=1.0)
+    sampler = SliceSampler([case], 96, 3, rotate, context_slices=1, context_distance_mm=run.input_spacing_mm)
+    images, masks = sampler.batch(6)
+    assert images.shape == (6, 3, 96, 96) and masks.shape == (6, 1, 96, 96)
+    assert np.allclose(sampler.offsets[0], [-1.25, 0.0, 1.25])
+    # neighbours differ from the centre, but only a little (1.25 mm apart), and every channel is warped alike:
+    # a channel's edges lie where the centre's do
+    for image in images.numpy():
+        centre, left, right = image[1], image[0], image[2]
+        assert 0 < np.abs(left - centre).mean() < 0.1 and 0 < np.abs(right - centre).mean() < 0.1
+        edges = [np.hypot(*np.gradient(channel)) for channel in image]
+        assert all(np.corrcoef(edges[1].ravel(), other.ravel())[0, 1] > 0.6 for other in (edges[0], edges[2]))
+
+
+def test_a_2_5d_model_widens_to_more_neighbours_and_keeps_its_own_unless_told(tmp_path, data_dir):
+    """From 1 neighbour on each side to 2: the old channels keep their distances (the centre
+    3 of 5), so the output is unchanged; ``--init`` from a 2.5D card keeps its context slices
+    and refuses fewer."""
+    import argparse
+
+    from training.__main__ import keep_init_architecture
+    from training.checkpoint import widen_image_input
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.models import get_card
+    from VerdiffSegmentLib.preparation import prepare_image
+
+    torch.manual_seed(3)
+    three, five = VerdiffNet(in_channels=3, channels=TINY).eval(), VerdiffNet(in_channels=5, channels=TINY)
+    five.load_state_dict(widen_image_input(three.state_dict(), five.state_dict(), 2))
+    five.eval()
+    prepared = prepare_image(read_image(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz")), 1.25, {"kind": "percentile", "low": 0.5, "high": 99.5}, context_slices=2)
+    images = torch.from_numpy(np.ascontiguousarray(prepared.network_input([36, 40])[:, :, 40:104, 60:124]))
+    with torch.no_grad():
+        assert torch.allclose(three.condition(images[:, 1:4]).prior, five.condition(images).prior, atol=1e-5)
+
+    card = get_card("verdiff-mr")
+    data = {**card.raw, "network": {**card.network_config, "in_channels": 3}, "input": {**card.raw["input"], "context_slices": 1}}
+    (tmp_path / "mr25d.json").write_text(json.dumps(data), encoding="utf-8")
+    args = argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=None)
+    keep_init_architecture(args)
+    assert args.context_slices == 1
+    with pytest.raises(ValueError, match="would drop its weights"):
+        keep_init_architecture(argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=0))

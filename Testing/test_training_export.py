@@ -171,3 +171,67 @@ def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, slab_data):
     assert [stage["optimiser_steps"] for stage in history] == [3, 2] and history[1]["init"] == str(tmp_path / "tiny-mr.pt")
     total = cumulative_training(history)
     assert total["optimiser_steps"] == 5 and total["stages"] == 2 and total["cpu_core_hours"] > 0
+
+
+def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment_runs(tmp_path, slab_data, data_dir):
+    """Two real optimiser steps of a 2.5D run warm-started from the bundled MR model
+    (``--context-slices 1``), exported with ``context_slices: 1`` in its card, then
+    ``verdiff segment`` end to end on a whole real MR volume; the same card refuses an X-ray."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import MODELS, xray_image
+
+    run, models = tmp_path / "run", tmp_path / "models"
+    models.mkdir()
+    threads = torch.get_num_threads()
+    try:
+        main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
+              "--name", "mr-context", "--validation-fraction", "0.5", "--init", str(MODELS / "verdiff-mr.pt"), "--context-slices", "1",
+              "--train-steps", "2", "--limit", "1", "--batch-size", "2", "--crop", "64", "--threads", "1", "--no-tensorboard",
+              "--data", str(slab_data), "--out", str(run)])
+        main(["export", "mr-context", "--run", str(run), "--models-dir", str(models), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
+    finally:
+        torch.set_num_threads(threads)
+    card = json.loads((models / "mr-context.json").read_text(encoding="utf-8"))
+    assert card["input"]["context_slices"] == 1 and card["network"]["in_channels"] == 3
+    assert card["training"]["cumulative"]["optimiser_steps"] > 2  # the bundled model's steps, then these 2
+    assert card["training"]["history"][-1]["optimiser_steps"] == 2
+    assert get_card("mr-context", models).context_slices == 1
+
+    environment = {**os.environ, "VERDIFF_MODELS_DIR": str(models)}
+
+    def verdiff(image, out):
+        return subprocess.run([sys.executable, "-m", "VerdiffSegmentLib.cli", "segment", str(image), "-o", str(out), "--model", "mr-context", "--volumes-only", "--json"],
+                              capture_output=True, text=True, env=environment, timeout=600)
+
+    image = data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"
+    done = verdiff(image, tmp_path / "out")
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["model"] == "mr-context" and report["slices"] == sitk.ReadImage(str(image)).GetSize()[2]
+    labels = sitk.ReadImage(report["outputs"]["labels"])
+    assert labels.GetSize() == sitk.ReadImage(str(image)).GetSize() and sitk.GetArrayViewFromImage(labels).any()
+    refused = verdiff(xray_image(), tmp_path / "xray")
+    assert refused.returncode == 2 and "neighbouring sagittal slice(s) on each side" in refused.stderr and not (tmp_path / "xray").exists()
+
+
+def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(tmp_path, tiny_run, slab_data):
+    """A card replaced by a new export keeps ``postprocess`` (not the reliability threshold,
+    which was calibrated on the old weights), and the new figures are computed with it."""
+    common = ["--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"]
+    main(["export", "tiny-mr", *common])
+    plain = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
+    assert "postprocess" not in plain
+    settings = {"spine_bridge_mm": 15, "probability_slice_sigma_mm": 1.5, "uncertainty_sigma_mm": [2.0, 1.0]}
+    plain["postprocess"] = settings
+    plain["reliability"] = {"self_dice_warning": 0.91}
+    (tmp_path / "tiny-mr.json").write_text(json.dumps(plain, indent=2), encoding="utf-8")
+    main(["export", "tiny-mr", *common])
+    card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
+    assert card["postprocess"] == settings and "reliability" not in card
+    assert card["sha256"] == plain["sha256"]  # the same weights: only the post-processing differs
+    # the same weights and noise give other figures: they were computed through the post-processing
+    figures = lambda c: {k: v for k, v in c["validation"]["cases"][0].items() if k != "seconds"}  # noqa: E731
+    assert figures(card) != figures(plain)

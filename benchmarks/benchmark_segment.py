@@ -74,7 +74,7 @@ def child(args: dict) -> dict:
     from VerdiffSegmentLib.metrics import dice
     from VerdiffSegmentLib.models import load_network
     from VerdiffSegmentLib.pipeline import choose_card, resolve_device, segment
-    from VerdiffSegmentLib.preparation import prepare_for_card
+    from VerdiffSegmentLib.preparation import prepare_for_card, slice_channels
     from VerdiffSegmentLib.settings import SegmentSettings
     from VerdiffSegmentLib.transforms import pad_to_multiple
 
@@ -99,8 +99,9 @@ def child(args: dict) -> dict:
     channels = card.channels
     unet_family = get_family("unet")
     stack, (rows, cols) = pad_to_multiple(prepared.stack, 2 ** (len(channels) - 1))
-    unet = unet_family.network(num_classes=card.num_classes, channels=channels).to(device, memory_format=torch.channels_last).eval()
-    batches = [torch.from_numpy(stack[start : start + args["batch_size"], None]).to(device) for start in range(0, len(stack), args["batch_size"])]
+    offsets = prepared.input_offsets  # a 2.5D card's neighbour channels, built as ``segment`` builds them
+    unet = unet_family.network(in_channels=len(offsets), num_classes=card.num_classes, channels=channels).to(device, memory_format=torch.channels_last).eval()
+    batches = [torch.from_numpy(slice_channels(stack, range(start, min(start + args["batch_size"], len(stack))), offsets)).to(device) for start in range(0, len(stack), args["batch_size"])]
     unet_family.sample(unet, None, batches[0], 1, None)  # warm-up, untimed
 
     def unet_pass() -> float:
@@ -118,7 +119,7 @@ def child(args: dict) -> dict:
     result["inference_to_unet_ratio"] = round(warm_seconds / unet_seconds, 2)
 
     if args["reference_slices"] and truth is not None:
-        result["reference"] = reference_comparison(args, card, network, device, planar, reference, stack, rows, cols, truth)
+        result["reference"] = reference_comparison(args, card, network, device, planar, reference, stack, rows, cols, truth, offsets)
     result["peak_rss_mb"] = round(max(peak_segment, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024), 1)
     result["torch_threads"] = torch.get_num_threads()
     return result
@@ -134,7 +135,7 @@ def median_of_repeats(run, budget_seconds: float = 2.0, most: int = 9) -> float:
     return sorted(durations)[len(durations) // 2]
 
 
-def reference_comparison(args, card, network, device, planar, reference, stack, rows, cols, truth) -> dict:
+def reference_comparison(args, card, network, device, planar, reference, stack, rows, cols, truth, offsets) -> dict:
     """2D Dice of the default setting and of the reference setting on the sagittal slices with
     the most labelled spine (labels resampled onto the sagittal grid by nearest neighbour)."""
     import numpy as np
@@ -145,6 +146,7 @@ def reference_comparison(args, card, network, device, planar, reference, stack, 
     from VerdiffSegmentLib.inferers.sagittal import to_sagittal_stack
     from VerdiffSegmentLib.metrics import dice
     from VerdiffSegmentLib.models import make_scheduler
+    from VerdiffSegmentLib.preparation import slice_channels
 
     from sampling_grid import card_with_start  # this folder: the scripts run as files
 
@@ -152,7 +154,7 @@ def reference_comparison(args, card, network, device, planar, reference, stack, 
     truth_image.CopyInformation(planar)
     truth_stack = to_sagittal_stack(truth_image, reference, card.spacing_mm, is_label=True) > 0
     chosen = np.sort(np.argsort(truth_stack.sum(axis=(1, 2)))[::-1][: args["reference_slices"]])
-    images = torch.from_numpy(stack[chosen, None]).to(device)
+    images = torch.from_numpy(slice_channels(stack, chosen, offsets)).to(device)
     out = {"slices": chosen.tolist()}
     settings = {"default": (card.default_steps, card.default_ensemble), "reference": (args["reference_steps"], args["reference_ensemble"])}
     for name, (steps, ensemble) in settings.items():

@@ -2,6 +2,7 @@
 
 train    MODEL [--out DIR --train-steps N --batch-size B --crop C --threads T ...]  a bundled recipe
          ... --spatial-dims 3 --patch D,H,W [--spacing MM]                    its 3D variant, on volume patches
+         ... --context-slices K [--init Resources/Models/MODEL.pt]             2.5D: K neighbouring slices each side
 train    --config run.toml --out DIR ...                                      data sets from a TOML file
 train    MODEL --images GLOB --labels GLOB --source S --name NAME --out DIR   the same, as arguments
 train    ... --write-cache FILE.npz        the run's training cases in one file; then train ... --cache FILE.npz
@@ -79,6 +80,9 @@ def _train_parser(sub) -> None:
     data.add_argument("--spatial-dims", type=int, choices=[2, 3], default=2, help="2: sagittal slices (default); 3: the family's 3D network on volume patches")
     data.add_argument("--patch", type=_channels, default=None, help="3D: patch size SLICES,ROWS,COLUMNS in voxels of the isotropic grid, e.g. 32,64,64")
     data.add_argument("--spacing", type=float, default=None, help="grid spacing in mm (default: the recipe's; isotropic in 3D)")
+    data.add_argument("--context-slices", type=int, default=None, metavar="K",
+                      help="2.5D: K neighbouring sagittal slices on each side as input channels, at multiples of the grid spacing in mm "
+                           "(default 0, or the --init model's card's); with --init from a model of fewer, it starts as that model")
     loop = p.add_argument_group("the loop")
     defaults = TrainOptions()
     loop.add_argument("--train-steps", dest="steps", type=int, default=defaults.steps, metavar="N", help=f"optimiser steps (default {defaults.steps})")
@@ -119,7 +123,10 @@ def _train_parser(sub) -> None:
 
 def keep_init_architecture(args) -> None:
     """``--init`` from a model's weights with its card beside them (``Resources/Models/NAME.pt``):
-    the run continues that model, so its family and channels are the card's (given ones must match)."""
+    the run continues that model, so its family and channels are the card's (given ones must
+    match), and so are its context slices unless more are asked for (``--context-slices``:
+    a 2.5D fine-tune of it, warm-started by ``checkpoint.widen_image_input``); fewer cannot
+    carry its weights over."""
     card_path = Path(args.init).with_suffix(".json") if args.init else None
     if card_path is None or not card_path.exists():
         return
@@ -129,20 +136,28 @@ def keep_init_architecture(args) -> None:
         raise ValueError(f"--init {args.init} has channels {','.join(map(str, channels))} (its card); --channels {','.join(map(str, args.channels))} would not fit")
     if args.family is not None and args.family != family:
         raise ValueError(f"--init {args.init} is a {family} model (its card), not {args.family}")
+    if args.context_slices is not None and args.context_slices < card.context_slices:
+        raise ValueError(f"--init {args.init} reads {card.context_slices} context slice(s) on each side (its card); --context-slices {args.context_slices} would drop its weights for them")
     args.channels, args.family = channels, family
+    if args.context_slices is None:
+        args.context_slices = card.context_slices
 
 
 def run_config_from_args(args) -> RunConfig:
     """The run's config from --config, from data set arguments, or from the recipe."""
+    given_context = args.context_slices  # before the --init card fills it in
     keep_init_architecture(args)
     levels = args.levels.split(",") if args.levels else None
     if args.config:
         if args.model or args.images or args.kind == "aasce" or args.family or args.spatial_dims != 2 or args.patch or args.spacing:
             raise ValueError("--config describes the whole run; do not also name a recipe, a family or data sets")
-        return load_config(args.config)
+        run = load_config(args.config)
+        if given_context not in (None, run.context_slices):
+            raise ValueError(f"--config {args.config} has context_slices {run.context_slices}; set it there, not with --context-slices")
+        return run
     channels = args.channels or DEFAULT_CHANNELS
     family = args.family or DEFAULT_FAMILY
-    geometry = {"spatial_dims": args.spatial_dims}
+    geometry = {"spatial_dims": args.spatial_dims, **({"context_slices": args.context_slices} if args.context_slices else {})}
     if args.patch:
         geometry["patch_size"] = list(args.patch)
     if args.spacing:
@@ -171,7 +186,7 @@ def run_config_from_args(args) -> RunConfig:
         )
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
-    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing)
+    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0)
 
 
 def bundled_card(run: RunConfig) -> ModelCard | None:

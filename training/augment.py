@@ -44,6 +44,14 @@ Thick sagittal slices (partial volume across the slice axis) need the neighbouri
 ``SliceSampler`` averages 3-5 adjacent slices with probability ``slab_p`` before anything
 else (``sampler`` docstring). The geometric part of ``any-contrast`` also scales the
 anatomy by 0.8-1.25 (fields of view and patient sizes differ between scanners).
+2.5D samples (``preparation`` decision 4): the image may be [C, rows, cols], the slice and its
+neighbouring slices as channels. One sample's channels are one piece of anatomy, so each
+transform is drawn once and applied to every channel alike: ``spatial`` warps every channel
+with the one coordinate map; ``intensity(..., channels=True)`` blurs or block-averages along
+one in-plane axis of every channel, multiplies all by one bias field, maps all through one
+tissue curve, and takes one contrast mean and one pair of rescaling percentiles over all
+channels (noise stays independent per pixel, as it is in a scan). A single channel [1, rows,
+cols] gives, bit for bit, what the [rows, cols] slice gives with the same generator.
 Reproducibility: every random number comes from the ``numpy.random.Generator`` passed
 in; the sampler gives each sample its own generator seeded from the run's seed (35 by
 default), so a sample does not depend on the process, rank or resume point that draws it.
@@ -73,10 +81,11 @@ class Warp:
 
 
 def warp(image: np.ndarray, labels: np.ndarray, transform: Warp) -> tuple[np.ndarray, np.ndarray]:
-    """Resample a slice and its label map through ``transform`` in one interpolation."""
+    """Resample a slice [rows, cols] (or its channels [C, rows, cols], each alike) and its
+    label map [rows, cols] through ``transform`` in one interpolation."""
     if transform.is_identity:
         return image, labels
-    rows, cols = image.shape
+    rows, cols = labels.shape
     grid_r, grid_c = np.mgrid[0:rows, 0:cols].astype(np.float64)
     centre_r, centre_c = (rows - 1) / 2, (cols - 1) / 2
     r = grid_r - centre_r - transform.shift_px[0]
@@ -89,7 +98,10 @@ def warp(image: np.ndarray, labels: np.ndarray, transform: Warp) -> tuple[np.nda
         source_r = source_r + transform.displacement[0]
         source_c = source_c + transform.displacement[1]
     coordinates = np.stack([source_r, source_c])
-    image = ndi.map_coordinates(image, coordinates, order=1, mode="nearest").astype(np.float32, copy=False)
+    if image.ndim == 3:
+        image = np.stack([ndi.map_coordinates(channel, coordinates, order=1, mode="nearest").astype(np.float32, copy=False) for channel in image])
+    else:
+        image = ndi.map_coordinates(image, coordinates, order=1, mode="nearest").astype(np.float32, copy=False)
     labels = ndi.map_coordinates(labels, coordinates, order=0, mode="constant", cval=0).astype(labels.dtype, copy=False)
     return image, labels
 
@@ -146,18 +158,21 @@ class Augmentation:
         return Warp(angle, shift, displacement, scale)
 
     def spatial(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        return warp(image, labels, self.draw_warp(image.shape, rng))
+        """One drawn warp of a slice [rows, cols] or of all its channels [C, rows, cols] alike."""
+        return warp(image, labels, self.draw_warp(labels.shape, rng))
 
-    def intensity(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def intensity(self, image: np.ndarray, rng: np.random.Generator, channels: bool = False) -> np.ndarray:
         """Resolution, bias field, tissue curve and inversion (``any-contrast`` only), contrast
         about the mean, gamma, rescale and noise; the result stays in [0, 1]. Works on 2D
-        slices and 3D patches alike."""
+        slices and 3D patches alike; ``channels``: the first axis holds one sample's channels
+        (a 2.5D slice [C, rows, cols]), each transformed alike (module docstring)."""
         image = np.clip(image, 0.0, 1.0)
+        spatial_shape = image.shape[1:] if channels else image.shape
         randomised = False
         if self.resolution_p and rng.random() < self.resolution_p:
-            image, randomised = lower_resolution(image, rng), True
+            image, randomised = lower_resolution(image, rng, channels), True
         if self.bias_p and rng.random() < self.bias_p:
-            image, randomised = image * bias_field(image.shape, self.bias_max, rng), True
+            image, randomised = image * bias_field(spatial_shape, self.bias_max, rng), True
         if self.curve_p and rng.random() < self.curve_p:
             image, randomised = tissue_curve(image, rng.random() < self.curve_monotonic_p, rng), True
         if self.invert_p and rng.random() < self.invert_p:
@@ -174,9 +189,10 @@ class Augmentation:
         return image.astype(np.float32, copy=False)
 
 
-def lower_resolution(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Blur along one random axis, or block-average 2-4 px along it and interpolate back."""
-    axis = int(rng.integers(image.ndim))
+def lower_resolution(image: np.ndarray, rng: np.random.Generator, channels: bool = False) -> np.ndarray:
+    """Blur along one random axis, or block-average 2-4 px along it and interpolate back;
+    ``channels``: the first axis holds channels, the axis is drawn among the others."""
+    axis = int(rng.integers(image.ndim - 1)) + 1 if channels else int(rng.integers(image.ndim))
     if rng.random() < 0.5:
         return ndi.gaussian_filter1d(image, rng.uniform(0.5, 2.0), axis=axis, mode="nearest")
     block = int(rng.integers(2, 5))

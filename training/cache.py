@@ -38,7 +38,7 @@ def cropped(case: Case) -> Case:
     indices = np.nonzero(case.labels)
     margins = (MARGIN_SLICES, MARGIN_PIXELS, MARGIN_PIXELS)
     box = tuple(slice(max(int(i.min()) - m, 0), int(i.max()) + m + 1) for i, m in zip(indices, margins))
-    return Case(case.name, case.images[box], case.labels[box])
+    return Case(case.name, case.images[box], case.labels[box], case.slice_spacing_mm)
 
 
 def write_cache(run: RunConfig, data_root: Path, path: Path, seed: int = 35, limit: int | None = None, slice_step: int = 1) -> dict:
@@ -50,7 +50,9 @@ def write_cache(run: RunConfig, data_root: Path, path: Path, seed: int = 35, lim
     for k, case in enumerate(cropped(c) for c in cases):
         arrays[f"images_{k}"] = np.round(np.clip(case.images[::slice_step], 0, 1) * 255).astype(np.uint8)
         arrays[f"labels_{k}"] = case.labels[::slice_step]
-    meta = {"names": [c.name for c in cases], "split": split, "config": run.to_dict(), "slice_step": slice_step}
+    # every k-th slice: k times the spacing (2.5D sampling places neighbours in mm by it)
+    spacings = [None if c.slice_spacing_mm is None else c.slice_spacing_mm * slice_step for c in cases]
+    meta = {"names": [c.name for c in cases], "split": split, "config": run.to_dict(), "slice_step": slice_step, "slice_spacings_mm": spacings}
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
@@ -63,5 +65,6 @@ def read_cache(path: Path, run: RunConfig) -> tuple[list[Case], dict]:
         meta = json.loads(data["meta"].tobytes().decode())
         if meta["config"] != run.to_dict():
             raise ValueError(f"{path} was written for another run config ({meta['config']['name']}); write it again for this one")
-        cases = [Case(name, data[f"images_{k}"].astype(np.float32) / 255, data[f"labels_{k}"]) for k, name in enumerate(meta["names"])]
+        spacings = meta.get("slice_spacings_mm") or [None] * len(meta["names"])  # caches written before 2.5D runs: unknown
+        cases = [Case(name, data[f"images_{k}"].astype(np.float32) / 255, data[f"labels_{k}"], spacings[k]) for k, name in enumerate(meta["names"])]
     return cases, meta["split"]

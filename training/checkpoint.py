@@ -62,3 +62,37 @@ def load_weights(path) -> dict:
     """A plain state dict (``model.pt``, ``best.pt`` or exported fp16 weights) as float32."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
+def widen_image_input(state: dict, target: dict, context_slices: int) -> dict:
+    """``state`` (weights to start from) fitted to a network of ``2 * context_slices + 1`` image
+    channels whose own state dict is ``target``: the warm start of a 2.5D run from a model of
+    fewer channels (a 1-channel model, or a 2.5D one of fewer neighbours).
+
+    Decided: every weight whose input-channel axis (axis 1) is smaller in ``state`` than in
+    ``target`` by an even number 2m, all else equal, is a convolution that reads the image (in
+    Verdiff-Net the three MSFM branches; in the families that concatenate the image with a
+    mask, the image comes first). Its old image channels go to the middle of the new ones
+    (the old centre slice on the new centre channel, old neighbours at the same distances),
+    the m new channels on each side get zeros, and the channels after the image (a mask)
+    keep their weights. So the widened network's output equals the old network's on the
+    centre slice exactly at step 0, and training learns how much the neighbours add.
+    Weights already of the target's shape are returned as they are; anything else is left
+    for ``load_state_dict`` to refuse."""
+    new_channels = 1 + 2 * int(context_slices)
+    widened = dict(state)
+    for key, old in state.items():
+        new = target.get(key)
+        if new is None or new.shape == old.shape or old.dim() < 2 or new.dim() != old.dim():
+            continue
+        grown = new.shape[1] - old.shape[1]
+        if grown <= 0 or grown % 2 or new.shape[:1] != old.shape[:1] or new.shape[2:] != old.shape[2:]:
+            continue
+        old_channels, side = new_channels - grown, grown // 2
+        if old_channels < 1:
+            continue
+        weight = torch.zeros(new.shape, dtype=old.dtype)
+        weight[:, side : side + old_channels] = old[:, :old_channels]
+        weight[:, new_channels:] = old[:, old_channels:]
+        widened[key] = weight
+    return widened

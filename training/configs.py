@@ -65,7 +65,7 @@ DEFAULT_CHANNELS = (8, 16, 32, 64)
 DATASET_KINDS = ("volume", "aasce")
 _DATASET_KEYS = {"kind", "images", "labels", "source", "subject", "include", "root"}
 _SPLIT_KEYS = {"seed", "validation", "test", "validation_subjects", "test_subjects"}
-_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm"}
+_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm", "context_slices"}
 DEFAULT_FAMILY = "verdiff-net"
 
 
@@ -78,6 +78,11 @@ class RunConfig:
     ``spatial_dims`` 3 trains the family's 3D network on random ``patch_size`` (slices,
     rows, columns) patches of the volumes resampled to an isotropic grid at ``spacing_mm``
     (default: the recipe's in-plane spacing); 2 (default) trains on sagittal slices.
+
+    ``context_slices`` k (2D only) trains a 2.5D network: the slice and k neighbouring slices
+    on each side, at multiples of the grid's in-plane spacing in mm, as input channels
+    (``VerdiffSegmentLib.preparation`` decision 4; ``in_channels`` 1 + 2k). X-rays are single
+    images without neighbours: a 2.5D X-ray run is refused.
     """
 
     name: str
@@ -90,6 +95,7 @@ class RunConfig:
     spatial_dims: int = 2
     patch_size: tuple[int, ...] | None = None  # 3D only: (slices, rows, columns) in voxels
     spacing_mm: float | None = None  # None: the recipe's
+    context_slices: int = 0  # 2.5D: neighbouring slices on each side in the input
 
     @property
     def recipe_settings(self) -> dict:
@@ -114,7 +120,7 @@ class RunConfig:
         """The family network's constructor keywords (the card's ``network`` section)."""
         family = get_family(self.family)
         dims = {"spatial_dims": 3} if self.spatial_dims == 3 else {}
-        return {"in_channels": 1, "num_classes": self.labels.num_classes, "channels": list(self.channels), **family.network_defaults, **dims}
+        return {"in_channels": 1 + 2 * self.context_slices, "num_classes": self.labels.num_classes, "channels": list(self.channels), **family.network_defaults, **dims}
 
     @property
     def card_labels(self) -> list[dict]:
@@ -133,6 +139,7 @@ class RunConfig:
             # only when set, so the configs of 2D runs (and their checkpoints) read as before
             **({"spatial_dims": self.spatial_dims, "patch_size": list(self.patch_size)} if self.spatial_dims == 3 else {}),
             **({"spacing_mm": self.spacing_mm} if self.spacing_mm is not None else {}),
+            **({"context_slices": self.context_slices} if self.context_slices else {}),
         }
 
     @classmethod
@@ -174,7 +181,14 @@ class RunConfig:
         spacing_mm = data.get("spacing_mm")
         if spacing_mm is not None and not float(spacing_mm) > 0:
             raise ValueError(f"{origin}: spacing_mm must be positive, got {spacing_mm!r}")
-        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm))
+        context = data.get("context_slices", 0)
+        if not isinstance(context, int) or isinstance(context, bool) or context < 0:
+            raise ValueError(f"{origin}: context_slices must be an integer 0 or more (neighbouring slices on each side), got {context!r}")
+        if context and spatial_dims != 2:
+            raise ValueError(f"{origin}: context_slices is for 2D runs; a 3D network sees the neighbouring slices already")
+        if context and (RECIPES[recipe]["modality"] == "XR" or any(d["kind"] == "aasce" for d in datasets)):
+            raise ValueError(f"{origin}: context_slices needs volumes; X-rays are single images without neighbouring slices")
+        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm), context)
 
 
 def _check_dataset(entry: dict, where: str) -> dict:
@@ -210,13 +224,15 @@ def load_config(path: Path) -> RunConfig:
 
 
 def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None, family: str = DEFAULT_FAMILY,
-                  spatial_dims: int = 2, patch_size=None, spacing_mm: float | None = None) -> RunConfig:
+                  spatial_dims: int = 2, patch_size=None, spacing_mm: float | None = None, context_slices: int = 0) -> RunConfig:
     """A bundled recipe as a config (its own data and held-out split), for any model family,
-    in 2D or (``spatial_dims=3`` with a ``patch_size``) 3D."""
+    in 2D (2.5D with ``context_slices``) or (``spatial_dims=3`` with a ``patch_size``) 3D."""
     labels = {"scheme": scheme, **({"levels": list(levels)} if levels else {})}
     data = {"name": name or model, "recipe": model, "family": family, "labels": labels, "channels": list(channels), "spatial_dims": spatial_dims}
     if patch_size is not None:
         data["patch_size"] = list(patch_size)
     if spacing_mm is not None:
         data["spacing_mm"] = spacing_mm
+    if context_slices:
+        data["context_slices"] = context_slices
     return RunConfig.from_dict(data, model)

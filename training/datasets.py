@@ -154,7 +154,7 @@ def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: 
     labels. ``slice_spacing_mm``: resample the slices too (the isotropic grid of the 3D
     networks; ``sagittal_reference``)."""
     prepared = prepare_image(image, spacing_mm, normalisation, slice_spacing_mm)
-    return Case(name, prepared.stack, scheme.apply(prepared.labels_on_grid(source_labels), source))
+    return Case(name, prepared.stack, scheme.apply(prepared.labels_on_grid(source_labels), source), prepared.grid_spacing[0])
 
 
 def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> Case:

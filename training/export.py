@@ -17,6 +17,12 @@ continues that model. The card's ``training.history`` lists every stage from ran
 ``training.cumulative`` sums them: optimiser steps, wall hours and CPU core-hours (wall
 hours x threads on a CPU; GPU hours on CUDA). A stage's history comes from the card
 beside its ``--init`` weights, so chaining sessions keeps the whole record.
+
+A card replaced by a new export keeps its ``postprocess`` section (slice averaging, the spine's
+chain, uncertainty smoothing): they are decisions about using the volume, measured apart from
+the weights (docs/experiments.md), and the new weights are validated through them. Its
+``reliability`` threshold is not carried: it was calibrated on the old weights' outputs, and
+``benchmarks/warning_rates.py`` calibrates it again.
 """
 
 from __future__ import annotations
@@ -98,6 +104,17 @@ def cumulative_training(history: list[dict]) -> dict:
     return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 5), "cpu_core_hours": round(cpu, 5), "gpu_hours": round(gpu, 5), "stages": len(history)}
 
 
+CARRIED_SECTIONS = ("postprocess",)
+
+
+def carried_settings(card_path: Path) -> dict:
+    """The sections of the card an export replaces that the new card keeps (module docstring)."""
+    if not card_path.exists():
+        return {}
+    old = json.loads(card_path.read_text(encoding="utf-8"))
+    return {key: old[key] for key in CARRIED_SECTIONS if key in old}
+
+
 def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int | None = None, ensemble: int | None = None,
            precision: str = "auto", tolerance: float = FP16_TOLERANCE, version: str = "0.1.0", start_timestep: int | None = None,
            suites: list[str] | None = None) -> dict:
@@ -119,6 +136,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
     history = training_history(run_dir, run_info)
     weights = models_dir / f"{run.name}.pt"
     path = models_dir / f"{run.name}.json"
+    carried = carried_settings(path)
 
     def write(dtype: torch.dtype) -> dict:
         """Save the weights in ``dtype`` and their card; returns the card (no figures yet)."""
@@ -137,6 +155,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             "history": history,
             "cumulative": cumulative_training(history),
         }
+        card.update(carried)
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."
         path.write_text(json.dumps(card, indent=2))
         return card

@@ -25,6 +25,15 @@ per patch and applied to every sagittal slice alike (a rotation about the left-r
 the in-plane pose change the 2D models learn), before cropping, so patch edges are real
 anatomy; the intensity augmentation is the 2D one on the whole patch; volumes smaller than
 the patch on an axis are padded with 0 (background).
+
+2.5D crops (``SliceSampler`` with ``context_slices`` k > 0): the image of a sample is the
+drawn slice and its neighbours at j x ``context_distance_mm`` (j = -k..k), built from the
+case's stack by the core's ``preparation.slice_channels`` (the function inference uses, at
+the case's own slice spacing: the same anatomy in each channel as at inference); the label
+map is the centre slice's; the warp and the intensity transform are drawn once and applied
+to all channels (``augment``). A thick-slice draw (``slab_p``) averages the slab around each
+channel's own position (``thick_slice``): the volume blurred across the slices, then
+sampled as above.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ import multiprocessing
 
 import numpy as np
 import torch
+
+from VerdiffSegmentLib.preparation import context_offsets, slice_at, slice_channels
 
 from .augment import Augmentation, warp
 
@@ -111,41 +122,58 @@ def pad_up_to(array: np.ndarray, size) -> np.ndarray:
     return np.pad(array, [(0, max(n - extent, 0)) for extent, n in zip(array.shape, size)])
 
 
-def thick_slice(images: np.ndarray, index: int, half_width: int) -> np.ndarray:
+def thick_slice(images: np.ndarray, index: int, half_width: int, offsets=None) -> np.ndarray:
     """The mean of slices ``index - half_width .. index + half_width`` (cut at the stack's
     ends): what a slice 2 * half_width + 1 times as thick records (its label stays the
-    centre slice's, as a thick slice's reader would draw it)."""
-    return images[max(index - half_width, 0) : index + half_width + 1].mean(axis=0)
+    centre slice's, as a thick slice's reader would draw it). ``offsets`` (2.5D): one such
+    mean per channel [C, rows, cols], around the channel's position ``index + offset``
+    (``preparation.slice_at``, the edge replicated), cut at the ends alike."""
+    if offsets is None:
+        return images[max(index - half_width, 0) : index + half_width + 1].mean(axis=0)
+    last = images.shape[0] - 1
+    channels = []
+    for offset in offsets:
+        centre = min(max(index + float(offset), 0.0), float(last))
+        positions = [centre + shift for shift in range(-half_width, half_width + 1) if 0.0 <= centre + shift <= last]
+        channels.append(np.stack([slice_at(images, position) for position in positions]).mean(axis=0))
+    return np.stack(channels)
 
 
 class SliceSampler(SeededSampler):
     """Args: cases (``datasets.Case``), crop size in pixels, seed, augmentation, number of
-    product labels (mask channels: label k is channel k-1)."""
+    product labels (mask channels: label k is channel k-1), and for 2.5D crops (module
+    docstring) the neighbours on each side and their distance in mm (the run's in-plane
+    spacing, as ``preparation`` takes the card's)."""
 
-    def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1):
+    def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0):
         super().__init__(cases, seed, augmentation, num_classes)
         self.crop = crop
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
         self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
+        if context_slices and any(case.slice_spacing_mm is None for case in cases):
+            raise ValueError("2.5D sampling needs each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
+        # per case: the channels' offsets in its own slices
+        self.offsets = [context_offsets(context_slices, case.slice_spacing_mm or 1.0, context_distance_mm) for case in cases]
 
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         size = (self.crop, self.crop)
-        image, labels = pad_up_to(image, size), pad_up_to(labels, size)
+        image, labels = pad_up_to(image, (image.shape[0], *size)), pad_up_to(labels, size)
         window = centred_window(labels, size, rng)
-        return image[window], labels[window]
+        return image[(slice(None), *window)], labels[window]
 
     def sample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        """One augmented crop: image [1, crop, crop] and one-hot masks [classes, crop, crop]."""
+        """One augmented crop: image [channels, crop, crop] and one-hot masks [classes, crop, crop]."""
         rng = np.random.default_rng(seed)
         pool = self.spine_index if rng.random() < SPINE_SLICE_FRACTION else self.index
         c, s = pool[rng.integers(len(pool))]
-        image = self.cases[c].images[s]
+        images, offsets = self.cases[c].images, self.offsets[c]
+        image = slice_channels(images, [s], offsets)[0]
         if self.augmentation.slab_p and rng.random() < self.augmentation.slab_p:
-            image = thick_slice(self.cases[c].images, s, int(rng.integers(1, 3)))
+            image = thick_slice(images, s, int(rng.integers(1, 3)), offsets)
         image, labels = self.augmentation.spatial(image, self.cases[c].labels[s], rng)
         image, labels = self._crop(image, labels, rng)
-        image = self.augmentation.intensity(image, rng)
-        return image[None].astype(np.float32), self.masks(labels)
+        image = self.augmentation.intensity(image, rng, channels=True)
+        return image.astype(np.float32), self.masks(labels)
 
 
 class PatchSampler(SeededSampler):

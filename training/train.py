@@ -13,7 +13,8 @@ AdamW with weight decay 1e-4 and a learning rate of 1e-3 decayed by a cosine to 
 the run (the paper's Adam at 1e-4 is for 9000 steps at batch 1 on a GPU; a few thousand
 CPU steps need a larger rate: ``--optimizer adam --lr 1e-4 --weight-decay 0`` is the paper's), no
 warm-up, gradient norm clipped to 1, the ``light`` augmentation, no validation, random
-initial weights (``--init`` starts from a run's weights instead: a second stage).
+initial weights (``--init`` starts from a run's weights instead: a second stage; from a model
+of fewer input channels, a 2.5D run starts as that model: ``checkpoint.widen_image_input``).
 Options add: linear warm-up before the cosine, bf16 autocast on CUDA (the default there:
 ``--precision auto``), validation Dice/IoU every N steps through ``pipeline.segment`` on
 held-out subjects, the best weights by validation Dice (``best.pt``), early stopping after
@@ -48,7 +49,7 @@ from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import parse_card
 
 from .augment import PRESETS
-from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states
+from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states, widen_image_input
 from .configs import RunConfig
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
 from .logs import RunLog
@@ -259,16 +260,18 @@ class Trainer:
         if run.spatial_dims == 3:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, num_classes)
         else:
-            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, num_classes)
+            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, num_classes, run.context_slices, run.input_spacing_mm)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler
 
     def _network(self) -> nn.Module:
-        """The family's network with fresh (seeded) or ``--init`` weights, on the device."""
+        """The family's network with fresh (seeded) or ``--init`` weights, on the device; weights
+        of fewer input channels (a 1-channel model warm-starting a 2.5D run) are widened so the
+        network computes what they computed (``widen_image_input``)."""
         network = get_family(self.run.family).network(**self.run.network_arguments)
         if self.options.init:
-            network.load_state_dict(load_weights(self.options.init))
+            network.load_state_dict(widen_image_input(load_weights(self.options.init), network.state_dict(), self.run.context_slices))
         network = network.to(self.device)
         if self.world.distributed:
             use_global_batch_norm(network, self.world.batch_norm_group)

@@ -7,6 +7,11 @@ clear error, never code execution.
 
 Each card names its ``family`` (``families``): the network class, scheduler and sampler
 its weights belong to.
+
+2.5D cards: ``input.context_slices`` k (absent: 0, one sagittal slice per input, as every card
+written before it) adds k neighbouring slices on each side as input channels
+(``preparation`` decision 4), so the network's ``in_channels`` must be 1 + 2k; a card that
+says otherwise, or gives context to a 3D network (which sees the volume already), is refused.
 """
 
 from __future__ import annotations
@@ -75,6 +80,7 @@ class ModelCard:
     self_dice_warning: float | None  # the card's calibrated reliability threshold (``reliability.py``); None: the default
     training: dict  # provenance: split, config, label scheme, history (may be empty)
     validation: dict  # figures on the held-out split at the defaults (may be empty)
+    context_slices: int = 0  # 2.5D: neighbouring sagittal slices on each side in the input (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -140,7 +146,7 @@ class ModelCard:
 
     def summary(self) -> str:
         labels = "; ".join(f"{label['name']} ({label['covers']})" for label in self.labels)
-        variant = "  3D" if self.spatial_dims == 3 else ""
+        variant = "  3D" if self.spatial_dims == 3 else (f"  2.5D (+-{self.context_slices} slices)" if self.context_slices else "")
         return f"{self.name}  v{self.version}  {self.family_name}{variant}  {self.modality}  labels: {labels}"
 
     def derived(self, **changes) -> "ModelCard":
@@ -184,12 +190,22 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         steps, ensemble = int(data["defaults"]["steps"]), int(data["defaults"]["ensemble"])
         warning = (data.get("reliability") or {}).get("self_dice_warning")
         warning = None if warning is None else float(warning)
+        context = source.get("context_slices", 0)
+        in_channels = data["network"].get("in_channels", 1)
+        if not all(isinstance(n, int) and not isinstance(n, bool) for n in (context, in_channels)):
+            raise TypeError(f"input.context_slices and network.in_channels must be integers, got {context!r} and {in_channels!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
         fail(f"input.spacing_mm must be positive, got {spacing}")
     if steps < 0 or ensemble < 1:
         fail(f"defaults must have steps >= 0 and ensemble >= 1, got {steps} and {ensemble}")
+    if context < 0:
+        fail(f"input.context_slices must be 0 or more (neighbouring slices on each side), got {context}")
+    if in_channels != 1 + 2 * context:
+        fail(f"network.in_channels is {in_channels} but input.context_slices {context} needs {1 + 2 * context} (the slice and {context} neighbour(s) on each side)")
+    if context and int(data["network"].get("spatial_dims", 2)) != 2:
+        fail("input.context_slices is for 2D (sagittal-slice) networks; a 3D network sees the neighbouring slices already")
     return ModelCard(
         path=Path(path),
         name=str(data["name"]),
@@ -210,6 +226,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         self_dice_warning=warning,
         training=dict(data.get("training") or {}),
         validation=dict(data.get("validation") or {}),
+        context_slices=context,
         schema_version=schema,
         raw=data,
     )

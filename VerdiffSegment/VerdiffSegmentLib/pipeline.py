@@ -48,7 +48,7 @@ from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import name_vertebrae
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
-from .preparation import prepare_for_card
+from .preparation import prepare_for_card, slice_channels
 from .reliability import SELF_DICE_WARNING, reliability_estimate
 from .settings import SegmentSettings
 from .transforms import pad_to_multiple
@@ -79,9 +79,20 @@ def detect_modality(image: sitk.Image) -> str:
 
 
 def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
-    """A 3D model (card network ``spatial_dims`` 3) segments volumes only."""
-    if card.spatial_dims == 3 and (image.GetDimension() == 2 or single_slice_axis(image) is not None):
+    """A 3D model (card network ``spatial_dims`` 3) segments volumes only, and so does a 2.5D
+    model (card ``input.context_slices`` > 0). Decided: a 2D image (an X-ray) has no
+    neighbouring slices, and replicating it into the neighbour channels would show the
+    network an input it never saw in training (anatomy that does not change across the
+    slices); the run is refused with a clear error instead. Training refuses 2.5D X-ray runs
+    alike (``training.configs``)."""
+    planar = image.GetDimension() == 2 or single_slice_axis(image) is not None
+    if card.spatial_dims == 3 and planar:
         raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
+    if card.context_slices and planar:
+        raise VerdiffError(
+            f"model {card.name} reads {card.context_slices} neighbouring sagittal slice(s) on each side (2.5D): it segments volumes, "
+            "not 2D images or single slices (an X-ray); choose a model without context slices"
+        )
 
 
 def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
@@ -167,7 +178,7 @@ def segment(
     if volumetric:
         probability, spread, diffused, windows = sample_volume(stack, *sample, batch_size, progress, cancel, **on_oom)
     else:
-        probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel, **on_oom)
+        probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel, **on_oom, offsets=prepared.input_offsets)
     timings["inference"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -218,11 +229,13 @@ def segment(
     return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
 
 
-def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None):
+def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None, offsets=(0.0,)):
     """The 2D models: the ensemble on batches of padded sagittal slices. Returns the mean
     probability and its spread [slices, classes, rows, cols] and how many slices were diffused.
     An out-of-memory error halves the batch, then moves the work to ``fallback``
-    (``OutOfMemoryFallback``; its warning is appended to ``warnings``)."""
+    (``OutOfMemoryFallback``; its warning is appended to ``warnings``). ``offsets``: the input
+    channels' slice offsets (``PreparedImage.input_offsets``; a 2.5D card's neighbours), the
+    channels built by ``preparation.slice_channels``."""
     stack, (rows, cols) = pad_to_multiple(stack, network.input_multiple)
     n_slices = stack.shape[0]
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
@@ -237,7 +250,7 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
         while start < n_slices:
             if cancel is not None and cancel():
                 raise Cancelled()
-            mean, std, n = sampler.sample(torch.from_numpy(stack[start : start + sampler.batch_size, None]))
+            mean, std, n = sampler.sample(torch.from_numpy(slice_channels(stack, range(start, min(start + sampler.batch_size, n_slices)), offsets)))
             end = start + len(mean)
             probability[start:end] = mean[..., :rows, :cols]
             spread[start:end] = std[..., :rows, :cols]

@@ -17,6 +17,19 @@ The decisions, in order:
    single-slice image), as the card's ``normalisation`` says (``transforms``). The range
    is taken from the input voxels, not the resampled grid: padding outside the image and
    the anti-aliasing filter must not move it.
+4. 2.5D input (a card's ``input.context_slices`` k > 0, 2D networks only): the network reads
+   2k + 1 channels per sagittal slice, the slice itself in the middle and its neighbours at
+   j x d mm, j = -k..k, with d = the card's in-plane ``spacing_mm`` (``context_offsets``):
+   the channels form a slab of cubic voxels. The neighbours are sampled at a fixed distance
+   in mm by linear interpolation along the slice axis (``slice_at``), not taken as the
+   adjacent slices, so training (the development MR has 1 mm slices) and inference
+   (clinical MR has 3-5 mm slices) see the same anatomy in each channel; on a thick-sliced
+   image the interpolated neighbour is, to first order, the true one, where the adjacent
+   slice would lie 3-5 times farther than anything the network was trained on. Positions
+   beyond the first or last slice take that slice (the edge is replicated). Inference
+   (``pipeline.sample_slices``), the training sampler and evaluation all build the
+   channels with ``slice_channels`` / ``slice_at``; k = 0 gives the slice alone, exactly
+   the 1-channel input.
 """
 
 from __future__ import annotations
@@ -44,6 +57,17 @@ class PreparedImage:
     reference: sitk.Image
     stack: np.ndarray
     spacing_mm: float
+    context_slices: int = 0
+
+    @property
+    def input_offsets(self) -> np.ndarray:
+        """The network's input channels as offsets along ``stack``'s slice axis, in slices
+        (``context_offsets``; [0.0] without context)."""
+        return context_offsets(self.context_slices, self.grid_spacing[0], self.spacing_mm)
+
+    def network_input(self, indices) -> np.ndarray:
+        """The network's input [len(indices), channels, rows, columns] for these slices of ``stack``."""
+        return slice_channels(self.stack, indices, self.input_offsets)
 
     @property
     def grid_spacing(self) -> tuple[float, float, float]:
@@ -67,18 +91,45 @@ class PreparedImage:
         return result if self.planar is self.image else restore_from_plane(result, self.image)
 
 
-def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> PreparedImage:
+def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None, context_slices: int = 0) -> PreparedImage:
     """Prepare ``image`` for a network trained at ``spacing_mm`` with ``normalisation``.
 
     ``slice_spacing_mm``: resample the slice axis too (the 3D networks' isotropic grid);
-    None (default) keeps the input's sagittal slices."""
+    None (default) keeps the input's sagittal slices. ``context_slices``: neighbours on each
+    side in the network's input (decision 4)."""
     planar = as_plane(image) if single_slice_axis(image) is not None else image
     reference = sagittal_reference(planar, spacing_mm, slice_spacing_mm)
     stack = to_sagittal_stack(planar, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(planar), normalisation)
-    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm))
+    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm), int(context_slices))
 
 
 def prepare_for_card(image: sitk.Image, card) -> PreparedImage:
     """``prepare_image`` with a model card's input settings (``models.ModelCard``)."""
-    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None)
+    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None, card.context_slices)
+
+
+def context_offsets(context_slices: int, slice_spacing_mm: float, distance_mm: float) -> np.ndarray:
+    """Offsets along the slice axis, in slices, of the 2k + 1 input channels: j x
+    ``distance_mm`` / ``slice_spacing_mm`` for j = -k..k (decision 4); [0.0] for k = 0."""
+    k = int(context_slices)
+    return np.arange(-k, k + 1, dtype=np.float64) * (float(distance_mm) / float(slice_spacing_mm))
+
+
+def slice_at(stack: np.ndarray, position: float) -> np.ndarray:
+    """The [rows, columns] image at a fractional slice ``position`` of ``stack`` [slices, rows,
+    columns]: linear between the two nearest slices, the first or last slice beyond the ends
+    (the edge replicated); a whole position is that slice itself, bit for bit."""
+    position = min(max(float(position), 0.0), stack.shape[0] - 1.0)
+    low = int(np.floor(position))
+    weight = position - low
+    if weight == 0.0:
+        return stack[low]
+    return stack[low] * (1.0 - weight) + stack[low + 1] * weight
+
+
+def slice_channels(stack: np.ndarray, indices, offsets) -> np.ndarray:
+    """The network input [len(indices), len(offsets), rows, columns] of slices ``indices`` of
+    ``stack``: channel c of slice i is ``slice_at(stack, i + offsets[c])`` (decision 4). With
+    offsets [0.0] it is ``stack[indices][:, None]``, the 1-channel input."""
+    return np.stack([np.stack([slice_at(stack, index + offset) for offset in offsets]) for index in indices]).astype(stack.dtype, copy=False)

@@ -6,7 +6,10 @@ pays for (or breaks on) another's code.
 
 The contract every family keeps (the pipeline, the training package and the benchmarks
 rely on nothing else):
-- ``network(in_channels=1, num_classes=.., channels=(..), **network_defaults)`` builds it;
+- ``network(in_channels=1, num_classes=.., channels=(..), **network_defaults)`` builds it
+  (``in_channels`` 1 + 2k for a 2.5D card of k context slices; where the image is
+  concatenated with a mask, the image comes first, which the 2.5D warm start relies on:
+  ``training.checkpoint.widen_image_input``);
   ``network.num_classes`` and ``network.input_multiple`` (the pad multiple) exist;
 - ``scheduler(**scheduler_config)`` with the schedulers' interface (``set_timesteps(n)``,
   ``add_noise``, ``initial_sample``, ``step``: ``schedulers/scheduling_utils.py``), or

@@ -51,7 +51,8 @@ def sample_ensemble(
     margin: int = 16,
     min_pixels: int = 64,
 ) -> tuple[np.ndarray, np.ndarray, int]:
-    """Sample a batch of padded slices [B, 1, H, W]; returns (mean, std, diffused) with mean and std
+    """Sample a batch of padded slices [B, C, H, W] (C: 1, or a 2.5D card's slice and its
+    neighbours, ``preparation.slice_channels``); returns (mean, std, diffused) with mean and std
     as [B, classes, H, W] numpy arrays. ``scheduler`` is a ``PriorShiftedScheduler`` whose
     ``set_timesteps`` has been called; the prior shift is explicit in its calls (``prior=``)."""
     condition = model.condition(images.contiguous(memory_format=torch.channels_last))

@@ -1,0 +1,119 @@
+"""Flip averaging at test time, measured on held-out cases and printed as JSON (docs/experiments.md).
+
+Compares, per case, the card's plain ensemble of 2 with an ensemble of 2 whose second member
+samples the mirrored image (columns reversed: left-right on an AP X-ray, front-back on a
+sagittal MR slice) and is flipped back before averaging: the same diffusion passes, one more
+prior pass. Both go through the card's post-processing and uncertainty smoothing, as
+``pipeline.segment`` does; Dice, uncertainty AUROC and ECE as ``training evaluate`` computes
+them. ``mirror_only`` scores the mirrored member alone (how well the model knows mirrored images).
+
+Usage: python benchmarks/flip_averaging.py {mr,xray} [--limit N] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data"
+sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
+
+from VerdiffSegmentLib.inferers.ensemble import labels_from_probability  # noqa: E402
+from VerdiffSegmentLib.io import read_image  # noqa: E402
+from VerdiffSegmentLib.metrics import auroc, dice, expected_calibration_error, grown_bounding_box  # noqa: E402
+from VerdiffSegmentLib.models import load_network, make_scheduler, models_dir, read_card  # noqa: E402
+from VerdiffSegmentLib.pipeline import sample_slices  # noqa: E402
+from VerdiffSegmentLib.postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty  # noqa: E402
+from VerdiffSegmentLib.preparation import prepare_for_card  # noqa: E402
+
+MODELS = {"mr": "verdiff-mr", "xray": "verdiff-xray"}
+
+
+def held_out_cases(kind: str, card, data: Path):
+    """(name, image path, truth mask on the image grid) of the card's held-out cases."""
+    if kind == "mr":
+        from training.splits import MR_VALIDATION
+
+        for s in MR_VALIDATION:
+            image = read_image(str(data / "mr-lumbar-vb3" / f"{s}_img.nii.gz"))
+            yield s, image, sitk.GetArrayFromImage(sitk.ReadImage(str(data / "mr-lumbar-vb3" / f"{s}_seg.nii.gz"))) > 0
+    else:
+        from training.datasets import aasce_items, aasce_mask
+
+        names = set(card.validation_cases)
+        for item in aasce_items(data / "xray-aasce"):
+            if item.name in names:
+                image = read_image(str(item.image))
+                yield item.name, image, sitk.GetArrayFromImage(aasce_mask(image, item.labels)) > 0
+
+
+def sample(card, network, stack, ensemble: int, seed: int):
+    scheduler = make_scheduler(card)
+    scheduler.set_timesteps(card.default_steps)
+    probability, spread, _ = sample_slices(stack, card, network, scheduler, ensemble, torch.Generator().manual_seed(seed), torch.device("cpu"), 8, None, None)
+    return probability, spread
+
+
+def score(card, prepared, truth, probability, spread) -> dict:
+    """Dice, AUROC and ECE of one result after the card's post-processing (as ``pipeline.segment``)."""
+    probability = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
+    raw = labels_from_probability(probability)
+    labels_stack = postprocess(raw, prepared.grid_spacing, card.postprocess)
+    foreground = probability.max(axis=1).copy()
+    foreground[(raw > 0) & (labels_stack == 0)] = 0.0
+    foreground[(raw == 0) & (labels_stack > 0)] = 1.0
+    foreground = sitk.GetArrayFromImage(prepared.to_input_grid(foreground, is_label=False)).reshape(truth.shape)
+    labels = foreground > 0.5
+    uncertainty = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
+    uncertainty = sitk.GetArrayFromImage(prepared.to_input_grid(uncertainty, is_label=False)).reshape(truth.shape)
+    box = grown_bounding_box(truth | labels, 10)
+    area = auroc(uncertainty[box], (labels != truth)[box])
+    return {"dice": round(dice(labels, truth), 4), "auroc": None if area is None else round(area, 4), "ece": round(expected_calibration_error(foreground[box], truth[box]), 4)}
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("kind", choices=sorted(MODELS))
+    parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    card = read_card(models_dir() / f"{MODELS[args.kind]}.json")
+    network = load_network(card, "cpu")
+    rows = []
+    for index, (name, image, truth) in enumerate(held_out_cases(args.kind, card, args.data)):
+        if args.limit is not None and index >= args.limit:
+            break
+        prepared = prepare_for_card(image, card)
+        clock = time.perf_counter()
+        plain = score(card, prepared, truth, *sample(card, network, prepared.stack, 2, 0))
+        plain_seconds = time.perf_counter() - clock
+        clock = time.perf_counter()
+        first, _ = sample(card, network, prepared.stack, 1, 0)
+        mirrored, _ = sample(card, network, np.ascontiguousarray(prepared.stack[..., ::-1]), 1, 1)
+        mirrored = np.ascontiguousarray(mirrored[..., ::-1])
+        flip_seconds = time.perf_counter() - clock
+        spread = np.abs(first - mirrored) / 2  # the population std of two samples, as the ensemble's
+        row = {"case": name, "plain": plain, "flip": score(card, prepared, truth, (first + mirrored) / 2, spread),
+               "mirror_only": score(card, prepared, truth, mirrored, spread), "seconds": {"plain": round(plain_seconds, 2), "flip": round(flip_seconds, 2)}}
+        rows.append(row)
+    summary = {
+        key: {metric: round(float(np.nanmean([np.nan if r[key][metric] is None else r[key][metric] for r in rows])), 4) for metric in ("dice", "auroc", "ece")}
+        for key in ("plain", "flip", "mirror_only")
+    }
+    result = {"model": card.name, "cases": len(rows), "summary": summary, "per_case": rows}
+    print(json.dumps(result, indent=1))
+    return result
+
+
+if __name__ == "__main__":
+    main()

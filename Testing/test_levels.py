@@ -87,6 +87,24 @@ def test_merged_neighbours_are_split():
     assert min(scores["level_dice"].values()) > 0.95, scores["level_dice"]
 
 
+def test_a_merged_pair_wider_than_tall_is_split():
+    """The bundled MR model merges VB3_35's L4 and L5 into one piece 64 mm tall along the
+    spine but 76 mm wide (and finds T12 too): measured along the local spine it is two
+    bodies, and all five lumbar bodies are named right (a piece wider than tall used to be
+    kept whole, and every name was shifted by one)."""
+    import torch
+
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.pipeline import segment
+
+    torch.set_num_threads(1)
+    result = segment(read_image(MR / "VB3_35_img.nii.gz"), get_card("verdiff-mr"), device="cpu")
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(MR / "VB3_35_seg.nii.gz")))
+    scores = scores_of(result.labels, result.segments, truth, {i: f"L{i}" for i in range(1, 6)})
+    assert scores["correctly_named_share"] == 1.0 and scores["wrongly_named"] == 0, scores
+    assert scores["separated_share"] == 1.0
+
+
 def test_a_count_that_does_not_match_leaves_the_levels_undecided(vb3_17):
     """Four bodies for a model that segments five: no level is guessed; top-down numbers."""
     labels, segments = levels.vertebrae(union_of(vb3_17, keep=[1, 2, 3, 4]), "vertebral body", levels=LUMBAR)

@@ -182,7 +182,7 @@ def _local_spine_axes(components, objects, candidates, sizes, spacing, superior)
             continue
         above, below = chain[max(index - 1, 0)], chain[min(index + 1, len(chain) - 1)]
         axis = centroids[above] - centroids[below]
-        axes[value] = axis / np.linalg.norm(axis)
+        axes[value] = axis / np.linalg.norm(axis) if np.linalg.norm(axis) > 0 else head
     for value in candidates:
         if value not in axes:
             nearest = min(chain, key=lambda v: np.linalg.norm(centroids[v] - centroids[value])) if chain else None

@@ -290,9 +290,7 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
             if progress is not None:
                 progress("inference", start, n_slices)
     finally:
-        sampler.return_network()
-        if warnings is not None:
-            warnings.extend(sampler.warnings)
+        sampler.finish(warnings)
     return probability, spread, diffused
 
 
@@ -335,9 +333,7 @@ def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_de
     try:
         blended = sliding_window_inference(volume, patch_size, predict, VOLUME_OVERLAP, "gaussian", batch_size)[0].cpu().numpy()
     finally:
-        sampler.return_network()
-        if warnings is not None:
-            warnings.extend(sampler.warnings)
+        sampler.finish(warnings)
     classes = network.num_classes
     # [classes, slices, rows, cols] -> [slices, classes, rows, cols]
     probability, spread = (np.ascontiguousarray(part.swapaxes(0, 1)) for part in (blended[:classes], blended[classes:]))
@@ -366,8 +362,8 @@ class OutOfMemoryFallback:
        larger one would starve the progress reports). Where there is no fallback (already on
        the CPU) it is a ``VerdiffError``.
 
-    ``return_network()`` moves the network back where it was (the CLI and the module keep
-    one network per model and device across runs)."""
+    ``finish(warnings)`` moves the network back where it was (the CLI and the module keep
+    one network per model and device across runs) and hands on the warnings."""
 
     def __init__(self, card, network, scheduler, ensemble, generator, device, batch_size, fallback, fallback_batch_size, unit):
         self.card, self.network, self.scheduler, self.ensemble, self.generator = card, network, scheduler, ensemble, generator
@@ -403,10 +399,14 @@ class OutOfMemoryFallback:
         torch.cuda.empty_cache()
         self.device, self.fallback, self.batch_size = self.fallback, None, self.fallback_batch_size
 
-    def return_network(self) -> None:
+    def finish(self, warnings: list[str] | None) -> None:
+        """After the run (whether it ended or failed): the network back where it was, and the
+        run's warnings appended to ``warnings`` (where given)."""
         if self.device != self.home:
             self.network.to(self.home)
             self.device = self.home
+        if warnings is not None:
+            warnings.extend(self.warnings)
 
 
 def gpu_batch_size(slice_shape, ensemble: int, network: torch.nn.Module, device: torch.device, budget: float = 0.5) -> int:

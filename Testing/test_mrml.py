@@ -162,6 +162,9 @@ def test_mr_outputs_reload_with_exact_geometry(mr, tmp_path):
         assert arrayFromVolume(uncertainty_node).dtype == np.float32
         assert np.array_equal(arrayFromVolume(uncertainty_node), sitk.GetArrayFromImage(uncertainty))
         assert uncertainty_node.GetDisplayNode().GetColorNodeID() in mrml.UNCERTAINTY_COLOR_NODE_IDS
+        # from 0 ("the samples agree") to the volume's maximum, as the Slicer module shows it (``mrml.show_uncertainty``)
+        window = uncertainty_node.GetDisplayNode().GetWindowLevelMin(), uncertainty_node.GetDisplayNode().GetWindowLevelMax()
+        assert window == pytest.approx((0.0, float(sitk.GetArrayViewFromImage(uncertainty).max())), abs=1e-5)
         assert volume.GetDisplayNode().GetColorNodeID() == "vtkMRMLColorTableNodeGrey"
 
         segmentation = segmentation_node.GetSegmentation()

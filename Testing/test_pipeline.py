@@ -1,5 +1,6 @@
 """``pipeline.segment`` behaviour that the CLI tests do not reach: falling back to smaller
-batches, then to the CPU, when the GPU runs out of memory.
+batches, then to the CPU, when the GPU runs out of memory; ``segment`` as sampling followed by
+``labels_and_uncertainty``, the two steps the measurements call themselves.
 
 CI has no GPU, so the memory limit is played by the real bundled networks behind a
 wrapper that raises CUDA's own out-of-memory error for batches above a size, as a small
@@ -134,3 +135,25 @@ def test_a_window_that_does_not_fit_the_gpu_finishes_on_the_cpu_with_the_same_no
     assert len(warnings) == 1 and "single window" in warnings[0]
     with pytest.raises(VerdiffError, match="single window"):  # already on the CPU: nowhere to go
         sample_volume(stack, card, GPUTooSmallForOneSlice(network), scheduler, 1, torch.Generator(), cpu, 2, None, None)
+
+
+def test_segment_is_the_ensemble_then_labels_and_uncertainty(central_slab):
+    """What ``segment`` returns is ``sample_slices`` followed by ``labels_and_uncertainty``, bit for
+    bit (here with the MR card's slice-averaged probability, spine chain and smoothed
+    uncertainty): measurements that score sampled probabilities themselves
+    (``benchmarks/flip_averaging.py``) call the same two, so they score what ``segment`` gives.
+    A step added to ``segment`` between them fails here; it belongs in ``labels_and_uncertainty``."""
+    card = get_card("verdiff-mr")
+    network = load_network(card, "cpu")
+    result = segment(central_slab, card, device="cpu", network=network, seed=3, keep_probability=True, per_vertebra=False)
+    prepared = prepare_for_card(central_slab, card)
+    scheduler = make_scheduler(card)
+    scheduler.set_timesteps(card.default_steps)
+    generator = torch.Generator().manual_seed(3)
+    probability, spread, _ = sample_slices(prepared.stack, card, network, scheduler, card.default_ensemble, generator, torch.device("cpu"), 8, None, None, offsets=prepared.input_offsets)
+    ours = labels_and_uncertainty(probability, spread, prepared, card, keep_probability=True)
+    assert card.postprocess.get("probability_slice_sigma_mm") and card.postprocess.get("spine_bridge_mm")
+    assert ours.labels_on_grid.any()
+    for theirs, mine in ((result.labels, ours.labels), (result.uncertainty, ours.uncertainty), (result.probability, ours.foreground)):
+        assert np.array_equal(sitk.GetArrayViewFromImage(theirs), sitk.GetArrayViewFromImage(prepared.restore(mine)))
+    assert result.settings["reliability"] == ours.reliability

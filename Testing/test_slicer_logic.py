@@ -86,17 +86,28 @@ def test_read_input_of_an_xray_is_a_single_slice(scene):
     assert image.GetSize() == (*source.GetSize(), 1)
 
 
-def test_read_input_turns_rgb_into_grey(scene):
-    """A colour image loaded in Slicer is a vector volume: it is read by luminance."""
+def add_rgb_volume(scene):
+    """A colour image as Slicer holds one (a vector volume): (200, 100, 50) with a (10, 20, 30)
+    square at rows and columns 5-9."""
     rgb = np.zeros((1, 20, 30, 3), np.uint8)
     rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
     rgb[0, 5:10, 5:10] = (10, 20, 30)
     node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
     slicer.util.updateVolumeFromArray(node, rgb)
-    grey = sitk.GetArrayFromImage(slicer_logic.read_input(node))
-    assert grey.shape == (1, 20, 30)
+    return node
+
+
+def assert_rgb_volume_as_luminance(grey: np.ndarray) -> None:
+    """``grey`` [1, 20, 30] is ``add_rgb_volume``'s image by luminance (ITU-R BT.601 weights)."""
     assert grey[0, 0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
     assert grey[0, 6, 6] == pytest.approx(0.299 * 10 + 0.587 * 20 + 0.114 * 30, abs=1e-3)
+
+
+def test_read_input_turns_rgb_into_grey(scene):
+    """A colour image loaded in Slicer is a vector volume: it is read by luminance."""
+    grey = sitk.GetArrayFromImage(slicer_logic.read_input(add_rgb_volume(scene)))
+    assert grey.shape == (1, 20, 30)
+    assert_rgb_volume_as_luminance(grey)
 
 
 # ------------------------------------------------------------------------------ MR
@@ -264,15 +275,9 @@ def test_write_input_is_exact_for_the_full_mr_volume_and_an_xray(scene):
 
 
 def test_write_input_of_an_rgb_volume_is_grey(scene, tmp_path):
-    rgb = np.zeros((1, 20, 30, 3), np.uint8)
-    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
-    rgb[0, 5:10, 5:10] = (10, 20, 30)
-    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
-    slicer.util.updateVolumeFromArray(node, rgb)
-    written = sitk.ReadImage(str(slicer_logic.write_input(node, tmp_path)))
+    written = sitk.ReadImage(str(slicer_logic.write_input(add_rgb_volume(scene), tmp_path)))
     assert written.GetNumberOfComponentsPerPixel() == 1
-    assert sitk.GetArrayViewFromImage(written)[0, 0, 0] == pytest.approx(0.299 * 200 + 0.587 * 100 + 0.114 * 50, abs=1e-3)
-    assert sitk.GetArrayViewFromImage(written)[0, 6, 6] == pytest.approx(0.299 * 10 + 0.587 * 20 + 0.114 * 30, abs=1e-3)
+    assert_rgb_volume_as_luminance(sitk.GetArrayViewFromImage(written))
 
 
 def test_dependencies_are_found_and_nothing_is_installed_when_all_are_there():

@@ -7,7 +7,13 @@ prior pass. Both go through the card's post-processing and uncertainty smoothing
 ``pipeline.segment`` does; Dice, uncertainty AUROC and ECE as ``training evaluate`` computes
 them. ``mirror_only`` scores the mirrored member alone (how well the model knows mirrored images).
 
-Usage: python benchmarks/flip_averaging.py {mr,xray} [--limit N] [--threads 1]
+``--card PATH`` measures another card on the same held-out cases (e.g. a 2.5D fine-tune,
+``input.context_slices``). A 2.5D member reads each slice with its neighbours; the mirrored
+member mirrors the columns of the whole sagittal stack before the channels are built
+(``pipeline.sample_slices``), so every channel is mirrored alike and the channels keep their
+order (the neighbours lie along the slice axis, which the mirror does not touch).
+
+Usage: python benchmarks/flip_averaging.py {mr,xray} [--card PATH] [--limit N] [--threads 1]
 """
 
 from __future__ import annotations
@@ -26,12 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-from VerdiffSegmentLib.inferers.ensemble import labels_from_probability  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.metrics import auroc, dice, expected_calibration_error, grown_bounding_box  # noqa: E402
 from VerdiffSegmentLib.models import load_network, make_scheduler, models_dir, read_card  # noqa: E402
-from VerdiffSegmentLib.pipeline import sample_slices  # noqa: E402
-from VerdiffSegmentLib.postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty  # noqa: E402
+from VerdiffSegmentLib.pipeline import check_card_fits, labels_and_uncertainty, sample_slices  # noqa: E402
 from VerdiffSegmentLib.preparation import prepare_for_card  # noqa: E402
 
 MODELS = {"mr": "verdiff-mr", "xray": "verdiff-xray"}
@@ -55,25 +59,24 @@ def held_out_cases(kind: str, card, data: Path):
                 yield item.name, image, sitk.GetArrayFromImage(aasce_mask(image, item.labels)) > 0
 
 
-def sample(card, network, stack, ensemble: int, seed: int):
+def sample(card, network, prepared, ensemble: int, seed: int, mirrored: bool = False):
+    """The ensemble's mean probability and spread on ``prepared``'s grid, as ``segment`` samples
+    them; ``mirrored``: of the mirrored stack (columns reversed), flipped back."""
     scheduler = make_scheduler(card)
     scheduler.set_timesteps(card.default_steps)
-    probability, spread, _ = sample_slices(stack, card, network, scheduler, ensemble, torch.Generator().manual_seed(seed), torch.device("cpu"), 8, None, None)
+    stack = np.ascontiguousarray(prepared.stack[..., ::-1]) if mirrored else prepared.stack
+    generator = torch.Generator().manual_seed(seed)
+    probability, spread, _ = sample_slices(stack, card, network, scheduler, ensemble, generator, torch.device("cpu"), 8, None, None, offsets=prepared.input_offsets)
+    if mirrored:
+        probability, spread = (np.ascontiguousarray(part[..., ::-1]) for part in (probability, spread))
     return probability, spread
 
 
 def score(card, prepared, truth, probability, spread) -> dict:
-    """Dice, AUROC and ECE of one result after the card's post-processing (as ``pipeline.segment``)."""
-    probability = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
-    raw = labels_from_probability(probability)
-    labels_stack = postprocess(raw, prepared.grid_spacing, card.postprocess)
-    foreground = probability.max(axis=1).copy()
-    foreground[(raw > 0) & (labels_stack == 0)] = 0.0
-    foreground[(raw == 0) & (labels_stack > 0)] = 1.0
-    foreground = sitk.GetArrayFromImage(prepared.to_input_grid(foreground, is_label=False)).reshape(truth.shape)
-    labels = foreground > 0.5
-    uncertainty = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
-    uncertainty = sitk.GetArrayFromImage(prepared.to_input_grid(uncertainty, is_label=False)).reshape(truth.shape)
+    """Dice, AUROC and ECE of one result after the card's post-processing (``pipeline.labels_and_uncertainty``, as ``segment``)."""
+    result = labels_and_uncertainty(probability, spread, prepared, card, keep_probability=True)
+    foreground, labels, uncertainty = (sitk.GetArrayFromImage(image).reshape(truth.shape) for image in (result.foreground, result.labels, result.uncertainty))
+    labels = labels > 0
     box = grown_bounding_box(truth | labels, 10)
     area = auroc(uncertainty[box], (labels != truth)[box])
     return {"dice": round(dice(labels, truth), 4), "auroc": None if area is None else round(area, 4), "ece": round(expected_calibration_error(foreground[box], truth[box]), 4)}
@@ -82,25 +85,26 @@ def score(card, prepared, truth, probability, spread) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=sorted(MODELS))
+    parser.add_argument("--card", type=Path, default=None, help="a card file to measure instead of the bundled model of KIND")
     parser.add_argument("--limit", type=int, default=None)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    card = read_card(models_dir() / f"{MODELS[args.kind]}.json")
+    card = read_card(args.card or models_dir() / f"{MODELS[args.kind]}.json")
     network = load_network(card, "cpu")
     rows = []
     for index, (name, image, truth) in enumerate(held_out_cases(args.kind, card, args.data)):
         if args.limit is not None and index >= args.limit:
             break
+        check_card_fits(image, card)  # a 2.5D card refuses X-rays, as ``segment`` does
         prepared = prepare_for_card(image, card)
         clock = time.perf_counter()
-        plain = score(card, prepared, truth, *sample(card, network, prepared.stack, 2, 0))
+        plain = score(card, prepared, truth, *sample(card, network, prepared, 2, 0))
         plain_seconds = time.perf_counter() - clock
         clock = time.perf_counter()
-        first, _ = sample(card, network, prepared.stack, 1, 0)
-        mirrored, _ = sample(card, network, np.ascontiguousarray(prepared.stack[..., ::-1]), 1, 1)
-        mirrored = np.ascontiguousarray(mirrored[..., ::-1])
+        first, _ = sample(card, network, prepared, 1, 0)
+        mirrored, _ = sample(card, network, prepared, 1, 1, mirrored=True)
         flip_seconds = time.perf_counter() - clock
         spread = np.abs(first - mirrored) / 2  # the population std of two samples, as the ensemble's
         row = {"case": name, "plain": plain, "flip": score(card, prepared, truth, (first + mirrored) / 2, spread),

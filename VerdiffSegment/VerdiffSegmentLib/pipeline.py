@@ -23,7 +23,8 @@ benchmarks and validation all use:
    so its boundary falls between the model grid's pixels (nearest-neighbour labels would
    carry the coarse grid's staircase: on AASCE X-rays, whose model grid is 5 px, the truth
    itself mapped there and back scores Dice 0.972 by nearest neighbour and 0.994 this
-   way); labels of a multi-class model by nearest neighbour.
+   way); labels of a multi-class model by nearest neighbour. Steps 4 and 5 are
+   ``labels_and_uncertainty``, which the measurements that score sampled probabilities call too;
 6. one label value and segment per vertebra, named by level where it can be decided
    (``levels``), and an AP X-ray's Cobb angles (``cobb``).
 """
@@ -48,7 +49,7 @@ from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import name_vertebrae
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
-from .preparation import prepare_for_card, slice_channels
+from .preparation import PreparedImage, prepare_for_card, slice_channels
 from .reliability import SELF_DICE_WARNING, reliability_estimate
 from .settings import SegmentSettings
 from .transforms import pad_to_multiple
@@ -182,28 +183,10 @@ def segment(
     timings["inference"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
-    raw_labels = labels_from_probability(probability)
-    labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
-    # the reliability estimate sees the samples as they came (its thresholds were calibrated so)
-    reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
-    smoothed = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
-    if smoothed is not probability:  # labels again only where the card smooths (post-processing a CT takes seconds)
-        probability, raw_labels = smoothed, labels_from_probability(smoothed)
-        labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
+    result = labels_and_uncertainty(probability, spread, prepared, card, keep_probability)
+    reliability = result.reliability
     reliability["warnings"][:0] = run_warnings  # the path by which warnings reach the CLI, its JSON and the module
-    uncertainty_stack = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
-    uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)
-    foreground = None
-    if network.num_classes == 1 or keep_probability:
-        foreground_stack = probability.max(axis=1)
-        foreground_stack[(raw_labels > 0) & (labels_stack == 0)] = 0.0  # what post-processing removed
-        foreground_stack[(raw_labels == 0) & (labels_stack > 0)] = 1.0  # and what it filled
-        foreground = prepared.to_input_grid(foreground_stack, is_label=False)
-    if network.num_classes == 1:
-        labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (``map_back`` in the docstring)
-    else:
-        labels = prepared.to_input_grid(labels_stack, is_label=True)
-    foreground = foreground if keep_probability else None
+    labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
@@ -227,6 +210,54 @@ def segment(
         "reliability": reliability,
     }
     return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
+
+
+@dataclass
+class LabelsAndUncertainty:
+    """One run's results from its sampled probability (``labels_and_uncertainty``)."""
+
+    labels_on_grid: np.ndarray  # uint8 [slices, rows, cols] on the sagittal grid, post-processed
+    labels: sitk.Image  # uint8 label map on ``prepared.planar``'s grid
+    uncertainty: sitk.Image  # float32 on ``prepared.planar``'s grid
+    foreground: sitk.Image | None  # float32 foreground probability on ``prepared.planar``'s grid (``keep_probability``)
+    reliability: dict  # ``reliability.reliability_estimate``
+
+
+def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared: PreparedImage, card: ModelCard, keep_probability: bool = False) -> LabelsAndUncertainty:
+    """Steps 4 and 5 of the module docstring, the one way from the ensemble's mean probability
+    and spread [slices, classes, rows, cols] on ``prepared``'s sagittal grid to the label map,
+    uncertainty and (``keep_probability``) foreground probability on the input grid
+    (``prepared.planar``'s; ``prepared.restore`` puts them into the image's geometry) and the
+    reliability estimate. ``segment`` and the measurements that score sampled probabilities
+    (``benchmarks/flip_averaging.py``) call it, so they cannot drift apart.
+
+    The reliability estimate sees the labels of the probability as it was sampled (its
+    thresholds were calibrated so); the labels are thresholded and post-processed again only
+    where the card smooths the probability across slices (post-processing a CT takes
+    seconds). The foreground probability says 0 where post-processing removed a voxel and 1
+    where it filled one, so that a binary model's labels, thresholded on the input grid, are
+    the post-processed ones."""
+    raw_labels = labels_from_probability(probability)
+    labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
+    reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
+    smoothed = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
+    if smoothed is not probability:
+        probability, raw_labels = smoothed, labels_from_probability(smoothed)
+        labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
+    uncertainty_stack = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
+    uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)
+    binary = probability.shape[1] == 1
+    foreground = None
+    if binary or keep_probability:
+        foreground_stack = probability.max(axis=1)
+        foreground_stack[(raw_labels > 0) & (labels_stack == 0)] = 0.0  # what post-processing removed
+        foreground_stack[(raw_labels == 0) & (labels_stack > 0)] = 1.0  # and what it filled
+        foreground = prepared.to_input_grid(foreground_stack, is_label=False)
+    if binary:
+        labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (step 5 of the module docstring)
+    else:
+        labels = prepared.to_input_grid(labels_stack, is_label=True)
+    return LabelsAndUncertainty(labels_stack, labels, uncertainty, foreground if keep_probability else None, reliability)
 
 
 def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None, offsets=(0.0,)):
@@ -259,9 +290,7 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
             if progress is not None:
                 progress("inference", start, n_slices)
     finally:
-        sampler.return_network()
-        if warnings is not None:
-            warnings.extend(sampler.warnings)
+        sampler.finish(warnings)
     return probability, spread, diffused
 
 
@@ -304,9 +333,7 @@ def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_de
     try:
         blended = sliding_window_inference(volume, patch_size, predict, VOLUME_OVERLAP, "gaussian", batch_size)[0].cpu().numpy()
     finally:
-        sampler.return_network()
-        if warnings is not None:
-            warnings.extend(sampler.warnings)
+        sampler.finish(warnings)
     classes = network.num_classes
     # [classes, slices, rows, cols] -> [slices, classes, rows, cols]
     probability, spread = (np.ascontiguousarray(part.swapaxes(0, 1)) for part in (blended[:classes], blended[classes:]))
@@ -335,8 +362,8 @@ class OutOfMemoryFallback:
        larger one would starve the progress reports). Where there is no fallback (already on
        the CPU) it is a ``VerdiffError``.
 
-    ``return_network()`` moves the network back where it was (the CLI and the module keep
-    one network per model and device across runs)."""
+    ``finish(warnings)`` moves the network back where it was (the CLI and the module keep
+    one network per model and device across runs) and hands on the warnings."""
 
     def __init__(self, card, network, scheduler, ensemble, generator, device, batch_size, fallback, fallback_batch_size, unit):
         self.card, self.network, self.scheduler, self.ensemble, self.generator = card, network, scheduler, ensemble, generator
@@ -372,10 +399,14 @@ class OutOfMemoryFallback:
         torch.cuda.empty_cache()
         self.device, self.fallback, self.batch_size = self.fallback, None, self.fallback_batch_size
 
-    def return_network(self) -> None:
+    def finish(self, warnings: list[str] | None) -> None:
+        """After the run (whether it ended or failed): the network back where it was, and the
+        run's warnings appended to ``warnings`` (where given)."""
         if self.device != self.home:
             self.network.to(self.home)
             self.device = self.home
+        if warnings is not None:
+            warnings.extend(self.warnings)
 
 
 def gpu_batch_size(slice_shape, ensemble: int, network: torch.nn.Module, device: torch.device, budget: float = 0.5) -> int:

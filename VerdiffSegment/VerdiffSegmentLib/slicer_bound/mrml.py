@@ -336,17 +336,20 @@ def add_statistics_table(scene: slicer.vtkMRMLScene, statistics: list[dict], nam
     return node
 
 
-def _set_uncertainty_display(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLScalarVolumeNode) -> None:
-    """Heat colour map over the full value range, so low uncertainty reads dark."""
+def show_uncertainty(scene: slicer.vtkMRMLScene, node: slicer.vtkMRMLScalarVolumeNode) -> None:
+    """The uncertainty volume's display, the same in a written scene and in Slicer
+    (``slicer_logic``): a heat colour map (the first of ``UNCERTAINTY_COLOR_NODE_IDS`` in the
+    scene) from 0, "the samples agree", which reads dark, to the volume's maximum (0 to 1 for
+    a volume of zeros)."""
     display = node.GetScalarVolumeDisplayNode()
     color_id = next((i for i in UNCERTAINTY_COLOR_NODE_IDS if scene.GetNodeByID(i) is not None), None)
     if color_id is None:
         raise RuntimeError(f"none of the colour maps {UNCERTAINTY_COLOR_NODE_IDS} is in the scene")
     display.SetAndObserveColorNodeID(color_id)
     values = arrayFromVolume(node)
-    low, high = float(np.min(values)), float(np.max(values))
+    high = float(values.max()) if values.size else 0.0
     display.SetAutoWindowLevel(False)
-    display.SetWindowLevelMinMax(low, high if high > low else low + 1.0)
+    display.SetWindowLevelMinMax(0.0, high if high > 0 else 1.0)
 
 
 # ---------------------------------------------------------------------------- files
@@ -461,7 +464,7 @@ def write_outputs(
         volume = add_scalar_volume(scene, image, stem)
         segmentation = add_segmentation(scene, labels, segments, f"{stem} segmentation", volume)
         uncertainty_node = add_scalar_volume(scene, sitk.Cast(uncertainty, sitk.sitkFloat32), f"{stem} uncertainty")
-        _set_uncertainty_display(scene, uncertainty_node)
+        show_uncertainty(scene, uncertainty_node)
         if statistics is not None:
             planar = image.GetDimension() == 2 or 1 in image.GetSize()
             spacing = [s for s, n in zip(image.GetSpacing(), image.GetSize()) if n != 1 or not planar]

@@ -72,7 +72,7 @@ ROLE_UNCERTAINTY = "uncertainty"
 ROLE_STATISTICS = "statistics"
 ROLES = (ROLE_SEGMENTATION, ROLE_UNCERTAINTY, ROLE_STATISTICS)
 
-# Heat maps, first one present in the scene wins (as in mrml.write_outputs):
+# Heat maps, first one present in the scene wins (``mrml.show_uncertainty``, also for the written scene):
 # ColdToHotRainbow is a file-based table of full Slicer; Iron is built in everywhere.
 UNCERTAINTY_COLOR_NODE_IDS = mrml.UNCERTAINTY_COLOR_NODE_IDS
 
@@ -499,15 +499,7 @@ def _add_uncertainty_volume(scene, volume_node, array: np.ndarray, name: str):
     node.SetIJKToRASMatrix(matrix)
     slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array, dtype=np.float32))
     node.CreateDefaultDisplayNodes()
-    display = node.GetScalarVolumeDisplayNode()
-    color_id = next((i for i in UNCERTAINTY_COLOR_NODE_IDS if scene.GetNodeByID(i) is not None), None)
-    if color_id is None:
-        raise RuntimeError(f"none of the colour maps {UNCERTAINTY_COLOR_NODE_IDS} is in the scene")
-    display.SetAndObserveColorNodeID(color_id)
-    high = float(array.max()) if array.size else 0.0
-    display.SetAutoWindowLevel(False)
-    # 0 is "no disagreement" and reads dark; the brightest colour is this volume's maximum.
-    display.SetWindowLevelMinMax(0.0, high if high > 0 else 1.0)
+    mrml.show_uncertainty(scene, node)
     node.SetAttribute("VerdiffSegment.Description", UNCERTAINTY_DESCRIPTION)
     return node
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import CT_IMAGE, CT_LABELS, DATA, MR_IMAGE, MR_LABELS, REPO, xray_image
+from conftest import CT_IMAGE, CT_LABELS, MR_IMAGE, MR_LABELS, REPO, xray_image
 from VerdiffSegmentLib.metrics import dice
 from VerdiffSegmentLib.slicer_bound.mrml import close_scene, nodes_by_class, read_scene_bundle
 

@@ -19,7 +19,7 @@ from torch import nn
 from VerdiffSegmentLib.errors import VerdiffError
 from VerdiffSegmentLib.inferers.sagittal import sagittal_axes
 from VerdiffSegmentLib.models import get_card, load_network, make_scheduler
-from VerdiffSegmentLib.pipeline import sample_slices, sample_volume, segment
+from VerdiffSegmentLib.pipeline import labels_and_uncertainty, sample_slices, sample_volume, segment
 from VerdiffSegmentLib.preparation import prepare_for_card
 
 from conftest import MR_IMAGE

@@ -30,6 +30,42 @@ def test_keep_spine_keeps_every_body_and_drops_far_blobs(data_dir):
     assert 0 < keep_spine(noisy, spacing, bridge_mm=0.5).sum() < bodies.sum()
 
 
+def _keep_spine_whole_box(labels, spacing, bridge_mm):
+    """The chain growth with the distance transform over the whole foreground box each round:
+    what ``keep_spine`` computes in the kept set's grown box only."""
+    import scipy.ndimage as ndi
+
+    components, count = ndi.label(labels > 0, ndi.generate_binary_structure(labels.ndim, labels.ndim))
+    if count <= 1:
+        return labels
+    sizes = np.bincount(components.ravel())
+    sizes[0] = 0
+    kept = np.zeros(count + 1, bool)
+    kept[int(sizes.argmax())] = True
+    while True:
+        distance = ndi.distance_transform_edt(~kept[components], sampling=spacing)
+        near = np.unique(components[(distance <= bridge_mm) & (components > 0)])
+        if kept[near].all():
+            return np.where(kept[components], labels, 0).astype(labels.dtype)
+        kept[near] = True
+
+
+@pytest.mark.parametrize("bridge_mm", [3.0, 8.0, 15.0, 40.0])
+def test_keep_spine_in_the_grown_box_equals_the_whole_box(data_dir, bridge_mm):
+    """Bodies split by a gap, blobs at several distances (near, across the bridge, far), on the
+    anisotropic grid of a real label map: the same components are kept either way."""
+    bodies, spacing = _vb3_bodies(data_dir)
+    labels = bodies.copy()
+    labels[:, ::7, :] = 0  # cuts: more, smaller components along the spine
+    rows = np.nonzero(bodies.any(axis=(0, 2)))[0]
+    labels[30:34, rows[0] - 12 : rows[0] - 9, 60:64] = 1  # a blob some mm above the top body
+    labels[2:6, 2:6, 2:6] = 1  # and one in a far corner
+    labels[40:42, rows[-1] + 20 : rows[-1] + 22, 10:12] = 1
+    out = keep_spine(labels, spacing, bridge_mm)
+    assert np.array_equal(out, _keep_spine_whole_box(labels, spacing, bridge_mm))
+    assert 0 < out.sum() <= labels.sum()
+
+
 def test_fill_holes_fills_each_sagittal_slice_and_keeps_labels():
     labels = np.zeros((3, 20, 20), np.uint8)
     labels[1, 5:15, 5:15] = 2

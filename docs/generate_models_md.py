@@ -60,7 +60,7 @@ def main() -> None:
     out.append("")
     for c in cards:
         v = c["validation"]
-        out += [f"## {c['name']}", "", f"- Family: {family(c)}; defaults: {defaults(c)}", f"- Training data: {c['training']['data']}", f"- Training command: `{c['training']['command']}`"]
+        out += [f"## {c['name']}", "", *([f"- Status: {c['status']}"] if c.get("status") else []), f"- Family: {family(c)}; defaults: {defaults(c)}", f"- Training data: {c['training']['data']}", f"- Training command: `{c['training']['command']}`"]
         if "dice_mean_unseen_patients" in v:
             out.append(f"- Held-out images whose patient has no image in training: {v['unseen_patients']} images, Dice {v['dice_mean_unseen_patients']} ± {v['dice_sd_unseen_patients']}")
         out += [f"- On training data (not validation): {x['case']}: Dice {x['dice']}" for x in v["cases"] if "trained on" in x["case"]]

@@ -53,9 +53,16 @@ def keep_spine(labels: np.ndarray, spacing, bridge_mm: float) -> np.ndarray:
     # one bounding box around all foreground keeps the distance transforms small
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(foreground))
     local = components[box]
+    # Only voxels within bridge_mm of the kept set matter, and they lie in the kept set's box
+    # grown by that many voxels: the distance transform runs there (every kept voxel is inside,
+    # so the distances it gives are exact), seconds less on a CT.
+    reach = [int(np.ceil(bridge_mm / float(step))) + 1 for step in spacing]
     for _ in range(MAX_ROUNDS):
-        distance = ndi.distance_transform_edt(~kept[local], sampling=spacing)
-        near = np.unique(local[(distance <= bridge_mm) & (local > 0)])
+        kept_voxels = np.nonzero(kept[local])
+        near_box = tuple(slice(max(int(i.min()) - r, 0), int(i.max()) + r + 1) for i, r in zip(kept_voxels, reach))
+        near_local = local[near_box]
+        distance = ndi.distance_transform_edt(~kept[near_local], sampling=spacing)
+        near = np.unique(near_local[(distance <= bridge_mm) & (near_local > 0)])
         if kept[near].all():
             break
         kept[near] = True

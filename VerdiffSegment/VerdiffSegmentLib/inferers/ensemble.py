@@ -24,6 +24,8 @@ from ..schedulers import randn_tensor
 
 def labels_from_probability(probability: np.ndarray) -> np.ndarray:
     """[.., classes, rows, cols] -> label map: the most likely class where it is above 0.5, else 0."""
+    if probability.shape[-3] == 1:  # binary models: the same map without an argmax over one class (seconds on a CT)
+        return (probability[..., 0, :, :] > 0.5).astype(np.uint8)
     best = probability.argmax(axis=-3)
     return np.where(probability.max(axis=-3) > 0.5, best + 1, 0).astype(np.uint8)
 

@@ -41,6 +41,7 @@ import importlib
 import io
 import json
 import sys
+import textwrap
 import threading
 import time
 from pathlib import Path
@@ -470,9 +471,25 @@ def ranges_help() -> tuple[str, str]:
     return steps, ensemble
 
 
+class WholeNamesHelpFormatter(argparse.HelpFormatter):
+    """argparse's help wrapped at spaces only: model names (``verdiff-xray-wide``) and options
+    are never split at their hyphens across lines."""
+
+    def _split_lines(self, text, width):
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def _fill_text(self, text, width, indent):
+        return textwrap.fill(" ".join(text.split()), width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
+
 class OneLineErrorParser(argparse.ArgumentParser):
     """A bad option (``--steps abc``) is one ``verdiff: error:`` line and exit 2, like every
-    other bad input, not argparse's usage block."""
+    other bad input, not argparse's usage block. Sub-commands' parsers are of this class too, so
+    they share its help formatter."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", WholeNamesHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         self.exit(2, f"verdiff: error: {message}\n")

@@ -32,7 +32,6 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.metrics import auroc, dice, expected_calibration_error, grown_bounding_box  # noqa: E402
 from VerdiffSegmentLib.models import load_network, make_scheduler, models_dir, read_card  # noqa: E402
 from VerdiffSegmentLib.pipeline import check_card_fits, labels_and_uncertainty, sample_slices  # noqa: E402
@@ -41,22 +40,14 @@ from VerdiffSegmentLib.preparation import prepare_for_card  # noqa: E402
 MODELS = {"mr": "verdiff-mr", "xray": "verdiff-xray"}
 
 
-def held_out_cases(kind: str, card, data: Path):
-    """(name, image path, truth mask on the image grid) of the card's held-out cases."""
-    if kind == "mr":
-        from training.splits import MR_VALIDATION
+def held_out_cases(card, data: Path):
+    """(name, image, truth mask on the image grid) of the card's held-out cases: the same cases,
+    read the same way, as ``python -m training evaluate`` takes them."""
+    from training.datasets import evaluation_cases
+    from training.evaluate import run_config_of_card
 
-        for s in MR_VALIDATION:
-            image = read_image(str(data / "mr-lumbar-vb3" / f"{s}_img.nii.gz"))
-            yield s, image, sitk.GetArrayFromImage(sitk.ReadImage(str(data / "mr-lumbar-vb3" / f"{s}_seg.nii.gz"))) > 0
-    else:
-        from training.datasets import aasce_items, aasce_mask
-
-        names = set(card.validation_cases)
-        for item in aasce_items(data / "xray-aasce"):
-            if item.name in names:
-                image = read_image(str(item.image))
-                yield item.name, image, sitk.GetArrayFromImage(aasce_mask(image, item.labels)) > 0
+    for name, image, truth, _, _ in evaluation_cases(run_config_of_card(card), data, card.split, "validation"):
+        yield name, image, truth > 0
 
 
 def sample(card, network, prepared, ensemble: int, seed: int, mirrored: bool = False):
@@ -94,7 +85,7 @@ def main(argv=None) -> dict:
     card = read_card(args.card or models_dir() / f"{MODELS[args.kind]}.json")
     network = load_network(card, "cpu")
     rows = []
-    for index, (name, image, truth) in enumerate(held_out_cases(args.kind, card, args.data)):
+    for index, (name, image, truth) in enumerate(held_out_cases(card, args.data)):
         if args.limit is not None and index >= args.limit:
             break
         check_card_fits(image, card)  # a 2.5D card refuses X-rays, as ``segment`` does

@@ -47,8 +47,9 @@ def card_json(**changes) -> dict:
         ({"input": {"spacing_mm": 0, "normalisation": {}}}, "spacing_mm must be positive"),
         ({"defaults": {"steps": 1, "ensemble": 0}}, "ensemble >= 1"),
         ({"network": [16, 32]}, "network must be an object"),
+        ({"reliability": {"min_vertebrae_share": 1.5}}, "min_vertebrae_share must lie in"),
     ],
-    ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list"],
+    ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share"],
 )
 def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
     path = tmp_path / "broken.json"

@@ -89,6 +89,21 @@ def test_self_consistency_separates_sure_from_unsure_results():
     assert empty["likely_wrong"] and "no vertebra" in empty["warnings"][0]
 
 
+def test_too_few_vertebrae_for_the_card_warn_only_where_the_card_asks():
+    from VerdiffSegmentLib.reliability import reliability_estimate, vertebra_count_check
+
+    sure = np.zeros((2, 1, 32, 32), np.float32)
+    sure[:, 0, 8:24, 8:24] = 0.98
+    estimate = lambda: reliability_estimate(sure, np.zeros_like(sure), (sure[:, 0] > 0.5).astype(np.uint8))  # noqa: E731
+    few = vertebra_count_check(estimate(), 12, 17, 0.75)
+    assert few["likely_wrong"] and few["vertebrae_found"] == 12 and "only 12 separate vertebrae" in few["warnings"][0]
+    enough = vertebra_count_check(estimate(), 13, 17, 0.75)  # 13 >= 0.75 x 17 = 12.75
+    assert not enough["likely_wrong"] and not enough["warnings"] and enough["vertebrae_expected"] == 17
+    assert vertebra_count_check(estimate(), 1, 17, None) == estimate()  # the card does not ask: no check, no fields
+    empty = reliability_estimate(np.zeros_like(sure), np.zeros_like(sure), np.zeros((2, 32, 32), np.uint8))
+    assert len(vertebra_count_check(empty, 1, 17, 0.75)["warnings"]) == 1  # nothing found warns once, not twice
+
+
 def test_the_bundled_mr_model_warns_on_a_bad_result_and_not_on_a_good_one(data_dir):
     """The calibrated warning on real runs (issue 16): a clinical T1 slice of another hospital
     that the MR model gets mostly wrong (Dice 0.59 at export) is flagged; a held-out subject it

@@ -33,12 +33,10 @@ from VerdiffSegmentLib import cobb, levels  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
 from VerdiffSegmentLib.pipeline import segment  # noqa: E402
-
-MR_HELD_OUT = ["VB3_17", "VB3_18", "VB3_20", "VB3_35", "VB3_42", "VB3_48", "VB3_49", "VB3_51"]
-
+from training.splits import MR_VALIDATION  # noqa: E402
 
 def mr_cases():
-    for subject in MR_HELD_OUT:
+    for subject in MR_VALIDATION:
         truth = sitk.ReadImage(str(DATA / "mr-lumbar-vb3" / f"{subject}_seg.nii.gz"))
         yield subject, DATA / "mr-lumbar-vb3" / f"{subject}_img.nii.gz", truth, {i: f"L{i}" for i in range(1, 6)}, None
 

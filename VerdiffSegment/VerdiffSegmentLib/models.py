@@ -81,6 +81,7 @@ class ModelCard:
     training: dict  # provenance: split, config, label scheme, history (may be empty)
     validation: dict  # figures on the held-out split at the defaults (may be empty)
     context_slices: int = 0  # 2.5D: neighbouring sagittal slices on each side in the input (module docstring)
+    min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -190,6 +191,10 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         steps, ensemble = int(data["defaults"]["steps"]), int(data["defaults"]["ensemble"])
         warning = (data.get("reliability") or {}).get("self_dice_warning")
         warning = None if warning is None else float(warning)
+        share = (data.get("reliability") or {}).get("min_vertebrae_share")
+        share = None if share is None else float(share)
+        if share is not None and not 0 < share <= 1:
+            raise ValueError(f"reliability.min_vertebrae_share must lie in (0, 1], got {share}")
         context = source.get("context_slices", 0)
         in_channels = data["network"].get("in_channels", 1)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in (context, in_channels)):
@@ -227,6 +232,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         training=dict(data.get("training") or {}),
         validation=dict(data.get("validation") or {}),
         context_slices=context,
+        min_vertebrae_share=share,
         schema_version=schema,
         raw=data,
     )

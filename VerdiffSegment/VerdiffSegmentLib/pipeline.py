@@ -46,11 +46,11 @@ from .inferers.ensemble import labels_from_probability
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
-from .levels import name_vertebrae
+from .levels import card_levels, name_vertebrae
 from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, prepare_for_card, slice_channels
-from .reliability import SELF_DICE_WARNING, reliability_estimate
+from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
 from .settings import SegmentSettings
 from .transforms import pad_to_multiple
 
@@ -190,6 +190,7 @@ def segment(
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         labels, label_info = name_vertebrae(labels, card)
+        vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":
             measurements.update(cobb_measurements(labels, label_info))  # angles and end vertebrae
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)

@@ -18,6 +18,13 @@ flagged as likely wrong when nothing is labelled or ``self_dice`` is below a thr
 card's ``reliability.self_dice_warning`` where its model was calibrated (each model is as
 sharp as its training made it), else ``SELF_DICE_WARNING`` (0.80). One threshold on one score per
 model, so that it cannot be tuned to the few validation cases there are.
+
+A second, plausibility check where a card asks for it (``reliability.min_vertebrae_share``,
+``vertebra_count_check``): fewer separate vertebrae than that share of the levels the model
+was trained to segment. Decided for the X-ray model, whose errors are mostly confident
+(merged or missed bodies that ``self_dice`` cannot see): its training radiographs all show
+T1-L5, so finding fewer than three quarters of the 17 means bodies were merged or missed,
+or the picture shows a part of the spine, which the model never saw in training either.
 """
 
 from __future__ import annotations
@@ -61,3 +68,20 @@ def reliability_estimate(probability: np.ndarray, spread: np.ndarray, labels: np
         "likely_wrong": bool(warnings),
         "warnings": warnings,
     }
+
+
+def vertebra_count_check(estimate: dict, found: int, expected: int, share: float | None) -> dict:
+    """Add the plausibility check of the module docstring to ``estimate`` (in place, and
+    returned): ``vertebrae_found`` / ``vertebrae_expected``, and a warning when fewer than
+    ``share`` x ``expected`` vertebrae were separated. No check without ``share`` or levels,
+    or when nothing was labelled (that already warns)."""
+    if share is None or not expected or not estimate.get("foreground_fraction"):
+        return estimate
+    estimate["vertebrae_found"], estimate["vertebrae_expected"] = int(found), int(expected)
+    if found < share * expected:
+        estimate["warnings"].append(
+            f"the result is likely wrong: only {found} separate vertebrae were found where the model's training images showed {expected}; "
+            "bodies may be merged or missed, or the image shows a part of the spine unlike the training images"
+        )
+        estimate["likely_wrong"] = True
+    return estimate

@@ -108,3 +108,38 @@ def test_neighbours_at_a_fixed_distance_in_mm_show_thick_slices_the_anatomy_trai
             interpolated.append(np.abs(channel - wanted).mean())
             adjacent.append(np.abs(prepared.stack[i + side] - wanted).mean())
     assert np.mean(interpolated) < 0.75 * np.mean(adjacent)  # measured: 0.013 against 0.023
+
+
+def test_a_2_5d_default_gives_way_to_its_planar_model_on_a_single_slice(tmp_path, monkeypatch, data_dir):
+    """``--model MR`` on a 2D sagittal MR picture runs the 2.5D default's ``planar_model``; on a
+    volume the 2.5D model itself; asked for by name, the 2.5D model is refused on the picture
+    with the planar model named; the cross-source suite of 2D pictures is scored with it."""
+    import json
+
+    import pytest
+
+    from conftest import MODELS
+    from training.cross_source import suite_card
+    from VerdiffSegmentLib.errors import VerdiffError
+    from VerdiffSegmentLib.pipeline import check_card_fits, choose_card
+
+    for path in MODELS.iterdir():
+        if path.name != "verdiff-mr.json":
+            (tmp_path / path.name).symlink_to(path)
+    wide = context_card(1).raw
+    wide["input"]["planar_model"] = "verdiff-mr-2d"
+    (tmp_path / "verdiff-mr.json").write_text(json.dumps(wide))
+    (tmp_path / "verdiff-mr-2d.json").write_text(json.dumps({**get_card("verdiff-mr").raw, "name": "verdiff-mr-2d"}))
+    monkeypatch.setenv("VERDIFF_MODELS_DIR", str(tmp_path))
+    picture = read_image(str(Path(data_dir) / "mr-sagittal-2d" / "images" / "17.png"))
+    volume = read_image(str(Path(data_dir) / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))
+    assert choose_card(picture, "MR").name == "verdiff-mr-2d"
+    assert choose_card(volume, "MR").name == "verdiff-mr" and choose_card(volume, "MR").context_slices == 1
+    named = choose_card(picture, "verdiff-mr")
+    with pytest.raises(VerdiffError, match="such as verdiff-mr-2d"):
+        check_card_fits(picture, named)
+    assert suite_card(named, "clinical-sagittal").name == "verdiff-mr-2d" and suite_card(named, "inverted") is named
+    wide["input"]["context_slices"], wide["network"]["in_channels"] = 0, 1  # a planar model only for 2.5D cards
+    (tmp_path / "verdiff-mr.json").write_text(json.dumps(wide))
+    with pytest.raises(VerdiffError, match="planar_model is for 2.5D cards"):
+        get_card("verdiff-mr")

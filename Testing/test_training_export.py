@@ -118,6 +118,19 @@ def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, slab_da
     assert folder["cases"][0]["case"] == "VB3_01" and folder["evaluated_on"].startswith("folder")
 
 
+def test_evaluate_a_bundled_model_on_cross_source_suites(tmp_path, data_dir):
+    """``evaluate --suite``: the bundled MR model on one clinical 2D slice of another source and
+    one held-out subject inverted (dark and bright tissues swapped), through the suites' one
+    path (``evaluate_suites``, which ``export --suites`` takes too)."""
+    out = tmp_path / "suites.json"
+    main(["evaluate", "verdiff-mr", "--suite", "clinical-sagittal,inverted", "--limit", "1", "--data", str(data_dir), "--out", str(out)])
+    result = json.loads(out.read_text(encoding="utf-8"))
+    assert set(result["dice_by_suite"]) == {"clinical-sagittal", "inverted"}
+    assert [len(result["suites"][s]["cases"]) for s in ("clinical-sagittal", "inverted")] == [1, 1]
+    assert result["suites"]["inverted"]["dice_mean"] > 0.7  # the any-contrast model: 0.83 on the 8 held-out subjects
+    assert "model" not in result["suites"]["clinical-sagittal"]  # a 1-channel card segments the 2D slices itself
+
+
 def test_a_second_stage_card_records_both_commands(tmp_path):
     first, second = tmp_path / "runs" / "a", tmp_path / "runs" / "b"
     first.mkdir(parents=True)
@@ -185,6 +198,7 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
 
     run, models = tmp_path / "run", tmp_path / "models"
     models.mkdir()
+    (models / "mr-context.json").write_text(json.dumps({"input": {"planar_model": "verdiff-mr"}}))  # the card it replaces names a planar model
     threads = torch.get_num_threads()
     try:
         main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
@@ -196,6 +210,7 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
         torch.set_num_threads(threads)
     card = json.loads((models / "mr-context.json").read_text(encoding="utf-8"))
     assert card["input"]["context_slices"] == 1 and card["network"]["in_channels"] == 3
+    assert card["input"]["planar_model"] == "verdiff-mr"  # carried: a choice of the bundle, not of the weights
     assert card["training"]["cumulative"]["optimiser_steps"] > 2  # the bundled model's steps, then these 2
     assert card["training"]["history"][-1]["optimiser_steps"] == 2
     assert get_card("mr-context", models).context_slices == 1
@@ -215,6 +230,7 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
     assert labels.GetSize() == sitk.ReadImage(str(image)).GetSize() and sitk.GetArrayViewFromImage(labels).any()
     refused = verdiff(xray_image(), tmp_path / "xray")
     assert refused.returncode == 2 and "neighbouring sagittal slice(s) on each side" in refused.stderr and not (tmp_path / "xray").exists()
+    assert "such as verdiff-mr" in refused.stderr
 
 
 def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(tmp_path, tiny_run, slab_data):

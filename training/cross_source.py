@@ -113,6 +113,20 @@ def contrast_cases(name: str, data_root: Path, scheme: LabelScheme, limit: int |
         yield f"{subject} {name}", with_contrast(image, name), truth, {f"{subject} {name}": None}, None
 
 
+PLANAR_SUITES = ("clinical-sagittal",)  # single 2D slices: a 2.5D card's ``planar_model`` segments them
+
+
+def suite_card(card, suite: str):
+    """The card that segments ``suite``: ``card``, or for a planar suite its ``planar_model``
+    when ``card`` is 2.5D (as ``pipeline.choose_card`` picks for a single slice)."""
+    if suite in PLANAR_SUITES and card.context_slices and card.planar_model:
+        from VerdiffSegmentLib.models import get_card, list_cards
+
+        beside = card.path.parent  # a card being exported may sit in a run folder without it
+        return get_card(card.planar_model, beside if any(c.name == card.planar_model for c in list_cards(beside)) else None)
+    return card
+
+
 def suite_cases(suite: str, data_root: Path, scheme: LabelScheme, limit: int | None = None):
     if suite == "clinical-sagittal":
         return clinical_cases(data_root, limit)

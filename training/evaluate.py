@@ -197,6 +197,21 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
     return result
 
 
+def evaluate_suites(card: ModelCard, suites, data_root: Path, scheme, limit: int | None = None, steps=None, ensemble=None, seed: int = 0, network=None, tolerance: float = DEFAULT_NSD_TOLERANCE) -> dict:
+    """Each cross-source suite's figures (``cross_source``), the one path of ``evaluate --suite``
+    and ``export --suites``. A planar suite of a 2.5D card is segmented by the card's
+    ``planar_model`` (``cross_source.suite_card``), named in that suite's ``model``."""
+    from .cross_source import suite_card, suite_cases
+
+    figures = {}
+    for suite in suites:
+        chosen = suite_card(card, suite)
+        figures[suite] = evaluate(chosen, suite_cases(suite, data_root, scheme, limit), steps, ensemble, seed, network=network if chosen is card else None, tolerance=tolerance)
+        if chosen is not card:
+            figures[suite]["model"] = chosen.name
+    return figures
+
+
 def run_config_of_run(run_dir: Path, model: str | None = None) -> RunConfig:
     """The run's config (``run.json``); runs from before it existed are their bundled recipe."""
     path = Path(run_dir) / "run.json"
@@ -261,11 +276,10 @@ def run_evaluate(args) -> dict:
         run, network = run_config_of_card(card), None
         split = card.split or None
     if getattr(args, "suite", None):
-        from .cross_source import SUITES, suite_cases
+        from .cross_source import SUITES
 
-        result = {"model": card.name, "suites": {}}
-        for suite in SUITES if args.suite == "all" else args.suite.split(","):
-            result["suites"][suite] = evaluate(card, suite_cases(suite, args.data, run.labels, args.limit), args.steps, args.ensemble, args.seed, network=network, tolerance=args.tolerance)
+        suites = SUITES if args.suite == "all" else args.suite.split(",")
+        result = {"model": card.name, "suites": evaluate_suites(card, suites, args.data, run.labels, args.limit, args.steps, args.ensemble, args.seed, network, args.tolerance)}
         result["dice_by_suite"] = {suite: r["dice_mean"] for suite, r in result["suites"].items()}
         return result
     if args.images:

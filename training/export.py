@@ -37,7 +37,7 @@ from VerdiffSegmentLib.models import ModelCard, parse_card, read_card, sha256_of
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .configs import RunConfig
-from .evaluate import card_data, evaluate, run_config_of_card, run_config_of_run, run_weights, split_cases, unseen_patient_figures
+from .evaluate import card_data, evaluate, evaluate_suites, run_config_of_card, run_config_of_run, run_weights, split_cases, unseen_patient_figures
 
 FP16_TOLERANCE = 0.001
 
@@ -108,11 +108,16 @@ CARRIED_SECTIONS = ("postprocess",)
 
 
 def carried_settings(card_path: Path) -> dict:
-    """The sections of the card an export replaces that the new card keeps (module docstring)."""
+    """The sections of the card an export replaces that the new card keeps (module docstring),
+    and its ``input.planar_model`` (which model segments single slices for a 2.5D card: a
+    choice of the bundle, not of the weights) under the key ``planar_model``."""
     if not card_path.exists():
         return {}
     old = json.loads(card_path.read_text(encoding="utf-8"))
-    return {key: old[key] for key in CARRIED_SECTIONS if key in old}
+    carried = {key: old[key] for key in CARRIED_SECTIONS if key in old}
+    if (old.get("input") or {}).get("planar_model"):
+        carried["planar_model"] = old["input"]["planar_model"]
+    return carried
 
 
 def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, steps: int | None = None, ensemble: int | None = None,
@@ -155,7 +160,9 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             "history": history,
             "cumulative": cumulative_training(history),
         }
-        card.update(carried)
+        card.update({key: value for key, value in carried.items() if key != "planar_model"})
+        if carried.get("planar_model") and card["input"].get("context_slices"):
+            card["input"]["planar_model"] = carried["planar_model"]
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."
         path.write_text(json.dumps(card, indent=2))
         return card
@@ -192,9 +199,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
 
 def suite_figures(card: ModelCard, run: RunConfig, data_root: Path, suites: list[str]) -> dict:
     """Each cross-source suite's figures at the card's defaults."""
-    from .cross_source import suite_cases
-
-    return {suite: evaluate(card, suite_cases(suite, data_root, run.labels), seed=0) for suite in suites}
+    return evaluate_suites(card, suites, data_root, run.labels, seed=0)
 
 
 def set_defaults(model_name: str, models_dir: Path, data_root: Path, steps: int, ensemble: int, start_timestep: int | None = None) -> dict:

@@ -12,6 +12,8 @@ its weights belong to.
 written before it) adds k neighbouring slices on each side as input channels
 (``preparation`` decision 4), so the network's ``in_channels`` must be 1 + 2k; a card that
 says otherwise, or gives context to a 3D network (which sees the volume already), is refused.
+A 2.5D card may name ``input.planar_model``: the bundled 1-channel model that segments a single
+slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_card``).
 """
 
 from __future__ import annotations
@@ -82,6 +84,7 @@ class ModelCard:
     validation: dict  # figures on the held-out split at the defaults (may be empty)
     context_slices: int = 0  # 2.5D: neighbouring sagittal slices on each side in the input (module docstring)
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
+    planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -199,6 +202,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         in_channels = data["network"].get("in_channels", 1)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in (context, in_channels)):
             raise TypeError(f"input.context_slices and network.in_channels must be integers, got {context!r} and {in_channels!r}")
+        planar = source.get("planar_model")
+        if planar is not None and not (isinstance(planar, str) and planar):
+            raise TypeError(f"input.planar_model must be a model name, got {planar!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -209,6 +215,8 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         fail(f"input.context_slices must be 0 or more (neighbouring slices on each side), got {context}")
     if in_channels != 1 + 2 * context:
         fail(f"network.in_channels is {in_channels} but input.context_slices {context} needs {1 + 2 * context} (the slice and {context} neighbour(s) on each side)")
+    if planar is not None and not context:
+        fail("input.planar_model is for 2.5D cards (input.context_slices > 0): a 1-channel model segments single slices itself")
     if context and int(data["network"].get("spatial_dims", 2)) != 2:
         fail("input.context_slices is for 2D (sagittal-slice) networks; a 3D network sees the neighbouring slices already")
     return ModelCard(
@@ -233,6 +241,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         validation=dict(data.get("validation") or {}),
         context_slices=context,
         min_vertebrae_share=share,
+        planar_model=planar,
         schema_version=schema,
         raw=data,
     )

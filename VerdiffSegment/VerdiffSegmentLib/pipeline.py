@@ -90,18 +90,28 @@ def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
     if card.spatial_dims == 3 and planar:
         raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
     if card.context_slices and planar:
+        instead = f" such as {card.planar_model}" if card.planar_model else ""
         raise VerdiffError(
             f"model {card.name} reads {card.context_slices} neighbouring sagittal slice(s) on each side (2.5D): it segments volumes, "
-            "not 2D images or single slices (an X-ray); choose a model without context slices"
+            f"not 2D images or single slices (an X-ray); choose a model without context slices{instead}"
         )
 
 
 def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
     """The one card resolver (CLI, module, benchmarks): ``auto`` takes the default model of
     the image's detected modality (``AUTO_MODALITY``), a modality (``MR``, ``CT``, ``XR``)
-    takes its default model, anything else is a bundled model's name."""
+    takes its default model, anything else is a bundled model's name.
+
+    A modality's default that is 2.5D gives way to its card's ``planar_model`` on a single
+    slice (``MR`` on a 2D sagittal MR picture), as the user asked for a modality, not a
+    network; a model asked for by name is taken as it is (``check_card_fits`` refuses it)."""
     modality = detect_modality(image) if name == "auto" else name
-    return get_card(AUTO_MODALITY.get(modality, name))
+    card = get_card(AUTO_MODALITY.get(modality, name))
+    if name in AUTO_MODALITY or name == "auto":
+        planar = image.GetDimension() == 2 or single_slice_axis(image) is not None
+        if card.context_slices and planar and card.planar_model:
+            return get_card(card.planar_model)
+    return card
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

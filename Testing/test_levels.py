@@ -445,3 +445,20 @@ def test_ct_whole_vertebrae_touching_are_separated_but_not_named():
     assert [s["name"] for s in segments] == [f"vertebra {i}" for i in range(1, len(segments) + 1)]
     entry = parse_terminology(segments[0]["terminology"])
     assert entry["type"] == ("SCT", "51282000", "Vertebra")
+
+
+def test_a_body_seen_in_two_sagittal_parts_is_one_vertebra():
+    """A rotated body that the sagittal slices show in two parts (left and right, at the same
+    level: VB3_49's L4 under the 2.5D model) is one vertebra; stacked bodies stay apart, and a
+    2D picture's pieces are not joined."""
+    mask = np.zeros((40, 120, 30), bool)  # slices (left-right), rows (head-feet), columns
+    for top in (10, 40, 90):
+        mask[5:35, top : top + 20, 5:25] = True  # three bodies with discs between them
+    mask[2:12, 64:84, 5:25] = True  # one more level, in two parts: left ...
+    mask[28:38, 66:86, 5:25] = True  # ... and right, 2 rows lower
+    superior = np.array([0.0, -1.0, 0.0])
+    instances = levels.separate_instances(mask, np.ones(3), superior)
+    assert len(np.unique(instances[mask])) == 4
+    assert len(np.unique(instances[2:12, 64:84, 5:25])) == 1 and instances[5, 70, 10] == instances[30, 75, 10]
+    plane = levels.separate_instances(mask[:, :, 10].T, np.ones(2), np.array([-1.0, 0.0]))  # rows = head-feet
+    assert len(np.unique(plane[plane > 0])) == 5  # in 2D the two parts stay two

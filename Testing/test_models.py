@@ -79,7 +79,8 @@ def test_one_resolver_takes_auto_a_modality_or_a_name():
     from conftest import xray_image
 
     image = read_image(str(xray_image()))
-    assert [choose_card(image, name).name for name in ("auto", "MR", "CT", "XR", "unet-xray")] == ["verdiff-xray", "verdiff-mr", "verdiff-ct", "verdiff-xray", "unet-xray"]
+    # "MR" on a 2D picture: the 2.5D MR default's planar model (input.planar_model)
+    assert [choose_card(image, name).name for name in ("auto", "MR", "CT", "XR", "unet-xray")] == ["verdiff-xray", "verdiff-mr-2d", "verdiff-ct", "verdiff-xray", "unet-xray"]
     with pytest.raises(VerdiffError, match="unknown model 'mr'"):
         choose_card(image, "mr")
 
@@ -112,7 +113,10 @@ def test_a_card_whose_context_slices_and_in_channels_disagree_is_one_clear_error
     assert str(path) in str(error.value) and str(error.value).count("\n") == 0
 
 
-def test_a_consistent_2_5d_card_parses_and_bundled_cards_have_no_context():
+def test_a_consistent_2_5d_card_parses_and_only_the_mr_default_is_2_5d():
     card = parse_card(_context_card(1, 3), CARDS[0].path)
     assert card.context_slices == 1 and card.network_config["in_channels"] == 3 and "2.5D (+-1 slices)" in card.summary()
-    assert all(c.context_slices == 0 and "context_slices" not in c.raw["input"] for c in CARDS)  # written before it: unchanged
+    wide = {c.name: c.planar_model for c in CARDS if c.context_slices}
+    assert wide == {"verdiff-mr": "verdiff-mr-2d"}  # session 4; its planar model is bundled and 1-channel
+    assert all("context_slices" not in c.raw["input"] for c in CARDS if c.name != "verdiff-mr")  # written before it: unchanged
+    assert next(c for c in CARDS if c.name == "verdiff-mr-2d").context_slices == 0

@@ -106,43 +106,46 @@ def test_too_few_vertebrae_for_the_card_warn_only_where_the_card_asks():
 
 def test_the_bundled_mr_model_warns_on_a_bad_result_and_not_on_a_good_one(data_dir):
     """The calibrated warning on real runs (issue 16): a clinical T1 slice of another hospital
-    that the MR model gets mostly wrong (Dice 0.59 at export) is flagged; a held-out subject it
-    segments well (VB3_18, Dice 0.91) is not."""
+    that the MR model for single slices (the 2.5D default's planar model) gets mostly wrong
+    (Dice 0.59 at export) is flagged; a held-out subject the default segments well (VB3_18) is not."""
     import json
     import subprocess
     import sys
 
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.models import get_card
-    from VerdiffSegmentLib.pipeline import segment
+    from VerdiffSegmentLib.pipeline import choose_card, segment
 
     card = get_card("verdiff-mr")
     good = segment(read_image(data_dir / "mr-lumbar-vb3" / "VB3_18_img.nii.gz"), card, device="cpu")
     assert not good.settings["reliability"]["likely_wrong"] and good.settings["reliability"]["self_dice"] >= card.self_dice_warning
     done = subprocess.run(
         [sys.executable, "-m", "VerdiffSegmentLib.cli", "segment", str(data_dir / "mr-sagittal-2d" / "images" / "17.png"), "-o", "/dev/null/never",
-         "--model", "verdiff-mr", "--json", "--progress", "none"],
+         "--model", "MR", "--json", "--progress", "none"],
         capture_output=True, text=True, timeout=300,
     )
     # /dev/null/never cannot be written: the run must stop before any work, with one error
     assert done.returncode == 2 and done.stderr.count("verdiff: error:") == 1
-    bad = segment(read_image(data_dir / "mr-sagittal-2d" / "images" / "17.png"), card, device="cpu")
+    picture = read_image(data_dir / "mr-sagittal-2d" / "images" / "17.png")
+    planar = choose_card(picture, "MR")
+    assert planar.name == "verdiff-mr-2d"
+    bad = segment(picture, planar, device="cpu")
     assert bad.settings["reliability"]["likely_wrong"] and "likely wrong" in bad.settings["reliability"]["warnings"][0]
     assert json.dumps(bad.settings["reliability"])  # goes into the report as it is
 
 
 def test_the_bundled_xray_model_warns_on_a_confident_merge_and_not_on_a_good_result(data_dir):
     """The X-ray card's count check on real runs: a held-out radiograph whose bodies the model
-    merged (Dice 0.66 at the card's validation) is sure of itself (self-consistency above the
-    card's threshold) but yields too few separate vertebrae, and is flagged; a good one (Dice
-    0.89, all 17 found) is not."""
+    merged (Dice 0.76 at the card's validation, 12 of 17 separated) is sure of itself
+    (self-consistency above the card's threshold) but yields too few separate vertebrae, and is
+    flagged; a good one (Dice 0.88, all 17 found) is not."""
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.models import get_card
     from VerdiffSegmentLib.pipeline import segment
 
     card = get_card("verdiff-xray")
     folder = data_dir / "xray-aasce" / "data" / "training"
-    merged = segment(read_image(folder / "sunhl-1th-10-Jan-2017-221 A AP.jpg"), card, device="cpu").settings["reliability"]
+    merged = segment(read_image(folder / "sunhl-1th-21-Nov-2016-137 C AP.jpg"), card, device="cpu").settings["reliability"]
     assert merged["self_dice"] >= card.self_dice_warning and merged["likely_wrong"]
     assert merged["vertebrae_found"] < card.min_vertebrae_share * merged["vertebrae_expected"] and "separate vertebrae" in merged["warnings"][0]
     good = segment(read_image(folder / "sunhl-1th-20-Jul-2016-19 B AP.jpg"), card, device="cpu").settings["reliability"]

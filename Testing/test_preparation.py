@@ -83,7 +83,7 @@ def test_training_and_inference_build_the_same_2_5d_input(data_dir):
         assert any(np.array_equal(image, prepared.network_input([s])[0]) for s in range(prepared.stack.shape[0]))
     first = prepared.network_input([0])[0]
     assert np.array_equal(first[0], first[1]) and np.array_equal(first[1], prepared.stack[0])
-    one_channel = prepare_for_card(read_image(str(item.image)), get_card("verdiff-mr"))  # a card without context_slices
+    one_channel = prepare_for_card(read_image(str(item.image)), get_card("verdiff-mr-2d"))  # a card without context_slices
     assert np.array_equal(one_channel.network_input(range(3)), prepared.stack[:3, None])
 
 
@@ -129,8 +129,8 @@ def test_a_2_5d_default_gives_way_to_its_planar_model_on_a_single_slice(tmp_path
     wide = context_card(1).raw
     wide["input"]["planar_model"] = "verdiff-mr-2d"
     (tmp_path / "verdiff-mr.json").write_text(json.dumps(wide))
-    (tmp_path / "verdiff-mr-2d.json").write_text(json.dumps({**get_card("verdiff-mr").raw, "name": "verdiff-mr-2d"}))
     monkeypatch.setenv("VERDIFF_MODELS_DIR", str(tmp_path))
+    assert get_card("verdiff-mr-2d").context_slices == 0  # the bundled 1-channel model
     picture = read_image(str(Path(data_dir) / "mr-sagittal-2d" / "images" / "17.png"))
     volume = read_image(str(Path(data_dir) / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))
     assert choose_card(picture, "MR").name == "verdiff-mr-2d"

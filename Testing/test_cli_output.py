@@ -109,8 +109,10 @@ def test_xray_nifti_in_pixels_with_preview(tmp_path):
     source = xray_image()
     outdir = tmp_path / "out"
     result = verdiff("segment", source, "-o", outdir, "--format", "nifti", "--preview", "--json", "--progress", "none")
-    assert result.stderr == ""
     report = json.loads(result.stdout)
+    # nothing on stderr but the run's own reliability warnings (this held-out image is a hard one: Dice 0.30)
+    assert result.stderr.splitlines() == [f"verdiff: warning: {w}" for w in report["warnings"]]
+    assert all("likely wrong" in w for w in report["warnings"])
     assert report["model"] == "verdiff-xray"
     segment = report["segments"][0]
     assert "area_mm2" not in segment and segment["area_px"] == segment["voxels"] > 0

@@ -96,21 +96,22 @@ class GPUTooSmallForOneSlice(nn.Module):
 
 
 def sampler_input(image, card):
-    """The network-ready stack of ``image`` for ``card`` (as ``segment`` prepares it) and a scheduler."""
-    stack = prepare_for_card(image, card).stack
+    """The network-ready stack of ``image`` for ``card`` (as ``segment`` prepares it), a
+    scheduler, and the input channels' slice offsets (a 2.5D card's neighbours)."""
+    prepared = prepare_for_card(image, card)
     scheduler = make_scheduler(card)
     scheduler.set_timesteps(2)
-    return stack, scheduler
+    return prepared.stack, scheduler, prepared.input_offsets
 
 
 def test_a_slice_that_does_not_fit_the_gpu_finishes_on_the_cpu_with_the_same_noise(central_slab):
     card = get_card("verdiff-mr")
     network = load_network(card, "cpu")
-    stack, scheduler = sampler_input(central_slab, card)
+    stack, scheduler, offsets = sampler_input(central_slab, card)
     cpu = torch.device("cpu")
-    reference = sample_slices(stack, card, network, scheduler, 2, torch.Generator().manual_seed(4), cpu, 4, None, None)
+    reference = sample_slices(stack, card, network, scheduler, 2, torch.Generator().manual_seed(4), cpu, 4, None, None, offsets=offsets)
     gpu, warnings, progress = GPUTooSmallForOneSlice(network), [], []
-    played = sample_slices(stack, card, gpu, scheduler, 2, torch.Generator().manual_seed(4), cpu, 4, lambda *a: progress.append(a), None, fallback=cpu, warnings=warnings)
+    played = sample_slices(stack, card, gpu, scheduler, 2, torch.Generator().manual_seed(4), cpu, 4, lambda *a: progress.append(a), None, fallback=cpu, warnings=warnings, offsets=offsets)
     assert gpu.refusals == 3 and gpu.moves == [cpu]  # 4 slices -> 2 -> 1 -> the CPU, in batches of 4 again
     assert reference[2] > 0  # slices were diffused: the refused calls had drawn noise
     for expected, observed in zip(reference, played):
@@ -124,7 +125,7 @@ def test_a_window_that_does_not_fit_the_gpu_finishes_on_the_cpu_with_the_same_no
     network = load_network(card, "cpu")
     volume = sitk.ReadImage(str(MR_IMAGE))
     middle = volume.GetSize()[0] // 2
-    stack, scheduler = sampler_input(volume[middle - 12 : middle + 12, :, :], card)
+    stack, scheduler, _ = sampler_input(volume[middle - 12 : middle + 12, :, :], card)
     cpu = torch.device("cpu")
     reference = sample_volume(stack, card, network, scheduler, 2, torch.Generator().manual_seed(4), cpu, 2, None, None)
     gpu, warnings = GPUTooSmallForOneSlice(network), []

@@ -128,7 +128,8 @@ def test_evaluate_a_bundled_model_on_cross_source_suites(tmp_path, data_dir):
     assert set(result["dice_by_suite"]) == {"clinical-sagittal", "inverted"}
     assert [len(result["suites"][s]["cases"]) for s in ("clinical-sagittal", "inverted")] == [1, 1]
     assert result["suites"]["inverted"]["dice_mean"] > 0.7  # the any-contrast model: 0.83 on the 8 held-out subjects
-    assert "model" not in result["suites"]["clinical-sagittal"]  # a 1-channel card segments the 2D slices itself
+    assert result["suites"]["clinical-sagittal"]["model"] == "verdiff-mr-2d"  # the 2.5D default's planar model segments the 2D slices
+    assert "model" not in result["suites"]["inverted"]  # volumes: the 2.5D model itself
 
 
 def test_a_second_stage_card_records_both_commands(tmp_path):

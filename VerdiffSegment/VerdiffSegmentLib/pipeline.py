@@ -278,6 +278,8 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     (``OutOfMemoryFallback``; its warning is appended to ``warnings``). ``offsets``: the input
     channels' slice offsets (``PreparedImage.input_offsets``; a 2.5D card's neighbours), the
     channels built by ``preparation.slice_channels``."""
+    if len(offsets) != 1 + 2 * card.context_slices:  # a caller's mistake, not a user's: the network would fail obscurely
+        raise ValueError(f"model {card.name} reads {1 + 2 * card.context_slices} input channel(s); got offsets for {len(offsets)} (pass PreparedImage.input_offsets)")
     stack, (rows, cols) = pad_to_multiple(stack, network.input_multiple)
     n_slices = stack.shape[0]
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)

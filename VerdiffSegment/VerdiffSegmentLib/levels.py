@@ -21,7 +21,9 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    it is over twice the typical height and shows no narrowing
    (``_split``). Pieces under a quarter of the typical
    piece are *fragments*; the others are seeds, and every foreground voxel, fragments
-   included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped.
+   included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped. In a
+   volume, pieces side by side at one level (a rotated body that the sagittal slices show
+   in a left and a right part) are one seed (``_side_by_side_seeds``).
 2. **Order.** Instances are sorted by their centroid along the superior direction taken
    from the image's direction matrix (LPS +z for volumes; the top row of a 2D picture for
    X-rays, whose headers carry no orientation), never by array order.

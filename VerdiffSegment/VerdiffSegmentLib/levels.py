@@ -113,25 +113,18 @@ def _physical(points: np.ndarray, image: sitk.Image) -> np.ndarray:
 # ------------------------------------------------------------------------ instances
 
 
-def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray, probability: np.ndarray | None = None, core: float | None = None) -> np.ndarray:
+def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray) -> np.ndarray:
     """Instance map (int32, 0 = background, 1..n in no particular order) of a boolean mask.
 
     ``spacing``: mm per voxel in numpy order; ``superior``: the head direction per voxel
-    step (``superior_axis``). ``probability`` (the model's foreground probability on the
-    mask's grid) with ``core``: the components are those of the confident core
-    ``mask & (probability > core)`` (a thin disc the model labelled at 0.6 no longer joins
-    two bodies); every voxel of the mask still joins its nearest seed. See the module
-    docstring."""
+    step (``superior_axis``). See the module docstring."""
     mask = np.asarray(mask, bool)
     out = np.zeros(mask.shape, np.int32)
     if not mask.any():
         return out
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
     crop = mask[box]
-    cores = crop if probability is None or core is None else crop & (np.asarray(probability)[box] > core)
-    if not cores.any():
-        cores = crop
-    components, count = ndi.label(cores)
+    components, count = ndi.label(crop)
     sizes = np.bincount(components.ravel())[1:]
     objects = ndi.find_objects(components)
     candidates = [k + 1 for k in range(count) if sizes[k] >= 0.01 * sizes.max()]
@@ -145,13 +138,14 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
         region = objects[value - 1]
         piece = components[region] == value
         parts = _split(piece, spacing, axes[value], round(height / period), period) if height > MERGED_HEIGHT * period else [piece]
-        pieces += [(region, part, axes[value]) for part in parts]
-    piece_sizes = np.array([part.sum() for _, part, _ in pieces])
+        pieces += [(region, part) for part in parts]
+    piece_sizes = np.array([part.sum() for _, part in pieces])
     typical_size = float(np.median(piece_sizes[piece_sizes >= 0.05 * piece_sizes.max()]))
-    kept = [(region, part, axis) for (region, part, axis), size in zip(pieces, piece_sizes) if size >= FRAGMENT_SHARE * typical_size]
+    kept = [piece for piece, size in zip(pieces, piece_sizes) if size >= FRAGMENT_SHARE * typical_size]
+    values = _side_by_side_seeds(kept, spacing, period, superior) if mask.ndim == 3 else range(1, len(kept) + 1)
     seeds = np.zeros(crop.shape, np.int32)
-    for region, part, seed in zip((r for r, _, _ in kept), (p for _, p, _ in kept), _side_by_side_seeds(kept, spacing, period, superior) if mask.ndim == 3 else range(1, len(kept) + 1)):
-        seeds[region][part] = seed
+    for (region, part), value in zip(kept, values):
+        seeds[region][part] = value
     # Every foreground voxel (fragments too) joins its nearest seed.
     _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
     assigned = seeds[tuple(nearest)]
@@ -160,7 +154,7 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
 
 
 def _side_by_side_seeds(pieces, spacing: np.ndarray, period: float, superior: np.ndarray) -> list[int]:
-    """Seed value (1..) per piece (region, mask, local spine axis): pieces side by side at one
+    """Seed value (1..) per piece (region, mask): pieces side by side at one
     level share one. Two pieces whose extents along the head direction (``superior``, not the
     local axis: that runs from one part to the other when they are neighbours in the chain)
     overlap by more than
@@ -172,7 +166,7 @@ def _side_by_side_seeds(pieces, spacing: np.ndarray, period: float, superior: np
     95.6 -> 72.6 %), and a picture has no left-right slices to cut a body in two."""
     head = superior / spacing / np.linalg.norm(superior / spacing)
     spans, centres = [], []
-    for region, part, _ in pieces:
+    for region, part in pieces:
         along = ((np.argwhere(part) + [r.start for r in region]) * spacing) @ head
         spans.append((float(along.min()), float(along.max())))
         centres.append(float(along.mean()))
@@ -345,8 +339,6 @@ def vertebrae(
     structure: str,
     levels: list[str] | None = None,
     label_levels: dict[int, str | None] | None = None,
-    probability: sitk.Image | None = None,
-    core: float | None = None,
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
     vertebra: value, name, covers, level (or None), color, terminology, height_mm.
@@ -361,8 +353,7 @@ def vertebrae(
     if label_levels is not None:
         instances = np.where(np.isin(array, list(label_levels)), array, 0).astype(np.int32)
     else:
-        p = None if probability is None else sitk.GetArrayViewFromImage(probability).reshape(array.shape)
-        instances = separate_instances(array > 0, spacing, superior, p, core)
+        instances = separate_instances(array > 0, spacing, superior)
     # Each vertebra's voxel indices, from one pass over the foreground (not one per vertebra).
     foreground = np.argwhere(instances > 0)
     owner = instances[tuple(foreground.T)]

@@ -72,9 +72,14 @@ class SegmentationResult:
     probability: sitk.Image | None = None  # float32 foreground probability on the input grid (``keep_probability``)
 
 
+def is_planar(image: sitk.Image) -> bool:
+    """A 2D image or a single-slice volume: no neighbouring slices."""
+    return image.GetDimension() == 2 or single_slice_axis(image) is not None
+
+
 def detect_modality(image: sitk.Image) -> str:
     """"XR" for 2D or single-slice images, "CT" for Hounsfield units, else "MR"."""
-    if image.GetDimension() == 2 or single_slice_axis(image) is not None:
+    if is_planar(image):
         return "XR"
     return "CT" if looks_like_ct(image) else "MR"
 
@@ -86,7 +91,7 @@ def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
     network an input it never saw in training (anatomy that does not change across the
     slices); the run is refused with a clear error instead. Training refuses 2.5D X-ray runs
     alike (``training.configs``)."""
-    planar = image.GetDimension() == 2 or single_slice_axis(image) is not None
+    planar = is_planar(image)
     if card.spatial_dims == 3 and planar:
         raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
     if card.context_slices and planar:
@@ -107,10 +112,8 @@ def choose_card(image: sitk.Image, name: str = "auto") -> ModelCard:
     network; a model asked for by name is taken as it is (``check_card_fits`` refuses it)."""
     modality = detect_modality(image) if name == "auto" else name
     card = get_card(AUTO_MODALITY.get(modality, name))
-    if name in AUTO_MODALITY or name == "auto":
-        planar = image.GetDimension() == 2 or single_slice_axis(image) is not None
-        if card.context_slices and planar and card.planar_model:
-            return get_card(card.planar_model)
+    if (name in AUTO_MODALITY or name == "auto") and card.context_slices and card.planar_model and is_planar(image):
+        return get_card(card.planar_model)
     return card
 
 

@@ -64,6 +64,33 @@ def load_weights(path) -> dict:
     return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
 
 
+def add_gap_channel(state: dict, target: dict) -> dict:
+    """``state`` (a binary model's weights) fitted to the same network with one more output
+    channel, the ``binary-gaps`` scheme's gaps (``labels.neighbour_gaps``), whose state dict is
+    ``target``: the warm start of a gap run from a bundled binary model.
+
+    Decided: a weight whose output axis (axis 0) is one longer, all else equal (the prior's
+    and the denoiser's heads, their biases), gets the old rows and, for the gaps, a copy of
+    the last old row (the vertebra's: a gap lies at a vertebra's edge, so the features are
+    there to start from). The denoiser's ``mask_in`` reads [x_t, prior] of C channels each; with
+    C + 1 the old columns go to their channels and the new gap columns are zero, so the binary
+    channel computes exactly what it did at step 0. Other weights are returned as they are."""
+    fitted = dict(state)
+    for key, old in state.items():
+        new = target.get(key)
+        if new is None or new.shape == old.shape or new.dim() != old.dim():
+            continue
+        if new.shape[0] == old.shape[0] + 1 and new.shape[1:] == old.shape[1:]:
+            fitted[key] = torch.cat([old, old[-1:]])
+        elif key.endswith("mask_in.weight") and new.shape[1] == old.shape[1] + 2 and old.shape[1] % 2 == 0:
+            classes = old.shape[1] // 2
+            weight = torch.zeros(new.shape, dtype=old.dtype)
+            weight[:, :classes] = old[:, :classes]
+            weight[:, classes + 1 : 2 * classes + 1] = old[:, classes:]
+            fitted[key] = weight
+    return fitted
+
+
 def widen_image_input(state: dict, target: dict, context_slices: int) -> dict:
     """``state`` (weights to start from) fitted to a network of ``2 * context_slices + 1`` image
     channels whose own state dict is ``target``: the warm start of a 2.5D run from a model of

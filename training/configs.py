@@ -120,7 +120,7 @@ class RunConfig:
         """The family network's constructor keywords (the card's ``network`` section)."""
         family = get_family(self.family)
         dims = {"spatial_dims": 3} if self.spatial_dims == 3 else {}
-        return {"in_channels": 1 + 2 * self.context_slices, "num_classes": self.labels.num_classes, "channels": list(self.channels), **family.network_defaults, **dims}
+        return {"in_channels": 1 + 2 * self.context_slices, "num_classes": self.labels.network_channels, "channels": list(self.channels), **family.network_defaults, **dims}
 
     @property
     def card_labels(self) -> list[dict]:

@@ -151,10 +151,11 @@ def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: 
                slice_spacing_mm: float | None = None) -> Case:
     """Prepare a labelled image exactly as inference does (``preparation.prepare_image``) and
     map its source ids, resampled by nearest neighbour onto the same grid, to the product's
-    labels. ``slice_spacing_mm``: resample the slices too (the isotropic grid of the 3D
+    labels (``LabelScheme.training_labels``: with the gaps where the scheme has them). ``slice_spacing_mm``: resample the slices too (the isotropic grid of the 3D
     networks; ``sagittal_reference``)."""
     prepared = prepare_image(image, spacing_mm, normalisation, slice_spacing_mm)
-    return Case(name, prepared.stack, scheme.apply(prepared.labels_on_grid(source_labels), source), prepared.grid_spacing[0])
+    labels = scheme.training_labels(prepared.labels_on_grid(source_labels), source, prepared.grid_spacing[1:])
+    return Case(name, prepared.stack, labels, prepared.grid_spacing[0])
 
 
 def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> Case:

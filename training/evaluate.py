@@ -69,6 +69,8 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         "input": {"spacing_mm": run.input_spacing_mm, "spacing_note": "pixel units for 2D images without spacing", "normalisation": recipe["normalisation"], "pad_multiple": 2 ** (len(channels) - 1)},
         "defaults": {"steps": steps, "ensemble": ensemble},
     }
+    if run.labels.gaps:  # the network's extra output (``VerdiffSegmentLib.models``: gap channel)
+        card["separation"] = {"gap_channel": run.labels.num_classes, "what": "gaps between neighbouring vertebrae (training.labels.neighbour_gaps); not a segment"}
     if run.context_slices:  # absent for 1-channel cards: they stay as they were written
         card["input"]["context_slices"] = run.context_slices
     if run.spatial_dims == 3:

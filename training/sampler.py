@@ -46,6 +46,7 @@ import torch
 from VerdiffSegmentLib.preparation import context_offsets, slice_at, slice_channels
 
 from .augment import Augmentation, warp
+from .labels import bit_masks
 
 SPINE_SLICE_FRACTION = 0.8
 SPINE_CENTRED_CROP_FRACTION = 0.7
@@ -55,10 +56,10 @@ class SeededSampler:
     """The reproducible, shardable batches of both samplers: a subclass's ``sample(seed)``
     builds one (image, masks) pair from its own seed."""
 
-    def __init__(self, cases, seed: int, augmentation: Augmentation, num_classes: int):
+    def __init__(self, cases, seed: int, augmentation: Augmentation, num_classes: int, bits: bool = False):
         if not cases:
             raise ValueError("no training cases")
-        self.cases, self.augmentation, self.num_classes = cases, augmentation, num_classes
+        self.cases, self.augmentation, self.num_classes, self.bits = cases, augmentation, num_classes, bits
         self.rng = np.random.default_rng(seed)
         self.pool = None
 
@@ -80,7 +81,10 @@ class SeededSampler:
         self.rng.bit_generator.state = state["bit_generator"]
 
     def masks(self, labels: np.ndarray) -> np.ndarray:
-        """Label map [*spatial] -> one-hot float32 masks [classes, *spatial] (label k is channel k-1)."""
+        """Label map [*spatial] -> one-hot float32 masks [classes, *spatial] (label k is channel k-1);
+        with ``bits`` (``binary-gaps``) channel k is bit k (``labels.bit_masks``)."""
+        if self.bits:
+            return bit_masks(labels, self.num_classes)
         values = np.arange(1, self.num_classes + 1, dtype=labels.dtype).reshape(-1, *[1] * labels.ndim)
         return (labels[None] == values).astype(np.float32)
 
@@ -141,12 +145,14 @@ def thick_slice(images: np.ndarray, index: int, half_width: int, offsets=None) -
 
 class SliceSampler(SeededSampler):
     """Args: cases (``datasets.Case``), crop size in pixels, seed, augmentation, number of
-    product labels (mask channels: label k is channel k-1), and for 2.5D crops (module
+    product labels (mask channels: label k is channel k-1; ``bits``: channel k is bit k, the
+    ``binary-gaps`` scheme's vertebrae and gaps), and for 2.5D crops (module
     docstring) the neighbours on each side and their distance in mm (the run's in-plane
     spacing, as ``preparation`` takes the card's)."""
 
-    def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0):
-        super().__init__(cases, seed, augmentation, num_classes)
+    def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0,
+                 bits: bool = False):
+        super().__init__(cases, seed, augmentation, num_classes, bits)
         self.crop = crop
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
         self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
@@ -182,8 +188,8 @@ class PatchSampler(SeededSampler):
     Args: cases (``datasets.Case`` on the isotropic grid), patch size (slices, rows,
     columns) in voxels, seed, augmentation, number of product labels."""
 
-    def __init__(self, cases, patch_size, seed: int, augmentation: Augmentation, num_classes: int = 1):
-        super().__init__(cases, seed, augmentation, num_classes)
+    def __init__(self, cases, patch_size, seed: int, augmentation: Augmentation, num_classes: int = 1, bits: bool = False):
+        super().__init__(cases, seed, augmentation, num_classes, bits)
         self.patch_size = tuple(int(n) for n in patch_size)
         if len(self.patch_size) != 3:
             raise ValueError(f"a patch has 3 sizes (slices, rows, columns), got {patch_size!r}")

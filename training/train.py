@@ -49,7 +49,7 @@ from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import parse_card
 
 from .augment import PRESETS
-from .checkpoint import atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states, widen_image_input
+from .checkpoint import add_gap_channel, atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states, widen_image_input
 from .configs import RunConfig
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
 from .logs import RunLog
@@ -256,11 +256,11 @@ class Trainer:
 
     def _sampler(self, cases) -> SliceSampler | PatchSampler:
         run, options = self.run, self.options
-        augmentation, num_classes = PRESETS[options.augmentation], run.labels.num_classes
+        augmentation, channels, bits = PRESETS[options.augmentation], run.labels.network_channels, run.labels.gaps
         if run.spatial_dims == 3:
-            sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, num_classes)
+            sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
-            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, num_classes, run.context_slices, run.input_spacing_mm)
+            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.input_spacing_mm, bits)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler
@@ -268,10 +268,14 @@ class Trainer:
     def _network(self) -> nn.Module:
         """The family's network with fresh (seeded) or ``--init`` weights, on the device; weights
         of fewer input channels (a 1-channel model warm-starting a 2.5D run) are widened so the
-        network computes what they computed (``widen_image_input``)."""
+        network computes what they computed (``widen_image_input``); a binary model warm-starts a
+        ``binary-gaps`` run with the gap channel added (``add_gap_channel``)."""
         network = get_family(self.run.family).network(**self.run.network_arguments)
         if self.options.init:
-            network.load_state_dict(widen_image_input(load_weights(self.options.init), network.state_dict(), self.run.context_slices))
+            state = load_weights(self.options.init)
+            if self.run.labels.gaps:
+                state = add_gap_channel(state, network.state_dict())
+            network.load_state_dict(widen_image_input(state, network.state_dict(), self.run.context_slices))
         network = network.to(self.device)
         if self.world.distributed:
             use_global_batch_norm(network, self.world.batch_norm_group)

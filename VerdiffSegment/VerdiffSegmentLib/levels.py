@@ -113,18 +113,24 @@ def _physical(points: np.ndarray, image: sitk.Image) -> np.ndarray:
 # ------------------------------------------------------------------------ instances
 
 
-def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray) -> np.ndarray:
+def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray, gaps: np.ndarray | None = None) -> np.ndarray:
     """Instance map (int32, 0 = background, 1..n in no particular order) of a boolean mask.
 
     ``spacing``: mm per voxel in numpy order; ``superior``: the head direction per voxel
-    step (``superior_axis``). See the module docstring."""
+    step (``superior_axis``). ``gaps`` (boolean, the mask's shape; a card's gap channel):
+    the components and pieces are taken from the mask without the gaps, and the gap voxels
+    then join their nearest seed like fragments, so the union stays the mask. See the
+    module docstring."""
     mask = np.asarray(mask, bool)
     out = np.zeros(mask.shape, np.int32)
     if not mask.any():
         return out
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
     crop = mask[box]
-    components, count = ndi.label(crop)
+    core = crop & ~np.asarray(gaps, bool)[box] if gaps is not None else crop
+    if not core.any():  # gaps everywhere: nothing to separate by
+        core = crop
+    components, count = ndi.label(core)
     sizes = np.bincount(components.ravel())[1:]
     objects = ndi.find_objects(components)
     candidates = [k + 1 for k in range(count) if sizes[k] >= 0.01 * sizes.max()]
@@ -132,7 +138,7 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     heights = {value: _extent_across(components[objects[value - 1]] == value, spacing, axes[value]) for value in candidates}
     period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
     if len(heights) < 3:  # the whole spine in one or two pieces (CT: vertebrae touch at the facets)
-        period = _profile_period(crop, superior) or period
+        period = _profile_period(core, superior) or period
     pieces = []  # (region, boolean mask within the region)
     for value, height in heights.items():
         region = objects[value - 1]
@@ -309,20 +315,21 @@ def levels_by_count(count: int, levels: list[str] | None) -> list[str | None]:
     return STANDARD_LEVELS[lowest + 1 - count : lowest + 1]
 
 
-def name_vertebrae(labels: sitk.Image, card) -> tuple[sitk.Image, list[dict]]:
+def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None) -> tuple[sitk.Image, list[dict]]:
     """Per-vertebra label map and segment descriptions for a model card's result.
 
     A multi-class card (one label per level) keeps its labels, each named by its level;
     a binary card's foreground is separated into vertebrae and named (module docstring).
     An empty result keeps the card's labels (with no voxels), so every output still has
-    its segment."""
+    its segment. ``gaps``: where a card's gap channel sees gaps between vertebrae (boolean,
+    the label map's array shape; ``separate_instances``)."""
     if not sitk.GetArrayViewFromImage(labels).any():
         return labels, [{**info, "level": None} for info in card.labels]
     if len(card.labels) > 1:
         by_value = {int(info["value"]): _level_in(info) for info in card.labels}
         labels, segments = vertebrae(labels, structure_of(card.labels[0]), label_levels=by_value)
     else:
-        labels, segments = vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card))
+        labels, segments = vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card), gaps=gaps)
     for segment in segments:
         if segment["level"] is None:  # what the card's label says (e.g. "Vertebral body" in the lumbar spine)
             segment["terminology"] = terminology_for_label(card.labels[0])
@@ -339,6 +346,7 @@ def vertebrae(
     structure: str,
     levels: list[str] | None = None,
     label_levels: dict[int, str | None] | None = None,
+    gaps: np.ndarray | None = None,
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
     vertebra: value, name, covers, level (or None), color, terminology, height_mm.
@@ -353,7 +361,7 @@ def vertebrae(
     if label_levels is not None:
         instances = np.where(np.isin(array, list(label_levels)), array, 0).astype(np.int32)
     else:
-        instances = separate_instances(array > 0, spacing, superior)
+        instances = separate_instances(array > 0, spacing, superior, gaps)
     # Each vertebra's voxel indices, from one pass over the foreground (not one per vertebra).
     foreground = np.argwhere(instances > 0)
     owner = instances[tuple(foreground.T)]

@@ -14,6 +14,12 @@ written before it) adds k neighbouring slices on each side as input channels
 says otherwise, or gives context to a 3D network (which sees the volume already), is refused.
 A 2.5D card may name ``input.planar_model``: the bundled 1-channel model that segments a single
 slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_card``).
+
+Gap channel: a card with ``separation.gap_channel`` (the ``binary-gaps`` training scheme) has
+one more network output than labels, after the binary label's: the gaps between neighbouring
+vertebrae. It is no segment; ``pipeline.segment`` hands it to the per-vertebra step
+(``levels.separate_instances``), and everything else (labels, uncertainty, reliability) reads
+the label channels only.
 """
 
 from __future__ import annotations
@@ -85,6 +91,7 @@ class ModelCard:
     context_slices: int = 0  # 2.5D: neighbouring sagittal slices on each side in the input (module docstring)
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
+    gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -205,6 +212,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         planar = source.get("planar_model")
         if planar is not None and not (isinstance(planar, str) and planar):
             raise TypeError(f"input.planar_model must be a model name, got {planar!r}")
+        gap_channel = (data.get("separation") or {}).get("gap_channel")
+        if gap_channel is not None and (isinstance(gap_channel, bool) or not isinstance(gap_channel, int)):
+            raise TypeError(f"separation.gap_channel must be an integer, got {gap_channel!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -217,6 +227,8 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         fail(f"network.in_channels is {in_channels} but input.context_slices {context} needs {1 + 2 * context} (the slice and {context} neighbour(s) on each side)")
     if planar is not None and not context:
         fail("input.planar_model is for 2.5D cards (input.context_slices > 0): a 1-channel model segments single slices itself")
+    if gap_channel is not None and (len(labels) != 1 or gap_channel != 1 or int(data["network"].get("num_classes", 1)) != 2):
+        fail(f"separation.gap_channel is for a binary label with the gaps as the second of the network's 2 outputs (gap_channel 1, num_classes 2), got gap_channel {gap_channel}")
     if context and int(data["network"].get("spatial_dims", 2)) != 2:
         fail("input.context_slices is for 2D (sagittal-slice) networks; a 3D network sees the neighbouring slices already")
     return ModelCard(
@@ -242,6 +254,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         context_slices=context,
         min_vertebrae_share=share,
         planar_model=planar,
+        gap_channel=gap_channel,
         schema_version=schema,
         raw=data,
     )

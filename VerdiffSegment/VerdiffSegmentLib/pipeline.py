@@ -202,7 +202,7 @@ def segment(
     labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
-        labels, label_info = name_vertebrae(labels, card)
+        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":
             measurements.update(cobb_measurements(labels, label_info))  # angles and end vertebrae
@@ -235,6 +235,7 @@ class LabelsAndUncertainty:
     uncertainty: sitk.Image  # float32 on ``prepared.planar``'s grid
     foreground: sitk.Image | None  # float32 foreground probability on ``prepared.planar``'s grid (``keep_probability``)
     reliability: dict  # ``reliability.reliability_estimate``
+    gaps: np.ndarray | None = None  # bool, the gaps between vertebrae on the input grid (a card's gap channel), else None
 
 
 def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared: PreparedImage, card: ModelCard, keep_probability: bool = False) -> LabelsAndUncertainty:
@@ -250,7 +251,16 @@ def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared
     where the card smooths the probability across slices (post-processing a CT takes
     seconds). The foreground probability says 0 where post-processing removed a voxel and 1
     where it filled one, so that a binary model's labels, thresholded on the input grid, are
-    the post-processed ones."""
+    the post-processed ones.
+
+    A card's gap channel (``ModelCard.gap_channel``) is split off first: everything above reads
+    the label channels only, and the gaps (mean probability > 0.5) come back on the input grid
+    for the per-vertebra step."""
+    gaps = None
+    if card.gap_channel is not None:
+        gap_probability = np.ascontiguousarray(probability[:, card.gap_channel])
+        probability, spread = probability[:, : card.gap_channel], spread[:, : card.gap_channel]
+        gaps = sitk.GetArrayFromImage(prepared.to_input_grid(gap_probability, is_label=False)) > 0.5
     raw_labels = labels_from_probability(probability)
     labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
     reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
@@ -271,7 +281,7 @@ def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared
         labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (step 5 of the module docstring)
     else:
         labels = prepared.to_input_grid(labels_stack, is_label=True)
-    return LabelsAndUncertainty(labels_stack, labels, uncertainty, foreground if keep_probability else None, reliability)
+    return LabelsAndUncertainty(labels_stack, labels, uncertainty, foreground if keep_probability else None, reliability, gaps)
 
 
 def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None, offsets=(0.0,)):

@@ -8,7 +8,11 @@ the vertebrae is exactly the input's foreground: only the label values change.
 Method (the bundled models are binary, so the vertebrae are separated and then named):
 
 1. **Instances.** Connected components of the foreground (face connectivity) on the
-   input grid (components under 1 % of the largest are fragments). Heights are measured
+   input grid (components under 1 % of the largest are fragments). Where the card has a
+   gap channel (``ModelCard.gap_channel``, the ``binary-gaps`` training scheme: the network
+   also draws the gaps between neighbouring vertebrae), the components are those of the
+   foreground without the gaps, and the gap voxels join their nearest vertebra at the end
+   like fragments: a disc the binary channel filled still divides. Heights are measured
    along the *local* spine direction (from the centroid of the vertebra below to that of the
    one above, ``_local_spine_axes``), not the image's superior axis: a tilted body in a
    scoliotic spine is much taller in the picture's vertical than along the spine. A

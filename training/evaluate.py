@@ -68,6 +68,7 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         "scheduler": dict(family.scheduler_config),
         "input": {"spacing_mm": run.input_spacing_mm, "spacing_note": "pixel units for 2D images without spacing", "normalisation": recipe["normalisation"], "pad_multiple": 2 ** (len(channels) - 1)},
         "defaults": {"steps": steps, "ensemble": ensemble},
+        "training": {"label_scheme": run.labels.to_dict()},  # the levels the per-vertebra step names (export adds the rest)
     }
     if run.labels.gaps:  # the network's extra output (``VerdiffSegmentLib.models``: gap channel)
         card["separation"] = {"gap_channel": run.labels.num_classes, "what": "gaps between neighbouring vertebrae (training.labels.neighbour_gaps); not a segment"}

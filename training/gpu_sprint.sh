@@ -19,7 +19,8 @@
 # Decisions: channels 32..256 (4x the bundled CPU models' widths, as wide as the U-Nets of the
 # papers at this depth), the any-contrast augmentation, batch 32 of 192-pixel crops, lr 1e-3 with
 # cosine decay over STEPS and a time limit that finishes early with the weights reached; no
-# validation there (the images stay here): export validates.
+# validation there (the images stay here): export validates. The X-ray model is trained with the
+# gap channel (label scheme binary-gaps, issue 15) as the bundled one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -37,10 +38,11 @@ use_checkout() {
     export PYTHONPATH=$PWD/VerdiffSegment:$PWD:${PYTHONPATH:-}
 }
 
-train() {  # NAME RECIPE CACHE SECONDS
+train() {  # NAME RECIPE CACHE SECONDS [more training arguments]
     local name=$1 recipe=$2 cache=$3 seconds=$4
+    shift 4
     mkdir -p "$OUT"
-    "$PYTHON" -m training train "$recipe" --name "$name" --out "$OUT/$name" --cache "$cache" --channels "$CHANNELS" \
+    "$PYTHON" -m training train "$recipe" --name "$name" --out "$OUT/$name" --cache "$cache" --channels "$CHANNELS" "$@" \
         --family verdiff-net --steps "$STEPS" --batch-size "$BATCH" --crop "$CROP" --augmentation any-contrast \
         --workers "$WORKERS" --device "$DEVICE" --time-limit "$seconds" --checkpoint-every 500 --log-every 100 --no-tensorboard \
         2>&1 | tee "$OUT/$name.log"
@@ -53,7 +55,7 @@ case "${1:-}" in
         limit=()
         [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
         "$PYTHON" -m training train verdiff-mr --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/mr.npz" --cache-slice-step 2 "${limit[@]}"
-        "$PYTHON" -m training train verdiff-xray --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/xr.npz" "${limit[@]}"
+        "$PYTHON" -m training train verdiff-xray --channels "$CHANNELS" --family verdiff-net --label-scheme binary-gaps --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/xr.npz" "${limit[@]}"
         "$PYTHON" -m training train verdiff-ct --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/ct.npz" "${limit[@]}"
         rm -rf "$SPRINT_DIR/tmp"
         du -sh "$SPRINT_DIR"/*.npz
@@ -64,7 +66,7 @@ case "${1:-}" in
         ;;
     xray-ct)
         use_checkout
-        train verdiff-xray verdiff-xray "$SPRINT_DIR/xr.npz" "${TIME_XR:-210}"
+        train verdiff-xray verdiff-xray "$SPRINT_DIR/xr.npz" "${TIME_XR:-210}" --label-scheme binary-gaps
         train verdiff-ct verdiff-ct "$SPRINT_DIR/ct.npz" "${TIME_CT:-120}"
         ;;
     *)

@@ -72,6 +72,7 @@ NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on 
 CHAIN_AXIS_DEGREES = 30.0  # a merged piece is cut across its principal axis when within this of the local spine direction
 SIDE_BY_SIDE_OVERLAP = 0.5  # of the shorter piece's extent along the spine: pieces overlapping more ...
 SIDE_BY_SIDE_OFFSET = 0.35  # ... with centres closer than this many typical heights along it are one vertebra
+BELOW_RANGE_SHARE = 0.5  # of the median vertebra's voxels: a smaller lowest piece is below the card's range (``below_the_range``)
 EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
 # Vertebrae whose level is not decided have no terminology colour: two shades alternating
@@ -319,6 +320,18 @@ def levels_by_count(count: int, levels: list[str] | None) -> list[str | None]:
     return STANDARD_LEVELS[lowest + 1 - count : lowest + 1]
 
 
+def below_the_range(sizes: list[int]) -> bool:
+    """Whether the lowest of these vertebrae (sizes in voxels, head to feet) lies below the
+    card's range: smaller than ``BELOW_RANGE_SHARE`` of the median vertebra.
+
+    Why: no model segments the sacrum, but the X-ray model sometimes draws the top of S1
+    under L5 as a small piece; counted as the lowest vertebra it shifted every name by one.
+    L5 is among the largest bodies of every spine, so a lowest piece half the size of the
+    median is not it: it is left unnamed and out of the count (with the rest fewer than the
+    card's levels, nothing is named). Measured in docs/levels.md."""
+    return len(sizes) >= 3 and sizes[-1] < BELOW_RANGE_SHARE * float(np.median(sizes))
+
+
 def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None) -> tuple[sitk.Image, list[dict]]:
     """Per-vertebra label map and segment descriptions for a model card's result.
 
@@ -378,7 +391,8 @@ def vertebrae(
     if label_levels is not None:
         names = [label_levels.get(v) for v in ordered]
     else:
-        names = levels_by_count(len(ordered), levels)
+        below = int(below_the_range([len(points[v]) for v in ordered]))
+        names = levels_by_count(len(ordered) - below, levels) + [None] * below
     relabelled = np.zeros(instances.shape, np.uint8 if max(ordered + [len(ordered)], default=0) < 256 else np.uint16)
     centroids = [_physical(points[v].astype(float), labels).mean(axis=0) for v in ordered]
     steps = np.reshape(labels.GetDirection(), (labels.GetDimension(),) * 2) * np.asarray(labels.GetSpacing())

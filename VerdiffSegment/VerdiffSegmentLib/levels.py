@@ -37,6 +37,8 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    segments, since none of the models segments the sacrum. So when at least as many
    vertebrae were found as the card has levels, they are named bottom-up from L5, and any
    extra ones above continue upwards (T12, T11, ...; the MR model often also finds T12).
+   A lowest piece under half the median vertebra is below the range (the top of S1,
+   ``below_the_range``): unnamed and not counted.
    With fewer, a vertebra is missing or two are merged and nothing tells which: ``level``
    is None and the segments are "vertebral body 1..n" / "vertebra 1..n", top-down. A
    multi-class card (one label per level) names each label directly.

@@ -134,20 +134,21 @@ def test_the_bundled_mr_model_warns_on_a_bad_result_and_not_on_a_good_one(data_d
     assert json.dumps(bad.settings["reliability"])  # goes into the report as it is
 
 
-def test_the_bundled_xray_model_warns_on_a_confident_merge_and_not_on_a_good_result(data_dir):
-    """The X-ray card's count check on real runs: a held-out radiograph whose bodies the model
-    merged (Dice 0.76 at the card's validation, 12 of 17 separated) is sure of itself
-    (self-consistency above the card's threshold) but yields too few separate vertebrae, and is
-    flagged; a good one (Dice 0.88, all 17 found) is not."""
+def test_the_bundled_xray_model_warns_on_a_merged_result_and_not_on_a_good_result(data_dir):
+    """The X-ray card's warnings on real runs: a held-out radiograph whose bodies the model
+    merged (Dice 0.69 at the card's validation, 10 of 17 found) is flagged, with the count
+    check's warning among the reasons; a good one (Dice 0.88, all 17 found) is not. (The gap
+    model of session 5 is unsure wherever it merges, so no held-out image is flagged by the
+    count alone any more; the count rule itself: test_reliability.)"""
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.models import get_card
     from VerdiffSegmentLib.pipeline import segment
 
     card = get_card("verdiff-xray")
     folder = data_dir / "xray-aasce" / "data" / "training"
-    merged = segment(read_image(folder / "sunhl-1th-21-Nov-2016-137 C AP.jpg"), card, device="cpu").settings["reliability"]
-    assert merged["self_dice"] >= card.self_dice_warning and merged["likely_wrong"]
-    assert merged["vertebrae_found"] < card.min_vertebrae_share * merged["vertebrae_expected"] and "separate vertebrae" in merged["warnings"][0]
+    merged = segment(read_image(folder / "sunhl-1th-10-Jan-2017-239 D AP.jpg"), card, device="cpu").settings["reliability"]
+    assert merged["likely_wrong"] and merged["vertebrae_found"] < card.min_vertebrae_share * merged["vertebrae_expected"]
+    assert any("separate vertebrae" in warning for warning in merged["warnings"])
     good = segment(read_image(folder / "sunhl-1th-20-Jul-2016-19 B AP.jpg"), card, device="cpu").settings["reliability"]
     assert not good["likely_wrong"] and not good["warnings"] and good["vertebrae_found"] >= card.min_vertebrae_share * good["vertebrae_expected"]
 

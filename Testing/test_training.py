@@ -529,16 +529,18 @@ def test_binary_gaps_labels_keep_the_binary_label_and_cut_every_aasce_neighbour_
         assert owners.max() > 0.9 * owners.sum(), level
 
 
-def test_a_binary_gaps_run_warm_started_from_the_bundled_x_ray_model_keeps_its_binary_channel(tmp_path, data_dir):
-    """``train verdiff-xray --label-scheme binary-gaps --init verdiff-xray.pt``: at step 0 the
-    prior and the denoiser give the bundled model's binary output on a real X-ray whatever the
-    gap channel holds; the gap channel starts as a copy of the binary one."""
+def test_a_binary_gaps_run_warm_started_from_a_bundled_binary_model_keeps_its_binary_channel(tmp_path, data_dir):
+    """``train verdiff-xray --label-scheme binary-gaps --init verdiff-mr-2d.pt`` (a bundled
+    binary Verdiff-Net of the X-ray model's widths; the bundled X-ray model has its gap channel
+    already): at step 0 the prior and the denoiser give the binary model's output on a real
+    X-ray whatever the gap channel holds; the gap channel starts as a copy of the binary one."""
     from training.__main__ import main
     from VerdiffSegmentLib.models import get_card, load_network
 
-    main(["train", "verdiff-xray", "--label-scheme", "binary-gaps", "--init", str(MODELS / "verdiff-xray.pt"), "--train-steps", "0", "--limit", "1",
+    main(["train", "verdiff-xray", "--label-scheme", "binary-gaps", "--init", str(MODELS / "verdiff-mr-2d.pt"), "--train-steps", "0", "--limit", "1",
           "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
-    bundled = get_card("verdiff-xray")
+    bundled = get_card("verdiff-mr-2d")
+    assert bundled.num_classes == 1 and bundled.channels == (16, 32, 64, 128)
     run = json.loads((tmp_path / "run.json").read_text())
     assert run["config"]["labels"]["scheme"] == "binary-gaps"
     widened = bundled.family.network(**{**bundled.network_config, "num_classes": 2})

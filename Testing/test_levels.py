@@ -471,11 +471,11 @@ def test_a_gap_channel_separates_vertebrae_whose_discs_were_segmented_as_bone(da
     as one vertebra; either way the union is the merged mask."""
     from training import datasets
     from training.configs import RECIPES
-    from training.labels import LabelScheme
+    from training.labels import LabelScheme, source_levels
 
     item = datasets.aasce_items(data_dir / "xray-aasce")[0]
     recipe = RECIPES["verdiff-xray"]
-    levels17 = tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6))
+    levels17 = tuple(source_levels("aasce"))  # T1..L5
     labels = datasets.load_case(item, LabelScheme("binary-gaps", levels17), recipe["spacing_mm"], recipe["normalisation"]).labels[0]
     per_level = datasets.load_case(item, LabelScheme("levels", levels17), recipe["spacing_mm"], recipe["normalisation"]).labels[0]
     gaps = (labels & 2) > 0

@@ -27,7 +27,7 @@ from VerdiffSegmentLib.networks import VerdiffNet
 from training import datasets
 from training.augment import PRESETS
 from training.configs import RECIPES, RunConfig, load_config, recipe_config
-from training.labels import LabelScheme
+from training.labels import LabelScheme, source_levels
 from training.sampler import SliceSampler
 from training.splits import MR_VALIDATION, split_subjects
 from training.objectives import objective_for
@@ -242,7 +242,7 @@ def test_aasce_items_are_grouped_by_patient_and_split_without_leaks(data_dir):
 def test_aasce_per_level_labels_on_the_network_grid(data_dir):
     item = datasets.aasce_items(data_dir / "xray-aasce")[0]
     recipe = RECIPES["verdiff-xray"]
-    levels = LabelScheme("levels", tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6)))
+    levels = LabelScheme("levels", tuple(source_levels("aasce")))
     case = datasets.load_case(item, levels, recipe["spacing_mm"], recipe["normalisation"])
     binary = datasets.load_case(item, LabelScheme(), recipe["spacing_mm"], recipe["normalisation"])
     assert case.images.shape[0] == 1 and 0 <= case.images.min() and case.images.max() <= 1
@@ -514,7 +514,7 @@ def test_binary_gaps_labels_keep_the_binary_label_and_cut_every_aasce_neighbour_
 
     item = datasets.aasce_items(data_dir / "xray-aasce")[0]
     recipe = RECIPES["verdiff-xray"]
-    gaps = LabelScheme("binary-gaps", tuple(f"T{i}" for i in range(1, 13)) + tuple(f"L{i}" for i in range(1, 6)))
+    gaps = LabelScheme("binary-gaps", tuple(source_levels("aasce")))
     assert (gaps.num_classes, gaps.network_channels) == (1, 2)
     case = datasets.load_case(item, gaps, recipe["spacing_mm"], recipe["normalisation"])
     binary = datasets.load_case(item, LabelScheme(), recipe["spacing_mm"], recipe["normalisation"])

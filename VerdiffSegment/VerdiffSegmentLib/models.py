@@ -112,7 +112,7 @@ class ModelCard:
 
     @property
     def num_classes(self) -> int:
-        """Foreground classes of the network (1: binary)."""
+        """Output channels of the network (1: binary): the labels, and a gap channel where the card has one (``gap_channel``)."""
         return int(self.network_config.get("num_classes", 1))
 
     @property

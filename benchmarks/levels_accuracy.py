@@ -88,20 +88,21 @@ def main(argv=None) -> None:
         union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
         union.CopyInformation(truth_image)
         row = {"case": name}
-        outputs = {"truth": levels.vertebrae(union, structure, levels=card_levels)}
+        truth_labels, truth_segments = levels.vertebrae(union, structure, levels=card_levels)
+        outputs = {"truth": (truth_labels, truth_segments, None)}
         if not args.truth_only:
             clock = time.perf_counter()
             result = segment(read_image(image_path), card, device="cpu")
             row["seconds"] = round(time.perf_counter() - clock, 2)
-            outputs["model"] = (result.labels, result.segments)
-        for source, (labels, segments) in outputs.items():
+            # the model's angles as the user gets them (with the gap channel's tilts, cobb.py)
+            outputs["model"] = (result.labels, result.segments, result.measurements.get("cobb_angles_deg"))
+        for source, (labels, segments, angles_measured) in outputs.items():
             predicted = sitk.GetArrayFromImage(labels).reshape(truth.shape)
             scores = levels.level_scores(predicted, {s["value"]: s["level"] for s in segments}, truth, names)
             scores["found"] = len(segments)
             scores["binary_dice"] = round(float(2 * ((predicted > 0) & (truth > 0)).sum() / max((predicted > 0).sum() + (truth > 0).sum(), 1)), 4)
             if angles is not None:
-                measured = cobb.cobb_angles(labels, segments)
-                scores["cobb_angles_deg"] = measured
+                scores["cobb_angles_deg"] = angles_measured if source == "model" else cobb.cobb_angles(labels, segments)
                 scores["cobb_truth_deg"] = [round(float(a), 2) for a in angles]
             row[source] = scores
         rows.append(row)

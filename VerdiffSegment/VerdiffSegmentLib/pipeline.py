@@ -205,7 +205,7 @@ def segment(
         labels, label_info = name_vertebrae(labels, card, gaps=result.gaps)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":
-            measurements.update(cobb_measurements(labels, label_info))  # angles and end vertebrae
+            measurements.update(cobb_measurements(labels, label_info, result.gaps))  # angles, end vertebrae, their tilts
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)

@@ -158,8 +158,12 @@ def _cobb_canvas_lines(label_plane: np.ndarray, pixel_size: tuple[float, float],
     size, corner = panel_layout(label_plane.shape, pixel_size)
     value_of = {s.get("level") or s["name"]: int(s["value"]) for s in segments}
     plane = np.asarray(label_plane)
+    tilts = measurements.get("cobb_end_tilts_deg") or {}
     return {
-        name: [[plane_to_canvas(p, plane.shape, size, corner) for p in line] for line in endplate_lines(plane, value_of[ends[name][0]], value_of[ends[name][1]])]
+        name: [
+            [plane_to_canvas(p, plane.shape, size, corner) for p in line]
+            for line in endplate_lines(plane, value_of[ends[name][0]], value_of[ends[name][1]], tilts_deg=tilts.get(name))
+        ]
         for name in COBB_NAMES
         if ends[name][0] != ends[name][1]  # a 0 degree angle within one vertebra: nothing to draw (the legend gives it)
     }

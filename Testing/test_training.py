@@ -488,6 +488,29 @@ def test_a_2_5d_model_widens_to_more_neighbours_and_keeps_its_own_unless_told(tm
         keep_init_architecture(argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=0))
 
 
+def test_a_warm_start_continues_on_its_cards_grid_unless_told(tmp_path):
+    """``--init`` from a card trained on a 4 px grid continues on 4 px, not on the recipe's 5;
+    ``--spacing`` still wins, and a card on the recipe's grid leaves the recipe's default."""
+    import argparse
+
+    from training.__main__ import keep_init_architecture
+    from VerdiffSegmentLib.models import get_card
+
+    card = get_card("verdiff-xray")
+    directory = tmp_path
+    (directory / "xray4.json").write_text(json.dumps({**card.raw, "input": {**card.raw["input"], "spacing_mm": 4.0}}), encoding="utf-8")
+    namespace = dict(init=str(directory / "xray4.pt"), channels=None, family=None, context_slices=None, model="verdiff-xray", config=None)
+    args = argparse.Namespace(**namespace, spacing=None)
+    keep_init_architecture(args)
+    assert args.spacing == 4.0
+    args = argparse.Namespace(**namespace, spacing=3.0)
+    keep_init_architecture(args)
+    assert args.spacing == 3.0
+    args = argparse.Namespace(**{**namespace, "init": str(MODELS / "verdiff-mr-2d.pt"), "model": "verdiff-mr"}, spacing=None)
+    keep_init_architecture(args)
+    assert args.spacing is None  # verdiff-mr-2d is on the recipe's 1.25 mm grid
+
+
 # -- the binary-gaps scheme (issue 15) -----------------------------------------------------
 def test_neighbour_gaps_lie_between_neighbouring_levels_and_nowhere_beside_them():
     """Two bodies a 2-pixel disc apart and a third touching the second: the gap fills the

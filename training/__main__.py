@@ -126,7 +126,7 @@ def keep_init_architecture(args) -> None:
     the run continues that model, so its family and channels are the card's (given ones must
     match), and so are its context slices unless more are asked for (``--context-slices``:
     a 2.5D fine-tune of it, warm-started by ``checkpoint.widen_image_input``); fewer cannot
-    carry its weights over."""
+    carry its weights over. Its grid spacing is the card's unless ``--spacing`` is given."""
     card_path = Path(args.init).with_suffix(".json") if args.init else None
     if card_path is None or not card_path.exists():
         return
@@ -141,6 +141,11 @@ def keep_init_architecture(args) -> None:
     args.channels, args.family = channels, family
     if args.context_slices is None:
         args.context_slices = card.context_slices
+    # A warm start continues the model on its own grid: a card trained with --spacing 4 is not
+    # quietly fine-tuned on the recipe's 5 px grid (an explicit --spacing still wins).
+    recipe = RECIPES.get(getattr(args, "model", None) or "")
+    if getattr(args, "spacing", None) is None and not getattr(args, "config", None) and recipe and card.spacing_mm != recipe["spacing_mm"]:
+        args.spacing = card.spacing_mm
 
 
 def run_config_from_args(args) -> RunConfig:

@@ -458,6 +458,9 @@ def test_levels_by_count_names_bottom_up_from_the_lowest_level():
     assert levels.levels_by_count(4, LUMBAR) == [None] * 4
     assert levels.levels_by_count(3, None) == [None] * 3
     assert levels.levels_by_count(25, levels.STANDARD_LEVELS) == [None] * 25  # more than exist above L5
+    # a card whose extra vertebrae can lie below its range too (naming.extra_vertebrae "either"): exactly its count
+    assert levels.levels_by_count(5, LUMBAR, "either") == LUMBAR
+    assert levels.levels_by_count(6, LUMBAR, "either") == [None] * 6
 
 
 def test_ct_whole_vertebrae_touching_are_separated_but_not_named():

@@ -50,9 +50,10 @@ def card_json(**changes) -> dict:
         ({"reliability": {"min_vertebrae_share": 1.5}}, "min_vertebrae_share must lie in"),
         ({"separation": {"gap_channel": "1"}}, "gap_channel must be an integer"),
         ({"separation": {"gap_channel": 1}}, "gap_channel is for a binary label with the gaps"),  # the MR card's network has one output
+        ({"naming": {"extra_vertebrae": "below"}}, "naming.extra_vertebrae must be one of above, either"),
     ],
     ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share",
-         "gap-channel-text", "gap-channel-without-output"],
+         "gap-channel-text", "gap-channel-without-output", "extra-vertebrae"],
 )
 def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
     path = tmp_path / "broken.json"

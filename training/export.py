@@ -19,8 +19,9 @@ hours x threads on a CPU; GPU hours on CUDA). A stage's history comes from the c
 beside its ``--init`` weights, so chaining sessions keeps the whole record.
 
 A card replaced by a new export keeps its ``postprocess`` section (slice averaging, the spine's
-chain, uncertainty smoothing): they are decisions about using the volume, measured apart from
-the weights (docs/experiments.md), and the new weights are validated through them. Its
+chain, uncertainty smoothing) and its ``naming`` section (where extra vertebrae lie): they are
+decisions about using the output, measured apart from the weights (docs/experiments.md,
+docs/levels.md), and the new weights are validated through them. Its
 ``reliability`` threshold is not carried: it was calibrated on the old weights' outputs, and
 ``benchmarks/warning_rates.py`` calibrates it again.
 """
@@ -104,7 +105,7 @@ def cumulative_training(history: list[dict]) -> dict:
     return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 5), "cpu_core_hours": round(cpu, 5), "gpu_hours": round(gpu, 5), "stages": len(history)}
 
 
-CARRIED_SECTIONS = ("postprocess",)
+CARRIED_SECTIONS = ("postprocess", "naming")
 
 
 def carried_settings(card_path: Path) -> dict:

@@ -38,7 +38,11 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    vertebrae were found as the card has levels, they are named bottom-up from L5, and any
    extra ones above continue upwards (T12, T11, ...; the MR model often also finds T12).
    A lowest piece under half the median vertebra is below the range (the top of S1,
-   ``below_the_range``): unnamed and not counted.
+   ``below_the_range``): unnamed and not counted. A card whose images can show extra
+   vertebrae below its range as well as above (``naming.extra_vertebrae`` "either": the
+   X-ray model at times draws the whole top of S1 under L5) is named only when exactly its
+   count is found: with 18 pieces nothing tells C7 above from S1 below, and a guess shifts
+   all 17 names (measured in docs/levels.md).
    With fewer, a vertebra is missing or two are merged and nothing tells which: ``level``
    is None and the segments are "vertebral body 1..n" / "vertebra 1..n", top-down. A
    multi-class card (one label per level) names each label directly.
@@ -309,12 +313,15 @@ def structure_of(label: dict) -> str:
 STANDARD_LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 
 
-def levels_by_count(count: int, levels: list[str] | None) -> list[str | None]:
+def levels_by_count(count: int, levels: list[str] | None, extra_vertebrae: str = "above") -> list[str | None]:
     """Level of each of ``count`` vertebrae (top-down): bottom-up from the card's lowest
     level when at least as many vertebrae were found as the card has levels (the extra
     ones above continue upwards: T12, T11, ...), else None for each (the decision is in the
-    module docstring)."""
+    module docstring). ``extra_vertebrae`` "either" (the card's ``naming``: extra ones can
+    lie below the range too, as the top of S1 on a radiograph): only exactly as many."""
     if not levels or count < len(levels) or levels[-1] not in STANDARD_LEVELS:
+        return [None] * count
+    if extra_vertebrae == "either" and count != len(levels):
         return [None] * count
     lowest = STANDARD_LEVELS.index(levels[-1])
     if count > lowest + 1:
@@ -348,7 +355,7 @@ def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None) -> 
         by_value = {int(info["value"]): _level_in(info) for info in card.labels}
         labels, segments = vertebrae(labels, structure_of(card.labels[0]), label_levels=by_value)
     else:
-        labels, segments = vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card), gaps=gaps)
+        labels, segments = vertebrae(labels, structure_of(card.labels[0]), levels=card_levels(card), gaps=gaps, extra_vertebrae=card.extra_vertebrae)
     for segment in segments:
         if segment["level"] is None:  # what the card's label says (e.g. "Vertebral body" in the lumbar spine)
             segment["terminology"] = terminology_for_label(card.labels[0])
@@ -366,9 +373,11 @@ def vertebrae(
     levels: list[str] | None = None,
     label_levels: dict[int, str | None] | None = None,
     gaps: np.ndarray | None = None,
+    extra_vertebrae: str = "above",
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
     vertebra: value, name, covers, level (or None), color, terminology, height_mm.
+    ``extra_vertebrae``: the card's ``naming.extra_vertebrae`` (``levels_by_count``).
 
     ``label_levels`` (multi-class results): label value -> level; the values are kept
     as instances and as values. Otherwise the foreground is separated (``separate_instances``) and
@@ -394,7 +403,7 @@ def vertebrae(
         names = [label_levels.get(v) for v in ordered]
     else:
         below = int(below_the_range([len(points[v]) for v in ordered]))
-        names = levels_by_count(len(ordered) - below, levels) + [None] * below
+        names = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below
     relabelled = np.zeros(instances.shape, np.uint8 if max(ordered + [len(ordered)], default=0) < 256 else np.uint16)
     centroids = [_physical(points[v].astype(float), labels).mean(axis=0) for v in ordered]
     steps = np.reshape(labels.GetDirection(), (labels.GetDimension(),) * 2) * np.asarray(labels.GetSpacing())

@@ -20,6 +20,13 @@ one more network output than labels, after the binary label's: the gaps between 
 vertebrae. It is no segment; ``pipeline.segment`` hands it to the per-vertebra step
 (``levels.separate_instances``), and everything else (labels, uncertainty, reliability) reads
 the label channels only.
+
+Naming: ``naming.extra_vertebrae`` says where vertebrae beyond the card's levels can lie in
+its images. ``"above"`` (the default): only above its range (the MR model never segments the
+sacrum, so a sixth body is T12), so with more vertebrae than levels the names still run
+bottom-up from the lowest level. ``"either"``: above or below (an AP radiograph shows C7
+above T1 and the top of S1 under L5, and the X-ray model draws either at times), so names
+are given only when exactly the card's count is found (``levels.levels_by_count``).
 """
 
 from __future__ import annotations
@@ -63,6 +70,9 @@ REQUIRED_KEYS = ("name", "family", "version", "modality", "weights", "sha256", "
 MODALITIES = ("CT", "MR", "XR")
 
 
+EXTRA_VERTEBRAE = ("above", "either")  # naming.extra_vertebrae (module docstring)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """A model card, parsed and checked once (``read_card``); nothing outside this module
@@ -92,6 +102,7 @@ class ModelCard:
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
+    extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -215,6 +226,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         gap_channel = (data.get("separation") or {}).get("gap_channel")
         if gap_channel is not None and (isinstance(gap_channel, bool) or not isinstance(gap_channel, int)):
             raise TypeError(f"separation.gap_channel must be an integer, got {gap_channel!r}")
+        extra_vertebrae = (data.get("naming") or {}).get("extra_vertebrae", "above")
+        if extra_vertebrae not in EXTRA_VERTEBRAE:
+            raise ValueError(f"naming.extra_vertebrae must be one of {', '.join(EXTRA_VERTEBRAE)}, got {extra_vertebrae!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -255,6 +269,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         min_vertebrae_share=share,
         planar_model=planar,
         gap_channel=gap_channel,
+        extra_vertebrae=extra_vertebrae,
         schema_version=schema,
         raw=data,
     )

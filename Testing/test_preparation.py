@@ -17,8 +17,12 @@ from training.configs import recipe_config
 from conftest import xray_image
 
 
-def training_case(recipe: str, item: datasets.Item):
-    run = recipe_config(recipe)
+def training_case(recipe: str, item: datasets.Item, card=None):
+    """The case as training prepares it: with the recipe's config, or with the config the
+    bundled ``card`` was trained with (its grid spacing among it: the X-ray model's 4 px)."""
+    from training.evaluate import run_config_of_card
+
+    run = run_config_of_card(card) if card is not None else recipe_config(recipe)
     return datasets.run_case(item, run)
 
 
@@ -36,7 +40,8 @@ def test_training_and_inference_prepare_an_xray_identically_also_as_a_single_sli
     card = get_card("verdiff-xray")
     path = xray_image()
     item = datasets.Item(path.stem, path.stem, "aasce", path, path.parent.parent.parent / "labels" / "training" / f"{path.name}.mat", "aasce")
-    case = training_case("verdiff-xray", item)
+    case = training_case("verdiff-xray", item, card)
+    assert case.images.shape[1:] == (612, 200)  # the card's 4 px grid (5 px: 490 x 160)
     image = read_image(str(path))
     assert np.array_equal(case.images, prepare_for_card(image, card).stack)
     # Slicer holds an X-ray as a volume of one slice: it is prepared as the same plane.

@@ -4,6 +4,7 @@ where the device tool would bring them back. A lent GPU then needs no preparatio
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,5 +38,9 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
         run = tmp_path / "out" / name
         assert (run / "model.pt").exists() and (run / "run.json").exists() and (tmp_path / "out" / f"{name}.log").exists()
         assert not (run / "checkpoint.pt").exists()
+    # the X-ray model trains on the bundled card's grid (4 px since session 6), with its gap channel
+    config = json.loads((tmp_path / "out" / "verdiff-xray" / "run.json").read_text(encoding="utf-8"))["config"]
+    card = json.loads((ROOT / "Resources" / "Models" / "verdiff-xray.json").read_text(encoding="utf-8"))
+    assert config["spacing_mm"] == card["input"]["spacing_mm"] and config["labels"]["scheme"] == "binary-gaps"
     if subprocess.run(["bash", "training/gpu_sprint.sh"], cwd=ROOT, env=env, capture_output=True).returncode != 2:
         pytest.fail("an unknown stage must exit 2")

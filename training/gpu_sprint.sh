@@ -15,12 +15,12 @@
 # Defaults fit 12 minutes of one H200 (about 5 min MR, 3.5 min X-ray, 2 min CT of training, the
 # rest start-up); every setting can be overridden by the environment, which is also how the CPU
 # test runs it in seconds: STEPS, TIME_MR, TIME_XR, TIME_CT, CHANNELS, BATCH, CROP, WORKERS,
-# DEVICE, SPRINT_DIR, OUT, PYTHON, LIMIT (prepare: cache only the first N training subjects).
+# DEVICE, SPRINT_DIR, OUT, PYTHON, XR_SPACING, LIMIT (prepare: cache only the first N training subjects).
 # Decisions: channels 32..256 (4x the bundled CPU models' widths, as wide as the U-Nets of the
 # papers at this depth), the any-contrast augmentation, batch 32 of 192-pixel crops, lr 1e-3 with
 # cosine decay over STEPS and a time limit that finishes early with the weights reached; no
 # validation there (the images stay here): export validates. The X-ray model is trained with the
-# gap channel (label scheme binary-gaps, issue 15) as the bundled one.
+# gap channel (label scheme binary-gaps, issue 15) on the 4 px grid, as the bundled one.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -32,6 +32,7 @@ BATCH=${BATCH:-32}
 CROP=${CROP:-192}
 WORKERS=${WORKERS:-14}
 DEVICE=${DEVICE:-cuda}
+XR_SPACING=${XR_SPACING:-4}  # the bundled X-ray model's grid since session 6 (xr.npz: 35 MB for the 433 training images)
 
 use_checkout() {
     # the lent machine's python has torch, numpy and scipy; a run from a cache needs no SimpleITK
@@ -55,7 +56,7 @@ case "${1:-}" in
         limit=()
         [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
         "$PYTHON" -m training train verdiff-mr --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/mr.npz" --cache-slice-step 2 "${limit[@]}"
-        "$PYTHON" -m training train verdiff-xray --channels "$CHANNELS" --family verdiff-net --label-scheme binary-gaps --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/xr.npz" "${limit[@]}"
+        "$PYTHON" -m training train verdiff-xray --channels "$CHANNELS" --family verdiff-net --label-scheme binary-gaps --spacing "$XR_SPACING" --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/xr.npz" "${limit[@]}"
         "$PYTHON" -m training train verdiff-ct --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/ct.npz" "${limit[@]}"
         rm -rf "$SPRINT_DIR/tmp"
         du -sh "$SPRINT_DIR"/*.npz
@@ -66,7 +67,7 @@ case "${1:-}" in
         ;;
     xray-ct)
         use_checkout
-        train verdiff-xray verdiff-xray "$SPRINT_DIR/xr.npz" "${TIME_XR:-210}" --label-scheme binary-gaps
+        train verdiff-xray verdiff-xray "$SPRINT_DIR/xr.npz" "${TIME_XR:-210}" --label-scheme binary-gaps --spacing "$XR_SPACING"
         train verdiff-ct verdiff-ct "$SPRINT_DIR/ct.npz" "${TIME_CT:-120}"
         ;;
     *)

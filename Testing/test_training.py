@@ -497,9 +497,8 @@ def test_a_warm_start_continues_on_its_cards_grid_unless_told(tmp_path):
     from VerdiffSegmentLib.models import get_card
 
     card = get_card("verdiff-xray")
-    directory = tmp_path
-    (directory / "xray4.json").write_text(json.dumps({**card.raw, "input": {**card.raw["input"], "spacing_mm": 4.0}}), encoding="utf-8")
-    namespace = dict(init=str(directory / "xray4.pt"), channels=None, family=None, context_slices=None, model="verdiff-xray", config=None)
+    (tmp_path / "xray4.json").write_text(json.dumps({**card.raw, "input": {**card.raw["input"], "spacing_mm": 4.0}}), encoding="utf-8")
+    namespace = dict(init=str(tmp_path / "xray4.pt"), channels=None, family=None, context_slices=None, model="verdiff-xray", config=None)
     args = argparse.Namespace(**namespace, spacing=None)
     keep_init_architecture(args)
     assert args.spacing == 4.0

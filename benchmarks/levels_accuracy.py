@@ -88,8 +88,7 @@ def main(argv=None) -> None:
         union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
         union.CopyInformation(truth_image)
         row = {"case": name}
-        truth_labels, truth_segments = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae)
-        outputs = {"truth": (truth_labels, truth_segments, None)}
+        outputs = {"truth": (*levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae), None)}
         if not args.truth_only:
             clock = time.perf_counter()
             result = segment(read_image(image_path), card, device="cpu")

@@ -27,7 +27,9 @@ middle line; the endplate middles are its centroid moved to its outermost pixels
 that line. Angles between these tilts are taken between lines (0-90 degrees). Tilts over
 ``MAX_TILT_FROM_SPINE`` from the perpendicular to the local spine line are left out
 (``plausible_tilts``: merged bodies fitted as one, fragments). Fewer than 3 vertebrae: no
-angles.
+angles. (Before: the middles between top and bottom pixel per column of the picture, and
+the long principal axis, both gave 11 % SMAPE on the truth masks, since a tilted body's
+side edges flatten them.)
 
 Where the model also draws the gaps between neighbouring vertebrae (a card's gap channel),
 a vertebra's tilt is instead the mean long axis of the gaps it borders (``gap_axes``): the
@@ -41,9 +43,7 @@ model): Cobb SMAPE 20.65 % with the outline fits, 17.8 % with every gap's axis, 
 without the slivers (18.5 % for the mean of outline and gaps; a 3 pixel border instead of 1:
 18.4 %). A vertebra without a gap beside it keeps its outline's tilt. On perfect outlines
 (the landmark quadrilaterals) the outline fits are better (under 2 % SMAPE against about
-5 % from their gaps): the gaps win on the model's rounded outlines, not in principle. (Before: the middles between top and bottom pixel per column of the picture, and
-the long principal axis, both gave 11 % SMAPE on the truth masks, since a tilted body's
-side edges flatten them.)
+5 % from their gaps): the gaps win on the model's rounded outlines, not in principle.
 
 Accuracy (docs/levels.md, ``benchmarks/levels_accuracy.py xray``): the procedure on the
 truth landmarks against ``angles.csv``, and on the bundled model's held-out outputs.
@@ -158,7 +158,7 @@ def gap_axes(labels: np.ndarray, gaps: np.ndarray) -> dict[int, list[np.ndarray]
         touched = np.bincount(np.asarray(labels[window][border], np.int64), minlength=2)
         touched[0] = 0
         pair = np.argsort(touched)[::-1][:2]
-        if len(pair) < 2 or touched[pair[1]] == 0:
+        if touched[pair[1]] == 0:  # a piece touching one vertebra only (``touched`` has at least 2 entries)
             continue
         xy = np.argwhere(piece)[:, ::-1].astype(float)
         xy -= xy.mean(axis=0)

@@ -57,8 +57,10 @@ def test_cmake_and_the_wheel_carry_every_card_and_the_weights_it_names():
     cards = sorted(MODELS.glob("*.json"))
     assert cards
     for card in cards:
-        weights = json.loads(card.read_text(encoding="utf-8"))["weights"]
-        assert {f"Resources/Models/{card.name}", f"Resources/Models/{weights}"} <= installed, card.name
+        data = json.loads(card.read_text(encoding="utf-8"))
+        level_map = (data.get("naming") or {}).get("level_map")  # the network that names an X-ray card's vertebrae
+        weights = {data["weights"]} | ({level_map["weights"]} if level_map else set())
+        assert {f"Resources/Models/{card.name}"} | {f"Resources/Models/{w}" for w in weights} <= installed, card.name
     assert {str(path.relative_to(REPO)) for path in setup.bundled_model_files()} == installed
 
 

@@ -29,10 +29,13 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
+import torch  # noqa: E402
+
 from VerdiffSegmentLib import cobb, levels  # noqa: E402
+from VerdiffSegmentLib.level_map import predict_level_map  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
-from VerdiffSegmentLib.pipeline import segment  # noqa: E402
+from VerdiffSegmentLib.pipeline import level_map_network, segment  # noqa: E402
 from training.splits import MR_VALIDATION  # noqa: E402
 
 def mr_cases():
@@ -88,7 +91,11 @@ def main(argv=None) -> None:
         union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
         union.CopyInformation(truth_image)
         row = {"case": name}
-        outputs = {"truth": (*levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae), None)}
+        coordinates = None  # a card's level map names the truth as it names the model's output
+        if card.level_map is not None:
+            coordinates = predict_level_map(level_map_network(card, torch.device("cpu")), sitk.GetArrayFromImage(read_image(image_path)))
+        named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates)
+        outputs = {"truth": (*named, None)}
         if not args.truth_only:
             clock = time.perf_counter()
             result = segment(read_image(image_path), card, device="cpu")

@@ -27,6 +27,12 @@ sacrum, so a sixth body is T12), so with more vertebrae than levels the names st
 bottom-up from the lowest level. ``"either"``: above or below (an AP radiograph shows C7
 above T1 and the top of S1 under L5, and the X-ray model draws either at times), so names
 are given only when exactly the card's count is found (``levels.levels_by_count``).
+
+Level map: ``naming.level_map`` (an object: ``weights``, ``sha256``, ``network`` with the
+``UNetBaseline`` keywords, ``box``) names a small network beside the card's own that maps a
+whole radiograph to each pixel's level coordinate (``level_map``); the per-vertebra step then
+names every vertebra from it instead of by count. Its weights are checked and loaded as the
+card's are (``load_level_map``).
 """
 
 from __future__ import annotations
@@ -103,6 +109,7 @@ class ModelCard:
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
     extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
+    level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -229,6 +236,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         extra_vertebrae = (data.get("naming") or {}).get("extra_vertebrae", "above")
         if extra_vertebrae not in EXTRA_VERTEBRAE:
             raise ValueError(f"naming.extra_vertebrae must be one of {', '.join(EXTRA_VERTEBRAE)}, got {extra_vertebrae!r}")
+        level_map = (data.get("naming") or {}).get("level_map")
+        if level_map is not None:
+            level_map = _checked_level_map(level_map)
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -270,9 +280,21 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         planar_model=planar,
         gap_channel=gap_channel,
         extra_vertebrae=extra_vertebrae,
+        level_map=level_map,
         schema_version=schema,
         raw=data,
     )
+
+
+def _checked_level_map(entry) -> dict:
+    """``naming.level_map`` with its types checked (``parse_card`` turns errors into the card's)."""
+    if not isinstance(entry, dict) or not {"weights", "sha256", "network", "box"} <= set(entry):
+        raise ValueError("naming.level_map must be an object with weights, sha256, network and box")
+    box = [int(n) for n in entry["box"]]
+    channels = [int(n) for n in entry["network"]["channels"]]
+    if len(box) != 2 or min(box) < 1 or any(n % 2 ** (len(channels) - 1) for n in box):
+        raise ValueError(f"naming.level_map.box must be 2 sizes divisible by {2 ** (len(channels) - 1)}, got {entry['box']}")
+    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels}, "box": box}
 
 
 def read_card(path: Path) -> ModelCard:
@@ -303,21 +325,39 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """Check the weights' sha256 against the card, then build the family's network and load them."""
-    path = card.weights_path
+def _load_checked(path: Path, sha256: str, what: str, build) -> torch.nn.Module:
+    """Check a weights file's sha256, then ``build()`` the network and load them into it
+    (``weights_only``); any failure is one ``VerdiffError`` naming ``what``."""
     if not path.is_file():
-        raise VerdiffError(f"weights of model {card.name} not found: {path}")
-    if sha256_of(path) != card.sha256:
-        raise VerdiffError(f"weights of model {card.name} do not match the sha256 in its card ({path.name} was changed or damaged)")
+        raise VerdiffError(f"weights of {what} not found: {path}")
+    if sha256_of(path) != sha256:
+        raise VerdiffError(f"weights of {what} do not match the sha256 in its card ({path.name} was changed or damaged)")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         # Weights may be shipped in fp16 (half the file); the networks compute in float32.
         state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-        network = card.family.network(**card.network_config)
+        network = build()
         network.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - any failure here means unusable weights
-        raise VerdiffError(f"weights of model {card.name} cannot be loaded: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+        raise VerdiffError(f"weights of {what} cannot be loaded: {type(error).__name__}: {' '.join(str(error).split())[:200]}") from None
+    return network
+
+
+def load_level_map(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
+    """The card's level-map network (``naming.level_map``), checked like the card's weights; None without one."""
+    if card.level_map is None:
+        return None
+    from .networks import UNetBaseline
+
+    entry = card.level_map
+    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the level map of model {card.name}", lambda: UNetBaseline(1, 1, entry["network"]["channels"]))
+    network.box = tuple(entry["box"])
+    return network.to(device).eval()
+
+
+def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
+    """Check the weights' sha256 against the card, then build the family's network and load them."""
+    network = _load_checked(card.weights_path, card.sha256, f"model {card.name}", lambda: card.family.network(**card.network_config))
     # channels-last: oneDNN's convolutions run 10-25 % faster on it than on NCHW (measured on
     # the bundled networks, CPU); the inputs are made channels-last by the sampler. The 3D
     # networks' 5D weights take its volume form.

@@ -47,7 +47,8 @@ from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import card_levels, name_vertebrae
-from .models import AUTO_MODALITY, ModelCard, get_card, load_network, make_scheduler
+from .level_map import predict_level_map
+from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, prepare_for_card, slice_channels
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
@@ -176,6 +177,7 @@ def segment(
     if scheduler is not None:
         scheduler.set_timesteps(steps)  # within the card's range: checked above
     network = network or load_network(card, torch_device)
+    level_network = level_map_network(card, torch_device) if per_vertebra else None  # a missing or tampered map fails here, before sampling
     timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -202,7 +204,10 @@ def segment(
     labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
-        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps)
+        coordinates = None  # the level map reads the picture (a radiograph), not the sagittal stack
+        if level_network is not None and prepared.planar.GetDimension() == 2:
+            coordinates = predict_level_map(level_network, sitk.GetArrayViewFromImage(prepared.planar), torch_device)
+        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":
             measurements.update(cobb_measurements(labels, label_info, result.gaps))  # angles, end vertebrae, their tilts
@@ -224,6 +229,20 @@ def segment(
         "reliability": reliability,
     }
     return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
+
+
+_LEVEL_MAPS: dict[tuple, torch.nn.Module] = {}  # loaded once per process: (weights, sha256, device) -> network
+
+
+def level_map_network(card: ModelCard, device: torch.device) -> torch.nn.Module | None:
+    """The card's level-map network (``naming.level_map``), loaded and checked once per
+    process and device (``models.load_level_map``); None for a card without one."""
+    if card.level_map is None:
+        return None
+    key = (str(card.path.parent / card.level_map["weights"]), card.level_map["sha256"], str(device))
+    if key not in _LEVEL_MAPS:
+        _LEVEL_MAPS[key] = load_level_map(card, device)
+    return _LEVEL_MAPS[key]
 
 
 @dataclass

@@ -1,0 +1,237 @@
+"""Train the level map (``VerdiffSegmentLib.level_map``) on the AASCE landmarks.
+
+Target: each vertebra's centre is the mean of its four landmark corners; the centre line
+runs through the 17 centres, extended by one vertebra at each end (C7 = 0 above T1, S1 = 18
+under L5, each a reflection of its neighbour's step). A pixel's target is the coordinate of
+its closest point on that line (k + t on the step from level k to k + 1), extrapolated
+along the end steps beyond 0 and 18. Its weight is 1 within ``BAND`` vertebra widths of the
+line (the spine, where the segmentation's pieces lie) and ``OUTSIDE_WEIGHT`` elsewhere (the
+map is only read inside segmented vertebrae). Loss: weighted smooth L1 in levels, quadratic
+only below ``L1_BETA``: a vertebra is named by its median coordinate, which an L1 loss aims
+at, and a wide quadratic zone pulled the ends of the spine towards the middle.
+
+Augmentation (each draw): a random crop keeping all 17 vertebrae (the picture's field of
+view varies: the network must count vertebrae, not read the row), a mirror image (AP
+left/right), rotation up to ``ROTATION_DEGREES``, scale 0.85-1.1, and a gamma on the
+intensities; the crop and the affine move the picture and the centres together.
+
+``python -m training level-map --out runs/level-map`` trains on the card split's training
+images of ``verdiff-xray`` (the validation images stay unseen) and ``export-level-map``
+writes ``Resources/Models/level-map-xray.pt`` and its card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from VerdiffSegmentLib.level_map import BOX, fit_to_box
+from VerdiffSegmentLib.networks import UNetBaseline
+
+from .datasets import aasce_cases
+
+BAND = 0.75  # vertebra widths either side of the centre line
+OUTSIDE_WEIGHT = 0.05
+ROTATION_DEGREES = 10.0
+CHANNELS = (8, 16, 32, 64, 128, 128)  # six levels: the 8 x 3 bottleneck sees the whole picture
+L1_BETA = 0.1  # smooth L1's quadratic zone, in levels: below a tenth of a level (session 7: beta 1 left the map compressed towards the middle, L5 half a level short)
+STORE_ROWS = 512  # pictures are kept this tall (aspect kept) for the augmentation
+
+
+def vertebra_centres(mat_path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(centres [17, 2] as (row, col), widths [17]) from an AASCE landmark file."""
+    points = scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)  # TL, TR, BL, BR as (x, y)
+    centres = points.mean(axis=1)[:, ::-1]
+    widths = 0.5 * (np.linalg.norm(points[:, 1] - points[:, 0], axis=1) + np.linalg.norm(points[:, 3] - points[:, 2], axis=1))
+    return centres, widths
+
+
+def coordinate_target(centres: np.ndarray, widths: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(target, weight) float32 [rows, cols] for 17 centres (row, col) in pixel coordinates."""
+    line = np.concatenate([2 * centres[:1] - centres[1:2], centres, 2 * centres[-1:] - centres[-2:-1]])  # levels 0..18
+    rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
+    pixels = np.stack([rows.ravel(), cols.ravel()], axis=1)
+    best_distance = np.full(len(pixels), np.inf, np.float32)
+    target = np.zeros(len(pixels), np.float32)
+    last = len(line) - 2
+    for k in range(len(line) - 1):
+        start, step = line[k], line[k + 1] - line[k]
+        t = ((pixels - start) @ step) / max(float(step @ step), 1e-6)
+        t = np.clip(t, -np.inf if k == 0 else 0.0, np.inf if k == last else 1.0)
+        distance = np.linalg.norm(pixels - (start + t[:, None] * step), axis=1)
+        closer = distance < best_distance
+        best_distance[closer], target[closer] = distance[closer], k + t[closer]
+    width = float(np.median(widths))
+    weight = np.where(best_distance <= BAND * width, 1.0, OUTSIDE_WEIGHT).astype(np.float32)
+    return target.reshape(shape), weight.reshape(shape)
+
+
+def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(picture float32 [STORE_ROWS, cols] normalised 0..1 by fit_to_box's rule, centres, widths) per named image."""
+    out = []
+    for name, image_path, mat in aasce_cases(root):
+        if name not in names:
+            continue
+        picture = np.asarray(Image.open(image_path).convert("L"), np.float32)
+        centres, widths = vertebra_centres(mat)
+        scale = STORE_ROWS / picture.shape[0]
+        cols = max(8, round(picture.shape[1] * scale))
+        stored = fit_to_box(picture, (STORE_ROWS, cols))[0, 0].numpy()  # normalised, exactly fills the box
+        out.append((stored, centres * np.array([STORE_ROWS / picture.shape[0], cols / picture.shape[1]]), widths * scale))
+    return out
+
+
+def augmented(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, rng: np.random.Generator, box=BOX):
+    """One training draw: (image [1, *box], target [*box], weight [*box])."""
+    rows, cols = picture.shape
+    top_limit = max(0.0, centres[0, 0] - 1.5 * widths[0])
+    bottom_limit = min(rows, centres[-1, 0] + 1.5 * widths[-1])
+    top, bottom = rng.uniform(0, top_limit), rng.uniform(bottom_limit, rows)
+    crop = picture[int(top) : int(math.ceil(bottom))]
+    centres = centres - np.array([int(top), 0.0])
+    if rng.random() < 0.5:
+        crop, centres = crop[:, ::-1], centres * np.array([1, -1]) + np.array([0, cols - 1])
+    if rng.random() < 0.8:
+        crop = crop ** float(np.exp(rng.normal(0, 0.25)))
+    fitted = fit_to_box(np.ascontiguousarray(crop), box)  # re-normalised by percentiles, as at inference
+    scale = min(box[0] / crop.shape[0], box[1] / crop.shape[1])
+    offset = np.array([(box[0] - crop.shape[0] * scale) / 2, (box[1] - crop.shape[1] * scale) / 2])
+    centres = (centres + 0.5) * scale + offset - 0.5
+    widths = widths * scale
+    # rotation and scale about the box centre, applied to picture and centres alike
+    angle = math.radians(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
+    zoom = rng.uniform(0.85, 1.1)
+    centre = np.array([(box[0] - 1) / 2, (box[1] - 1) / 2])
+    rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    centres = (centres - centre) @ rotation.T * zoom + centre
+    widths = widths * zoom
+    # grid_sample maps output -> input in normalised (x, y): invert the forward map, in
+    # normalised (row, col) D A D^-1 with D the pixel -> normalised scaling, then swap to (x, y)
+    scaling = np.diag(2 / (np.array(box, float) - 1))
+    inverse = scaling @ np.linalg.inv(rotation * zoom) @ np.linalg.inv(scaling)
+    theta = torch.tensor(np.concatenate([inverse[::-1, ::-1], np.zeros((2, 1))], axis=1).astype(np.float32))[None]
+    grid = F.affine_grid(theta, (1, 1, *box), align_corners=True)
+    image = F.grid_sample(fitted, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
+    target, weight = coordinate_target(centres, widths, box)
+    return image, torch.from_numpy(target), torch.from_numpy(weight)
+
+
+def make_network() -> UNetBaseline:
+    return UNetBaseline(in_channels=1, num_classes=1, channels=CHANNELS)
+
+
+def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
+    names = set(card["training"]["split"]["validation"])
+    return [(image, mat) for name, image, mat in aasce_cases(Path(data_root) / "xray-aasce") if name in names]
+
+
+def evaluate(network, items) -> dict:
+    """On truth vertebrae: the share whose median predicted coordinate over the landmark
+    quadrilateral rounds to its level, and the mean and 95th percentile of |median - level|."""
+    import SimpleITK as sitk
+
+    from VerdiffSegmentLib.level_map import predict_level_map
+
+    from .datasets import aasce_mask
+
+    was_training = network.training
+    network.eval()
+    errors = []
+    for image_path, mat in items:
+        picture = np.asarray(Image.open(image_path).convert("L"), np.float32)
+        truth = sitk.GetArrayFromImage(aasce_mask(sitk.GetImageFromArray(picture), mat))
+        coordinate = predict_level_map(network, picture)
+        errors += [float(np.median(coordinate[truth == level])) - level for level in range(1, 18) if (truth == level).any()]
+    network.train(was_training)
+    errors = np.asarray(errors)
+    return {
+        "vertebrae": len(errors),
+        "named_right": round(float((np.abs(errors) < 0.5).mean()), 4),
+        "mean_abs_error_levels": round(float(np.abs(errors).mean()), 4),
+        "p95_abs_error_levels": round(float(np.percentile(np.abs(errors), 95)), 4),
+    }
+
+
+def bundled_card(name: str = "verdiff-xray") -> dict:
+    return json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"{name}.json").read_text())
+
+
+def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, val_every: int = 500,
+          init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
+    """Train on the training images of the ``verdiff-xray`` card's split (``limit``: the first
+    N only), validate on its validation images every ``val_every`` steps; writes
+    ``out/stepN.pt`` (state dicts), ``out/log.json`` and returns the last validation."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    split = bundled_card()["training"]["split"]
+    pictures = load_pictures(Path(data_root) / "xray-aasce", set(split["train"]))[:limit]
+    validation = validation_items(data_root, bundled_card())[:limit]
+    network = make_network()
+    if init is not None:
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        network.load_state_dict({k: v.float() for k, v in state.items()})
+    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
+    out.mkdir(parents=True, exist_ok=True)
+    log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
+           "training_images": len(pictures), "validation": []}
+    clock = time.time()
+    for step in range(1, steps + 1):
+        draws = [augmented(*pictures[i], rng) for i in rng.integers(0, len(pictures), batch_size)]
+        image = torch.stack([d[0] for d in draws])
+        target, weight = torch.stack([d[1] for d in draws])[:, None], torch.stack([d[2] for d in draws])[:, None]
+        loss = (F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA) * weight).sum() / weight.sum()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % 25 == 0:
+            print(json.dumps({"step": step, "loss": round(float(loss), 4), "seconds": round(time.time() - clock, 1)}), flush=True)
+        if step % val_every == 0 or step == steps:
+            scores = {"step": step, **evaluate(network, validation)}
+            log["validation"].append(scores)
+            print(json.dumps(scores), flush=True)
+            torch.save(network.state_dict(), out / f"step{step}.pt")
+            (out / "log.json").write_text(json.dumps(log, indent=1))
+    return log["validation"][-1]
+
+
+WEIGHTS = "level-map-xray.pt"
+
+
+def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
+    """Write ``checkpoint``'s weights (fp16) as ``models_dir/level-map-xray.pt``, validate
+    them on the card split's validation images, and set ``naming.level_map`` in every X-ray
+    card there (all share the split, so none has seen its own validation images)."""
+    from VerdiffSegmentLib.models import sha256_of
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    path = Path(models_dir) / WEIGHTS
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    network = make_network()
+    network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
+    cards = sorted(p for p in Path(models_dir).glob("*.json") if json.loads(p.read_text()).get("modality") == "XR")
+    validation = evaluate(network, validation_items(data_root, json.loads(cards[0].read_text())))
+    history = json.loads(Path(run_log).read_text()) if run_log else {}
+    entry = {
+        "weights": WEIGHTS,
+        "sha256": sha256_of(path),
+        "network": {"channels": list(CHANNELS)},
+        "box": list(BOX),
+        "what": "each pixel's level coordinate (T1 = 1 ... L5 = 17) from the whole radiograph (VerdiffSegmentLib/level_map.py); names the vertebrae",
+        "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},
+        "validation": {**validation, "split": "the card's validation images (truth quadrilaterals, median coordinate per vertebra)"},
+    }
+    for card_path in cards:
+        card = json.loads(card_path.read_text())
+        card.setdefault("naming", {})["level_map"] = entry
+        card_path.write_text(json.dumps(card, indent=2))
+    return entry

@@ -70,6 +70,12 @@ def main() -> None:
             settings = old.get("settings", {})
             start = old.get("scheduler", {}).get("start_timestep", "T-1")
             out.append(f"- Earlier defaults {settings.get('steps')} × {settings.get('ensemble')} from t={start}: Dice {old.get('dice_mean')} ± {old.get('dice_sd')}")
+        level_map = (c.get("naming") or {}).get("level_map")
+        if level_map:
+            out.append(
+                f"- Level map (names the vertebrae where their count cannot): `{level_map['weights']}`, sha256 `{level_map['sha256']}`; "
+                f"held-out vertebrae named right by the map alone: {level_map['validation']['named_right']:.1%}"
+            )
         out += [f"- Seconds per case at defaults on the 2-core CPU (other jobs may have run): {v.get('seconds_per_case')}", f"- Weights: `{c['weights']}`, sha256 `{c['sha256']}`", ""]
     out += [
         "## Caveats",

@@ -61,8 +61,10 @@ def test_augmentation_moves_picture_and_target_together():
 
 def test_box_geometry_round_trip():
     picture = np.tile(np.linspace(0, 1, 300, dtype=np.float32)[:, None], (1, 120))  # rises down the rows
-    scale, (row0, col0) = fit_geometry(picture.shape)
-    assert scale == pytest.approx(min(BOX[0] / 300, BOX[1] / 120)) and row0 >= 0 and col0 >= 0
+    (rows, cols), (top, left) = fit_geometry(picture.shape)
+    scale = min(BOX[0] / 300, BOX[1] / 120)
+    assert (rows, cols) == (round(300 * scale), round(120 * scale)) and max(rows / BOX[0], cols / BOX[1]) == 1
+    assert abs(top - (BOX[0] - rows) / 2) <= 0.5 and abs(left - (BOX[1] - cols) / 2) <= 0.5  # centred
     boxed = fit_to_box(picture)
     back = read_back(boxed, picture.shape)
     assert back.shape == picture.shape

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from VerdiffSegmentLib.level_map import BOX, fit_to_box
+from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box
 from VerdiffSegmentLib.networks import UNetBaseline
 
 from .datasets import aasce_cases
@@ -102,10 +102,10 @@ def augmented(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, rng:
     if rng.random() < 0.8:
         crop = crop ** float(np.exp(rng.normal(0, 0.25)))
     fitted = fit_to_box(np.ascontiguousarray(crop), box)  # re-normalised by percentiles, as at inference
-    scale = min(box[0] / crop.shape[0], box[1] / crop.shape[1])
-    offset = np.array([(box[0] - crop.shape[0] * scale) / 2, (box[1] - crop.shape[1] * scale) / 2])
-    centres = (centres + 0.5) * scale + offset - 0.5
-    widths = widths * scale
+    size, corner = fit_geometry(crop.shape, box)
+    scale = np.array(size) / np.array(crop.shape)
+    centres = (centres + 0.5) * scale - 0.5 + np.array(corner)
+    widths = widths * scale.mean()
     # rotation and scale about the box centre, applied to picture and centres alike
     angle = math.radians(rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES))
     zoom = rng.uniform(0.85, 1.1)

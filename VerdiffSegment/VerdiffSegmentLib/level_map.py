@@ -35,32 +35,28 @@ BOX = (256, 96)  # rows, columns: a median AASCE radiograph (2375 x 891) becomes
 NORMALISATION = {"kind": "percentile", "low": 0.5, "high": 99.5}
 
 
-def fit_geometry(shape, box=BOX) -> tuple[float, tuple[float, float]]:
-    """(scale, (row offset, column offset)): box coordinate = scale * picture coordinate + offset
-    (pixel centres), the picture fitted into the box keeping its aspect ratio, centred."""
+def fit_geometry(shape, box=BOX) -> tuple[tuple[int, int], tuple[int, int]]:
+    """Where a picture of ``shape`` (rows, columns) sits in the box: ((rows, columns) it is
+    resized to, (top, left) of its first pixel), its aspect ratio kept, centred. A picture
+    point (r, c) lies at ((r + 0.5) * rows / shape[0] - 0.5 + top, ...) in the box."""
     scale = min(box[0] / shape[0], box[1] / shape[1])
-    return scale, ((box[0] - shape[0] * scale) / 2, (box[1] - shape[1] * scale) / 2)
+    size = (max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale)))
+    return size, (int(round((box[0] - shape[0] * scale) / 2)), int(round((box[1] - shape[1] * scale) / 2)))
 
 
 def fit_to_box(picture: np.ndarray, box=BOX, normalisation=NORMALISATION) -> torch.Tensor:
     """A 2D picture [rows, cols] (any intensities) -> the network's input [1, 1, *box]."""
     low, high = intensity_range(picture, normalisation)
     image = torch.from_numpy(normalise(picture, low, high))[None, None]
-    scale, (row0, col0) = fit_geometry(picture.shape, box)
-    rows, cols = max(1, round(picture.shape[0] * scale)), max(1, round(picture.shape[1] * scale))
-    small = F.interpolate(image, size=(rows, cols), mode="bilinear", antialias=True, align_corners=False)
+    (rows, cols), (top, left) = fit_geometry(picture.shape, box)
     out = torch.zeros((1, 1, *box))
-    top, left = int(round(row0)), int(round(col0))
-    out[..., top : top + rows, left : left + cols] = small
+    out[..., top : top + rows, left : left + cols] = F.interpolate(image, size=(rows, cols), mode="bilinear", antialias=True, align_corners=False)
     return out
 
 
 def read_back(level_map: torch.Tensor, shape) -> np.ndarray:
     """The box's map [1, 1, *box] -> float32 [rows, cols] on the picture's grid (``fit_geometry``)."""
-    box = level_map.shape[-2:]
-    scale, (row0, col0) = fit_geometry(shape, box)
-    rows, cols = max(1, round(shape[0] * scale)), max(1, round(shape[1] * scale))
-    top, left = int(round(row0)), int(round(col0))
+    (rows, cols), (top, left) = fit_geometry(shape, level_map.shape[-2:])
     inner = level_map[..., top : top + rows, left : left + cols].float()
     return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 

@@ -29,13 +29,11 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-import torch  # noqa: E402
-
 from VerdiffSegmentLib import cobb, levels  # noqa: E402
 from VerdiffSegmentLib.level_map import predict_level_map  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
-from VerdiffSegmentLib.models import get_card  # noqa: E402
-from VerdiffSegmentLib.pipeline import level_map_network, segment  # noqa: E402
+from VerdiffSegmentLib.models import get_card, load_level_map  # noqa: E402
+from VerdiffSegmentLib.pipeline import segment  # noqa: E402
 from training.splits import MR_VALIDATION  # noqa: E402
 
 def mr_cases():
@@ -81,6 +79,7 @@ def main(argv=None) -> None:
     cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": ct_cases}[args.modality]()
     structure = levels.structure_of(card.labels[0])
     card_levels = levels.card_levels(card)
+    level_network = load_level_map(card)  # None for a card without one
     rows = []
     for index, (name, image_path, truth_image, names, angles) in enumerate(cases):
         if args.limit is not None and index >= args.limit:
@@ -93,7 +92,7 @@ def main(argv=None) -> None:
         row = {"case": name}
         coordinates = None  # a card's level map names the truth as it names the model's output
         if card.level_map is not None:
-            coordinates = predict_level_map(level_map_network(card, torch.device("cpu")), sitk.GetArrayFromImage(read_image(image_path)))
+            coordinates = predict_level_map(level_network, sitk.GetArrayFromImage(read_image(image_path)))
         named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates)
         outputs = {"truth": (*named, None)}
         if not args.truth_only:

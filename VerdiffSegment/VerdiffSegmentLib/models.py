@@ -30,9 +30,9 @@ are given only when exactly the card's count is found (``levels.levels_by_count`
 
 Level map: ``naming.level_map`` (an object: ``weights``, ``sha256``, ``network`` with the
 ``UNetBaseline`` keywords, ``box``) names a small network beside the card's own that maps a
-whole radiograph to each pixel's level coordinate (``level_map``); the per-vertebra step then
-names every vertebra from it instead of by count. Its weights are checked and loaded as the
-card's are (``load_level_map``).
+whole radiograph to each pixel's level coordinate (``level_map``); the per-vertebra step
+names the vertebrae from it where their count names nothing. Its weights are checked and
+loaded as the card's are, on every run (``load_level_map``).
 """
 
 from __future__ import annotations

@@ -177,7 +177,8 @@ def segment(
     if scheduler is not None:
         scheduler.set_timesteps(steps)  # within the card's range: checked above
     network = network or load_network(card, torch_device)
-    level_network = level_map_network(card, torch_device) if per_vertebra else None  # a missing or tampered map fails here, before sampling
+    # the level map (36 ms to check and load) fails here when missing or tampered, before sampling
+    level_network = load_level_map(card, torch_device) if per_vertebra else None
     timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -229,20 +230,6 @@ def segment(
         "reliability": reliability,
     }
     return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
-
-
-_LEVEL_MAPS: dict[tuple, torch.nn.Module] = {}  # loaded once per process: (weights, sha256, device) -> network
-
-
-def level_map_network(card: ModelCard, device: torch.device) -> torch.nn.Module | None:
-    """The card's level-map network (``naming.level_map``), loaded and checked once per
-    process and device (``models.load_level_map``); None for a card without one."""
-    if card.level_map is None:
-        return None
-    key = (str(card.path.parent / card.level_map["weights"]), card.level_map["sha256"], str(device))
-    if key not in _LEVEL_MAPS:
-        _LEVEL_MAPS[key] = load_level_map(card, device)
-    return _LEVEL_MAPS[key]
 
 
 @dataclass

@@ -90,14 +90,15 @@ def main(argv=None) -> None:
         union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
         union.CopyInformation(truth_image)
         row = {"case": name}
+        image = read_image(image_path)
         coordinates = None  # a card's level map names the truth as it names the model's output
-        if card.level_map is not None:
-            coordinates = predict_level_map(level_network, sitk.GetArrayFromImage(read_image(image_path)))
+        if level_network is not None:
+            coordinates = predict_level_map(level_network, sitk.GetArrayFromImage(image))
         named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates)
         outputs = {"truth": (*named, None)}
         if not args.truth_only:
             clock = time.perf_counter()
-            result = segment(read_image(image_path), card, device="cpu")
+            result = segment(image, card, device="cpu")
             row["seconds"] = round(time.perf_counter() - clock, 2)
             # the model's angles as the user gets them (with the gap channel's tilts, cobb.py)
             outputs["model"] = (result.labels, result.segments, result.measurements.get("cobb_angles_deg"))

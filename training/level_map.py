@@ -29,14 +29,15 @@ from pathlib import Path
 
 import numpy as np
 import scipy.io
+import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box
+from VerdiffSegmentLib.io import read_image
+from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_level_map
 from VerdiffSegmentLib.networks import UNetBaseline
 
-from .datasets import aasce_cases
+from .datasets import aasce_cases, aasce_mask
 
 BAND = 0.75  # vertebra widths either side of the centre line
 OUTSIDE_WEIGHT = 0.05
@@ -80,7 +81,7 @@ def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndar
     for name, image_path, mat in aasce_cases(root):
         if name not in names:
             continue
-        picture = np.asarray(Image.open(image_path).convert("L"), np.float32)
+        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)  # as inference reads it
         centres, widths = vertebra_centres(mat)
         scale = STORE_ROWS / picture.shape[0]
         cols = max(8, round(picture.shape[1] * scale))
@@ -136,19 +137,13 @@ def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
 def evaluate(network, items) -> dict:
     """On truth vertebrae: the share whose median predicted coordinate over the landmark
     quadrilateral rounds to its level, and the mean and 95th percentile of |median - level|."""
-    import SimpleITK as sitk
-
-    from VerdiffSegmentLib.level_map import predict_level_map
-
-    from .datasets import aasce_mask
-
     was_training = network.training
     network.eval()
     errors = []
     for image_path, mat in items:
-        picture = np.asarray(Image.open(image_path).convert("L"), np.float32)
-        truth = sitk.GetArrayFromImage(aasce_mask(sitk.GetImageFromArray(picture), mat))
-        coordinate = predict_level_map(network, picture)
+        image = read_image(image_path)
+        truth = sitk.GetArrayFromImage(aasce_mask(image, mat))  # the quadrilaterals, as ``datasets.read_item`` draws them
+        coordinate = predict_level_map(network, sitk.GetArrayFromImage(image).astype(np.float32))
         errors += [float(np.median(coordinate[truth == level])) - level for level in range(1, 18) if (truth == level).any()]
     network.train(was_training)
     errors = np.asarray(errors)
@@ -171,9 +166,9 @@ def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, l
     ``out/stepN.pt`` (state dicts), ``out/log.json`` and returns the last validation."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    split = bundled_card()["training"]["split"]
-    pictures = load_pictures(Path(data_root) / "xray-aasce", set(split["train"]))[:limit]
-    validation = validation_items(data_root, bundled_card())[:limit]
+    card = bundled_card()
+    pictures = load_pictures(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
+    validation = validation_items(data_root, card)[:limit]
     network = make_network()
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
@@ -218,8 +213,9 @@ def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | 
     torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
     network = make_network()
     network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
-    cards = sorted(p for p in Path(models_dir).glob("*.json") if json.loads(p.read_text()).get("modality") == "XR")
-    validation = evaluate(network, validation_items(data_root, json.loads(cards[0].read_text())))
+    cards = {path: json.loads(path.read_text()) for path in sorted(Path(models_dir).glob("*.json"))}
+    cards = {path: card for path, card in cards.items() if card.get("modality") == "XR"}
+    validation = evaluate(network, validation_items(data_root, next(iter(cards.values()))))
     history = json.loads(Path(run_log).read_text()) if run_log else {}
     entry = {
         "weights": WEIGHTS,
@@ -230,8 +226,7 @@ def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | 
         "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},
         "validation": {**validation, "split": "the card's validation images (truth quadrilaterals, median coordinate per vertebra)"},
     }
-    for card_path in cards:
-        card = json.loads(card_path.read_text())
+    for card_path, card in cards.items():
         card.setdefault("naming", {})["level_map"] = entry
         card_path.write_text(json.dumps(card, indent=2))
     return entry

@@ -62,8 +62,9 @@ def read_back(level_map: torch.Tensor, shape) -> np.ndarray:
 
 
 @torch.no_grad()
-def predict_level_map(network: torch.nn.Module, picture: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """The level coordinate of every pixel of a 2D picture [rows, cols] (float32, same shape)."""
+def predict_level_map(network: torch.nn.Module, picture: np.ndarray) -> np.ndarray:
+    """The level coordinate of every pixel of a 2D picture [rows, cols] (float32, same shape),
+    computed on the network's device."""
     box = tuple(getattr(network, "box", BOX))
     parameter = next(network.parameters())
     image = fit_to_box(np.asarray(picture, np.float32), box).to(device=parameter.device, dtype=parameter.dtype)

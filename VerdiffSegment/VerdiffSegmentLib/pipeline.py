@@ -207,7 +207,7 @@ def segment(
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         coordinates = None  # the level map reads the picture (a radiograph), not the sagittal stack
         if level_network is not None and prepared.planar.GetDimension() == 2:
-            coordinates = predict_level_map(level_network, sitk.GetArrayViewFromImage(prepared.planar), torch_device)
+            coordinates = predict_level_map(level_network, sitk.GetArrayViewFromImage(prepared.planar))
         labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":

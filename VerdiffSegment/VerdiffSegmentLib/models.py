@@ -294,7 +294,10 @@ def _checked_level_map(entry) -> dict:
     channels = [int(n) for n in entry["network"]["channels"]]
     if len(box) != 2 or min(box) < 1 or any(n % 2 ** (len(channels) - 1) for n in box):
         raise ValueError(f"naming.level_map.box must be 2 sizes divisible by {2 ** (len(channels) - 1)}, got {entry['box']}")
-    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels}, "box": box}
+    outputs = int(entry["network"].get("outputs", 1))  # 2: the coordinate and the endplate tilt (level_map)
+    if outputs not in (1, 2):
+        raise ValueError(f"naming.level_map.network.outputs must be 1 or 2, got {outputs}")
+    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels, "outputs": outputs}, "box": box}
 
 
 def read_card(path: Path) -> ModelCard:
@@ -350,7 +353,7 @@ def load_level_map(card: ModelCard, device: str | torch.device = "cpu") -> torch
     from .networks import UNetBaseline
 
     entry = card.level_map
-    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the level map of model {card.name}", lambda: UNetBaseline(1, 1, entry["network"]["channels"]))
+    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the level map of model {card.name}", lambda: UNetBaseline(1, entry["network"]["outputs"], entry["network"]["channels"]))
     network.box = tuple(entry["box"])
     return network.to(device).eval()
 

@@ -205,13 +205,14 @@ def segment(
     labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
-        coordinates = None  # the level map reads the picture (a radiograph), not the sagittal stack
+        level_map = None  # the level map reads the picture (a radiograph), not the sagittal stack
         if level_network is not None and prepared.planar.GetDimension() == 2:
-            coordinates = predict_level_map(level_network, sitk.GetArrayViewFromImage(prepared.planar))
+            level_map = predict_level_map(level_network, sitk.GetArrayViewFromImage(prepared.planar))
+        coordinates = level_map.coordinate if level_map is not None else None
         labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
-        if card.modality == "XR":
-            measurements.update(cobb_measurements(labels, label_info, result.gaps))  # angles, end vertebrae, their tilts
+        if card.modality == "XR":  # angles, end vertebrae, their tilts (the map's tilt channel where it has one, else the gaps)
+            measurements.update(cobb_measurements(labels, label_info, result.gaps, level_map.tilt_deg if level_map is not None else None))
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)

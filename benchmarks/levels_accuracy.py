@@ -93,7 +93,7 @@ def main(argv=None) -> None:
         image = read_image(image_path)
         coordinates = None  # a card's level map names the truth as it names the model's output
         if level_network is not None:
-            coordinates = predict_level_map(level_network, sitk.GetArrayFromImage(image)).coordinate
+            coordinates = predict_level_map(level_network, sitk.GetArrayFromImage(image))
         named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates)
         outputs = {"truth": (*named, None)}
         if not args.truth_only:

@@ -76,6 +76,13 @@ def main() -> None:
                 f"- Level map (names the vertebrae where their count cannot): `{level_map['weights']}`, sha256 `{level_map['sha256']}`; "
                 f"held-out vertebrae named right by the map alone: {level_map['validation']['named_right']:.1%}"
             )
+        tilt_network = (c.get("cobb") or {}).get("tilt_network")
+        if tilt_network:
+            tv = tilt_network["validation"]
+            out.append(
+                f"- Endplate-tilt network (the Cobb angles' tilts): `{tilt_network['weights']}`, sha256 `{tilt_network['sha256']}`; "
+                f"on held-out truth vertebrae: tilt error {tv['tilt_mean_abs_error_deg']}° (mean), Cobb SMAPE {tv['cobb_smape_on_truth_vertebrae_percent']} %"
+            )
         out += [f"- Seconds per case at defaults on the 2-core CPU (other jobs may have run): {v.get('seconds_per_case')}", f"- Weights: `{c['weights']}`, sha256 `{c['sha256']}`", ""]
     out += [
         "## Caveats",

@@ -11,6 +11,8 @@ defaults MODEL --steps K --ensemble N [--start-timestep T]   new sampling defaul
 evaluate MODEL | --run DIR  [--split validation|test | --images GLOB --labels GLOB --source S]
 level-map        --out DIR [--train-steps N --batch-size B --lr LR --init FILE.pt]   the X-ray level map (training/level_map.py)
 export-level-map --checkpoint DIR/stepN.pt   its weights into Resources/Models, named by every X-ray card
+endplate-tilt        --out DIR [...as level-map]   the X-ray endplate-tilt network (training/endplate_tilt.py)
+export-endplate-tilt --checkpoint DIR/stepN.pt     the same for it (cards' cobb.tilt_network)
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
 command runs data-parallel; ``--batch-size`` is per process.
@@ -270,22 +272,27 @@ def main(argv=None) -> None:
     d.add_argument("--models-dir", type=Path, default=None, help="the card's folder (default: the bundled models' folder, models_dir())")
     d.add_argument("--data", type=Path, default=DATA)
     d.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    m = sub.add_parser("level-map", help="train the X-ray level map that names the vertebrae (training/level_map.py)")
-    m.add_argument("--out", type=Path, required=True)
-    m.add_argument("--data", type=Path, default=DATA)
-    m.add_argument("--train-steps", type=int, default=2500)
-    m.add_argument("--batch-size", type=int, default=16)
-    m.add_argument("--lr", type=float, default=2e-3)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--val-every", type=int, default=500)
-    m.add_argument("--init", type=Path, default=None, help="warm start from these weights (e.g. Resources/Models/level-map-xray.pt)")
-    m.add_argument("--limit", type=int, default=None, help="first N training and validation images only")
-    m.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
-    x = sub.add_parser("export-level-map", help="write a level-map checkpoint into Resources/Models and name it in the X-ray cards")
-    x.add_argument("--checkpoint", type=Path, required=True)
-    x.add_argument("--data", type=Path, default=DATA)
-    x.add_argument("--models-dir", type=Path, default=None)
-    x.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    helper_networks = {  # small X-ray networks beside the diffusion models: command -> (module, help, default steps, batch)
+        "level-map": ("level_map", "train the X-ray level map that names the vertebrae (training/level_map.py)", 2500, 16),
+        "endplate-tilt": ("endplate_tilt", "train the X-ray endplate-tilt network the Cobb angles use (training/endplate_tilt.py)", 3000, 64),
+    }
+    for command, (module, help_text, default_steps, default_batch) in helper_networks.items():
+        m = sub.add_parser(command, help=help_text)
+        m.add_argument("--out", type=Path, required=True)
+        m.add_argument("--data", type=Path, default=DATA)
+        m.add_argument("--train-steps", type=int, default=default_steps)
+        m.add_argument("--batch-size", type=int, default=default_batch)
+        m.add_argument("--lr", type=float, default=2e-3)
+        m.add_argument("--seed", type=int, default=0)
+        m.add_argument("--val-every", type=int, default=500)
+        m.add_argument("--init", type=Path, default=None, help=f"warm start from these weights (e.g. Resources/Models/{module.replace('_', '-')}-xray.pt)")
+        m.add_argument("--limit", type=int, default=None, help="first N training and validation images only")
+        m.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+        x = sub.add_parser(f"export-{command}", help=f"write a {command} checkpoint into Resources/Models and name it in the X-ray cards")
+        x.add_argument("--checkpoint", type=Path, required=True)
+        x.add_argument("--data", type=Path, default=DATA)
+        x.add_argument("--models-dir", type=Path, default=None)
+        x.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     v = sub.add_parser("evaluate", help="Dice, IoU, HD95 and NSD per case and mean +- sd")
     v.add_argument("model", nargs="?", help="a model card's name (Resources/Models); with --run, the run's model name")
     v.add_argument("--run", type=Path, help="evaluate a run's weights (best.pt, else model.pt)")
@@ -308,15 +315,17 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
 
     try:
-        if args.command in ("level-map", "export-level-map"):
-            from . import level_map
+        helper = args.command.removeprefix("export-")
+        if helper in helper_networks:
+            import importlib
 
-            if args.command == "level-map":
-                result = level_map.train(args.data, args.out, args.train_steps, args.batch_size, args.lr, args.seed, args.val_every, args.init, args.limit,
-                                         command=_command_line(argv))
+            trainer = importlib.import_module(f".{helper_networks[helper][0]}", __package__)
+            if args.command == helper:
+                result = trainer.train(args.data, args.out, args.train_steps, args.batch_size, args.lr, args.seed, args.val_every, args.init, args.limit,
+                                       command=_command_line(argv))
             else:
                 log = args.checkpoint.parent / "log.json"
-                result = level_map.export(args.checkpoint, args.models_dir or models_dir(), args.data, log if log.exists() else None)
+                result = trainer.export(args.checkpoint, args.models_dir or models_dir(), args.data, log if log.exists() else None)
             print(json.dumps(result, indent=1))
             return
         if args.command == "export":

@@ -10,14 +10,6 @@ map is only read inside segmented vertebrae). Loss: weighted smooth L1 in levels
 only below ``L1_BETA``: a vertebra is named by its median coordinate, which an L1 loss aims
 at, and a wide quadratic zone pulled the ends of the spine towards the middle.
 
-Tilt (second channel, session 8): each vertebra's tilt is the AASCE reference's line from
-the middle of its left edge to the middle of its right edge (``cobb.cobb_from_landmarks``),
-in degrees from the horizontal; a pixel's target is interpolated between the tilts of the
-two levels its coordinate lies between (the end tilts beyond T1 and L5), a smooth field, as
-the coordinate is. Loss: smooth L1 in ``TILT_UNIT_DEG`` (quadratic below 1 degree) on the
-band only: outside the spine no vertebra has a tilt. The two edge middles ride through the
-augmentation with the centres, so a mirror or a rotation turns the tilt with the picture.
-
 Augmentation (each draw): a random crop keeping all 17 vertebrae (the picture's field of
 view varies: the network must count vertebrae, not read the row), a mirror image (AP
 left/right), rotation up to ``ROTATION_DEGREES``, scale 0.85-1.1, and a gamma on the
@@ -42,8 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from VerdiffSegmentLib.io import read_image
-from VerdiffSegmentLib.cobb import cobb_from_landmarks, cobb_from_vertebrae, smape
-from VerdiffSegmentLib.level_map import BOX, TILT_UNIT_DEG, fit_geometry, fit_to_box, predict_level_map
+from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_level_map
 from VerdiffSegmentLib.networks import UNetBaseline
 
 from .datasets import aasce_cases, aasce_mask
@@ -54,40 +45,18 @@ ROTATION_DEGREES = 10.0
 CHANNELS = (8, 16, 32, 64, 128, 128)  # six levels: the 8 x 3 bottleneck sees the whole picture
 L1_BETA = 0.1  # smooth L1's quadratic zone, in levels: below a tenth of a level (session 7: beta 1 left the map compressed towards the middle, L5 half a level short)
 STORE_ROWS = 512  # pictures are kept this tall (aspect kept) for the augmentation
-OUTPUTS = 2  # the level coordinate and the endplate tilt (module docstring)
-TILT_WEIGHT = 1.0  # the tilt loss beside the coordinate's, both in their units
-
-
-def read_landmarks(mat_path: Path) -> np.ndarray:
-    """An AASCE landmark file's corners [17, 4, (x, y)]: top-left, top-right, bottom-left, bottom-right."""
-    return scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)
-
-
-def edge_middles(mat_path: Path) -> np.ndarray:
-    """[17, 2 (left, right), 2 (row, col)]: the middles of each vertebra's left and right edges."""
-    points = read_landmarks(mat_path)
-    return np.stack([(points[:, 0] + points[:, 2]) / 2, (points[:, 1] + points[:, 3]) / 2], axis=1)[..., ::-1]
-
-
-def tilts_degrees(ends: np.ndarray) -> np.ndarray:
-    """Tilts [n] in degrees (+ where the right side is higher, within -90..90) of edge middles [n, 2, (row, col)]."""
-    d = ends[:, 1] - ends[:, 0]
-    angle = np.degrees(np.arctan2(-d[:, 0], d[:, 1]))
-    return (angle + 90.0) % 180.0 - 90.0
 
 
 def vertebra_centres(mat_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(centres [17, 2] as (row, col), widths [17]) from an AASCE landmark file."""
-    points = read_landmarks(mat_path)
+    points = scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)  # TL, TR, BL, BR as (x, y)
     centres = points.mean(axis=1)[:, ::-1]
     widths = 0.5 * (np.linalg.norm(points[:, 1] - points[:, 0], axis=1) + np.linalg.norm(points[:, 3] - points[:, 2], axis=1))
     return centres, widths
 
 
-def coordinate_target(centres: np.ndarray, widths: np.ndarray, shape, tilts: np.ndarray | None = None):
-    """(target, weight) float32 [rows, cols] for 17 centres (row, col) in pixel coordinates;
-    with ``tilts`` [17] (degrees) also the tilt target (degrees), interpolated along the
-    coordinate between levels and held at the end tilts beyond T1 and L5."""
+def coordinate_target(centres: np.ndarray, widths: np.ndarray, shape) -> tuple[np.ndarray, np.ndarray]:
+    """(target, weight) float32 [rows, cols] for 17 centres (row, col) in pixel coordinates."""
     line = np.concatenate([2 * centres[:1] - centres[1:2], centres, 2 * centres[-1:] - centres[-2:-1]])  # levels 0..18
     rows, cols = np.mgrid[0 : shape[0], 0 : shape[1]].astype(np.float32)
     pixels = np.stack([rows.ravel(), cols.ravel()], axis=1)
@@ -103,15 +72,11 @@ def coordinate_target(centres: np.ndarray, widths: np.ndarray, shape, tilts: np.
         best_distance[closer], target[closer] = distance[closer], k + t[closer]
     width = float(np.median(widths))
     weight = np.where(best_distance <= BAND * width, 1.0, OUTSIDE_WEIGHT).astype(np.float32)
-    if tilts is None:
-        return target.reshape(shape), weight.reshape(shape)
-    tilt = np.interp(target, np.arange(1, len(tilts) + 1), tilts).astype(np.float32)
-    return target.reshape(shape), weight.reshape(shape), tilt.reshape(shape)
+    return target.reshape(shape), weight.reshape(shape)
 
 
-def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    """(picture float32 [STORE_ROWS, cols] normalised 0..1 by fit_to_box's rule, centres,
-    widths, edge middles) per named image, in the stored picture's pixels."""
+def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """(picture float32 [STORE_ROWS, cols] normalised 0..1 by fit_to_box's rule, centres, widths) per named image."""
     out = []
     for name, image_path, mat in aasce_cases(root):
         if name not in names:
@@ -121,19 +86,15 @@ def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndar
         scale = STORE_ROWS / picture.shape[0]
         cols = max(8, round(picture.shape[1] * scale))
         stored = fit_to_box(picture, (STORE_ROWS, cols))[0, 0].numpy()  # normalised, exactly fills the box
-        factor = np.array([STORE_ROWS / picture.shape[0], cols / picture.shape[1]])
-        out.append((stored, centres * factor, widths * scale, edge_middles(mat) * factor))
+        out.append((stored, centres * np.array([STORE_ROWS / picture.shape[0], cols / picture.shape[1]]), widths * scale))
     return out
 
 
-def augmented(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, ends: np.ndarray, rng: np.random.Generator, box=BOX):
-    """One training draw: (image [1, *box], target [OUTPUTS, *box] (coordinate, tilt in
-    ``TILT_UNIT_DEG``), weight [*box]). The edge middles ``ends`` [17, 2, 2] move with the centres."""
-    count = len(centres)
-    centres = np.concatenate([centres, ends.reshape(-1, 2)])  # transformed together; split again below
+def augmented(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, rng: np.random.Generator, box=BOX):
+    """One training draw: (image [1, *box], target [*box], weight [*box])."""
     rows, cols = picture.shape
     top_limit = max(0.0, centres[0, 0] - 1.5 * widths[0])
-    bottom_limit = min(rows, centres[count - 1, 0] + 1.5 * widths[-1])
+    bottom_limit = min(rows, centres[-1, 0] + 1.5 * widths[-1])
     top, bottom = rng.uniform(0, top_limit), rng.uniform(bottom_limit, rows)
     crop = picture[int(top) : int(math.ceil(bottom))]
     centres = centres - np.array([int(top), 0.0])
@@ -160,26 +121,12 @@ def augmented(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, ends
     theta = torch.tensor(np.concatenate([inverse[::-1, ::-1], np.zeros((2, 1))], axis=1).astype(np.float32))[None]
     grid = F.affine_grid(theta, (1, 1, *box), align_corners=True)
     image = F.grid_sample(fitted, grid, mode="bilinear", padding_mode="zeros", align_corners=True)[0]
-    centres, ends = centres[:count], centres[count:].reshape(-1, 2, 2)
-    target, weight, tilt = coordinate_target(centres, widths, box, tilts_degrees(ends))
-    return image, torch.from_numpy(np.stack([target, tilt / TILT_UNIT_DEG])), torch.from_numpy(weight)
+    target, weight = coordinate_target(centres, widths, box)
+    return image, torch.from_numpy(target), torch.from_numpy(weight)
 
 
-def make_network(outputs: int = OUTPUTS) -> UNetBaseline:
-    return UNetBaseline(in_channels=1, num_classes=outputs, channels=CHANNELS)
-
-
-def warm_state(network: torch.nn.Module, state: dict) -> dict:
-    """``state`` for ``network`` where a one-output map starts a two-output one: the output
-    layer's extra rows keep their fresh initialisation (the coordinate's are copied)."""
-    own = network.state_dict()
-    out = {}
-    for key, value in state.items():
-        value = value.float()
-        if value.shape != own[key].shape and value.shape[1:] == own[key].shape[1:] and value.shape[0] < own[key].shape[0]:
-            value = torch.cat([value, own[key][value.shape[0] :]])
-        out[key] = value
-    return out
+def make_network() -> UNetBaseline:
+    return UNetBaseline(in_channels=1, num_classes=1, channels=CHANNELS)
 
 
 def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
@@ -189,40 +136,23 @@ def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
 
 def evaluate(network, items) -> dict:
     """On truth vertebrae: the share whose median predicted coordinate over the landmark
-    quadrilateral rounds to its level, and the mean and 95th percentile of |median - level|;
-    for a map with a tilt channel also the mean |median tilt - truth tilt| (degrees) and the
-    Cobb SMAPE (%) of the angles from those 17 median tilts and the landmarks' centre line
-    (``cobb_from_vertebrae``; what the map's tilts give where the segmentation is right)."""
+    quadrilateral rounds to its level, and the mean and 95th percentile of |median - level|."""
     was_training = network.training
     network.eval()
-    errors, tilt_errors, cobb_predicted, cobb_truth = [], [], [], []
+    errors = []
     for image_path, mat in items:
         image = read_image(image_path)
         truth = sitk.GetArrayFromImage(aasce_mask(image, mat))  # the quadrilaterals, as ``datasets.read_item`` draws them
-        predicted = predict_level_map(network, sitk.GetArrayFromImage(image).astype(np.float32))
-        present = [level for level in range(1, 18) if (truth == level).any()]
-        errors += [float(np.median(predicted.coordinate[truth == level])) - level for level in present]
-        if predicted.tilt_deg is None or len(present) < 17:
-            continue
-        truth_tilts = tilts_degrees(edge_middles(mat))
-        tilts = np.array([float(np.median(predicted.tilt_deg[truth == level])) for level in present])
-        tilt_errors += list(np.abs(tilts - truth_tilts))
-        points = read_landmarks(mat)
-        centre = np.stack([(points[:, 0] + points[:, 1]) / 2, (points[:, 2] + points[:, 3]) / 2], axis=1).reshape(-1, 2)
-        vectors = np.stack([np.cos(np.radians(tilts)), -np.sin(np.radians(tilts))], axis=1)
-        cobb_predicted.append(cobb_from_vertebrae(vectors, centre, truth.shape[0]))
-        cobb_truth.append(list(cobb_from_landmarks(points.reshape(-1, 2), truth.shape[0]).values()))
+        coordinate = predict_level_map(network, sitk.GetArrayFromImage(image).astype(np.float32))
+        errors += [float(np.median(coordinate[truth == level])) - level for level in range(1, 18) if (truth == level).any()]
     network.train(was_training)
     errors = np.asarray(errors)
-    scores = {
+    return {
         "vertebrae": len(errors),
         "named_right": round(float((np.abs(errors) < 0.5).mean()), 4),
         "mean_abs_error_levels": round(float(np.abs(errors).mean()), 4),
         "p95_abs_error_levels": round(float(np.percentile(np.abs(errors), 95)), 4),
     }
-    if tilt_errors:
-        scores |= {"tilt_mean_abs_error_deg": round(float(np.mean(tilt_errors)), 3), "cobb_smape_on_truth_vertebrae_percent": smape(cobb_predicted, cobb_truth)}
-    return scores
 
 
 def bundled_card(name: str = "verdiff-xray") -> dict:
@@ -241,7 +171,8 @@ def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, l
     validation = validation_items(data_root, card)[:limit]
     network = make_network()
     if init is not None:
-        network.load_state_dict(warm_state(network, torch.load(init, map_location="cpu", weights_only=True)))
+        state = torch.load(init, map_location="cpu", weights_only=True)
+        network.load_state_dict({k: v.float() for k, v in state.items()})
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
     out.mkdir(parents=True, exist_ok=True)
@@ -251,10 +182,8 @@ def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, l
     for step in range(1, steps + 1):
         draws = [augmented(*pictures[i], rng) for i in rng.integers(0, len(pictures), batch_size)]
         image = torch.stack([d[0] for d in draws])
-        target, weight = torch.stack([d[1] for d in draws]), torch.stack([d[2] for d in draws])[:, None]
-        errors = F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA)
-        band = (weight == 1).float()  # a tilt only on the spine
-        loss = (errors[:, :1] * weight).sum() / weight.sum() + TILT_WEIGHT * (errors[:, 1:] * band).sum() / band.sum().clamp(min=1)
+        target, weight = torch.stack([d[1] for d in draws])[:, None], torch.stack([d[2] for d in draws])[:, None]
+        loss = (F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA) * weight).sum() / weight.sum()
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
@@ -291,7 +220,7 @@ def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | 
     entry = {
         "weights": WEIGHTS,
         "sha256": sha256_of(path),
-        "network": {"channels": list(CHANNELS), "outputs": OUTPUTS},
+        "network": {"channels": list(CHANNELS)},
         "box": list(BOX),
         "what": "each pixel's level coordinate (T1 = 1 ... L5 = 17) from the whole radiograph (VerdiffSegmentLib/level_map.py); names the vertebrae",
         "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},

@@ -16,13 +16,6 @@ changes no other name. The network is the baseline U-Net (``networks.UNetBaselin
 with one regression channel; the card that uses it names it in ``naming.level_map``
 (``models.ModelCard``), and it is loaded and checked like any bundled weights.
 
-A second output channel (cards whose ``naming.level_map.outputs`` is 2, session 8) gives
-each pixel the tilt of its vertebra's endplates, in degrees from the picture's horizontal
-(positive where the right side is higher; the AASCE reference's left-edge-middle to
-right-edge-middle line, interpolated between neighbouring vertebrae along the spine):
-a vertebra's Cobb tilt is then the median over its pixels (``cobb``), read from the whole
-picture instead of from the outline of a piece the segmentation may have merged or broken.
-
 Decisions:
 1. The picture is fitted into the box keeping its aspect ratio, centred, the rest zero
    (``fit_to_box``); intensities by the card's percentile normalisation.
@@ -32,8 +25,6 @@ Decisions:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -42,15 +33,6 @@ from .transforms import intensity_range, normalise
 
 BOX = (256, 96)  # rows, columns: a median AASCE radiograph (2375 x 891) becomes 256 x 96, 10-11 rows a vertebra
 NORMALISATION = {"kind": "percentile", "low": 0.5, "high": 99.5}
-TILT_UNIT_DEG = 10.0  # the tilt channel regresses degrees / 10: on the scale of the coordinate's levels
-
-
-@dataclass
-class LevelMap:
-    """A level map read back onto a picture's grid (float32 [rows, cols] each)."""
-
-    coordinate: np.ndarray  # levels: T1 = 1 ... L5 = 17
-    tilt_deg: np.ndarray | None = None  # endplate tilt, degrees from the horizontal, + where the right side is higher; None for a one-output map
 
 
 def fit_geometry(shape, box=BOX) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -73,18 +55,17 @@ def fit_to_box(picture: np.ndarray, box=BOX, normalisation=NORMALISATION) -> tor
 
 
 def read_back(level_map: torch.Tensor, shape) -> np.ndarray:
-    """The box's map [1, C, *box] -> float32 [C, rows, cols] on the picture's grid (``fit_geometry``)."""
+    """The box's map [1, 1, *box] -> float32 [rows, cols] on the picture's grid (``fit_geometry``)."""
     (rows, cols), (top, left) = fit_geometry(shape, level_map.shape[-2:])
     inner = level_map[..., top : top + rows, left : left + cols].float()
-    return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0].numpy()
+    return F.interpolate(inner, size=tuple(shape), mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 @torch.no_grad()
-def predict_level_map(network: torch.nn.Module, picture: np.ndarray) -> LevelMap:
-    """The level coordinate (and, with a second output, the endplate tilt) of every pixel of
-    a 2D picture [rows, cols], computed on the network's device."""
+def predict_level_map(network: torch.nn.Module, picture: np.ndarray) -> np.ndarray:
+    """The level coordinate of every pixel of a 2D picture [rows, cols] (float32, same shape),
+    computed on the network's device."""
     box = tuple(getattr(network, "box", BOX))
     parameter = next(network.parameters())
     image = fit_to_box(np.asarray(picture, np.float32), box).to(device=parameter.device, dtype=parameter.dtype)
-    channels = read_back(network(image).float().cpu(), picture.shape)
-    return LevelMap(channels[0], channels[1] * TILT_UNIT_DEG if len(channels) > 1 else None)
+    return read_back(network(image).float().cpu(), picture.shape)

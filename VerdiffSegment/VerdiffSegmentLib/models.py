@@ -33,6 +33,11 @@ Level map: ``naming.level_map`` (an object: ``weights``, ``sha256``, ``network``
 whole radiograph to each pixel's level coordinate (``level_map``); the per-vertebra step
 names the vertebrae from it where their count names nothing. Its weights are checked and
 loaded as the card's are, on every run (``load_level_map``).
+
+Endplate tilts: ``cobb.tilt_network`` (an object: ``weights``, ``sha256``, ``network`` with
+the ``EndplateTiltNetwork`` keywords) names a small network that reads each vertebra's tilt
+from a patch of the radiograph (``endplate_tilt``) for the Cobb angles; loaded and checked
+the same way (``load_tilt_network``).
 """
 
 from __future__ import annotations
@@ -110,6 +115,7 @@ class ModelCard:
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
     extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
     level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
+    tilt_network: dict | None = None  # cobb.tilt_network: weights, sha256, network (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -239,6 +245,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         level_map = (data.get("naming") or {}).get("level_map")
         if level_map is not None:
             level_map = _checked_level_map(level_map)
+        tilt_network = (data.get("cobb") or {}).get("tilt_network")
+        if tilt_network is not None:
+            tilt_network = _checked_tilt_network(tilt_network)
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -281,6 +290,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         gap_channel=gap_channel,
         extra_vertebrae=extra_vertebrae,
         level_map=level_map,
+        tilt_network=tilt_network,
         schema_version=schema,
         raw=data,
     )
@@ -294,10 +304,7 @@ def _checked_level_map(entry) -> dict:
     channels = [int(n) for n in entry["network"]["channels"]]
     if len(box) != 2 or min(box) < 1 or any(n % 2 ** (len(channels) - 1) for n in box):
         raise ValueError(f"naming.level_map.box must be 2 sizes divisible by {2 ** (len(channels) - 1)}, got {entry['box']}")
-    outputs = int(entry["network"].get("outputs", 1))  # 2: the coordinate and the endplate tilt (level_map)
-    if outputs not in (1, 2):
-        raise ValueError(f"naming.level_map.network.outputs must be 1 or 2, got {outputs}")
-    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels, "outputs": outputs}, "box": box}
+    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels}, "box": box}
 
 
 def read_card(path: Path) -> ModelCard:
@@ -328,6 +335,16 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _checked_tilt_network(entry) -> dict:
+    """``cobb.tilt_network`` with its types checked (``parse_card`` turns errors into the card's)."""
+    if not isinstance(entry, dict) or not {"weights", "sha256", "network"} <= set(entry):
+        raise ValueError("cobb.tilt_network must be an object with weights, sha256 and network")
+    channels = [int(n) for n in entry["network"]["channels"]]
+    if not channels or min(channels) < 1:
+        raise ValueError(f"cobb.tilt_network.network.channels must be positive, got {entry['network']['channels']}")
+    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels}}
+
+
 def _load_checked(path: Path, sha256: str, what: str, build) -> torch.nn.Module:
     """Check a weights file's sha256, then ``build()`` the network and load them into it
     (``weights_only``); any failure is one ``VerdiffError`` naming ``what``."""
@@ -353,7 +370,7 @@ def load_level_map(card: ModelCard, device: str | torch.device = "cpu") -> torch
     from .networks import UNetBaseline
 
     entry = card.level_map
-    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the level map of model {card.name}", lambda: UNetBaseline(1, entry["network"]["outputs"], entry["network"]["channels"]))
+    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the level map of model {card.name}", lambda: UNetBaseline(1, 1, entry["network"]["channels"]))
     network.box = tuple(entry["box"])
     return network.to(device).eval()
 
@@ -371,3 +388,14 @@ def make_scheduler(card: ModelCard):
     """The card's scheduler, or None for a deterministic family."""
     family = card.family
     return None if family.scheduler is None else family.scheduler(**card.scheduler_config)
+
+
+def load_tilt_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
+    """The card's endplate-tilt network (``cobb.tilt_network``), checked like the card's weights; None without one."""
+    if card.tilt_network is None:
+        return None
+    from .endplate_tilt import EndplateTiltNetwork
+
+    entry = card.tilt_network
+    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the endplate-tilt network of model {card.name}", lambda: EndplateTiltNetwork(entry["network"]["channels"]))
+    return network.to(device).eval()

@@ -47,8 +47,9 @@ from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import card_levels, name_vertebrae
+from .endplate_tilt import vertebra_tilts
 from .level_map import predict_level_map
-from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_network, make_scheduler
+from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, prepare_for_card, slice_channels
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
@@ -179,6 +180,7 @@ def segment(
     network = network or load_network(card, torch_device)
     # the level map (36 ms to check and load) fails here when missing or tampered, before sampling
     level_network = load_level_map(card, torch_device) if per_vertebra else None
+    tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
     timings["load_model"] = time.perf_counter() - clock
 
     clock = time.perf_counter()
@@ -205,14 +207,17 @@ def segment(
     labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
-        level_map = None  # the level map reads the picture (a radiograph), not the sagittal stack
-        if level_network is not None and prepared.planar.GetDimension() == 2:
-            level_map = predict_level_map(level_network, sitk.GetArrayViewFromImage(prepared.planar))
-        coordinates = level_map.coordinate if level_map is not None else None
+        coordinates = None  # the level map reads the picture (a radiograph), not the sagittal stack
+        picture = sitk.GetArrayViewFromImage(prepared.planar) if prepared.planar.GetDimension() == 2 else None
+        if level_network is not None and picture is not None:
+            coordinates = predict_level_map(level_network, picture)
         labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
-        if card.modality == "XR":  # angles, end vertebrae, their tilts (the map's tilt channel where it has one, else the gaps)
-            measurements.update(cobb_measurements(labels, label_info, result.gaps, level_map.tilt_deg if level_map is not None else None))
+        if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
+            tilts = None
+            if tilt_network is not None and picture is not None and label_info:
+                tilts = vertebra_tilts(tilt_network, picture, sitk.GetArrayViewFromImage(labels), [int(s["value"]) for s in label_info])
+            measurements.update(cobb_measurements(labels, label_info, result.gaps, tilts))
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)

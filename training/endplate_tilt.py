@@ -1,0 +1,191 @@
+"""Train the endplate-tilt network (``VerdiffSegmentLib.endplate_tilt``) on the AASCE landmarks.
+
+Samples: every vertebra of the card split's training images (about 17 a radiograph): its
+centre is the mean of its four landmark corners, its width the distance between the
+middles of its left and right edges, its tilt the reference's line between those middles
+(``tilts_degrees``). Each radiograph is kept at the scale where its median
+vertebra is ``PATCH / SPAN`` pixels wide (``at_patch_scale``), as inference resizes it.
+
+Augmentation (each draw): the centre moved and the width scaled (``CENTRE_JITTER``,
+``WIDTH_JITTER``: the segmentation's pieces place patches that roughly), the patch's frame
+turned by up to ``ROTATION_DEGREES`` (the target turns with it: ``tilt_in_patch``), a
+mirror image (the tilt changes sign), and a gamma on the intensities.
+
+Loss: smooth L1 in ``TILT_UNIT_DEG`` (quadratic below a degree).
+
+``python -m training endplate-tilt --out runs/endplate-tilt`` trains;
+``export-endplate-tilt --checkpoint runs/endplate-tilt/stepN.pt`` writes
+``Resources/Models/endplate-tilt-xray.pt`` and names it in every X-ray card (``cobb.tilt_network``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+import SimpleITK as sitk
+import torch
+import torch.nn.functional as F
+
+from VerdiffSegmentLib.cobb import cobb_from_landmarks, cobb_from_vertebrae, smape
+from VerdiffSegmentLib.endplate_tilt import CENTRE_JITTER, TILT_UNIT_DEG, WIDTH_JITTER, EndplateTiltNetwork, at_patch_scale, patches, predict_tilts, tilt_in_patch
+from VerdiffSegmentLib.io import read_image
+
+from .datasets import aasce_cases
+from .level_map import bundled_card, validation_items
+
+ROTATION_DEGREES = 20.0
+L1_BETA = 0.1  # in TILT_UNIT_DEG: quadratic below one degree
+WEIGHTS = "endplate-tilt-xray.pt"
+
+
+def read_landmarks(mat_path: Path) -> np.ndarray:
+    """An AASCE landmark file's corners [17, 4, (x, y)]: top-left, top-right, bottom-left, bottom-right."""
+    return scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)
+
+
+def edge_middles(mat_path: Path) -> np.ndarray:
+    """[17, 2 (left, right), 2 (row, col)]: the middles of each vertebra's left and right edges."""
+    points = read_landmarks(mat_path)
+    return np.stack([(points[:, 0] + points[:, 2]) / 2, (points[:, 1] + points[:, 3]) / 2], axis=1)[..., ::-1]
+
+
+def tilts_degrees(ends: np.ndarray) -> np.ndarray:
+    """Tilts [n] in degrees (+ where the right side is higher, within -90..90) of edge middles [n, 2, (row, col)]."""
+    d = ends[:, 1] - ends[:, 0]
+    angle = np.degrees(np.arctan2(-d[:, 0], d[:, 1]))
+    return (angle + 90.0) % 180.0 - 90.0
+
+
+def vertebrae_of(mat: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(centres [17, (row, col)], widths [17], tilts [17] degrees) in the radiograph's pixels."""
+    ends = edge_middles(mat)
+    centres = read_landmarks(mat).mean(axis=1)[:, ::-1]
+    return centres, np.linalg.norm(ends[:, 1] - ends[:, 0], axis=1), tilts_degrees(ends)
+
+
+def load_samples(root: Path, names: set[str]):
+    """[(picture float32 at patch scale, centres, widths, tilts)] per named radiograph."""
+    out = []
+    for name, image_path, mat in aasce_cases(root):
+        if name not in names:
+            continue
+        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
+        centres, widths, tilts = vertebrae_of(mat)
+        out.append((*at_patch_scale(picture, centres, widths), tilts))
+    return out
+
+
+def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One augmented batch: (patches [B, 1, P, P], targets [B] in TILT_UNIT_DEG)."""
+    images, targets = [], []
+    for index in rng.integers(0, len(samples), batch_size):
+        picture, centres, widths, tilts = samples[index]
+        k = int(rng.integers(0, len(centres)))
+        width = widths[k] * rng.uniform(*WIDTH_JITTER)
+        centre = centres[k] + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2) * widths[k]
+        angle = rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES)
+        patch = patches(picture, centre[None], np.array([width]), np.array([angle]))[0]
+        target = tilt_in_patch(tilts[k], angle)
+        if rng.random() < 0.5:
+            patch, target = patch.flip(-1), -target
+        if rng.random() < 0.8:
+            patch = patch.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25)))
+        images.append(patch)
+        targets.append(target / TILT_UNIT_DEG)
+    return torch.stack(images), torch.tensor(targets, dtype=torch.float32)
+
+
+def evaluate(network, items) -> dict:
+    """On the truth vertebrae (landmark centres and widths) of held-out radiographs: mean and
+    95th percentile |tilt error| (degrees), and the Cobb SMAPE (%) of the angles from the 17
+    predicted tilts and the landmarks' centre line against the reference's angles."""
+    was_training = network.training
+    network.eval()
+    errors, predicted, truth = [], [], []
+    for image_path, mat in items:
+        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
+        centres, widths, tilts = vertebrae_of(mat)
+        estimate = predict_tilts(network, picture, centres, widths)
+        errors += list(np.abs(estimate - tilts))
+        points = read_landmarks(mat)
+        centre = np.stack([(points[:, 0] + points[:, 1]) / 2, (points[:, 2] + points[:, 3]) / 2], axis=1).reshape(-1, 2)
+        radians = np.radians(estimate)
+        predicted.append(cobb_from_vertebrae(np.stack([np.cos(radians), -np.sin(radians)], axis=1), centre, picture.shape[0]))
+        truth.append(list(cobb_from_landmarks(points.reshape(-1, 2), picture.shape[0]).values()))
+    network.train(was_training)
+    return {
+        "vertebrae": len(errors),
+        "tilt_mean_abs_error_deg": round(float(np.mean(errors)), 3),
+        "tilt_p95_abs_error_deg": round(float(np.percentile(errors, 95)), 3),
+        "cobb_smape_on_truth_vertebrae_percent": smape(predicted, truth),
+    }
+
+
+def train(data_root: Path, out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, val_every: int = 500,
+          init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
+    """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
+    validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
+    ``out/log.json`` and returns the last validation."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    card = bundled_card()
+    samples = load_samples(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
+    validation = validation_items(data_root, card)[:limit]
+    network = EndplateTiltNetwork()
+    if init is not None:
+        network.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
+    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
+    out.mkdir(parents=True, exist_ok=True)
+    log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
+           "training_images": len(samples), "validation": []}
+    clock = time.time()
+    for step in range(1, steps + 1):
+        images, targets = draw(samples, rng, batch_size)
+        loss = F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % 50 == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - clock, 1)}), flush=True)
+        if step % val_every == 0 or step == steps:
+            scores = {"step": step, **evaluate(network, validation)}
+            log["validation"].append(scores)
+            print(json.dumps(scores), flush=True)
+            torch.save(network.state_dict(), out / f"step{step}.pt")
+            (out / "log.json").write_text(json.dumps(log, indent=1))
+    return log["validation"][-1]
+
+
+def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
+    """Write ``checkpoint``'s weights (fp16) as ``models_dir/endplate-tilt-xray.pt``, validate
+    them on the card split's validation images, and set ``cobb.tilt_network`` in every X-ray
+    card there (all share the split)."""
+    from VerdiffSegmentLib.models import sha256_of
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    path = Path(models_dir) / WEIGHTS
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    network = EndplateTiltNetwork()
+    network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
+    cards = {path: json.loads(path.read_text()) for path in sorted(Path(models_dir).glob("*.json"))}
+    cards = {path: card for path, card in cards.items() if card.get("modality") == "XR"}
+    validation = evaluate(network, validation_items(data_root, next(iter(cards.values()))))
+    history = json.loads(Path(run_log).read_text()) if run_log else {}
+    entry = {
+        "weights": WEIGHTS,
+        "sha256": sha256_of(path),
+        "network": {"channels": list(network.channels)},
+        "what": "each vertebra's endplate tilt from a patch of the radiograph around it (VerdiffSegmentLib/endplate_tilt.py); the Cobb angles' tilts",
+        "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},
+        "validation": {**validation, "split": "the card's validation images (truth landmark centres and widths)"},
+    }
+    for card_path, card in cards.items():
+        card.setdefault("cobb", {})["tilt_network"] = entry
+        card_path.write_text(json.dumps(card, indent=2))
+    return entry

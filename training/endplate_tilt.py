@@ -20,8 +20,6 @@ Loss: smooth L1 in ``TILT_UNIT_DEG`` (quadratic below a degree).
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +34,7 @@ from VerdiffSegmentLib.io import read_image
 
 from .datasets import aasce_cases
 from .level_map import bundled_card, validation_items
+from .xray_helpers import export_into_xray_cards, fit
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.1  # in TILT_UNIT_DEG: quadratic below one degree
@@ -138,54 +137,24 @@ def train(data_root: Path, out: Path, steps: int = 3000, batch_size: int = 64, l
     network = EndplateTiltNetwork()
     if init is not None:
         network.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
-    out.mkdir(parents=True, exist_ok=True)
     log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
            "training_images": len(samples), "validation": []}
-    clock = time.time()
-    for step in range(1, steps + 1):
+
+    def batch_loss() -> torch.Tensor:
         images, targets = draw(samples, rng, batch_size)
-        loss = F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 50 == 0:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - clock, 1)}), flush=True)
-        if step % val_every == 0 or step == steps:
-            scores = {"step": step, **evaluate(network, validation)}
-            log["validation"].append(scores)
-            print(json.dumps(scores), flush=True)
-            torch.save(network.state_dict(), out / f"step{step}.pt")
-            (out / "log.json").write_text(json.dumps(log, indent=1))
-    return log["validation"][-1]
+        return F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
+
+    return fit(network, batch_loss, lambda: evaluate(network, validation), out, log, steps, lr, val_every, print_every=50)
 
 
 def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
     """Write ``checkpoint``'s weights (fp16) as ``models_dir/endplate-tilt-xray.pt``, validate
     them on the card split's validation images, and set ``cobb.tilt_network`` in every X-ray
-    card there (all share the split)."""
-    from VerdiffSegmentLib.models import sha256_of
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    path = Path(models_dir) / WEIGHTS
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    card there (``xray_helpers.export_into_xray_cards``)."""
     network = EndplateTiltNetwork()
-    network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
-    cards = {path: json.loads(path.read_text()) for path in sorted(Path(models_dir).glob("*.json"))}
-    cards = {path: card for path, card in cards.items() if card.get("modality") == "XR"}
-    validation = evaluate(network, validation_items(data_root, next(iter(cards.values()))))
-    history = json.loads(Path(run_log).read_text()) if run_log else {}
-    entry = {
-        "weights": WEIGHTS,
-        "sha256": sha256_of(path),
-        "network": {"channels": list(network.channels)},
-        "what": "each vertebra's endplate tilt from a patch of the radiograph around it (VerdiffSegmentLib/endplate_tilt.py); the Cobb angles' tilts",
-        "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},
-        "validation": {**validation, "split": "the card's validation images (truth landmark centres and widths)"},
-    }
-    for card_path, card in cards.items():
-        card.setdefault("cobb", {})["tilt_network"] = entry
-        card_path.write_text(json.dumps(card, indent=2))
-    return entry
+    return export_into_xray_cards(
+        checkpoint, models_dir, run_log, WEIGHTS, network, lambda network, card: evaluate(network, validation_items(data_root, card)), ("cobb", "tilt_network"),
+        {"network": {"channels": list(network.channels)},
+         "what": "each vertebra's endplate tilt from a patch of the radiograph around it (VerdiffSegmentLib/endplate_tilt.py); the Cobb angles' tilts"},
+        "the card's validation images (truth landmark centres and widths)",
+    )

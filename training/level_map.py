@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +37,7 @@ from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_l
 from VerdiffSegmentLib.networks import UNetBaseline
 
 from .datasets import aasce_cases, aasce_mask
+from .xray_helpers import export_into_xray_cards, fit
 
 BAND = 0.75  # vertebra widths either side of the centre line
 OUTSIDE_WEIGHT = 0.05
@@ -173,30 +173,16 @@ def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, l
     if init is not None:
         state = torch.load(init, map_location="cpu", weights_only=True)
         network.load_state_dict({k: v.float() for k, v in state.items()})
-    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
-    out.mkdir(parents=True, exist_ok=True)
     log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
            "training_images": len(pictures), "validation": []}
-    clock = time.time()
-    for step in range(1, steps + 1):
+
+    def batch_loss() -> torch.Tensor:
         draws = [augmented(*pictures[i], rng) for i in rng.integers(0, len(pictures), batch_size)]
         image = torch.stack([d[0] for d in draws])
         target, weight = torch.stack([d[1] for d in draws])[:, None], torch.stack([d[2] for d in draws])[:, None]
-        loss = (F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA) * weight).sum() / weight.sum()
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-        schedule.step()
-        if step % 25 == 0:
-            print(json.dumps({"step": step, "loss": round(float(loss), 4), "seconds": round(time.time() - clock, 1)}), flush=True)
-        if step % val_every == 0 or step == steps:
-            scores = {"step": step, **evaluate(network, validation)}
-            log["validation"].append(scores)
-            print(json.dumps(scores), flush=True)
-            torch.save(network.state_dict(), out / f"step{step}.pt")
-            (out / "log.json").write_text(json.dumps(log, indent=1))
-    return log["validation"][-1]
+        return (F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA) * weight).sum() / weight.sum()
+
+    return fit(network, batch_loss, lambda: evaluate(network, validation), out, log, steps, lr, val_every)
 
 
 WEIGHTS = "level-map-xray.pt"
@@ -205,28 +191,10 @@ WEIGHTS = "level-map-xray.pt"
 def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
     """Write ``checkpoint``'s weights (fp16) as ``models_dir/level-map-xray.pt``, validate
     them on the card split's validation images, and set ``naming.level_map`` in every X-ray
-    card there (all share the split, so none has seen its own validation images)."""
-    from VerdiffSegmentLib.models import sha256_of
-
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    path = Path(models_dir) / WEIGHTS
-    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
-    network = make_network()
-    network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
-    cards = {path: json.loads(path.read_text()) for path in sorted(Path(models_dir).glob("*.json"))}
-    cards = {path: card for path, card in cards.items() if card.get("modality") == "XR"}
-    validation = evaluate(network, validation_items(data_root, next(iter(cards.values()))))
-    history = json.loads(Path(run_log).read_text()) if run_log else {}
-    entry = {
-        "weights": WEIGHTS,
-        "sha256": sha256_of(path),
-        "network": {"channels": list(CHANNELS)},
-        "box": list(BOX),
-        "what": "each pixel's level coordinate (T1 = 1 ... L5 = 17) from the whole radiograph (VerdiffSegmentLib/level_map.py); names the vertebrae",
-        "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},
-        "validation": {**validation, "split": "the card's validation images (truth quadrilaterals, median coordinate per vertebra)"},
-    }
-    for card_path, card in cards.items():
-        card.setdefault("naming", {})["level_map"] = entry
-        card_path.write_text(json.dumps(card, indent=2))
-    return entry
+    card there (``xray_helpers.export_into_xray_cards``)."""
+    return export_into_xray_cards(
+        checkpoint, models_dir, run_log, WEIGHTS, make_network(), lambda network, card: evaluate(network, validation_items(data_root, card)), ("naming", "level_map"),
+        {"network": {"channels": list(CHANNELS)}, "box": list(BOX),
+         "what": "each pixel's level coordinate (T1 = 1 ... L5 = 17) from the whole radiograph (VerdiffSegmentLib/level_map.py); names the vertebrae"},
+        "the card's validation images (truth quadrilaterals, median coordinate per vertebra)",
+    )

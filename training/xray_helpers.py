@@ -1,0 +1,72 @@
+"""What the small X-ray networks beside the diffusion models share: their training loop and
+their export into every X-ray card (the level map, ``level_map.py``; the endplate-tilt
+network, ``endplate_tilt.py``). Both train on the ``verdiff-xray`` card split's training
+images and validate on its validation images; all X-ray cards share that split, so none
+has seen its own validation images."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], validate: Callable[[], dict], out: Path, log: dict,
+        steps: int, lr: float, val_every: int, print_every: int = 25) -> dict:
+    """AdamW (weight decay 1e-4) with a one-cycle schedule (5 % warm-up) on ``batch_loss()``
+    (a fresh batch's loss each call); every ``val_every`` steps and at the end ``validate()``
+    is appended to ``log["validation"]`` and ``out/stepN.pt`` and ``out/log.json`` are written.
+    Returns the last validation."""
+    optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
+    out.mkdir(parents=True, exist_ok=True)
+    log.setdefault("validation", [])
+    clock = time.time()
+    for step in range(1, steps + 1):
+        loss = batch_loss()
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        schedule.step()
+        if step % print_every == 0:
+            print(json.dumps({"step": step, "loss": round(loss.item(), 4), "seconds": round(time.time() - clock, 1)}), flush=True)
+        if step % val_every == 0 or step == steps:
+            scores = {"step": step, **validate()}
+            log["validation"].append(scores)
+            print(json.dumps(scores), flush=True)
+            torch.save(network.state_dict(), out / f"step{step}.pt")
+            (out / "log.json").write_text(json.dumps(log, indent=1))
+    return log["validation"][-1]
+
+
+def export_into_xray_cards(checkpoint: Path, models_dir: Path, run_log: Path | None, weights: str, network: torch.nn.Module,
+                           evaluate: Callable[[torch.nn.Module, dict], dict], place: tuple[str, str], describe: dict, split_note: str) -> dict:
+    """Write ``checkpoint``'s weights (fp16) as ``models_dir/weights``, load them back into
+    ``network``, validate with ``evaluate(network, card)`` and set ``card[place[0]][place[1]]``
+    in every X-ray card there to the entry (weights, sha256, ``describe``, training history,
+    validation with ``split_note``). Returns the entry."""
+    from VerdiffSegmentLib.models import sha256_of
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    path = Path(models_dir) / weights
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, path)
+    network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
+    cards = {card_path: json.loads(card_path.read_text()) for card_path in sorted(Path(models_dir).glob("*.json"))}
+    cards = {card_path: card for card_path, card in cards.items() if card.get("modality") == "XR"}
+    validation = evaluate(network, next(iter(cards.values())))
+    history = json.loads(Path(run_log).read_text()) if run_log else {}
+    entry = {
+        "weights": weights,
+        "sha256": sha256_of(path),
+        **describe,
+        "training": {k: history.get(k) for k in ("command", "steps", "batch_size", "lr", "init", "training_images")} | {"checkpoint": Path(checkpoint).name},
+        "validation": {**validation, "split": split_note},
+    }
+    section, key = place
+    for card_path, card in cards.items():
+        card.setdefault(section, {})[key] = entry
+        card_path.write_text(json.dumps(card, indent=2))
+    return entry

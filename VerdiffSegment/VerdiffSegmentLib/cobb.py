@@ -49,7 +49,7 @@ Where the card names an endplate-tilt network (``cobb.tilt_network``, session 8)
 vertebra's tilt is instead what that network reads from a patch of the radiograph around
 the piece (``endplate_tilt``: centred on the piece, as wide as it), and the outline gives
 only the endplate middles: on the 48 held-out images Cobb SMAPE fell from 17.98 % (gaps)
-to 11.42 % on the same model outputs (docs/levels.md). The gaps and outlines remain the
+to 10.70 % on the same model outputs (docs/levels.md). The gaps and outlines remain the
 tilts of cards without one.
 
 Accuracy (docs/levels.md, ``benchmarks/levels_accuracy.py xray``): the procedure on the

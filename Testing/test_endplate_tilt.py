@@ -72,6 +72,9 @@ def test_piece_geometry_of_a_tilted_body():
     centres, widths = piece_geometry(labels, [3])
     assert np.allclose(centres[0], [80, 100], atol=0.5)
     assert widths[0] == pytest.approx(60, rel=0.05)
+    # a label value with no pixels (or under 3) gets no tilt instead of a NaN patch
+    picture = np.random.default_rng(0).random(labels.shape).astype(np.float32)
+    assert set(endplate_tilt.vertebra_tilts(endplate_tilt.EndplateTiltNetwork(), picture, labels, [3, 7])) == {3}
 
 
 def test_training_draw_turns_the_target_with_the_patch():

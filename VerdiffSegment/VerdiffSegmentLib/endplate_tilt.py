@@ -152,6 +152,11 @@ def piece_geometry(labels: np.ndarray, values: list[int]) -> tuple[np.ndarray, n
 
 
 def vertebra_tilts(network: nn.Module, picture: np.ndarray, labels: np.ndarray, values: list[int]) -> dict[int, float]:
-    """Each piece's tilt (degrees) by label value, from the picture around it (``piece_geometry``)."""
+    """Each piece's tilt (degrees) by label value, from the picture around it (``piece_geometry``);
+    pieces under 3 pixels (no direction, and ``cobb`` measures none) are left out."""
+    labels = np.asarray(labels)
+    values = [v for v in values if np.count_nonzero(labels == v) >= 3]
+    if not values:
+        return {}
     centres, widths = piece_geometry(labels, values)
     return {int(v): float(t) for v, t in zip(values, predict_tilts(network, picture, centres, widths))}

@@ -135,16 +135,12 @@ def train(data_root: Path, out: Path, steps: int = 3000, batch_size: int = 64, l
     samples = load_samples(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
     validation = validation_items(data_root, card)[:limit]
     network = EndplateTiltNetwork()
-    if init is not None:
-        network.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
-    log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
-           "training_images": len(samples), "validation": []}
 
     def batch_loss() -> torch.Tensor:
         images, targets = draw(samples, rng, batch_size)
         return F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
 
-    return fit(network, batch_loss, lambda: evaluate(network, validation), out, log, steps, lr, val_every, print_every=50)
+    return fit(network, batch_loss, lambda: evaluate(network, validation), out, steps, batch_size, lr, seed, val_every, init, command, len(samples), print_every=50)
 
 
 def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:

@@ -170,11 +170,6 @@ def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, l
     pictures = load_pictures(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
     validation = validation_items(data_root, card)[:limit]
     network = make_network()
-    if init is not None:
-        state = torch.load(init, map_location="cpu", weights_only=True)
-        network.load_state_dict({k: v.float() for k, v in state.items()})
-    log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
-           "training_images": len(pictures), "validation": []}
 
     def batch_loss() -> torch.Tensor:
         draws = [augmented(*pictures[i], rng) for i in rng.integers(0, len(pictures), batch_size)]
@@ -182,7 +177,7 @@ def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, l
         target, weight = torch.stack([d[1] for d in draws])[:, None], torch.stack([d[2] for d in draws])[:, None]
         return (F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA) * weight).sum() / weight.sum()
 
-    return fit(network, batch_loss, lambda: evaluate(network, validation), out, log, steps, lr, val_every)
+    return fit(network, batch_loss, lambda: evaluate(network, validation), out, steps, batch_size, lr, seed, val_every, init, command, len(pictures))
 
 
 WEIGHTS = "level-map-xray.pt"

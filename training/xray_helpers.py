@@ -14,16 +14,20 @@ from pathlib import Path
 import torch
 
 
-def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], validate: Callable[[], dict], out: Path, log: dict,
-        steps: int, lr: float, val_every: int, print_every: int = 25) -> dict:
-    """AdamW (weight decay 1e-4) with a one-cycle schedule (5 % warm-up) on ``batch_loss()``
-    (a fresh batch's loss each call); every ``val_every`` steps and at the end ``validate()``
-    is appended to ``log["validation"]`` and ``out/stepN.pt`` and ``out/log.json`` are written.
-    Returns the last validation."""
+def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], validate: Callable[[], dict], out: Path, steps: int, batch_size: int,
+        lr: float, seed: int, val_every: int, init: Path | None, command: str | None, training_images: int, print_every: int = 25) -> dict:
+    """Warm-start ``network`` from ``init`` (a state dict; fp16 is read as float32), then
+    AdamW (weight decay 1e-4) with a one-cycle schedule (5 % warm-up) on ``batch_loss()`` (a
+    fresh batch of ``batch_size`` each call); every ``val_every`` steps and at the end
+    ``validate()`` is appended to the run's log and ``out/stepN.pt`` and ``out/log.json``
+    (the settings, ``command`` and the validations) are written. Returns the last validation."""
+    if init is not None:
+        network.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
+    log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
+           "training_images": training_images, "validation": []}
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimiser, max_lr=lr, total_steps=steps, pct_start=0.05)
     out.mkdir(parents=True, exist_ok=True)
-    log.setdefault("validation", [])
     clock = time.time()
     for step in range(1, steps + 1):
         loss = batch_loss()

@@ -155,7 +155,8 @@ def vertebra_tilts(network: nn.Module, picture: np.ndarray, labels: np.ndarray, 
     """Each piece's tilt (degrees) by label value, from the picture around it (``piece_geometry``);
     pieces under 3 pixels (no direction, and ``cobb`` measures none) are left out."""
     labels = np.asarray(labels)
-    values = [v for v in values if np.count_nonzero(labels == v) >= 3]
+    counts = np.bincount(labels.ravel().astype(np.int64), minlength=max(values, default=0) + 1)  # one pass, as cobb_measurements counts
+    values = [v for v in values if counts[v] >= 3]
     if not values:
         return {}
     centres, widths = piece_geometry(labels, values)

@@ -18,7 +18,8 @@ sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
 from conftest import DATA, MODELS, xray_image  # noqa: E402
 from VerdiffSegmentLib import endplate_tilt  # noqa: E402
-from VerdiffSegmentLib.endplate_tilt import PATCH, SPAN, at_patch_scale, patches, piece_geometry, tilt_in_patch  # noqa: E402
+from VerdiffSegmentLib.endplate_tilt import PATCH, SPAN, at_patch_scale, patches, tilt_in_patch  # noqa: E402
+from VerdiffSegmentLib.vertebra_patches import piece_geometry  # noqa: E402
 from VerdiffSegmentLib.errors import VerdiffError  # noqa: E402
 from VerdiffSegmentLib.models import get_card, load_tilt_network  # noqa: E402
 from training import endplate_tilt as training_tilt  # noqa: E402

@@ -60,7 +60,8 @@ def test_cmake_and_the_wheel_carry_every_card_and_the_weights_it_names():
         data = json.loads(card.read_text(encoding="utf-8"))
         level_map = (data.get("naming") or {}).get("level_map")  # the network that names an X-ray card's vertebrae
         tilt_network = (data.get("cobb") or {}).get("tilt_network")  # the one its Cobb angles' tilts come from
-        weights = {data["weights"]} | {helper["weights"] for helper in (level_map, tilt_network) if helper}
+        level_network = (data.get("naming") or {}).get("level_network")  # the vertebra-level network (measured, session 9)
+        weights = {data["weights"]} | {helper["weights"] for helper in (level_map, tilt_network, level_network) if helper}
         assert {f"Resources/Models/{card.name}"} | {f"Resources/Models/{w}" for w in weights} <= installed, card.name
     assert {str(path.relative_to(REPO)) for path in setup.bundled_model_files()} == installed
 

@@ -13,6 +13,8 @@ level-map        --out DIR [--train-steps N --batch-size B --lr LR --init FILE.p
 export-level-map --checkpoint DIR/stepN.pt   its weights into Resources/Models, named by every X-ray card
 endplate-tilt        --out DIR [...as level-map]   the X-ray endplate-tilt network (training/endplate_tilt.py)
 export-endplate-tilt --checkpoint DIR/stepN.pt     the same for it (cards' cobb.tilt_network)
+vertebra-level        --out DIR [...as level-map]  the X-ray vertebra-level network (training/vertebra_level.py)
+export-vertebra-level --checkpoint DIR/stepN.pt    the same for it (cards' naming.level_network)
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
 command runs data-parallel; ``--batch-size`` is per process.
@@ -275,6 +277,7 @@ def main(argv=None) -> None:
     helper_networks = {  # small X-ray networks beside the diffusion models: command -> (module, help, default steps, batch)
         "level-map": ("level_map", "train the X-ray level map that names the vertebrae (training/level_map.py)", 2500, 16),
         "endplate-tilt": ("endplate_tilt", "train the X-ray endplate-tilt network the Cobb angles use (training/endplate_tilt.py)", 3000, 64),
+        "vertebra-level": ("vertebra_level", "train the X-ray vertebra-level network that names the pieces (training/vertebra_level.py)", 8000, 64),
     }
     for command, (module, help_text, default_steps, default_batch) in helper_networks.items():
         m = sub.add_parser(command, help=help_text)

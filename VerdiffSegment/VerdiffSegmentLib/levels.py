@@ -89,6 +89,9 @@ CHAIN_AXIS_DEGREES = 30.0  # a merged piece is cut across its principal axis whe
 SIDE_BY_SIDE_OVERLAP = 0.5  # of the shorter piece's extent along the spine: pieces overlapping more ...
 SIDE_BY_SIDE_OFFSET = 0.35  # ... with centres closer than this many typical heights along it are one vertebra
 BELOW_RANGE_SHARE = 0.5  # of the median vertebra's voxels: a smaller lowest piece is below the card's range (``below_the_range``)
+SKIP_PROBABILITY = 0.05  # of skipping one level between neighbouring pieces (``levels_from_log_probabilities``)
+REPEAT_PROBABILITY = 0.0  # of two neighbouring pieces being one vertebra (``levels_from_log_probabilities``)
+MIN_LEVEL_CONFIDENCE = 0.5  # posterior probability a piece's level needs to be named (``levels_from_log_probabilities``)
 EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
 # Vertebrae whose level is not decided have no terminology colour: two shades alternating
@@ -385,6 +388,55 @@ def levels_from_coordinates(coordinates: list[float], levels: list[str] | None) 
     if np.abs(medians - assigned).mean() > MAP_AGREEMENT:
         return [None] * count  # the map and the pieces disagree: no name rather than a shifted one
     return [EXTENDED_LEVELS[first - 1 + k] if abs(m - k) < 1.0 else None for m, k in zip(medians, assigned)]
+
+
+def levels_from_log_probabilities(log_probabilities: np.ndarray, level_names, skip_probability: float = None, min_confidence: float = None,
+                                  repeat_probability: float = None) -> list[str | None]:
+    """Level of each vertebra (top-down) from each piece's log-probabilities over
+    ``level_names`` (head to feet; ``vertebra_level``: read from the picture around it).
+
+    Decision: the pieces form a chain down the spine, so their levels strictly increase;
+    skipping ``s`` levels between two neighbouring pieces (a merged pair, a vertebra the
+    segmentation missed) has probability ``skip_probability ** s`` (default ``SKIP_PROBABILITY``),
+    levels before the first and after the last piece are free (the picture's field of view).
+    The names are the likeliest such sequence (Viterbi), so every piece's evidence places
+    the others: an L5 above the sacrum and a T12 with its ribs fix the count between them.
+    A piece is named only where the posterior probability of its level on that chain (forward-
+    backward over all sequences) is at least ``min_confidence`` (default ``MIN_LEVEL_CONFIDENCE``):
+    where two sequences are about as likely (the count between the anchors is off by one),
+    their names are left undecided rather than guessed."""
+    from scipy.special import logsumexp
+
+    skip = SKIP_PROBABILITY if skip_probability is None else skip_probability
+    least = MIN_LEVEL_CONFIDENCE if min_confidence is None else min_confidence
+    repeat = REPEAT_PROBABILITY if repeat_probability is None else repeat_probability
+    scores = np.asarray(log_probabilities, float)
+    count, k = scores.shape[0], len(level_names)
+    if count == 0:
+        return []
+    if count > k and not repeat:
+        return [None] * count  # more pieces than levels: no chain fits
+    step = np.arange(k)[None, :] - np.arange(k)[:, None]  # [from, to]
+    with np.errstate(divide="ignore"):
+        transition = np.where(step > 0, (step - 1) * np.log(skip), np.where(step == 0, np.log(repeat), -np.inf))
+    best, origin = scores[0].copy(), np.zeros((count, k), int)
+    forward = np.zeros((count, k))
+    forward[0] = scores[0]
+    for i in range(1, count):
+        candidates = best[:, None] + transition
+        origin[i] = candidates.argmax(axis=0)
+        best = candidates.max(axis=0) + scores[i]
+        forward[i] = logsumexp(forward[i - 1][:, None] + transition, axis=0) + scores[i]
+    backward = np.zeros((count, k))
+    for i in range(count - 2, -1, -1):
+        backward[i] = logsumexp(transition + (scores[i + 1] + backward[i + 1])[None, :], axis=1)
+    path = [int(best.argmax())]
+    for i in range(count - 1, 0, -1):
+        path.append(int(origin[i, path[-1]]))
+    path.reverse()
+    with np.errstate(invalid="ignore"):
+        posterior = np.exp(forward + backward - logsumexp(forward[-1]))
+    return [str(level_names[j]) if posterior[i, j] >= least else None for i, j in enumerate(path)]
 
 
 def below_the_range(sizes: list[int]) -> bool:

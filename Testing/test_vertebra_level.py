@@ -1,0 +1,99 @@
+"""The vertebra-level network (VerdiffSegmentLib/vertebra_level.py), its chain decoding
+(levels.levels_from_log_probabilities) and its training (training/vertebra_level.py), on the
+real AASCE radiographs and the bundled weights."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
+
+from conftest import DATA, MODELS  # noqa: E402
+from VerdiffSegmentLib.io import read_image  # noqa: E402
+from VerdiffSegmentLib.levels import levels_from_log_probabilities  # noqa: E402
+from VerdiffSegmentLib.models import sha256_of  # noqa: E402
+from VerdiffSegmentLib.vertebra_level import LEVELS, PieceLevelReader, VertebraLevelNetwork, level_log_probabilities  # noqa: E402
+
+
+def one_hot_scores(levels: list[int], k: int = len(LEVELS), strength: float = 4.0) -> np.ndarray:
+    scores = np.full((len(levels), k), -strength)
+    scores[np.arange(len(levels)), levels] = 0.0
+    return scores
+
+
+def test_the_chain_follows_clear_evidence():
+    names = levels_from_log_probabilities(one_hot_scores([3, 4, 5, 6]), LEVELS)
+    assert names == [LEVELS[3], LEVELS[4], LEVELS[5], LEVELS[6]]
+
+
+def test_one_confused_piece_is_placed_by_its_neighbours():
+    scores = one_hot_scores([3, 4, 5, 6])
+    scores[2] = one_hot_scores([4])[0]  # the third piece looks like the second's level
+    names = levels_from_log_probabilities(scores, LEVELS)
+    assert names[0] == LEVELS[3] and names[-1] == LEVELS[6]
+    assert names[1] != names[2]  # strictly increasing without repeats
+
+
+def test_an_undecided_count_is_left_unnamed():
+    # every piece equally likely at two neighbouring levels: half the posterior each
+    scores = np.full((3, len(LEVELS)), -20.0)
+    for i in range(3):
+        scores[i, 5 + i] = scores[i, 6 + i] = 0.0
+    assert levels_from_log_probabilities(scores, LEVELS, min_confidence=0.6) == [None, None, None]
+    assert None not in levels_from_log_probabilities(scores, LEVELS, min_confidence=0.0)
+
+
+def test_a_repeated_level_lets_two_pieces_of_one_vertebra_share_it():
+    scores = one_hot_scores([3, 4, 4, 5])
+    assert levels_from_log_probabilities(scores, LEVELS, repeat_probability=0.0)[1:3] != [LEVELS[4], LEVELS[4]]
+    assert levels_from_log_probabilities(scores, LEVELS, repeat_probability=0.1) == [LEVELS[3], LEVELS[4], LEVELS[4], LEVELS[5]]
+
+
+def test_more_pieces_than_levels_get_no_names():
+    assert levels_from_log_probabilities(np.zeros((len(LEVELS) + 1, len(LEVELS))), LEVELS) == [None] * (len(LEVELS) + 1)
+
+
+def test_bundled_weights_are_those_the_xray_cards_name_and_name_a_held_out_spine():
+    card = json.loads((MODELS / "verdiff-xray.json").read_text())
+    entry = card["naming"]["level_network"]
+    assert sha256_of(MODELS / entry["weights"]) == entry["sha256"]
+    network = VertebraLevelNetwork(entry["network"]["channels"], entry["network"]["levels"])
+    network.load_state_dict({k: v.float() for k, v in torch.load(MODELS / entry["weights"], weights_only=True).items()})
+    network.eval()
+    from training.endplate_tilt import vertebrae_of
+    from training.level_map import validation_items
+
+    named_right = 0
+    for image_path, mat in validation_items(DATA, card)[:3]:
+        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
+        centres, widths, _ = vertebrae_of(mat)
+        scores = level_log_probabilities(network, picture, centres, widths)
+        assert scores.shape == (17, len(LEVELS)) and np.allclose(np.exp(scores).sum(axis=1), 1.0, atol=1e-4)
+        names = levels_from_log_probabilities(scores, network.levels)
+        named_right += sum(name == level for name, level in zip(names, LEVELS[1:-1]))
+        # the same through the reader, on pieces drawn as discs at the landmark centres
+        labels = np.zeros(picture.shape, np.int32)
+        rows, cols = np.ogrid[: picture.shape[0], : picture.shape[1]]
+        for value, ((row, col), width) in enumerate(zip(centres, widths), start=1):
+            labels[(rows - row) ** 2 + (cols - col) ** 2 <= (width / 3) ** 2] = value
+        labels[0, 0] = 18  # a one-pixel piece: no width, equal probabilities
+        read = PieceLevelReader(network, picture)(labels, list(range(1, 19)))
+        assert read.shape == (18, len(LEVELS)) and np.allclose(read[-1], -np.log(len(LEVELS)))
+    assert named_right >= 0.7 * 3 * 17  # 85 % on the 48 held-out images (the card's validation)
+
+
+@pytest.mark.parametrize("steps", [2])
+def test_a_real_training_step_writes_a_checkpoint_and_a_validation(tmp_path, steps):
+    from training.vertebra_level import train
+
+    result = train(DATA, tmp_path, steps=steps, batch_size=4, val_every=steps, limit=2)
+    assert (tmp_path / f"step{steps}.pt").is_file() and result["vertebrae"] == 2 * 17
+    assert 0.0 <= result["named_right"] + result["named_wrong"] <= 1.0

@@ -1,0 +1,84 @@
+"""The level of each vertebra on an AP radiograph, read from a tall patch of the picture around
+it: what names the X-ray model's pieces (``levels``).
+
+Why (issue 15): a binary model's only anchor is the count of its pieces, and one merged or
+one extra piece (the top of S1) leaves the whole spine unnamed; the level map
+(``level_map``, the whole radiograph on a 256 x 96 grid) named 72 % of the truth vertebrae
+right, its errors whole spines one level off (docs/levels.md, session 7). Which vertebra is
+which shows locally: the sacrum and the iliac crests beside L5 and L4, the last ribs at T12,
+the first ribs and the clavicles at T1, the shape and size of each body. This network sees
+each vertebra with about three neighbours above and below at a resolution fixed by its
+size, as the endplate-tilt network does (``endplate_tilt``), and gives a probability for
+each of ``LEVELS``; ``levels.levels_from_log_probabilities`` then names the pieces top-down
+as the likeliest strictly increasing sequence, so that the evidence of every piece (an L5
+above the sacrum, a T12 with its ribs) places the others.
+
+Decisions:
+1. The patch (``LEVEL_PATCH``) is 96 x 64 pixels spanning 6 x 4 vertebra widths, at 16
+   pixels a width: about seven bodies tall and the ribs' or the pelvis's width; sampling and
+   the network are ``vertebra_patches``'s.
+2. The classes are C7, T1..L5 and S1: a piece of the segmentation can be the C7 above T1 or the
+   top of S1 under L5 (the AASCE landmarks mark T1..L5; training places C7 and S1 one
+   landmark step past each end).
+3. The logits of the patch and its mirror image are averaged (a level does not change with
+   the side).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .vertebra_patches import PatchNetwork, PatchShape, at_scale, large_pieces, patches, piece_geometry
+
+LEVEL_PATCH = PatchShape(96, 64, 6.0, 4.0)
+LEVELS = ("C7", *(f"T{k}" for k in range(1, 13)), *(f"L{k}" for k in range(1, 6)), "S1")
+
+
+class VertebraLevelNetwork(PatchNetwork):
+    """``PatchNetwork`` with one logit per level: [B, 1, 96, 64] -> [B, len(levels)].
+
+    Args:
+        channels: channels of the five stages (default (16, 32, 64, 96, 128)).
+        levels: the level names of the outputs, head to feet (default ``LEVELS``: C7, T1..L5, S1).
+    """
+
+    def __init__(self, channels=(16, 32, 64, 96, 128), levels=LEVELS):
+        levels = tuple(str(level) for level in levels)
+        super().__init__(channels, outputs=len(levels))
+        self.levels = levels
+
+
+@torch.no_grad()
+def level_log_probabilities(network: VertebraLevelNetwork, picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, mirror: bool = True) -> np.ndarray:
+    """[n, len(network.levels)] log-probabilities of the vertebrae at ``centres`` [n, (row, col)]
+    with ``widths`` [n] (pixels) of a 2D picture; on the network's device. ``mirror`` (default
+    True): the logits of the patch and of its mirror image averaged (decision 3)."""
+    if len(centres) == 0:
+        return np.zeros((0, len(network.levels)))
+    parameter = next(network.parameters())
+    batch = patches(*at_scale(picture, centres, widths, LEVEL_PATCH), LEVEL_PATCH).to(device=parameter.device, dtype=parameter.dtype)
+    logits = network(batch).float()
+    if mirror:
+        logits = (logits + network(batch.flip(-1)).float()) / 2
+    return F.log_softmax(logits, dim=-1).cpu().numpy()
+
+
+class PieceLevelReader:
+    """Reads each piece of a label map's level log-probabilities from the picture under it;
+    what ``levels.vertebrae`` calls with its separated pieces (``reader(labels, values)``).
+    Pieces under 3 pixels (no width) get equal probabilities: only their neighbours place them."""
+
+    def __init__(self, network: VertebraLevelNetwork, picture: np.ndarray):
+        self.network, self.picture = network, np.asarray(picture, np.float32)
+        self.levels = network.levels
+
+    def __call__(self, labels: np.ndarray, values: list[int]) -> np.ndarray:
+        labels = np.asarray(labels).reshape(self.picture.shape)
+        out = np.full((len(values), len(self.levels)), -np.log(len(self.levels)))
+        measurable = large_pieces(labels, values)
+        if measurable:
+            rows = [values.index(v) for v in measurable]
+            out[rows] = level_log_probabilities(self.network, self.picture, *piece_geometry(labels, measurable))
+        return out

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 import SimpleITK as sitk
 import torch
 
@@ -90,10 +89,10 @@ def test_bundled_weights_are_those_the_xray_cards_name_and_name_a_held_out_spine
     assert named_right >= 0.7 * 3 * 17  # 85 % on the 48 held-out images (the card's validation)
 
 
-@pytest.mark.parametrize("steps", [2])
-def test_a_real_training_step_writes_a_checkpoint_and_a_validation(tmp_path, steps):
+def test_a_real_training_step_writes_a_checkpoint_and_a_validation(tmp_path):
     from training.vertebra_level import train
 
+    steps = 2
     result = train(DATA, tmp_path, steps=steps, batch_size=4, val_every=steps, limit=2)
     assert (tmp_path / f"step{steps}.pt").is_file() and result["vertebrae"] == 2 * 17
     assert 0.0 <= result["named_right"] + result["named_wrong"] <= 1.0

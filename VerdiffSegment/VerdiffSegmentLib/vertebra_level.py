@@ -1,5 +1,6 @@
 """The level of each vertebra on an AP radiograph, read from a tall patch of the picture around
-it: what names the X-ray model's pieces (``levels``).
+it: to name the X-ray model's pieces (``levels``). Measured, bundled in the X-ray cards
+(``naming.level_network``), not yet used by the pipeline (docs/levels.md, session 9).
 
 Why (issue 15): a binary model's only anchor is the count of its pieces, and one merged or
 one extra piece (the top of S1) leaves the whole spine unnamed; the level map
@@ -30,10 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .levels import EXTENDED_LEVELS
 from .vertebra_patches import PatchNetwork, PatchShape, at_scale, large_pieces, patches, piece_geometry
 
 LEVEL_PATCH = PatchShape(96, 64, 6.0, 4.0)
-LEVELS = ("C7", *(f"T{k}" for k in range(1, 13)), *(f"L{k}" for k in range(1, 6)), "S1")
+LEVELS = tuple(EXTENDED_LEVELS[EXTENDED_LEVELS.index("C7") :])  # C7, T1..L5, S1 (decision 2)
 
 
 class VertebraLevelNetwork(PatchNetwork):

@@ -32,7 +32,8 @@ sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 from VerdiffSegmentLib import cobb, levels  # noqa: E402
 from VerdiffSegmentLib.level_map import predict_level_map  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
-from VerdiffSegmentLib.models import get_card, load_level_map  # noqa: E402
+from VerdiffSegmentLib.models import get_card, load_level_map, load_level_network  # noqa: E402
+from VerdiffSegmentLib.vertebra_level import PieceLevelReader  # noqa: E402
 from VerdiffSegmentLib.pipeline import segment  # noqa: E402
 from training.splits import MR_VALIDATION  # noqa: E402
 
@@ -79,7 +80,7 @@ def main(argv=None) -> None:
     cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": ct_cases}[args.modality]()
     structure = levels.structure_of(card.labels[0])
     card_levels = levels.card_levels(card)
-    level_network = load_level_map(card)  # None for a card without one
+    level_map_network, level_network = load_level_map(card), load_level_network(card)  # None for a card without them
     rows = []
     for index, (name, image_path, truth_image, names, angles) in enumerate(cases):
         if args.limit is not None and index >= args.limit:
@@ -91,10 +92,12 @@ def main(argv=None) -> None:
         union.CopyInformation(truth_image)
         row = {"case": name}
         image = read_image(image_path)
-        coordinates = None  # a card's level map names the truth as it names the model's output
+        coordinates = reader = None  # a card's level helpers name the truth as they name the model's output
+        if level_map_network is not None:
+            coordinates = predict_level_map(level_map_network, sitk.GetArrayFromImage(image))
         if level_network is not None:
-            coordinates = predict_level_map(level_network, sitk.GetArrayFromImage(image))
-        named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates)
+            reader = PieceLevelReader(level_network, sitk.GetArrayFromImage(image))
+        named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates, level_reader=reader)
         outputs = {"truth": (*named, None)}
         if not args.truth_only:
             clock = time.perf_counter()

@@ -31,8 +31,14 @@ are given only when exactly the card's count is found (``levels.levels_by_count`
 Level map: ``naming.level_map`` (an object: ``weights``, ``sha256``, ``network`` with the
 ``UNetBaseline`` keywords, ``box``) names a small network beside the card's own that maps a
 whole radiograph to each pixel's level coordinate (``level_map``); the per-vertebra step
-names the vertebrae from it where their count names nothing. Its weights are checked and
-loaded as the card's are, on every run (``load_level_map``).
+names the vertebrae from it where their count and the level network name nothing. Its weights are
+checked and loaded as the card's are, on every run (``load_level_map``).
+
+Level network: ``naming.level_network`` (an object: ``weights``, ``sha256``, ``network`` with
+the ``VertebraLevelNetwork`` keywords ``channels`` and ``levels``) names a small network that
+reads each vertebra's level from a patch of the radiograph around it (``vertebra_level``);
+the per-vertebra step names the pieces from it where their count names nothing
+(``levels.vertebrae``). Loaded and checked the same way (``load_level_network``).
 
 Endplate tilts: ``cobb.tilt_network`` (an object: ``weights``, ``sha256``, ``network`` with
 the ``EndplateTiltNetwork`` keywords) names a small network that reads each vertebra's tilt
@@ -116,6 +122,7 @@ class ModelCard:
     extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
     level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
     tilt_network: dict | None = None  # cobb.tilt_network: weights, sha256, network (module docstring)
+    level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -248,6 +255,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         tilt_network = (data.get("cobb") or {}).get("tilt_network")
         if tilt_network is not None:
             tilt_network = _checked_tilt_network(tilt_network)
+        level_network = (data.get("naming") or {}).get("level_network")
+        if level_network is not None:
+            level_network = _checked_level_network(level_network)
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -291,6 +301,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         extra_vertebrae=extra_vertebrae,
         level_map=level_map,
         tilt_network=tilt_network,
+        level_network=level_network,
         schema_version=schema,
         raw=data,
     )
@@ -343,6 +354,19 @@ def _checked_tilt_network(entry) -> dict:
     if not channels or min(channels) < 1:
         raise ValueError(f"cobb.tilt_network.network.channels must be positive, got {entry['network']['channels']}")
     return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels}}
+
+
+def _checked_level_network(entry) -> dict:
+    """``naming.level_network`` with its types checked (``parse_card`` turns errors into the card's)."""
+    if not isinstance(entry, dict) or not {"weights", "sha256", "network"} <= set(entry):
+        raise ValueError("naming.level_network must be an object with weights, sha256 and network")
+    channels = [int(n) for n in entry["network"]["channels"]]
+    levels = entry["network"]["levels"]
+    if not channels or min(channels) < 1:
+        raise ValueError(f"naming.level_network.network.channels must be positive, got {entry['network']['channels']}")
+    if not isinstance(levels, list) or len(levels) < 2 or not all(isinstance(level, str) and level for level in levels):
+        raise ValueError(f"naming.level_network.network.levels must be a list of level names, got {levels!r}")
+    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels, "levels": list(levels)}}
 
 
 def _load_checked(path: Path, sha256: str, what: str, build) -> torch.nn.Module:
@@ -398,4 +422,17 @@ def load_tilt_network(card: ModelCard, device: str | torch.device = "cpu") -> to
 
     entry = card.tilt_network
     network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the endplate-tilt network of model {card.name}", lambda: EndplateTiltNetwork(entry["network"]["channels"]))
+    return network.to(device).eval()
+
+
+def load_level_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
+    """The card's vertebra-level network (``naming.level_network``), checked like the card's weights; None without one."""
+    if card.level_network is None:
+        return None
+    from .vertebra_level import VertebraLevelNetwork
+
+    entry = card.level_network
+    network = _load_checked(
+        card.path.parent / entry["weights"], entry["sha256"], f"the vertebra-level network of model {card.name}", lambda: VertebraLevelNetwork(**entry["network"])
+    )
     return network.to(device).eval()

@@ -49,7 +49,8 @@ from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import card_levels, name_vertebrae
 from .endplate_tilt import vertebra_tilts
 from .level_map import predict_level_map
-from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_network, load_tilt_network, make_scheduler
+from .vertebra_level import PieceLevelReader
+from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, prepare_for_card, slice_channels
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
@@ -178,8 +179,9 @@ def segment(
     if scheduler is not None:
         scheduler.set_timesteps(steps)  # within the card's range: checked above
     network = network or load_network(card, torch_device)
-    # the level map (36 ms to check and load) fails here when missing or tampered, before sampling
-    level_network = load_level_map(card, torch_device) if per_vertebra else None
+    # the helper networks (tens of ms to check and load) fail here when missing or tampered, before sampling
+    level_map_network = load_level_map(card, torch_device) if per_vertebra else None
+    level_network = load_level_network(card, torch_device) if per_vertebra else None
     tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
     timings["load_model"] = time.perf_counter() - clock
 
@@ -207,11 +209,13 @@ def segment(
     labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
     label_info, measurements = card.labels, {}
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
-        coordinates = None  # the level map reads the picture (a radiograph), not the sagittal stack
+        coordinates = level_reader = None  # the level helpers read the picture (a radiograph), not the sagittal stack
         picture = sitk.GetArrayViewFromImage(prepared.planar) if prepared.planar.GetDimension() == 2 else None
+        if level_map_network is not None and picture is not None:
+            coordinates = predict_level_map(level_map_network, picture)
         if level_network is not None and picture is not None:
-            coordinates = predict_level_map(level_network, picture)
-        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates)
+            level_reader = PieceLevelReader(level_network, picture)
+        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
             tilts = None

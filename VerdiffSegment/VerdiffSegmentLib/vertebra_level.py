@@ -1,6 +1,6 @@
 """The level of each vertebra on an AP radiograph, read from a tall patch of the picture around
-it: to name the X-ray model's pieces (``levels``). Measured, bundled in the X-ray cards
-(``naming.level_network``), not yet used by the pipeline (docs/levels.md, session 9).
+it: to name the X-ray model's pieces where their count names nothing (``levels.vertebrae``;
+the X-ray cards' ``naming.level_network``; measured in docs/levels.md, sessions 9 and 10).
 
 Why (issue 15): a binary model's only anchor is the count of its pieces, and one merged or
 one extra piece (the top of S1) leaves the whole spine unnamed; the level map

@@ -525,3 +525,22 @@ def test_a_gap_channel_separates_vertebrae_whose_discs_were_segmented_as_bone(da
     for level in range(1, 18):
         owners = np.bincount(with_gaps[per_level == level], minlength=18)[1:]
         assert owners.max() > 0.9 * owners.sum(), level
+
+
+def test_an_l5_drawn_in_part_under_a_t12_is_still_named_l5():
+    """Held-out VB3_49 through the bundled MR model: it finds a T12 above L1 and draws L5 only
+    in part (a fifth of its size). The MR model never draws the sacrum, so the small lowest
+    piece is L5, not a piece below the range: named bottom-up, each body on its truth (the
+    below-the-range rule is for the X-ray cards, whose images show the top of S1; applied
+    here it shifted all five names)."""
+    import torch
+
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.pipeline import segment
+
+    torch.set_num_threads(1)
+    result = segment(read_image(MR / "VB3_49_img.nii.gz"), get_card("verdiff-mr"), device="cpu")
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(MR / "VB3_49_seg.nii.gz")))
+    assert [s["level"] for s in result.segments][-5:] == LUMBAR
+    scores = scores_of(result.labels, result.segments, truth, {i: f"L{i}" for i in range(1, 6)})
+    assert scores["correctly_named"] == 5 and scores["wrongly_named"] == 0

@@ -70,10 +70,20 @@ def main() -> None:
             settings = old.get("settings", {})
             start = old.get("scheduler", {}).get("start_timestep", "T-1")
             out.append(f"- Earlier defaults {settings.get('steps')} × {settings.get('ensemble')} from t={start}: Dice {old.get('dice_mean')} ± {old.get('dice_sd')}")
+        if v.get("level_dice_mean") is not None:
+            cobb = f", Cobb SMAPE {v['cobb_smape_percent']} %" if v.get("cobb_smape_percent") is not None else ""
+            out.append(f"- Per vertebra, held out: level Dice {v['level_dice_mean']}, named with the right level {v['correctly_named_share']:.1%}{cobb}")
+        level_network = (c.get("naming") or {}).get("level_network")
+        if level_network:
+            lv = level_network["validation"]
+            out.append(
+                f"- Vertebra-level network (names the pieces where their count cannot): `{level_network['weights']}`, sha256 `{level_network['sha256']}`; "
+                f"held-out truth vertebrae by their chain alone: {lv['named_right']:.1%} named right, {lv['named_wrong']:.1%} wrong"
+            )
         level_map = (c.get("naming") or {}).get("level_map")
         if level_map:
             out.append(
-                f"- Level map (names the vertebrae where their count cannot): `{level_map['weights']}`, sha256 `{level_map['sha256']}`; "
+                f"- Level map (names the vertebrae the count and the level network leave unnamed): `{level_map['weights']}`, sha256 `{level_map['sha256']}`; "
                 f"held-out vertebrae named right by the map alone: {level_map['validation']['named_right']:.1%}"
             )
         tilt_network = (c.get("cobb") or {}).get("tilt_network")

@@ -399,13 +399,15 @@ def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
         assert [t.GetName() for t in tables] == [f"{Path(report['input']).name.removesuffix('.jpg')} vertebra statistics"]
         table = tables[0].GetTable()
         columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-        assert columns == ["Segment", "Level", "Label value", "Voxels", "Area", "Height", "Mean uncertainty", "Max uncertainty"]
+        assert columns == ["Segment", "Level", "Level from", "Label value", "Voxels", "Area", "Height", "Mean uncertainty", "Max uncertainty"]
         assert table.GetNumberOfRows() == len(report["segments"])
         for row, segment in enumerate(report["segments"]):
             assert table.GetValue(row, 0).ToString() == segment["name"]
             assert table.GetValue(row, 1).ToString() == (segment["level"] or "")
-            assert table.GetValue(row, 3).ToInt() == segment["voxels"]
-            assert table.GetValue(row, 5).ToDouble() == pytest.approx(segment["height_px"])  # a JPG: pixels (the spacing read is 1)
+            assert table.GetValue(row, 2).ToString() == (segment["level_source"] or "")
+            assert (segment["level_source"] is None) == (segment["level"] is None)
+            assert table.GetValue(row, 4).ToInt() == segment["voxels"]
+            assert table.GetValue(row, 6).ToDouble() == pytest.approx(segment["height_px"])  # a JPG: pixels (the spacing read is 1)
         segmentation = mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode")[0].GetSegmentation()
         assert segmentation.GetNumberOfSegments() == len(report["segments"])
         import vtk
@@ -542,5 +544,6 @@ def test_an_l5_drawn_in_part_under_a_t12_is_still_named_l5():
     result = segment(read_image(MR / "VB3_49_img.nii.gz"), get_card("verdiff-mr"), device="cpu")
     truth = sitk.GetArrayFromImage(sitk.ReadImage(str(MR / "VB3_49_seg.nii.gz")))
     assert [s["level"] for s in result.segments][-5:] == LUMBAR
+    assert {s["level_source"] for s in result.segments if s["level"]} == {"count"}
     scores = scores_of(result.labels, result.segments, truth, {i: f"L{i}" for i in range(1, 6)})
     assert scores["correctly_named"] == 5 and scores["wrongly_named"] == 0

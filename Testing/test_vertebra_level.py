@@ -145,6 +145,7 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
     assert len(result.segments) == 18  # the count's rule ("either": exactly 17) names nothing here
     named = [EXTENDED_LEVELS.index(s["level"]) for s in result.segments if s["level"]]
     assert named == sorted(set(named))  # top-down, each level once
+    assert {s["level_source"] for s in result.segments if s["level"]} == {"level network"}
     truth = sitk.GetArrayFromImage(aasce_mask(sitk.ReadImage(str(path)), DATA / "xray-aasce" / "labels" / "training" / f"{name}.jpg.mat"))
     predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
     scores = level_scores(predicted, {s["value"]: s["level"] for s in result.segments}, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})

@@ -523,7 +523,9 @@ def vertebrae(
     level_reader=None,
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
-    vertebra: value, name, covers, level (or None), color, terminology, height_mm.
+    vertebra: value, name, covers, level (or None), level_source (what decided the level:
+    "labels" of a multi-class card, "count", "level network" or "level map"; None without a
+    level), color, terminology, height_mm.
     ``extra_vertebrae``: the card's ``naming.extra_vertebrae`` (``levels_by_count``).
     ``coordinates``: a level map on the label map's grid; where the count names nothing,
     the vertebrae are named by their median coordinate (``levels_from_coordinates``).
@@ -553,16 +555,17 @@ def vertebrae(
     height_order = {v: float(points[v].mean(axis=0) @ superior) for v in values}
     ordered = sorted(values, key=lambda v: -height_order[v])  # head first
     if label_levels is not None:
-        names = [label_levels.get(v) for v in ordered]
+        names, source = [label_levels.get(v) for v in ordered], "labels"
     else:
         below = int(extra_vertebrae == "either" and below_the_range([len(points[v]) for v in ordered]))
-        names = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below
+        names, source = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below, "count"
         if level_reader is not None and not any(names):  # the count decides nothing: each piece's look does
-            names = levels_from_log_probabilities(level_reader(instances, ordered), level_reader.levels)
+            names, source = levels_from_log_probabilities(level_reader(instances, ordered), level_reader.levels), "level network"
             ordered, names = _merge_repeated_levels(ordered, names, points)
         if coordinates is not None and not any(names):  # nor the pieces' look: the level map does
             coordinates = np.asarray(coordinates).reshape(instances.shape)
             names = levels_from_coordinates([float(np.median(coordinates[tuple(points[v].T)])) for v in ordered], levels)
+            source = "level map"
     relabelled = np.zeros(instances.shape, np.uint8 if max(ordered + [len(ordered)], default=0) < 256 else np.uint16)
     centroids = [_physical(points[v].astype(float), labels).mean(axis=0) for v in ordered]
     steps = np.reshape(labels.GetDirection(), (labels.GetDimension(),) * 2) * np.asarray(labels.GetSpacing())
@@ -583,7 +586,7 @@ def vertebrae(
         level = names[index]
         name = f"{level} {structure}" if level else f"{structure} {index + 1}"
         covers = f"{structure} {level}" if level else f"{structure} {index + 1} of {len(ordered)} top-down (level not decided)"
-        entry = {"value": new_value, "name": name, "covers": covers, "level": level, "color": level_color(level, index)}
+        entry = {"value": new_value, "name": name, "covers": covers, "level": level, "level_source": source if level else None, "color": level_color(level, index)}
         entry["terminology"] = terminology_for_label(entry)
         entry["height_mm"] = round(height, 2)
         segments.append(entry)

@@ -287,15 +287,16 @@ def segment_voxel_counts(segmentation_node: slicer.vtkMRMLSegmentationNode) -> d
 
 
 def add_statistics_table(scene: slicer.vtkMRMLScene, statistics: list[dict], name: str, unit_size: float, planar: bool) -> slicer.vtkMRMLTableNode:
-    """A locked table node with one row per segment: name, level, label value, voxels,
+    """A locked table node with one row per segment: name, level, what decided it, label value, voxels,
     volume (mm3; area in mm2 when ``planar``), height along the spine (mm), mean and max
     uncertainty. ``statistics``: ``pipeline.segment_statistics`` rows (``value``, ``name``,
-    ``voxels``, optional ``level``, ``height_mm``, ``mean_uncertainty``, ``max_uncertainty``);
+    ``voxels``, optional ``level``, ``level_source``, ``height_mm``, ``mean_uncertainty``, ``max_uncertainty``);
     ``unit_size``: mm3 (mm2) per voxel. Missing numbers are NaN, a missing level empty."""
     measure, unit = ("Area", "mm2") if planar else ("Volume", "mm3")
     columns = [
         ("Segment", vtk.vtkStringArray, "segment name", ""),
         ("Level", vtk.vtkStringArray, "vertebral level (empty where it could not be decided)", ""),
+        ("Level from", vtk.vtkStringArray, "what decided the level: count, level network, level map or labels (empty without a level)", ""),
         ("Label value", vtk.vtkIntArray, "value of the segment in the label map", ""),
         ("Voxels", vtk.vtkIntArray, "number of voxels of the segment", ""),
         (measure, vtk.vtkDoubleArray, f"{measure.lower()} of the segment", unit),
@@ -317,6 +318,7 @@ def add_statistics_table(scene: slicer.vtkMRMLScene, statistics: list[dict], nam
         values = [
             str(row["name"]),
             str(row.get("level") or ""),
+            str(row.get("level_source") or ""),
             int(row["value"]),
             voxels,
             round(voxels * unit_size, 3),

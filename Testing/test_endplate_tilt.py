@@ -164,7 +164,7 @@ def test_pipeline_refuses_a_missing_tilt_network_before_sampling(tmp_path):
 
     models = tmp_path / "models"
     models.mkdir()
-    for name in ("verdiff-xray.json", "verdiff-xray.pt", "level-map-xray.pt"):
+    for name in ("verdiff-xray.json", "verdiff-xray.pt", "level-map-xray.pt", "vertebra-level-xray.pt"):  # all but the tilt network
         shutil.copy(MODELS / name, models / name)
     card = get_card("verdiff-xray", models)
     stages = []

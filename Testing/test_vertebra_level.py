@@ -150,3 +150,19 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
     predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
     scores = level_scores(predicted, {s["value"]: s["level"] for s in result.segments}, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})
     assert scores["correctly_named"] >= 14 and scores["wrongly_named"] <= 1
+
+
+def test_a_malformed_level_network_entry_is_a_card_error(tmp_path):
+    import pytest
+
+    from VerdiffSegmentLib.errors import VerdiffError
+    from VerdiffSegmentLib.models import get_card
+
+    card = json.loads((MODELS / "verdiff-xray.json").read_text())
+    for broken, message in (("vertebra-level-xray.pt", "naming.level_network must be an object"),
+                            ({**card["naming"]["level_network"], "network": {"channels": [16, 0]}}, "naming.level_network.network.channels must be positive"),
+                            ({**card["naming"]["level_network"], "network": {"channels": [16]}}, "naming.level_network.network.levels must be a list")):
+        card["naming"]["level_network"] = broken
+        (tmp_path / "verdiff-xray.json").write_text(json.dumps(card))
+        with pytest.raises(VerdiffError, match=message):
+            get_card("verdiff-xray", tmp_path)

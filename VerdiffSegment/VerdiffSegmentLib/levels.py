@@ -414,9 +414,10 @@ def levels_from_log_probabilities(log_probabilities: np.ndarray, level_names, sk
     skipping ``s`` levels between two neighbouring pieces (a merged pair, a vertebra the
     segmentation missed) has probability ``skip_probability ** s`` (default ``SKIP_PROBABILITY``),
     levels before the first and after the last piece are free (the picture's field of view).
-    ``repeat_probability`` (default ``REPEAT_PROBABILITY``, 0: never) lets two neighbouring
-    pieces share a level (two pieces of one broken vertebra). The names are the likeliest such sequence (Viterbi), so every piece's evidence places
-    the others: an L5 above the sacrum and a T12 with its ribs fix the count between them.
+    ``repeat_probability`` (default ``REPEAT_PROBABILITY``; 0 forbids it) lets two neighbouring
+    pieces share a level (two pieces of one broken vertebra). The names are the likeliest such
+    sequence (Viterbi), so every piece's evidence places the others: an L5 above the sacrum
+    and a T12 with its ribs fix the count between them.
     A piece is named only where the posterior probability of its level on that chain (forward-
     backward over all sequences) is at least ``min_confidence`` (default ``MIN_LEVEL_CONFIDENCE``):
     where two sequences are about as likely (the count between the anchors is off by one),

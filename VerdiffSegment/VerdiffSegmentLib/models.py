@@ -346,27 +346,30 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _checked_tilt_network(entry) -> dict:
-    """``cobb.tilt_network`` with its types checked (``parse_card`` turns errors into the card's)."""
+def _checked_patch_network(entry, place: str) -> dict:
+    """A patch network's card entry (``place``: where the card holds it) with its ``weights``,
+    ``sha256`` and positive ``network.channels`` checked (``parse_card`` turns errors into the card's)."""
     if not isinstance(entry, dict) or not {"weights", "sha256", "network"} <= set(entry):
-        raise ValueError("cobb.tilt_network must be an object with weights, sha256 and network")
+        raise ValueError(f"{place} must be an object with weights, sha256 and network")
     channels = [int(n) for n in entry["network"]["channels"]]
     if not channels or min(channels) < 1:
-        raise ValueError(f"cobb.tilt_network.network.channels must be positive, got {entry['network']['channels']}")
+        raise ValueError(f"{place}.network.channels must be positive, got {entry['network']['channels']}")
     return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels}}
 
 
+def _checked_tilt_network(entry) -> dict:
+    """``cobb.tilt_network`` with its types checked."""
+    return _checked_patch_network(entry, "cobb.tilt_network")
+
+
 def _checked_level_network(entry) -> dict:
-    """``naming.level_network`` with its types checked (``parse_card`` turns errors into the card's)."""
-    if not isinstance(entry, dict) or not {"weights", "sha256", "network"} <= set(entry):
-        raise ValueError("naming.level_network must be an object with weights, sha256 and network")
-    channels = [int(n) for n in entry["network"]["channels"]]
-    levels = entry["network"]["levels"]
-    if not channels or min(channels) < 1:
-        raise ValueError(f"naming.level_network.network.channels must be positive, got {entry['network']['channels']}")
+    """``naming.level_network`` with its types checked, its ``network.levels`` too."""
+    checked = _checked_patch_network(entry, "naming.level_network")
+    levels = entry["network"].get("levels")
     if not isinstance(levels, list) or len(levels) < 2 or not all(isinstance(level, str) and level for level in levels):
         raise ValueError(f"naming.level_network.network.levels must be a list of level names, got {levels!r}")
-    return {"weights": str(entry["weights"]), "sha256": str(entry["sha256"]), "network": {"channels": channels, "levels": list(levels)}}
+    checked["network"]["levels"] = list(levels)
+    return checked
 
 
 def _load_checked(path: Path, sha256: str, what: str, build) -> torch.nn.Module:

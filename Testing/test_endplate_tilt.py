@@ -23,12 +23,13 @@ from VerdiffSegmentLib.vertebra_patches import piece_geometry  # noqa: E402
 from VerdiffSegmentLib.errors import VerdiffError  # noqa: E402
 from VerdiffSegmentLib.models import get_card, load_tilt_network  # noqa: E402
 from training import endplate_tilt as training_tilt  # noqa: E402
+from training.xray_helpers import validation_items  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def held_out(count: int):
-    return training_tilt.validation_items(DATA, json.loads((MODELS / "verdiff-xray.json").read_text()))[:count]
+    return validation_items(DATA, json.loads((MODELS / "verdiff-xray.json").read_text()))[:count]
 
 
 def line_picture(shape, centre, tilt_deg, half_length):

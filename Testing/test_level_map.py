@@ -21,6 +21,7 @@ from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_l
 from VerdiffSegmentLib.levels import levels_from_coordinates  # noqa: E402
 from VerdiffSegmentLib.models import get_card, load_level_map  # noqa: E402
 from training import level_map  # noqa: E402
+from training.xray_helpers import validation_items  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -28,7 +29,7 @@ XRAY_LEVELS = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 
 
 def held_out_landmarks(count: int):
-    return level_map.validation_items(DATA, json.loads((MODELS / "verdiff-xray.json").read_text()))[:count]
+    return validation_items(DATA, json.loads((MODELS / "verdiff-xray.json").read_text()))[:count]
 
 
 def test_target_is_each_level_at_its_centre_and_rises_down_the_spine():

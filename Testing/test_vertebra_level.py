@@ -68,7 +68,7 @@ def test_bundled_weights_are_those_the_xray_cards_name_and_name_a_held_out_spine
     network.load_state_dict({k: v.float() for k, v in torch.load(MODELS / entry["weights"], weights_only=True).items()})
     network.eval()
     from training.endplate_tilt import vertebrae_of
-    from training.level_map import validation_items
+    from training.xray_helpers import validation_items
 
     named_right = 0
     for image_path, mat in validation_items(DATA, card)[:3]:

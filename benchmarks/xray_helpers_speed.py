@@ -25,7 +25,7 @@ from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.level_map import predict_level_map  # noqa: E402
 from VerdiffSegmentLib.models import get_card, load_level_map, load_tilt_network  # noqa: E402
 from training.endplate_tilt import vertebrae_of  # noqa: E402
-from training.level_map import bundled_card, validation_items  # noqa: E402
+from training.xray_helpers import bundled_card, validation_items  # noqa: E402
 
 
 def median_seconds(function, repeats: int) -> float:

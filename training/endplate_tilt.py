@@ -33,8 +33,7 @@ from VerdiffSegmentLib.endplate_tilt import CENTRE_JITTER, TILT_UNIT_DEG, WIDTH_
 from VerdiffSegmentLib.io import read_image
 
 from .datasets import aasce_cases
-from .level_map import bundled_card, validation_items
-from .xray_helpers import export_into_xray_cards, fit
+from .xray_helpers import export_into_xray_cards, train_on_split
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.1  # in TILT_UNIT_DEG: quadratic below one degree
@@ -128,19 +127,14 @@ def train(data_root: Path, out: Path, steps: int = 3000, batch_size: int = 64, l
           init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
     """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
     validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
-    ``out/log.json`` and returns the last validation."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    card = bundled_card()
-    samples = load_samples(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
-    validation = validation_items(data_root, card)[:limit]
+    ``out/log.json`` and returns the last validation (``xray_helpers.train_on_split``)."""
     network = EndplateTiltNetwork()
 
-    def batch_loss() -> torch.Tensor:
+    def batch_loss(samples, rng) -> torch.Tensor:
         images, targets = draw(samples, rng, batch_size)
         return F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
 
-    return fit(network, batch_loss, lambda: evaluate(network, validation), out, steps, batch_size, lr, seed, val_every, init, command, len(samples), print_every=50)
+    return train_on_split(network, load_samples, batch_loss, evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit, command, print_every=50)
 
 
 def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
@@ -149,7 +143,7 @@ def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | 
     card there (``xray_helpers.export_into_xray_cards``)."""
     network = EndplateTiltNetwork()
     return export_into_xray_cards(
-        checkpoint, models_dir, run_log, WEIGHTS, network, lambda network, card: evaluate(network, validation_items(data_root, card)), ("cobb", "tilt_network"),
+        checkpoint, models_dir, data_root, run_log, WEIGHTS, network, evaluate, ("cobb", "tilt_network"),
         {"network": {"channels": list(network.channels)},
          "what": "each vertebra's endplate tilt from a patch of the radiograph around it (VerdiffSegmentLib/endplate_tilt.py); the Cobb angles' tilts"},
         "the card's validation images (truth landmark centres and widths)",

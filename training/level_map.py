@@ -22,7 +22,6 @@ writes ``Resources/Models/level-map-xray.pt`` and its card.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_l
 from VerdiffSegmentLib.networks import UNetBaseline
 
 from .datasets import aasce_cases, aasce_mask
-from .xray_helpers import export_into_xray_cards, fit
+from .xray_helpers import export_into_xray_cards, train_on_split
 
 BAND = 0.75  # vertebra widths either side of the centre line
 OUTSIDE_WEIGHT = 0.05
@@ -129,11 +128,6 @@ def make_network() -> UNetBaseline:
     return UNetBaseline(in_channels=1, num_classes=1, channels=CHANNELS)
 
 
-def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
-    names = set(card["training"]["split"]["validation"])
-    return [(image, mat) for name, image, mat in aasce_cases(Path(data_root) / "xray-aasce") if name in names]
-
-
 def evaluate(network, items) -> dict:
     """On truth vertebrae: the share whose median predicted coordinate over the landmark
     quadrilateral rounds to its level, and the mean and 95th percentile of |median - level|."""
@@ -155,29 +149,21 @@ def evaluate(network, items) -> dict:
     }
 
 
-def bundled_card(name: str = "verdiff-xray") -> dict:
-    return json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"{name}.json").read_text())
-
-
 def train(data_root: Path, out: Path, steps: int = 2500, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, val_every: int = 500,
           init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
     """Train on the training images of the ``verdiff-xray`` card's split (``limit``: the first
     N only), validate on its validation images every ``val_every`` steps; writes
-    ``out/stepN.pt`` (state dicts), ``out/log.json`` and returns the last validation."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    card = bundled_card()
-    pictures = load_pictures(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
-    validation = validation_items(data_root, card)[:limit]
+    ``out/stepN.pt`` (state dicts), ``out/log.json`` and returns the last validation
+    (``xray_helpers.train_on_split``)."""
     network = make_network()
 
-    def batch_loss() -> torch.Tensor:
+    def batch_loss(pictures, rng) -> torch.Tensor:
         draws = [augmented(*pictures[i], rng) for i in rng.integers(0, len(pictures), batch_size)]
         image = torch.stack([d[0] for d in draws])
         target, weight = torch.stack([d[1] for d in draws])[:, None], torch.stack([d[2] for d in draws])[:, None]
         return (F.smooth_l1_loss(network(image), target, reduction="none", beta=L1_BETA) * weight).sum() / weight.sum()
 
-    return fit(network, batch_loss, lambda: evaluate(network, validation), out, steps, batch_size, lr, seed, val_every, init, command, len(pictures))
+    return train_on_split(network, load_pictures, batch_loss, evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit, command)
 
 
 WEIGHTS = "level-map-xray.pt"
@@ -188,7 +174,7 @@ def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | 
     them on the card split's validation images, and set ``naming.level_map`` in every X-ray
     card there (``xray_helpers.export_into_xray_cards``)."""
     return export_into_xray_cards(
-        checkpoint, models_dir, run_log, WEIGHTS, make_network(), lambda network, card: evaluate(network, validation_items(data_root, card)), ("naming", "level_map"),
+        checkpoint, models_dir, data_root, run_log, WEIGHTS, make_network(), evaluate, ("naming", "level_map"),
         {"network": {"channels": list(CHANNELS)}, "box": list(BOX),
          "what": "each pixel's level coordinate (T1 = 1 ... L5 = 17) from the whole radiograph (VerdiffSegmentLib/level_map.py); names the vertebrae"},
         "the card's validation images (truth quadrilaterals, median coordinate per vertebra)",

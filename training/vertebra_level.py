@@ -34,8 +34,7 @@ from VerdiffSegmentLib.vertebra_patches import at_scale, patches
 
 from .datasets import aasce_cases
 from .endplate_tilt import vertebrae_of
-from .level_map import bundled_card, validation_items
-from .xray_helpers import export_into_xray_cards, fit
+from .xray_helpers import export_into_xray_cards, train_on_split
 
 CENTRE_JITTER = 0.2  # widths, each way
 WIDTH_JITTER = (0.8, 1.25)
@@ -112,19 +111,14 @@ def train(data_root: Path, out: Path, steps: int = 8000, batch_size: int = 64, l
           init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
     """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
     validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
-    ``out/log.json`` and returns the last validation."""
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    card = bundled_card()
-    samples = load_samples(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
-    validation = validation_items(data_root, card)[:limit]
+    ``out/log.json`` and returns the last validation (``xray_helpers.train_on_split``)."""
     network = VertebraLevelNetwork()
 
-    def batch_loss() -> torch.Tensor:
+    def batch_loss(samples, rng) -> torch.Tensor:
         images, targets = draw(samples, rng, batch_size)
         return F.cross_entropy(network(images), targets, label_smoothing=LABEL_SMOOTHING)
 
-    return fit(network, batch_loss, lambda: evaluate(network, validation), out, steps, batch_size, lr, seed, val_every, init, command, len(samples), print_every=50)
+    return train_on_split(network, load_samples, batch_loss, evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit, command, print_every=50)
 
 
 def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
@@ -133,7 +127,7 @@ def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | 
     card there (``xray_helpers.export_into_xray_cards``)."""
     network = VertebraLevelNetwork()
     return export_into_xray_cards(
-        checkpoint, models_dir, run_log, WEIGHTS, network, lambda network, card: evaluate(network, validation_items(data_root, card)), ("naming", "level_network"),
+        checkpoint, models_dir, data_root, run_log, WEIGHTS, network, evaluate, ("naming", "level_network"),
         {"network": {"channels": list(network.channels), "levels": list(network.levels)},
          "what": "each vertebra's level (C7, T1..L5, S1) from a patch of the radiograph around it (VerdiffSegment/VerdiffSegmentLib/vertebra_level.py); names the pieces"},
         "the card's validation images (truth landmark centres and widths)",

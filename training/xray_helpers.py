@@ -11,7 +11,37 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
+
+from .datasets import aasce_cases
+
+
+def bundled_card(name: str = "verdiff-xray") -> dict:
+    """The bundled card's JSON (its ``training.split`` is every X-ray helper's split)."""
+    return json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"{name}.json").read_text())
+
+
+def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
+    """(image, landmarks) of the card split's validation radiographs."""
+    names = set(card["training"]["split"]["validation"])
+    return [(image, mat) for name, image, mat in aasce_cases(Path(data_root) / "xray-aasce") if name in names]
+
+
+def train_on_split(network: torch.nn.Module, load: Callable, batch_loss: Callable, evaluate: Callable[[torch.nn.Module, list], dict], data_root: Path,
+                   out: Path, steps: int, batch_size: int, lr: float, seed: int, val_every: int, init: Path | None, limit: int | None,
+                   command: str | None, print_every: int = 25) -> dict:
+    """What each helper's ``train`` does around its own samples and loss: seed PyTorch and a
+    NumPy generator, ``load(aasce_root, names)`` the ``verdiff-xray`` card split's training
+    radiographs (``limit``: the first N, of the validation ones too), then ``fit`` on
+    ``batch_loss(samples, rng)`` with ``evaluate(network, validation_items)``."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    card = bundled_card()
+    samples = load(Path(data_root) / "xray-aasce", set(card["training"]["split"]["train"]))[:limit]
+    validation = validation_items(data_root, card)[:limit]
+    return fit(network, lambda: batch_loss(samples, rng), lambda: evaluate(network, validation), out, steps, batch_size, lr, seed, val_every, init, command,
+               len(samples), print_every)
 
 
 def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], validate: Callable[[], dict], out: Path, steps: int, batch_size: int,
@@ -46,10 +76,10 @@ def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], valida
     return log["validation"][-1]
 
 
-def export_into_xray_cards(checkpoint: Path, models_dir: Path, run_log: Path | None, weights: str, network: torch.nn.Module,
-                           evaluate: Callable[[torch.nn.Module, dict], dict], place: tuple[str, str], describe: dict, split_note: str) -> dict:
+def export_into_xray_cards(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None, weights: str, network: torch.nn.Module,
+                           evaluate: Callable[[torch.nn.Module, list], dict], place: tuple[str, str], describe: dict, split_note: str) -> dict:
     """Write ``checkpoint``'s weights (fp16) as ``models_dir/weights``, load them back into
-    ``network``, validate with ``evaluate(network, card)`` and set ``card[place[0]][place[1]]``
+    ``network``, validate with ``evaluate(network, validation_items)`` of the cards' split and set ``card[place[0]][place[1]]``
     in every X-ray card there to the entry (weights, sha256, ``describe``, training history,
     validation with ``split_note``). Returns the entry."""
     from VerdiffSegmentLib.models import sha256_of
@@ -60,7 +90,7 @@ def export_into_xray_cards(checkpoint: Path, models_dir: Path, run_log: Path | N
     network.load_state_dict({k: v.float() for k, v in torch.load(path, weights_only=True).items()})
     cards = {card_path: json.loads(card_path.read_text()) for card_path in sorted(Path(models_dir).glob("*.json"))}
     cards = {card_path: card for card_path, card in cards.items() if card.get("modality") == "XR"}
-    validation = evaluate(network, next(iter(cards.values())))
+    validation = evaluate(network, validation_items(data_root, next(iter(cards.values()))))
     history = json.loads(Path(run_log).read_text()) if run_log else {}
     entry = {
         "weights": weights,

@@ -84,7 +84,7 @@ def test_cli_arguments_read_back_to_the_same_settings(settings):
 
 def test_help_shows_each_cards_real_steps_range():
     steps_help, ensemble_help = ranges_help()
-    assert "1-151 for verdiff-ct, verdiff-mr-2d, verdiff-mr, verdiff-xray" in steps_help
+    assert "1-151 for verdiff-ct, verdiff-mr-2d, verdiff-mr-large-crop, verdiff-mr, verdiff-xray" in steps_help
     assert f"1-{MAX_ENSEMBLE}" in ensemble_help
 
 

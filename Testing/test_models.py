@@ -117,10 +117,11 @@ def test_a_card_whose_context_slices_and_in_channels_disagree_is_one_clear_error
     assert str(path) in str(error.value) and str(error.value).count("\n") == 0
 
 
-def test_a_consistent_2_5d_card_parses_and_only_the_mr_default_is_2_5d():
+def test_a_consistent_2_5d_card_parses_and_only_the_mr_default_and_its_candidate_are_2_5d():
     card = parse_card(_context_card(1, 3), CARDS[0].path)
     assert card.context_slices == 1 and card.network_config["in_channels"] == 3 and "2.5D (+-1 slices)" in card.summary()
     wide = {c.name: c.planar_model for c in CARDS if c.context_slices}
-    assert wide == {"verdiff-mr": "verdiff-mr-2d"}  # session 4; its planar model is bundled and 1-channel
-    assert all("context_slices" not in c.raw["input"] for c in CARDS if c.name != "verdiff-mr")  # written before it: unchanged
+    # session 4, and the session-11 candidate continued from it; their planar model is bundled and 1-channel
+    assert wide == {"verdiff-mr": "verdiff-mr-2d", "verdiff-mr-large-crop": "verdiff-mr-2d"}
+    assert all("context_slices" not in c.raw["input"] for c in CARDS if c.name not in wide)  # written before them: unchanged
     assert next(c for c in CARDS if c.name == "verdiff-mr-2d").context_slices == 0

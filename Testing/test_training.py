@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import csv
+import dataclasses
 import json
 import math
 import shutil
@@ -581,3 +582,39 @@ def test_a_binary_gaps_run_warm_started_from_a_bundled_binary_model_keeps_its_bi
         for gap_channel in (gap_noise, -gap_noise):
             got = widened(torch.cat([x_t, gap_channel], 1), t, new)[:, :1]
             assert torch.allclose(got, expected, atol=2e-4)  # measured 3e-5 on outputs up to 4.9
+
+
+# -- the levels scheme from a binary model (issue 15) -----------------------------------------
+@pytest.mark.parametrize("bundled_name", ["verdiff-mr-2d", "verdiff-xray"])  # binary; binary with a gap channel
+def test_a_levels_run_warm_started_from_a_bundled_binary_model_starts_each_level_as_the_vertebra(tmp_path, data_dir, bundled_name):
+    """``train verdiff-xray --label-scheme levels --levels T1,T2,T3 --init <bundled binary>``:
+    at step 0 every level's prior is the binary model's prior, and where every level channel
+    of x_t holds the binary x_t, every level's output is the binary model's (its vertebra
+    channel's, its gap channel silenced: the levels read nothing from the gaps). A wrong split of ``mask_in`` (not divided by the
+    level count, or a gap column kept) moves the outputs by far more than the tolerance."""
+    from training.__main__ import main
+    from VerdiffSegmentLib.models import get_card, load_network
+
+    main(["train", "verdiff-xray", "--label-scheme", "levels", "--levels", "T1,T2,T3", "--init", str(MODELS / f"{bundled_name}.pt"), "--train-steps", "0",
+          "--limit", "1", "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
+    bundled = get_card(bundled_name)
+    run = json.loads((tmp_path / "run.json").read_text())
+    assert run["config"]["labels"] == {"scheme": "levels", "levels": ["T1", "T2", "T3"]}
+    levels = bundled.family.network(**{**bundled.network_config, "num_classes": 3})
+    levels.load_state_dict(load_weights(tmp_path / "model.pt"))
+    levels.eval()
+    original = load_network(bundled, "cpu").float()
+    cases, _ = datasets.training_cases(recipe_config("verdiff-xray"), data_dir, limit=1)
+    image = torch.from_numpy(cases[0].images[:1, None, 64:192, :128].copy())
+    with torch.no_grad():
+        old, new = original.condition(image), levels.condition(image)
+        for level in range(3):
+            assert torch.allclose(new.prior[:, level : level + 1], old.prior[:, :1], atol=2e-4)
+        x_t, t = torch.randn(1, 1, 128, 128, generator=torch.Generator().manual_seed(0)), torch.tensor([150])
+        # the binary model with its gap channel silenced (x_t and prior 0): what the levels start from
+        without_gaps = dataclasses.replace(old, prior=torch.cat([old.prior[:, :1], torch.zeros_like(old.prior[:, 1:])], 1))
+        expected = original(torch.cat([x_t, torch.zeros(1, original.num_classes - 1, 128, 128)], 1), t, without_gaps)[:, :1]
+        got = levels(x_t.repeat(1, 3, 1, 1), t, new)
+        assert got.shape[1] == 3
+        for level in range(3):
+            assert torch.allclose(got[:, level : level + 1], expected, atol=5e-4), float((got[:, level : level + 1] - expected).abs().max())

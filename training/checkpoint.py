@@ -91,6 +91,36 @@ def add_gap_channel(state: dict, target: dict) -> dict:
     return fitted
 
 
+def spread_to_levels(state: dict, target: dict) -> dict:
+    """``state`` (a binary or ``binary-gaps`` model's weights) fitted to the same network with
+    one output channel per level (the ``levels`` scheme), whose state dict is ``target``: the
+    warm start of a multi-class run from a bundled binary model.
+
+    Decided: every level starts as the vertebra channel (each head row and bias a copy of the
+    old first row: the features that find a vertebral body are where every level starts; the
+    training target then tells the levels apart), and a gap channel is dropped. The denoiser's
+    ``mask_in`` reads [x_t, prior] of C channels each: each level's column gets the old
+    vertebra column of its half divided by K, so where every level channel holds what the
+    binary channel held (at step 0 the K priors are the binary prior) the network computes
+    exactly what the binary model did. Weights of the target's shape are returned as they are."""
+    fitted = dict(state)
+    head = [key for key in state if key.endswith("head.2.bias")]
+    old_classes = int(state[head[0]].shape[0]) if head else 1
+    for key, old in state.items():
+        new = target.get(key)
+        if new is None or new.shape == old.shape or new.dim() != old.dim():
+            continue
+        if new.shape[1:] == old.shape[1:] and old.shape[0] == old_classes:  # a head: K copies of the vertebra row
+            fitted[key] = old[:1].repeat(new.shape[0], *([1] * (old.dim() - 1)))
+        elif key.endswith("mask_in.weight") and old.shape[1] == 2 * old_classes and new.shape[1] % 2 == 0:
+            classes = new.shape[1] // 2
+            weight = torch.zeros(new.shape, dtype=old.dtype)
+            weight[:, :classes] = old[:, :1] / classes
+            weight[:, classes:] = old[:, old_classes : old_classes + 1] / classes
+            fitted[key] = weight
+    return fitted
+
+
 def widen_image_input(state: dict, target: dict, context_slices: int) -> dict:
     """``state`` (weights to start from) fitted to a network of ``2 * context_slices + 1`` image
     channels whose own state dict is ``target``: the warm start of a 2.5D run from a model of

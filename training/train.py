@@ -49,7 +49,7 @@ from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import parse_card
 
 from .augment import PRESETS
-from .checkpoint import add_gap_channel, atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states, widen_image_input
+from .checkpoint import add_gap_channel, atomic_save, spread_to_levels, load_checkpoint, load_weights, restore_rng_states, rng_states, widen_image_input
 from .configs import RunConfig
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
 from .logs import RunLog
@@ -269,12 +269,15 @@ class Trainer:
         """The family's network with fresh (seeded) or ``--init`` weights, on the device; weights
         of fewer input channels (a 1-channel model warm-starting a 2.5D run) are widened so the
         network computes what they computed (``widen_image_input``); a binary model warm-starts a
-        ``binary-gaps`` run with the gap channel added (``add_gap_channel``)."""
+        ``binary-gaps`` run with the gap channel added (``add_gap_channel``), a ``levels`` run with
+        one channel per level (``spread_to_levels``)."""
         network = get_family(self.run.family).network(**self.run.network_arguments)
         if self.options.init:
             state = load_weights(self.options.init)
             if self.run.labels.gaps:
                 state = add_gap_channel(state, network.state_dict())
+            elif self.run.labels.scheme == "levels":
+                state = spread_to_levels(state, network.state_dict())
             network.load_state_dict(widen_image_input(state, network.state_dict(), self.run.context_slices))
         network = network.to(self.device)
         if self.world.distributed:

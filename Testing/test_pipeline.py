@@ -158,3 +158,34 @@ def test_segment_is_the_ensemble_then_labels_and_uncertainty(central_slab):
     for theirs, mine in ((result.labels, ours.labels), (result.uncertainty, ours.uncertainty), (result.probability, ours.foreground)):
         assert np.array_equal(sitk.GetArrayViewFromImage(theirs), sitk.GetArrayViewFromImage(prepared.restore(mine)))
     assert result.settings["reliability"] == ours.reliability
+
+
+def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_level():
+    """A 5-level (L1..L5) result built from a real MR subject's truth on the network's grid,
+    through ``labels_and_uncertainty``: the union is mapped as a binary card's (linearly,
+    within 0.5 of the truth's own staircase-free Dice), every voxel of it carries a level,
+    each level lands on its truth body, and a band through L3 where the network hesitates
+    between L3 and L4 (0.45 each) stays foreground (the levels' probabilities add up; their
+    maximum alone would leave a hole in the body)."""
+    from conftest import MR_LABELS
+
+    image, truth_image = sitk.ReadImage(str(MR_IMAGE)), sitk.ReadImage(str(MR_LABELS))
+    binary_card = get_card("verdiff-mr")
+    levels = [{"value": k, "name": f"L{k} vertebral body", "covers": f"vertebral body L{k}", "color": [0.5, 0.5, 0.5]} for k in range(1, 6)]
+    card = binary_card.derived(labels=levels, network={**binary_card.raw["network"], "num_classes": 5})
+    prepared = prepare_for_card(image, card)
+    on_grid = prepared.labels_on_grid(truth_image)
+    probability = np.stack([(on_grid == k).astype(np.float32) for k in range(1, 6)], axis=1)
+    l3 = np.argwhere(on_grid == 3)
+    band = (on_grid == 3) & (np.abs(np.arange(on_grid.shape[-1]) - int(np.median(l3[:, 2]))) <= 2)[None, None, :]
+    probability[:, 2][band], probability[:, 3][band] = 0.45, 0.45
+    result = labels_and_uncertainty(probability, np.zeros_like(probability), prepared, card)
+    labels, truth = sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(truth_image)
+    assert set(np.unique(labels).tolist()) == {0, 1, 2, 3, 4, 5}
+    union_dice = 2 * ((labels > 0) & (truth > 0)).sum() / ((labels > 0).sum() + (truth > 0).sum())
+    assert union_dice > 0.95, union_dice
+    for level in range(1, 6):
+        both = ((labels == level) & (truth == level)).sum()
+        assert 2 * both / ((labels == level).sum() + (truth == level).sum()) > 0.9, level
+    hesitant = sitk.GetArrayFromImage(prepared.to_input_grid(band.astype(np.uint8), is_label=True)) > 0
+    assert hesitant.any() and (labels[hesitant] > 0).mean() > 0.95

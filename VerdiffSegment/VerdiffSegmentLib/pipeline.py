@@ -23,7 +23,9 @@ benchmarks and validation all use:
    so its boundary falls between the model grid's pixels (nearest-neighbour labels would
    carry the coarse grid's staircase: on AASCE X-rays, whose model grid is 5 px, the truth
    itself mapped there and back scores Dice 0.972 by nearest neighbour and 0.994 this
-   way); labels of a multi-class model by nearest neighbour. Steps 4 and 5 are
+   way); a multi-class model's union the same way (its foreground probability: the sum of
+   its level channels, ``foreground_probability``), each voxel of it with the level of the
+   nearest voxel of its labels mapped by nearest neighbour (``labels_within``). Steps 4 and 5 are
    ``labels_and_uncertainty``, which the measurements that score sampled probabilities call too;
 6. one label value and segment per vertebra, named by level where it can be decided
    (``levels``), and an AP X-ray's Cobb angles (``cobb``).
@@ -36,13 +38,14 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+import scipy.ndimage as ndi
 import SimpleITK as sitk
 import torch
 
 from .cobb import cobb_measurements
 from .errors import Cancelled, VerdiffError
 from .inferers import inference_autocast
-from .inferers.ensemble import labels_from_probability
+from .inferers.ensemble import foreground_probability, labels_from_probability
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
@@ -286,18 +289,30 @@ def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared
         labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
     uncertainty_stack = smooth_uncertainty(spread.max(axis=1).astype(np.float32), prepared.grid_spacing, card.postprocess)
     uncertainty = prepared.to_input_grid(uncertainty_stack, is_label=False)
-    binary = probability.shape[1] == 1
-    foreground = None
-    if binary or keep_probability:
-        foreground_stack = probability.max(axis=1)
-        foreground_stack[(raw_labels > 0) & (labels_stack == 0)] = 0.0  # what post-processing removed
-        foreground_stack[(raw_labels == 0) & (labels_stack > 0)] = 1.0  # and what it filled
-        foreground = prepared.to_input_grid(foreground_stack, is_label=False)
-    if binary:
-        labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (step 5 of the module docstring)
-    else:
-        labels = prepared.to_input_grid(labels_stack, is_label=True)
+    foreground_stack = foreground_probability(probability)
+    foreground_stack[(raw_labels > 0) & (labels_stack == 0)] = 0.0  # what post-processing removed
+    foreground_stack[(raw_labels == 0) & (labels_stack > 0)] = 1.0  # and what it filled
+    foreground = prepared.to_input_grid(foreground_stack, is_label=False)
+    labels = sitk.Cast(foreground > 0.5, sitk.sitkUInt8)  # sub-voxel boundaries (step 5 of the module docstring)
+    if probability.shape[1] > 1:
+        labels = labels_within(labels, prepared.to_input_grid(labels_stack, is_label=True))
     return LabelsAndUncertainty(labels_stack, labels, uncertainty, foreground if keep_probability else None, reliability, gaps)
+
+
+def labels_within(foreground: sitk.Image, nearest: sitk.Image) -> sitk.Image:
+    """A multi-class result on the input grid: the union where the foreground probability,
+    mapped linearly, is above 0.5 (``foreground``, as a binary card's), each of its voxels
+    with the label of the nearest labelled voxel of ``nearest`` (the labels mapped by nearest
+    neighbour). So the union is not the coarse grid's staircase, and no voxel of it is left
+    without a label where the two mappings disagree at the edge."""
+    inside = sitk.GetArrayViewFromImage(foreground) > 0
+    values = sitk.GetArrayFromImage(nearest)
+    if inside.any() and values.any():
+        _, index = ndi.distance_transform_edt(values == 0, sampling=foreground.GetSpacing()[::-1], return_indices=True)
+        values = values[tuple(index)]
+    result = sitk.GetImageFromArray(np.where(inside, values, 0).astype(np.uint8))
+    result.CopyInformation(foreground)
+    return result
 
 
 def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None, offsets=(0.0,)):

@@ -22,12 +22,25 @@ from ..networks.verdiff_net import Condition
 from ..schedulers import randn_tensor
 
 
+def foreground_probability(probability: np.ndarray) -> np.ndarray:
+    """[.., classes, rows, cols] -> [.., rows, cols]: the probability that a pixel is any label.
+
+    Decided: a multi-class (``levels``) network's sigmoid channels are trained on disjoint
+    masks (one vertebra per pixel), so the chance of *some* vertebra is their sum (capped at
+    1), not their maximum: where the network hesitates between L3 and L4 inside one body
+    (0.45 each), the body is still foreground, as a binary model would say. One channel: itself."""
+    if probability.shape[-3] == 1:
+        return probability[..., 0, :, :]
+    return np.minimum(probability.sum(axis=-3), 1.0)
+
+
 def labels_from_probability(probability: np.ndarray) -> np.ndarray:
-    """[.., classes, rows, cols] -> label map: the most likely class where it is above 0.5, else 0."""
+    """[.., classes, rows, cols] -> label map: where the foreground probability
+    (``foreground_probability``) is above 0.5, the most likely class, else 0."""
     if probability.shape[-3] == 1:  # binary models: the same map without an argmax over one class (seconds on a CT)
         return (probability[..., 0, :, :] > 0.5).astype(np.uint8)
     best = probability.argmax(axis=-3)
-    return np.where(probability.max(axis=-3) > 0.5, best + 1, 0).astype(np.uint8)
+    return np.where(foreground_probability(probability) > 0.5, best + 1, 0).astype(np.uint8)
 
 
 def _box(mask: np.ndarray, margin: int, multiple: int) -> tuple[slice, slice]:

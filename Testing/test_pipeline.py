@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.ndimage as ndi
 import SimpleITK as sitk
 import torch
 from torch import nn
@@ -162,11 +163,10 @@ def test_segment_is_the_ensemble_then_labels_and_uncertainty(central_slab):
 
 def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_level():
     """A 5-level (L1..L5) result built from a real MR subject's truth on the network's grid,
-    through ``labels_and_uncertainty``: the union is mapped as a binary card's (linearly,
-    within 0.5 of the truth's own staircase-free Dice), every voxel of it carries a level,
-    each level lands on its truth body, and a band through L3 where the network hesitates
-    between L3 and L4 (0.45 each) stays foreground (the levels' probabilities add up; their
-    maximum alone would leave a hole in the body)."""
+    through ``labels_and_uncertainty``: the union is mapped as a binary card's (linearly: no
+    staircase of the coarse grid), every voxel of it carries a level and each level lands on
+    its truth body; with nearest-neighbour labels (the coarse grid's staircase) the union's
+    Dice is lower (measured 0.9731 against 0.9752 on this 1.25 mm grid of a 1 mm volume)."""
     from conftest import MR_LABELS
 
     image, truth_image = sitk.ReadImage(str(MR_IMAGE)), sitk.ReadImage(str(MR_LABELS))
@@ -175,17 +175,16 @@ def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_leve
     card = binary_card.derived(labels=levels, network={**binary_card.raw["network"], "num_classes": 5})
     prepared = prepare_for_card(image, card)
     on_grid = prepared.labels_on_grid(truth_image)
-    probability = np.stack([(on_grid == k).astype(np.float32) for k in range(1, 6)], axis=1)
-    l3 = np.argwhere(on_grid == 3)
-    band = (on_grid == 3) & (np.abs(np.arange(on_grid.shape[-1]) - int(np.median(l3[:, 2]))) <= 2)[None, None, :]
-    probability[:, 2][band], probability[:, 3][band] = 0.45, 0.45
+    # a smooth probability, as a network's: each level's mask blurred on the grid
+    probability = np.stack([ndi.gaussian_filter((on_grid == k).astype(np.float32), (0, 1.0, 1.0)) for k in range(1, 6)], axis=1)
     result = labels_and_uncertainty(probability, np.zeros_like(probability), prepared, card)
     labels, truth = sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(truth_image)
     assert set(np.unique(labels).tolist()) == {0, 1, 2, 3, 4, 5}
-    union_dice = 2 * ((labels > 0) & (truth > 0)).sum() / ((labels > 0).sum() + (truth > 0).sum())
-    assert union_dice > 0.95, union_dice
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    staircase = sitk.GetArrayFromImage(prepared.to_input_grid(result.labels_on_grid, is_label=True))
+    assert dice(labels > 0, truth > 0) > dice(staircase > 0, truth > 0) + 0.001, (dice(labels > 0, truth > 0), dice(staircase > 0, truth > 0))
     for level in range(1, 6):
-        both = ((labels == level) & (truth == level)).sum()
-        assert 2 * both / ((labels == level).sum() + (truth == level).sum()) > 0.9, level
-    hesitant = sitk.GetArrayFromImage(prepared.to_input_grid(band.astype(np.uint8), is_label=True)) > 0
-    assert hesitant.any() and (labels[hesitant] > 0).mean() > 0.95
+        assert dice(labels == level, truth == level) > 0.9, level

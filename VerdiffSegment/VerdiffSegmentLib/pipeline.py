@@ -23,8 +23,8 @@ benchmarks and validation all use:
    so its boundary falls between the model grid's pixels (nearest-neighbour labels would
    carry the coarse grid's staircase: on AASCE X-rays, whose model grid is 5 px, the truth
    itself mapped there and back scores Dice 0.972 by nearest neighbour and 0.994 this
-   way); a multi-class model's union the same way (its foreground probability: the sum of
-   its level channels, ``foreground_probability``), each voxel of it with the level of the
+   way); a multi-class model's union the same way (its foreground probability: its most
+   likely level's, ``foreground_probability``), each voxel of it with the level of the
    nearest voxel of its labels mapped by nearest neighbour (``labels_within``). Steps 4 and 5 are
    ``labels_and_uncertainty``, which the measurements that score sampled probabilities call too;
 6. one label value and segment per vertebra, named by level where it can be decided

@@ -23,15 +23,18 @@ from ..schedulers import randn_tensor
 
 
 def foreground_probability(probability: np.ndarray) -> np.ndarray:
-    """[.., classes, rows, cols] -> [.., rows, cols]: the probability that a pixel is any label.
+    """[.., classes, rows, cols] -> [.., rows, cols]: the probability that a pixel is any
+    label, taken as its most likely label's (one channel: itself).
 
-    Decided: a multi-class (``levels``) network's sigmoid channels are trained on disjoint
-    masks (one vertebra per pixel), so the chance of *some* vertebra is their sum (capped at
-    1), not their maximum: where the network hesitates between L3 and L4 inside one body
-    (0.45 each), the body is still foreground, as a binary model would say. One channel: itself."""
+    Decided by measurement (session 12): the sum of a multi-class (``levels``) network's
+    sigmoid channels, the right union if they were calibrated on disjoint masks, marks 18 %
+    of a held-out MR volume's grid against 5 % for the maximum (each of five L1..L5 channels
+    carries 0.04-0.06 of background probability early in training), and the union's Dice
+    fell from 0.88 to 0.47; the maximum leaves a hole only where the network hesitates between
+    two levels by halves, which it rarely does."""
     if probability.shape[-3] == 1:
         return probability[..., 0, :, :]
-    return np.minimum(probability.sum(axis=-3), 1.0)
+    return probability.max(axis=-3)
 
 
 def labels_from_probability(probability: np.ndarray) -> np.ndarray:

@@ -286,6 +286,43 @@ def test_an_absurd_tilt_is_left_out_of_the_angles():
 def test_smape_is_aasce_s():
     assert cobb.smape([{"PT": 10, "MT": 20, "TL": 0}], [[10, 30, 10]]) == pytest.approx(100 * 20 / 80)
     assert cobb.smape([None], [[10, 30, 10]]) == 100.0
+    assert cobb.smape([{"PT": 10, "MT": None, "TL": 0}], [[10, 30, 10]]) == pytest.approx(100 * 40 / 60, abs=0.01)  # undetermined: as 0
+
+
+def test_an_angle_the_spine_stops_short_of_is_not_determined():
+    """The truth vertebrae of a held-out radiograph with a 68 degree curve, cut to T8-L5 (what
+    the model finds of it: its upper thoracic spine is faint): the reference pairs both other
+    curves' end vertebra with the top vertebra, T8 itself, so they would read 0 degrees where
+    the truth is 25 and 33. With the card's spine ends (T1, L5) they are not determined (None,
+    named in ``cobb_undetermined``, no end vertebrae); the whole chain T1-L5 is unaffected, and
+    without ``spine_ends`` the cut chain gives the zeros as computed."""
+    from training.datasets import aasce_mask
+
+    name = "sunhl-1th-10-Jan-2017-239 D AP"
+    image = sitk.ReadImage(str(XRAY / "data" / "training" / f"{name}.jpg"))
+    truth = aasce_mask(image, XRAY / "labels" / "training" / f"{name}.jpg.mat")
+    card = get_card("verdiff-xray")
+    ends = (levels.card_levels(card)[0], levels.card_levels(card)[-1])
+    assert ends == ("T1", "L5")
+    whole = levels.vertebrae(union_of(truth), "vertebral body", levels=levels.card_levels(card))
+    complete = cobb.cobb_measurements(*whole, spine_ends=ends)
+    assert None not in complete["cobb_angles_deg"].values() and "cobb_undetermined" not in complete
+    cut = levels.vertebrae(union_of(truth, keep=range(8, 18)), "vertebral body", levels=levels.card_levels(card))
+    assert len(cut[1]) == 10 and cut[1][0]["level"] is None  # ten of seventeen: the count names nothing
+    unnamed = cobb.cobb_measurements(*cut, spine_ends=ends)  # an unnamed top is no spine end either
+    assert unnamed["cobb_undetermined"] == ["MT", "TL"]
+    for segment, level in zip(cut[1], levels.card_levels(card)[7:]):
+        segment["level"] = level  # as the level network names them
+    assert cut[1][0]["level"] == "T8"
+    as_computed = cobb.cobb_measurements(*cut)
+    assert as_computed["cobb_angles_deg"]["MT"] == 0.0 and as_computed["cobb_angles_deg"]["TL"] == 0.0
+    measured = cobb.cobb_measurements(*cut, spine_ends=ends)
+    assert measured["cobb_undetermined"] == ["MT", "TL"]
+    assert measured["cobb_angles_deg"]["MT"] is None and measured["cobb_angles_deg"]["TL"] is None
+    assert measured["cobb_angles_deg"]["PT"] == as_computed["cobb_angles_deg"]["PT"] > 40
+    assert measured["cobb_end_vertebrae"]["MT"] is None and measured["cobb_end_tilts_deg"]["TL"] is None
+    assert "MT, TL not determined" in cobb.undetermined_angles_warning(measured["cobb_undetermined"])
+    assert cobb.angle_text(None) == "n/d" and cobb.angle_text(25.04) == "25.0\u00b0"
 
 
 # --------------------------------------------------------- pipeline, outputs, table

@@ -247,13 +247,24 @@ def cobb_angles(labels: sitk.Image, segments: list[dict], gaps: np.ndarray | Non
     return cobb_measurements(labels, segments, gaps)["cobb_angles_deg"]
 
 
-def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray | None = None, tilts_deg: dict | None = None) -> dict:
+def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray | None = None, tilts_deg: dict | None = None, spine_ends: tuple[str, str] | None = None) -> dict:
     """What the JSON summary carries of an AP X-ray: ``cobb_angles_deg`` (``cobb_angles``),
     ``cobb_end_vertebrae``: per angle its upper and lower end vertebra, each by its level,
     or by its segment's name where the level is not decided (``"vertebra 3"``), and
     ``cobb_end_tilts_deg``: per angle the tilts of those two vertebrae (degrees from the
     picture's horizontal, positive where the right side is higher), the directions the
-    preview draws its lines along; all None for volumes and for fewer than 3 vertebrae."""
+    preview draws its lines along; all None for volumes and for fewer than 3 vertebrae.
+
+    ``spine_ends``: the first and last level the angles are defined over (the card's, T1 and
+    L5 for AASCE). The reference pairs the end vertebra of a curve with the top (or bottom)
+    vertebra of the spine; where that is the curve's own end vertebra the angle is 0 by
+    construction, which is the answer only when that vertebra *is* the spine's end. Where the
+    segmentation stops short (its top piece is T8, or is unnamed), the vertebrae that would
+    make the angle were not found, so the angle is not determined: ``None``, its end vertebrae
+    and tilts ``None`` too, and ``cobb_undetermined`` names it (the pipeline warns). Measured
+    on the 48 held-out radiographs (session 12): 8 of the 144 angles were such zeros (their
+    truth: 0 to 43, mean 21 degrees), 4 more were zeros at a true T1 or L5 and stay. SMAPE counts an undetermined angle as 0, so its figure is
+    unchanged. Without ``spine_ends`` every angle is reported as computed."""
     array = label_plane(labels)
     none = {"cobb_angles_deg": None, "cobb_end_vertebrae": None, "cobb_end_tilts_deg": None}
     if array is None:
@@ -270,11 +281,31 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     tilts, centre = tilts[keep], centre[np.repeat(keep, 2)]
     angles, ends = cobb_with_end_vertebrae(tilts, centre, array.shape[0], lines=True)
     name = lambda s: s.get("level") or s["name"]  # noqa: E731
+    undetermined = [key for key, (i, j) in ends.items() if spine_ends is not None and i == j and not _at_spine_end(measured, i, spine_ends)]
     return {
-        "cobb_angles_deg": angles,
-        "cobb_end_vertebrae": {key: [name(measured[i]) for i in pair] for key, pair in ends.items()},
-        "cobb_end_tilts_deg": {key: [tilt_degrees(tilts[i]) for i in pair] for key, pair in ends.items()},
+        "cobb_angles_deg": {key: None if key in undetermined else value for key, value in angles.items()},
+        "cobb_end_vertebrae": {key: None if key in undetermined else [name(measured[i]) for i in pair] for key, pair in ends.items()},
+        "cobb_end_tilts_deg": {key: None if key in undetermined else [tilt_degrees(tilts[i]) for i in pair] for key, pair in ends.items()},
+        **({"cobb_undetermined": undetermined} if undetermined else {}),
     }
+
+
+def undetermined_angles_warning(names: list[str]) -> str:
+    """The run's warning for angles ``cobb_measurements`` could not determine."""
+    return (f"Cobb angle(s) {', '.join(names)} not determined: the segmented spine ends at their end vertebra, "
+            "and the vertebrae beyond it that would give the angle were not found")
+
+
+def angle_text(value: float | None) -> str:
+    """An angle as the status line and the preview show it: degrees, or "n/d" (not determined)."""
+    return "n/d" if value is None else f"{value:.1f}\u00b0"
+
+
+def _at_spine_end(measured: list[dict], index: int, spine_ends: tuple[str, str]) -> bool:
+    """Whether vertebra ``index`` of the measured chain is the spine's first (top of the chain,
+    named ``spine_ends[0]``) or last (bottom, named ``spine_ends[1]``) level."""
+    level = measured[index].get("level")
+    return (index == 0 and level == spine_ends[0]) or (index == len(measured) - 1 and level == spine_ends[1])
 
 
 def tilt_degrees(tilt: np.ndarray) -> float:
@@ -343,11 +374,12 @@ def endplate_lines(labels: np.ndarray, upper: int, lower: int, reach: float = 1.
 def smape(predicted: list, truth: list) -> float | None:
     """AASCE's symmetric mean absolute percentage error (%): the mean over images of
     sum |prediction - truth| / sum (prediction + truth) over the image's three angles.
-    An image without predicted angles counts as all zeros (100 %, unless the truth is 0)."""
+    An image without predicted angles counts as all zeros (100 %, unless the truth is 0), an
+    undetermined angle (None) as 0."""
     terms = []
     for measured, reference in zip(predicted, truth):
         reference = np.asarray(reference, float)
-        measured = np.zeros(3) if measured is None else np.asarray([measured[n] for n in NAMES] if isinstance(measured, dict) else measured, float)
+        measured = np.zeros(3) if measured is None else np.asarray([measured[n] or 0.0 for n in NAMES] if isinstance(measured, dict) else measured, float)
         total = (measured + reference).sum()
         terms.append(np.abs(measured - reference).sum() / total if total > 0 else 0.0)
     return round(float(np.mean(terms)) * 100, 2) if terms else None

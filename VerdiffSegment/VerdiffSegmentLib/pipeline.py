@@ -42,7 +42,7 @@ import scipy.ndimage as ndi
 import SimpleITK as sitk
 import torch
 
-from .cobb import cobb_measurements
+from .cobb import cobb_measurements, undetermined_angles_warning
 from .errors import Cancelled, VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import foreground_probability, labels_from_probability
@@ -224,7 +224,10 @@ def segment(
             tilts = None
             if tilt_network is not None and picture is not None and label_info:
                 tilts = vertebra_tilts(tilt_network, picture, sitk.GetArrayViewFromImage(labels), [int(s["value"]) for s in label_info])
-            measurements.update(cobb_measurements(labels, label_info, result.gaps, tilts))
+            range_levels = card_levels(card)
+            measurements.update(cobb_measurements(labels, label_info, result.gaps, tilts, (range_levels[0], range_levels[-1]) if range_levels else None))
+            if measurements.get("cobb_undetermined"):
+                reliability["warnings"].append(undetermined_angles_warning(measurements["cobb_undetermined"]))
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)

@@ -29,7 +29,7 @@ import numpy as np
 import SimpleITK as sitk
 from PIL import Image, ImageDraw, ImageFont
 
-from .cobb import NAMES as COBB_NAMES, endplate_lines
+from .cobb import NAMES as COBB_NAMES, angle_text, endplate_lines
 from .inferers.sagittal import sagittal_reference
 from .io import as_plane, single_slice_axis
 
@@ -165,7 +165,7 @@ def _cobb_canvas_lines(label_plane: np.ndarray, pixel_size: tuple[float, float],
             for line in endplate_lines(plane, value_of[ends[name][0]], value_of[ends[name][1]], tilts_deg=tilts.get(name))
         ]
         for name in COBB_NAMES
-        if ends[name][0] != ends[name][1]  # a 0 degree angle within one vertebra: nothing to draw (the legend gives it)
+        if ends.get(name) and ends[name][0] != ends[name][1]  # a 0 degree angle within one vertebra, or none determined: nothing to draw (the legend gives it)
     }
 
 
@@ -188,9 +188,13 @@ def _cobb_overlay(draw: ImageDraw.ImageDraw, font, lines: dict, measurements: di
     levels = {s.get("level") or s["name"]: s.get("level") for s in segments}
     values = {s.get("level") or s["name"]: s["value"] for s in segments}
     for row, name in enumerate(COBB_NAMES):
-        upper, lower = ends[name]
-        span = f"{upper}-{lower}" if levels[upper] and levels[lower] else f"segments {values[upper]}-{values[lower]}"
-        draw.text((8, 8 + 17 * row), f"{name} {angles[name]:.1f}\u00b0  {span}", fill=COBB_COLOURS[name], font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+        if ends.get(name) is None:  # not determined (cobb.cobb_measurements): the spine was not found beyond its end vertebra
+            text = f"{name} not determined"
+        else:
+            upper, lower = ends[name]
+            span = f"{upper}-{lower}" if levels[upper] and levels[lower] else f"segments {values[upper]}-{values[lower]}"
+            text = f"{name} {angle_text(angles[name])}  {span}"
+        draw.text((8, 8 + 17 * row), text, fill=COBB_COLOURS[name], font=font, stroke_width=2, stroke_fill=(0, 0, 0))
 
 
 def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font, scale_max: float) -> None:

@@ -552,26 +552,32 @@ def test_binary_gaps_labels_keep_the_binary_label_and_cut_every_aasce_neighbour_
         assert owners.max() > 0.9 * owners.sum(), level
 
 
+def warm_started_run(tmp_path, data_dir, bundled_name: str, scheme_arguments: list[str], num_classes: int):
+    """``train verdiff-xray <scheme_arguments> --init <bundled>.pt`` for 0 steps: the bundled
+    network, the run's network of ``num_classes`` outputs and the first training X-ray's
+    128 px corner as a network input; the run's labels config."""
+    from training.__main__ import main
+    from VerdiffSegmentLib.models import get_card, load_network
+
+    main(["train", "verdiff-xray", *scheme_arguments, "--init", str(MODELS / f"{bundled_name}.pt"), "--train-steps", "0", "--limit", "1",
+          "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
+    bundled = get_card(bundled_name)
+    started = bundled.family.network(**{**bundled.network_config, "num_classes": num_classes})
+    started.load_state_dict(load_weights(tmp_path / "model.pt"))
+    started.eval()
+    cases, _ = datasets.training_cases(recipe_config("verdiff-xray"), data_dir, limit=1)
+    image = torch.from_numpy(cases[0].images[:1, None, 64:192, :128].copy())
+    labels = json.loads((tmp_path / "run.json").read_text())["config"]["labels"]
+    return load_network(bundled, "cpu").float(), started, image, labels
+
+
 def test_a_binary_gaps_run_warm_started_from_a_bundled_binary_model_keeps_its_binary_channel(tmp_path, data_dir):
     """``train verdiff-xray --label-scheme binary-gaps --init verdiff-mr-2d.pt`` (a bundled
     binary Verdiff-Net of the X-ray model's widths; the bundled X-ray model has its gap channel
     already): at step 0 the prior and the denoiser give the binary model's output on a real
     X-ray whatever the gap channel holds; the gap channel starts as a copy of the binary one."""
-    from training.__main__ import main
-    from VerdiffSegmentLib.models import get_card, load_network
-
-    main(["train", "verdiff-xray", "--label-scheme", "binary-gaps", "--init", str(MODELS / "verdiff-mr-2d.pt"), "--train-steps", "0", "--limit", "1",
-          "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
-    bundled = get_card("verdiff-mr-2d")
-    assert bundled.num_classes == 1 and bundled.channels == (16, 32, 64, 128)
-    run = json.loads((tmp_path / "run.json").read_text())
-    assert run["config"]["labels"]["scheme"] == "binary-gaps"
-    widened = bundled.family.network(**{**bundled.network_config, "num_classes": 2})
-    widened.load_state_dict(load_weights(tmp_path / "model.pt"))
-    widened.eval()
-    original = load_network(bundled, "cpu").float()
-    cases, _ = datasets.training_cases(recipe_config("verdiff-xray"), data_dir, limit=1)
-    image = torch.from_numpy(cases[0].images[:1, None, 64:192, :128].copy())
+    original, widened, image, labels = warm_started_run(tmp_path, data_dir, "verdiff-mr-2d", ["--label-scheme", "binary-gaps"], 2)
+    assert original.num_classes == 1 and labels["scheme"] == "binary-gaps"
     with torch.no_grad():
         old, new = original.condition(image), widened.condition(image)
         # to float32 rounding: the heads' convolutions run with another output width (measured 4e-5)
@@ -590,22 +596,11 @@ def test_a_levels_run_warm_started_from_a_bundled_binary_model_starts_each_level
     """``train verdiff-xray --label-scheme levels --levels T1,T2,T3 --init <bundled binary>``:
     at step 0 every level's prior is the binary model's prior, and where every level channel
     of x_t holds the binary x_t, every level's output is the binary model's (its vertebra
-    channel's, its gap channel silenced: the levels read nothing from the gaps). A wrong split of ``mask_in`` (not divided by the
-    level count, or a gap column kept) moves the outputs by far more than the tolerance."""
-    from training.__main__ import main
-    from VerdiffSegmentLib.models import get_card, load_network
-
-    main(["train", "verdiff-xray", "--label-scheme", "levels", "--levels", "T1,T2,T3", "--init", str(MODELS / f"{bundled_name}.pt"), "--train-steps", "0",
-          "--limit", "1", "--threads", "1", "--no-tensorboard", "--out", str(tmp_path), "--data", str(data_dir)])
-    bundled = get_card(bundled_name)
-    run = json.loads((tmp_path / "run.json").read_text())
-    assert run["config"]["labels"] == {"scheme": "levels", "levels": ["T1", "T2", "T3"]}
-    levels = bundled.family.network(**{**bundled.network_config, "num_classes": 3})
-    levels.load_state_dict(load_weights(tmp_path / "model.pt"))
-    levels.eval()
-    original = load_network(bundled, "cpu").float()
-    cases, _ = datasets.training_cases(recipe_config("verdiff-xray"), data_dir, limit=1)
-    image = torch.from_numpy(cases[0].images[:1, None, 64:192, :128].copy())
+    channel's, its gap channel silenced: the levels read nothing from the gaps). A wrong split
+    of ``mask_in`` (not divided by the level count, or a gap column kept) moves the outputs by
+    far more than the tolerance."""
+    original, levels, image, labels = warm_started_run(tmp_path, data_dir, bundled_name, ["--label-scheme", "levels", "--levels", "T1,T2,T3"], 3)
+    assert labels == {"scheme": "levels", "levels": ["T1", "T2", "T3"]}
     with torch.no_grad():
         old, new = original.condition(image), levels.condition(image)
         for level in range(3):

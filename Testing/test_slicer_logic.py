@@ -287,3 +287,11 @@ def test_dependencies_are_found_and_nothing_is_installed_when_all_are_there():
 
     assert dependencies.missing() == []
     assert dependencies.install(confirm_pip=lambda packages: pytest.fail(f"asked to install {packages}")) is True
+
+
+def test_the_status_line_shows_an_undetermined_cobb_angle_as_not_determined():
+    """The module's status line formats the report's angles through ``cobb_angle_texts``: a
+    ``null`` angle (``cobb.cobb_measurements``: the spine stops short of it) reads "n/d", never 0."""
+    from VerdiffSegmentLib.slicer_bound.slicer_logic import cobb_angle_texts
+
+    assert cobb_angle_texts({"PT": 61.98, "MT": None, "TL": 0.0}) == {"PT": "62.0\u00b0", "MT": "n/d", "TL": "0.0\u00b0"}

@@ -371,11 +371,8 @@ class VerdiffSegmentLogic(ScriptedLoadableModuleLogic):
         names = {role: node.GetName() for role, node in zip(("segmentation", "uncertainty", "table"), outputs.nodes())}
         status = _("Done in {seconds:.1f} s with {model} on {device} ({steps} steps, ensemble of {ensemble}): {segmentation}, {uncertainty}, {table}.").format(seconds=seconds, **settings, **names)
         cobb = computation.measurements.get("cobb_angles_deg")
-        if cobb:
-            from VerdiffSegmentLib.cobb import angle_text  # here, not at the top: the run has installed its dependencies (scipy)
-
-            # an angle the segmentation could not determine reads "n/d" (cobb.cobb_measurements); the warning says why
-            status += "\n" + _("Cobb angles (AASCE PT, MT, TL/L): {pt}, {mt}, {tl}").format(pt=angle_text(cobb["PT"]), mt=angle_text(cobb["MT"]), tl=angle_text(cobb["TL"]))
+        if cobb:  # an angle the segmentation could not determine reads "n/d"; a warning says why
+            status += "\n" + _("Cobb angles (AASCE PT, MT, TL/L): {PT}, {MT}, {TL}").format(**slicer_logic.cobb_angle_texts(cobb))
         for warning in computation.warnings:  # the input's modality and the run's own doubt (reliability.py)
             status += "\n\u26a0 " + _("Check this result: {warning}").format(warning=warning)
         return status

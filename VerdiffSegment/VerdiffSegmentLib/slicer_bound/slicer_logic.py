@@ -293,6 +293,16 @@ def write_input(volume_node, folder: str | Path) -> Path:
 # The report's measurements (``pipeline.SegmentationResult.measurements``, spread at the
 # top of the CLI's report), kept as attributes of the statistics table.
 MEASUREMENT_KEYS = ("cobb_angles_deg",)
+
+
+def cobb_angle_texts(angles: dict) -> dict:
+    """The three Cobb angles as the module's status line shows them, keyed PT, MT, TL: degrees,
+    or "n/d" where the segmentation could not determine one (``cobb.angle_text``)."""
+    from ..cobb import NAMES, angle_text  # scipy: imported once a run has reported angles
+
+    return {name: angle_text(angles.get(name)) for name in NAMES}
+
+
 # Report entries that are not the run's settings (the rest is kept in SETTINGS_ATTRIBUTE).
 NOT_SETTINGS = ("input", "outputs", "segments", "timings_seconds", "warnings", "output_format", *MEASUREMENT_KEYS)
 

@@ -137,7 +137,8 @@ def main(argv=None) -> None:
         if args.modality == "xray":
             pairs = [(s["cobb_angles_deg"], s["cobb_truth_deg"]) for s in scored]
             summary[source]["cobb_smape_percent"] = cobb.smape([p for p, _ in pairs], [t for _, t in pairs])
-            summary[source]["cobb_undetermined"] = sum(p is None for p, _ in pairs)
+            summary[source]["cobb_undetermined"] = sum(p is None for p, _ in pairs)  # images without angles
+            summary[source]["cobb_angles_undetermined"] = sum(value is None for p, _ in pairs if p for value in p.values())  # cobb.cobb_measurements
     print(json.dumps({**summary, "rows": rows}, indent=1))
 
 

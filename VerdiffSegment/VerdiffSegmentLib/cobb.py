@@ -263,8 +263,9 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     make the angle were not found, so the angle is not determined: ``None``, its end vertebrae
     and tilts ``None`` too, and ``cobb_undetermined`` names it (the pipeline warns). Measured
     on the 48 held-out radiographs (session 12): 8 of the 144 angles were such zeros (their
-    truth: 0 to 43, mean 21 degrees), 4 more were zeros at a true T1 or L5 and stay. SMAPE counts an undetermined angle as 0, so its figure is
-    unchanged. Without ``spine_ends`` every angle is reported as computed."""
+    truth: 0 to 43, mean 21 degrees), 4 more were zeros at a named T1 or L5 and stay. SMAPE
+    counts an undetermined angle as 0, so its figure is unchanged. Without ``spine_ends``
+    every angle is reported as computed."""
     array = label_plane(labels)
     none = {"cobb_angles_deg": None, "cobb_end_vertebrae": None, "cobb_end_tilts_deg": None}
     if array is None:

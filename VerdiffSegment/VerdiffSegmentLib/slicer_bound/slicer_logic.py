@@ -293,6 +293,8 @@ def write_input(volume_node, folder: str | Path) -> Path:
 # The report's measurements (``pipeline.SegmentationResult.measurements``, spread at the
 # top of the CLI's report), kept as attributes of the statistics table.
 MEASUREMENT_KEYS = ("cobb_angles_deg",)
+# Report entries that are not the run's settings (the rest is kept in SETTINGS_ATTRIBUTE).
+NOT_SETTINGS = ("input", "outputs", "segments", "timings_seconds", "warnings", "output_format", *MEASUREMENT_KEYS)
 
 
 def cobb_angle_texts(angles: dict) -> dict:
@@ -301,10 +303,6 @@ def cobb_angle_texts(angles: dict) -> dict:
     from ..cobb import NAMES, angle_text  # scipy: imported once a run has reported angles
 
     return {name: angle_text(angles.get(name)) for name in NAMES}
-
-
-# Report entries that are not the run's settings (the rest is kept in SETTINGS_ATTRIBUTE).
-NOT_SETTINGS = ("input", "outputs", "segments", "timings_seconds", "warnings", "output_format", *MEASUREMENT_KEYS)
 
 
 @dataclass

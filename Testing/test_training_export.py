@@ -252,3 +252,34 @@ def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(t
     # the same weights and noise give other figures: they were computed through the post-processing
     figures = lambda c: {k: v for k, v in c["validation"]["cases"][0].items() if k != "seconds"}  # noqa: E731
     assert figures(card) != figures(plain)
+
+
+def test_a_levels_run_warm_started_from_the_bundled_mr_model_exports_a_card_whose_segments_are_its_levels(tmp_path, slab_data):
+    """Two real optimiser steps of a ``--label-scheme levels`` (L1..L5) run warm-started from
+    the bundled binary 2.5D MR model (``spread_to_levels``), exported: the card has one label
+    per level, and ``segment`` on a real MR slab gives segments named by those labels
+    (``level_source`` "labels"), one label value per level, the union on the input grid."""
+    from conftest import MODELS
+    from VerdiffSegmentLib.pipeline import segment
+
+    run, models = tmp_path / "run", tmp_path / "models"
+    models.mkdir()
+    threads = torch.get_num_threads()
+    try:
+        main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
+              "--name", "mr-levels", "--validation-fraction", "0.5", "--init", str(MODELS / "verdiff-mr.pt"), "--context-slices", "1",
+              "--label-scheme", "levels", "--levels", "L1,L2,L3,L4,L5",
+              "--train-steps", "2", "--limit", "1", "--batch-size", "2", "--crop", "64", "--threads", "1", "--no-tensorboard",
+              "--data", str(slab_data), "--out", str(run)])
+        main(["export", "mr-levels", "--run", str(run), "--models-dir", str(models), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
+        card = get_card("mr-levels", models)
+        assert [label["name"] for label in card.labels] == [f"L{k} vertebral body" for k in range(1, 6)] and card.num_classes == 5
+        image = sitk.ReadImage(str(slab_data / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))
+        result = segment(image, card, device="cpu")
+    finally:
+        torch.set_num_threads(threads)
+    labels = sitk.GetArrayFromImage(result.labels)
+    assert labels.shape == sitk.GetArrayViewFromImage(image).shape and labels.any()
+    assert set(np.unique(labels).tolist()) - {0} <= {1, 2, 3, 4, 5}
+    assert result.segments and all(s["level_source"] == "labels" and s["name"] == f"{s['level']} vertebral body" for s in result.segments)
+    assert {s["value"] for s in result.segments} >= set(np.unique(labels).tolist()) - {0}

@@ -19,6 +19,7 @@ from torch import nn
 
 from VerdiffSegmentLib.errors import VerdiffError
 from VerdiffSegmentLib.inferers.sagittal import sagittal_axes
+from VerdiffSegmentLib.metrics import dice
 from VerdiffSegmentLib.models import get_card, load_network, make_scheduler
 from VerdiffSegmentLib.pipeline import labels_and_uncertainty, sample_slices, sample_volume, segment
 from VerdiffSegmentLib.preparation import prepare_for_card
@@ -180,10 +181,6 @@ def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_leve
     result = labels_and_uncertainty(probability, np.zeros_like(probability), prepared, card)
     labels, truth = sitk.GetArrayFromImage(result.labels), sitk.GetArrayFromImage(truth_image)
     assert set(np.unique(labels).tolist()) == {0, 1, 2, 3, 4, 5}
-
-    def dice(a, b):
-        return 2 * (a & b).sum() / (a.sum() + b.sum())
-
     staircase = sitk.GetArrayFromImage(prepared.to_input_grid(result.labels_on_grid, is_label=True))
     assert dice(labels > 0, truth > 0) > dice(staircase > 0, truth > 0) + 0.001, (dice(labels > 0, truth > 0), dice(staircase > 0, truth > 0))
     for level in range(1, 6):

@@ -49,7 +49,7 @@ from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import parse_card
 
 from .augment import PRESETS
-from .checkpoint import add_gap_channel, atomic_save, spread_to_levels, load_checkpoint, load_weights, restore_rng_states, rng_states, widen_image_input
+from .checkpoint import add_gap_channel, atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states, spread_to_levels, widen_image_input
 from .configs import RunConfig
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
 from .logs import RunLog

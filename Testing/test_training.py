@@ -613,3 +613,25 @@ def test_a_levels_run_warm_started_from_a_bundled_binary_model_starts_each_level
         assert got.shape[1] == 3
         for level in range(3):
             assert torch.allclose(got[:, level : level + 1], expected, atol=5e-4), float((got[:, level : level + 1] - expected).abs().max())
+
+
+def test_crops_drawn_along_the_spine_show_the_top_vertebrae_more_often_and_l5_as_often(data_dir):
+    """Real landmarks (binary-gaps labels of three training radiographs on the 4 px grid):
+    224-row crops centred ``along-spine`` contain T1 and T2 more often than crops centred on a
+    random spine pixel, L5 at least as often, and the middle of the spine still in most."""
+    from training.sampler import centred_window, pad_up_to
+
+    recipe = RECIPES["verdiff-xray"]
+    gaps = LabelScheme("binary-gaps", tuple(source_levels("aasce")))
+    seen = {"pixel": np.zeros(18), "along-spine": np.zeros(18)}
+    for item in datasets.aasce_items(data_dir / "xray-aasce")[:3]:
+        labels = pad_up_to(datasets.load_case(item, gaps, 4.0, recipe["normalisation"]).labels[0], (224, 224))
+        levels = pad_up_to(datasets.load_case(item, LabelScheme("levels", gaps.levels), 4.0, recipe["normalisation"]).labels[0], (224, 224))
+        for centre, counts in seen.items():
+            rng = np.random.default_rng(7)
+            for _ in range(400):
+                counts[np.unique(levels[centred_window(labels, (224, 224), rng, centre, bits=True)])] += 1
+    pixel, along = seen["pixel"] / 1200, seen["along-spine"] / 1200
+    assert along[1] > 1.2 * pixel[1] and along[2] > 1.1 * pixel[2], (pixel[1:3], along[1:3])
+    assert along[17] >= 0.95 * pixel[17], (pixel[17], along[17])
+    assert along[9] > 0.5

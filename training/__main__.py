@@ -43,6 +43,7 @@ from VerdiffSegmentLib.models import ModelCard, models_dir, read_card
 from .augment import PRESETS
 from .configs import DEFAULT_CHANNELS, DEFAULT_FAMILY, RECIPES, RunConfig, load_config, recipe_config
 from .labels import SCHEMES, SOURCES
+from .sampler import CROP_CENTRES
 from .train import TrainOptions
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -95,6 +96,8 @@ def _train_parser(sub) -> None:
     loop.add_argument("--steps", dest="steps", type=int, action=_DeprecatedTrainSteps, help=argparse.SUPPRESS)
     loop.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process; global batch = this x world size")
     loop.add_argument("--crop", type=int, default=defaults.crop, help="training crop size in pixels (2D)")
+    loop.add_argument("--crop-centre", choices=CROP_CENTRES, default=defaults.crop_centre,
+                      help="what a spine-centred crop is centred on: a random spine pixel (default) or a row drawn along the spine with its ends extended by half a crop, so the end vertebrae are seen more often")
     loop.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     loop.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, sampling of batches and noise")
     loop.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")

@@ -41,6 +41,7 @@ from __future__ import annotations
 import multiprocessing
 
 import numpy as np
+import scipy.ndimage as ndi
 import torch
 
 from VerdiffSegmentLib.preparation import context_offsets, slice_at, slice_channels
@@ -107,14 +108,43 @@ def _sample_in_worker(seed: int):
     return _FORKED_SAMPLER.sample(seed)
 
 
-def centred_window(labels: np.ndarray, size, rng: np.random.Generator) -> tuple[slice, ...]:
-    """A window of ``size`` inside ``labels`` (at least as large on every axis): centred on a
-    random spine voxel with probability ``SPINE_CENTRED_CROP_FRACTION`` (when there is
-    one), else anywhere; moved inside where it would reach out."""
+CROP_CENTRES = ("pixel", "along-spine")
+
+
+def spine_centre(labels: np.ndarray, rng: np.random.Generator, centre: str = "pixel", bits: bool = False, half_extent: int = 0) -> list[int]:
+    """The point a spine-centred crop is centred on: a random spine voxel (``pixel``, the
+    bundled recipes': each voxel equally likely), or (``along-spine``, 2D slices, axis 0 head
+    to feet as ``preparation`` lays them) a row drawn uniformly over the vertebrae's rows
+    extended by ``half_extent`` rows (half a crop) beyond each end, at the column of a vertebra
+    pixel in the nearest vertebra row.
+
+    Why ``along-spine`` (issue 15): centred on pixels, a crop of 224 rows on the 4 px grid
+    of an AP X-ray contains T1 in 24 % of spine-centred draws and T10 in 60 % (measured on 20
+    training radiographs); the missed and unnamed vertebrae of the held-out radiographs are
+    mostly upper thoracic runs. Drawn along the spine with the ends extended, T1 is in 34 %
+    and L5 stays at 38 %. (Drawing a vertebra first and centring on it was measured too:
+    T1 36 %, but L5 fell to 22 %, and L5 anchors the names.) The vertebrae are bit 0 of a
+    ``bits`` label (without the gaps' bit), else every nonzero label."""
+    if centre == "along-spine" and labels.ndim == 2:
+        vertebra = np.nonzero((labels & 1) > 0 if bits else labels > 0)
+        if len(vertebra[0]):
+            first, last = int(vertebra[0].min()), int(vertebra[0].max())
+            row = int(rng.integers(first - half_extent, last + half_extent + 1))
+            distance = np.abs(vertebra[0] - min(max(row, first), last))
+            nearest = np.flatnonzero(distance == distance.min())
+            return [row, int(vertebra[1][nearest[rng.integers(len(nearest))]])]
+    spine = np.nonzero(labels)
+    k = rng.integers(len(spine[0]))
+    return [int(axis[k]) for axis in spine]
+
+
+def centred_window(labels: np.ndarray, size, rng: np.random.Generator, centre: str = "pixel", bits: bool = False) -> tuple[slice, ...]:
+    """A window of ``size`` inside ``labels`` (at least as large on every axis): centred on
+    ``spine_centre`` with probability ``SPINE_CENTRED_CROP_FRACTION`` (when there is spine),
+    else anywhere; moved inside where it would reach out."""
     if labels.any() and rng.random() < SPINE_CENTRED_CROP_FRACTION:
-        spine = np.nonzero(labels)
-        k = rng.integers(len(spine[0]))
-        corner = [int(axis[k]) - n // 2 for axis, n in zip(spine, size)]
+        point = spine_centre(labels, rng, centre, bits, half_extent=size[0] // 2)
+        corner = [c - n // 2 for c, n in zip(point, size)]
     else:
         corner = [int(rng.integers(0, extent - n + 1)) for extent, n in zip(labels.shape, size)]
     corner = [int(np.clip(c, 0, extent - n)) for c, extent, n in zip(corner, labels.shape, size)]
@@ -148,12 +178,15 @@ class SliceSampler(SeededSampler):
     product labels (mask channels: label k is channel k-1; ``bits``: channel k is bit k, the
     ``binary-gaps`` scheme's vertebrae and gaps), and for 2.5D crops (module
     docstring) the neighbours on each side and their distance in mm (the run's in-plane
-    spacing, as ``preparation`` takes the card's)."""
+    spacing, as ``preparation`` takes the card's), and what a spine-centred crop is centred on
+    (``spine_centre``: "pixel", the bundled recipes', or "along-spine")."""
 
     def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0,
-                 bits: bool = False):
+                 bits: bool = False, crop_centre: str = "pixel"):
         super().__init__(cases, seed, augmentation, num_classes, bits)
-        self.crop = crop
+        if crop_centre not in CROP_CENTRES:
+            raise ValueError(f"crop centre {crop_centre!r}: choose one of {', '.join(CROP_CENTRES)}")
+        self.crop, self.crop_centre = crop, crop_centre
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
         self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
         if context_slices and any(case.slice_spacing_mm is None for case in cases):
@@ -164,7 +197,7 @@ class SliceSampler(SeededSampler):
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         size = (self.crop, self.crop)
         image, labels = pad_up_to(image, (image.shape[0], *size)), pad_up_to(labels, size)
-        window = centred_window(labels, size, rng)
+        window = centred_window(labels, size, rng, self.crop_centre, self.bits)
         return image[(slice(None), *window)], labels[window]
 
     def sample(self, seed: int) -> tuple[np.ndarray, np.ndarray]:

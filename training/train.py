@@ -64,6 +64,7 @@ class TrainOptions:
     steps: int = 1500
     batch_size: int = 8  # per process; the global batch is batch_size x world size
     crop: int = 160
+    crop_centre: str = "pixel"  # spine-centred crops on a random spine pixel, or along the spine (``sampler.spine_centre``)
     lr: float = 1e-3
     seed: int = 35
     optimizer: str = "adamw"  # or "adam"
@@ -260,7 +261,8 @@ class Trainer:
         if run.spatial_dims == 3:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
-            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.input_spacing_mm, bits)
+            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.input_spacing_mm, bits,
+                                   options.crop_centre)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler

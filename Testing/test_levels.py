@@ -29,7 +29,9 @@ except ImportError:  # not installed: use the checkout
     sys.path.insert(0, str(REPO / "VerdiffSegment"))
     from VerdiffSegmentLib import cobb, levels
 sys.path.insert(0, str(REPO))
+from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
+from VerdiffSegmentLib.ribs import RibCounter  # noqa: E402
 from VerdiffSegmentLib.terminology import SLICER_VERTEBRAE, parse_terminology, terminology_for_label  # noqa: E402
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
@@ -502,16 +504,23 @@ def test_levels_by_count_names_bottom_up_from_the_lowest_level():
     assert levels.levels_by_count(6, LUMBAR, "either") == [None] * 6
 
 
-def test_ct_whole_vertebrae_touching_are_separated_but_not_named():
+def ct_truth(path: Path, source_levels: dict[int, str]) -> tuple[sitk.Image, np.ndarray]:
+    """A development CT's TotalSegmentator vertebrae (the ids of ``source_levels``), others 0."""
+    truth_image = sitk.ReadImage(str(path))
+    truth = sitk.GetArrayFromImage(truth_image)
+    return truth_image, np.where(np.isin(truth, list(source_levels)), truth, 0)
+
+
+def test_ct_whole_vertebrae_touching_are_separated_and_named_only_from_the_ribs():
     """TotalSegmentator's whole vertebrae touch at the facet joints: one component. The
     profile's repeat length separates most of them; a binary whole-vertebra model has no
-    anchor, so none is named."""
+    anchor of its own, so without the CT none is named; with it (``ribs.RibCounter``) the
+    pieces are named from the last rib-bearing vertebra (the abdominal CT runs T11-S1), and
+    every name given is the level of the truth vertebra the piece overlaps most."""
     from training.labels import SOURCES
 
-    truth_image = sitk.ReadImage(str(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz"))
     ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if v != "sacrum"}
-    truth = sitk.GetArrayFromImage(truth_image)
-    truth = np.where(np.isin(truth, list(ids)), truth, 0)
+    truth_image, truth = ct_truth(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz", ids)
     union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
     union.CopyInformation(truth_image)
     labels, segments = levels.name_vertebrae(union, get_card("verdiff-ct"))
@@ -521,6 +530,50 @@ def test_ct_whole_vertebrae_touching_are_separated_but_not_named():
     assert [s["name"] for s in segments] == [f"vertebra {i}" for i in range(1, len(segments) + 1)]
     entry = parse_terminology(segments[0]["terminology"])
     assert entry["type"] == ("SCT", "51282000", "Vertebra")
+
+    ct = read_image(DATA / "ct-abdomen-small" / "example_ct.nii.gz")
+    labels, segments = levels.name_vertebrae(union, get_card("verdiff-ct"), rib_counter=RibCounter(ct))
+    array = sitk.GetArrayFromImage(labels)
+    named = [s for s in segments if s["level"]]
+    assert len(named) >= 4 and {s["level_source"] for s in named} == {"ribs"}
+    for segment in named:
+        assert ids[int(np.bincount(truth[array == segment["value"]]).argmax())] == segment["level"], segment["name"]
+
+
+def test_ribs_meet_the_thoracic_vertebrae_of_a_real_chest_ct_and_none_of_its_lumbar():
+    """The chest CT's truth vertebrae C5-L3 (TotalSegmentator ids 29-46) against its HU: ribs
+    are found at T3-T12 and at none of L1-L3 or C5-C7 (ribs 1-2 meet the clavicles and
+    scapulae and are not told apart: T1-T2 carry none here), so the truth is named T3-L3
+    from T12, right, and nothing above the first vertebra without a rib is named."""
+    from training.labels import SOURCES
+
+    ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if 29 <= k <= 46}
+    ct = read_image(DATA / "ct-chest" / "cxr_ct_int16.nii.gz")
+    _, truth = ct_truth(DATA / "ct-chest" / "mask.nii.gz", ids)
+    order = sorted(ids, reverse=True)  # C5 first
+    counter = RibCounter(ct)
+    ribs = dict(zip((ids[v] for v in order), counter.ribs(truth, order)))
+    assert all(ribs[f"T{i}"] > 0 for i in range(3, 13)), ribs
+    assert all(ribs[level] == 0 for level in ("C5", "C6", "C7", "L1", "L2", "L3")), ribs
+    names = counter.levels(truth, order)
+    assert names == [None] * 5 + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
+
+
+def test_rib_counts_name_from_t12_count_merged_pieces_as_two_and_ignore_the_pelvis():
+    """``levels_from_ribs``: the anchor is the lowest rib-bearing piece above two without
+    ribs (a 'rib' beside S1, the iliac wing, does not move it); a piece with 4 ribs is two
+    merged vertebrae (unnamed, counted as two); a piece with 0 or 3 above the anchor stops
+    the naming upwards; without the junction nothing is named."""
+    from VerdiffSegmentLib.ribs import levels_from_ribs
+
+    extended = levels.EXTENDED_LEVELS
+    assert levels_from_ribs([2, 2, 0, 0, 0, 0, 0, 1], extended) == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]
+    assert levels_from_ribs([4, 2, 4, 2, 0, 0], extended) == [None, "T9", None, "T12", "L1", "L2"]
+    assert levels_from_ribs([2, 0, 2, 2, 0, 0], extended) == [None, None, "T11", "T12", "L1", "L2"]
+    assert levels_from_ribs([2, 3, 2, 0, 0], extended) == [None, None, "T12", "L1", "L2"]
+    assert levels_from_ribs([2, 2, 2, 2], extended) == [None] * 4  # all thoracic: no junction in view
+    assert levels_from_ribs([0, 0, 0, 0, 0], extended) == [None] * 5  # all lumbar
+    assert levels_from_ribs([2, 0], extended) == [None] * 2
 
 
 def test_a_body_seen_in_two_sagittal_parts_is_one_vertebra():

@@ -11,7 +11,7 @@ Metrics (``levels.level_scores``): per-level Dice (0 for a level no segment is n
 with), the share of truth vertebrae named with the right level, the share separated
 one-to-one; X-ray also the Cobb angles' SMAPE (``cobb``).
 
-Usage: python benchmarks/levels_accuracy.py {mr,xray,ct} [--truth-only] [--limit N]
+Usage: python benchmarks/levels_accuracy.py {mr,xray,ct} [--truth-only] [--limit N] [--include-trained]
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.models import get_card, load_level_map, load_level_network  # noqa: E402
 from VerdiffSegmentLib.vertebra_level import PieceLevelReader  # noqa: E402
 from VerdiffSegmentLib.pipeline import segment  # noqa: E402
+from VerdiffSegmentLib.ribs import RibCounter  # noqa: E402
 from training.splits import MR_VALIDATION  # noqa: E402
 
 def mr_cases():
@@ -57,12 +58,16 @@ def xray_cases(card):
         yield name, path, truth, {i + 1: level for i, level in enumerate(level_names)}, by_name[name]
 
 
-def ct_cases():
+def ct_cases(include_trained: bool = False):
     from training.labels import SOURCES
 
     vertebrae = {k: v for k, v in SOURCES["totalsegmentator"].items() if v not in ("sacrum",)}
     truth = sitk.ReadImage(str(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz"))
     yield "ct-abdomen example_ct (held out)", DATA / "ct-abdomen-small" / "example_ct.nii.gz", truth, vertebrae, None
+    if include_trained:  # the chest CT (C5-L3) was trained on: its figures are not validation
+        chest = {k: v for k, v in vertebrae.items() if 29 <= k <= 46}
+        truth = sitk.ReadImage(str(DATA / "ct-chest" / "mask.nii.gz"))
+        yield "ct-chest (trained on)", DATA / "ct-chest" / "cxr_ct_int16.nii.gz", truth, chest, None
 
 
 def truth_levels_present(truth: np.ndarray, names: dict[int, str]) -> dict[int, str]:
@@ -75,9 +80,10 @@ def main(argv=None) -> None:
     parser.add_argument("modality", choices=["mr", "xray", "ct"])
     parser.add_argument("--truth-only", action="store_true", help="only the naming step on the truth masks")
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--include-trained", action="store_true", help="ct: also the chest CT the model was trained on")
     args = parser.parse_args(argv)
     card = get_card({"mr": "verdiff-mr", "xray": "verdiff-xray", "ct": "verdiff-ct"}[args.modality])
-    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": ct_cases}[args.modality]()
+    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": lambda: ct_cases(args.include_trained)}[args.modality]()
     structure = levels.structure_of(card.labels[0])
     card_levels = levels.card_levels(card)
     level_map_network, level_network = load_level_map(card), load_level_network(card)  # None for a card without them
@@ -97,7 +103,9 @@ def main(argv=None) -> None:
             coordinates = predict_level_map(level_map_network, sitk.GetArrayFromImage(image))
         if level_network is not None:
             reader = PieceLevelReader(level_network, sitk.GetArrayFromImage(image))
-        named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates, level_reader=reader)
+        rib_counter = RibCounter(image) if card.rib_anchor else None
+        named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates, level_reader=reader,
+                                 rib_counter=rib_counter)
         outputs = {"truth": (*named, None)}
         if not args.truth_only:
             clock = time.perf_counter()

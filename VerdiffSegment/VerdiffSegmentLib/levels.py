@@ -138,6 +138,13 @@ def superior_axis(image: sitk.Image) -> np.ndarray:
     return axis[::-1].astype(float)  # numpy order (k, j, i)
 
 
+def lateral_axis(image: sitk.Image) -> np.ndarray:
+    """The left direction (LPS +x) component of each index axis' step, mm, numpy index order
+    (a volume's; as ``superior_axis``)."""
+    steps = np.reshape(image.GetDirection(), (3, 3)) * np.asarray(image.GetSpacing())
+    return steps[0][::-1].astype(float)
+
+
 def _spacing(image: sitk.Image) -> np.ndarray:
     return np.asarray(image.GetSpacing(), float)[::-1]
 
@@ -480,7 +487,8 @@ def below_the_range(sizes: list[int]) -> bool:
     return len(sizes) >= 3 and sizes[-1] < BELOW_RANGE_SHARE * float(np.median(sizes))
 
 
-def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None, coordinates: np.ndarray | None = None, level_reader=None) -> tuple[sitk.Image, list[dict]]:
+def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None, coordinates: np.ndarray | None = None, level_reader=None,
+                   rib_counter=None) -> tuple[sitk.Image, list[dict]]:
     """Per-vertebra label map and segment descriptions for a model card's result.
 
     A multi-class card (one label per level) keeps its labels, each named by its level;
@@ -491,7 +499,9 @@ def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None, coo
     map on the label map's grid (``level_map``): where the count names nothing, the vertebrae
     are named from it (``levels_from_coordinates``). ``level_reader``: the card's level network
     on the picture (``vertebra_level.PieceLevelReader``); where the count names nothing, it
-    names the pieces before the level map is asked (``vertebrae``)."""
+    names the pieces before the level map is asked (``vertebrae``). ``rib_counter``: the rib
+    counts on the CT (``ribs.RibCounter``, a card with ``naming.rib_anchor``); where the count
+    names nothing, the pieces are named from the last rib-bearing vertebra."""
     if not sitk.GetArrayViewFromImage(labels).any():
         return labels, [{**info, "level": None} for info in card.labels]
     if len(card.labels) > 1:
@@ -500,7 +510,7 @@ def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None, coo
     else:
         labels, segments = vertebrae(
             labels, structure_of(card.labels[0]), levels=card_levels(card), gaps=gaps, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates,
-            level_reader=level_reader,
+            level_reader=level_reader, rib_counter=rib_counter,
         )
     for segment in segments:
         if segment["level"] is None:  # what the card's label says (e.g. "Vertebral body" in the lumbar spine)
@@ -522,11 +532,14 @@ def vertebrae(
     extra_vertebrae: str = "above",
     coordinates: np.ndarray | None = None,
     level_reader=None,
+    rib_counter=None,
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
     vertebra: value, name, covers, level (or None), level_source (what decided the level:
-    "labels" of a multi-class card, "count", "level network" or "level map"; None without a
-    level), color, terminology, height_mm.
+    "labels" of a multi-class card, "count", "ribs", "level network" or "level map"; None
+    without a level), color, terminology, height_mm.
+    ``rib_counter``: ``ribs.RibCounter`` on the CT; where the count names nothing, the pieces
+    are named from the last rib-bearing vertebra (``counter.levels(instances, values)``).
     ``extra_vertebrae``: the card's ``naming.extra_vertebrae`` (``levels_by_count``).
     ``coordinates``: a level map on the label map's grid; where the count names nothing,
     the vertebrae are named by their median coordinate (``levels_from_coordinates``).
@@ -560,6 +573,8 @@ def vertebrae(
     else:
         below = int(extra_vertebrae == "either" and below_the_range([len(points[v]) for v in ordered]))
         names, source = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below, "count"
+        if rib_counter is not None and not any(names):  # a CT: the last rib-bearing vertebra is T12
+            names, source = rib_counter.levels(instances, ordered), "ribs"
         if level_reader is not None and not any(names):  # the count decides nothing: each piece's look does
             names, source = levels_from_log_probabilities(level_reader(instances, ordered), level_reader.levels), "level network"
             ordered, names = _merge_repeated_levels(ordered, names, points)

@@ -28,6 +28,10 @@ bottom-up from the lowest level. ``"either"``: above or below (an AP radiograph 
 above T1 and the top of S1 under L5, and the X-ray model draws either at times), so names
 are given only when exactly the card's count is found (``levels.levels_by_count``).
 
+Rib anchor: ``naming.rib_anchor`` (true on the CT card) names a CT's vertebrae from the last
+rib-bearing one (T12), the ribs read from the CT's Hounsfield units (``ribs``), where the
+count names nothing.
+
 Level map: ``naming.level_map`` (an object: ``weights``, ``sha256``, ``network`` with the
 ``UNetBaseline`` keywords, ``box``) names a small network beside the card's own that maps a
 whole radiograph to each pixel's level coordinate (``level_map``); the per-vertebra step
@@ -123,6 +127,7 @@ class ModelCard:
     level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
     tilt_network: dict | None = None  # cobb.tilt_network: weights, sha256, network (module docstring)
     level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
+    rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -258,6 +263,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         level_network = (data.get("naming") or {}).get("level_network")
         if level_network is not None:
             level_network = _checked_level_network(level_network)
+        rib_anchor = (data.get("naming") or {}).get("rib_anchor", False)
+        if not isinstance(rib_anchor, bool):
+            raise TypeError(f"naming.rib_anchor must be true or false, got {rib_anchor!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -302,6 +310,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         level_map=level_map,
         tilt_network=tilt_network,
         level_network=level_network,
+        rib_anchor=rib_anchor,
         schema_version=schema,
         raw=data,
     )

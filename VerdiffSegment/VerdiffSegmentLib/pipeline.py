@@ -50,6 +50,7 @@ from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import card_levels, name_vertebrae
+from .ribs import RibCounter
 from .endplate_tilt import vertebra_tilts
 from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
@@ -218,7 +219,8 @@ def segment(
             coordinates = predict_level_map(level_map_network, picture)
         if level_network is not None and picture is not None:
             level_reader = PieceLevelReader(level_network, picture)
-        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader)
+        rib_counter = RibCounter(prepared.planar) if card.rib_anchor and prepared.planar.GetDimension() == 3 else None  # the CT in HU
+        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader, rib_counter=rib_counter)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
             tilts = None

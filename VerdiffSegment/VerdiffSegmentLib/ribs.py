@@ -1,0 +1,167 @@
+"""The last rib-bearing vertebra names a CT's vertebrae (issue 15): which of the separated
+vertebrae carry ribs, read from the CT's Hounsfield units beside each vertebra.
+
+``ribs_per_vertebra(hounsfield, instances, values, spacing, lateral, superior)`` -> how many
+ribs meet each vertebra; ``levels_from_ribs(ribs, levels)`` -> the names, top-down, None where
+not decided; ``RibCounter(ct).levels(instances, values)`` both, for ``levels.vertebrae``.
+
+Why: the bundled CT model is binary and a CT's field of view holds any run of levels, so
+the count that names MR and X-ray vertebrae (bottom-up from L5) has no anchor in CT. A
+radiologist counting on a CT uses the last rib-bearing vertebra (T12) or the sacrum; the ribs
+are bone in every CT, need no training data (the development set has two CTs), and the
+thoracolumbar junction lies in most chest, abdominal and spine CTs.
+
+Decisions:
+- **Bone beside the spine.** Bone is above ``BONE_HU`` (cortical rib at 3 mm partial volume
+  stays above it); the segmented vertebrae, grown by ``SPINE_MARGIN_MM`` (their surface and
+  transverse processes the model draws thinly), are taken out, and what is left is split into
+  connected pieces (26-connectivity) inside a box around the spine (``LATERAL_REACH_MM`` to
+  each side, ``FRONT_BACK_REACH_MM`` in front and behind).
+- **A rib** is such a piece that reaches at least ``RIB_REACH_MM`` to the side of the spine
+  (a lumbar transverse process ends at about 50 mm) and holds at most ``RIB_MAX_CM3``
+  (one rib is 3-16 cm3; the pelvis, the scapulae with the clavicles, or contrast-filled
+  vessels joined into one piece are 100s): the iliac crest beside L5 and a contrast-filled
+  aorta beside the thoracic spine are therefore not ribs.
+- **Its vertebra** is the one most of the rib's voxels within ``CONTACT_MM`` of the spine lie
+  nearest to (its head and tubercle meet the body and the transverse process of one level).
+- **Names.** The lowest rib-bearing vertebra with two vertebrae below it that bear none is
+  T12 (the junction is in view; two because the iliac wings beside S1 can pass for ribs); the others are counted from it, up (T11 ... C1) and down
+  (L1 ... L5, then S1). Without such a junction nothing is named (``None``), as with the
+  count. This assumes 12 rib-bearing thoracic vertebrae: with 11 or 13 pairs (a few
+  percent of people) or a lumbar rib every name is one level off, the error a radiologist
+  counting by the ribs makes too; the module's table shows the level's source ("ribs").
+
+Measured (docs/levels.md, session 13): on the truth vertebrae of both development CTs the
+flags are right at the junction (chest: T2-T12 bear ribs, L1-L3 none; abdomen: T12 bears
+ribs, L1-S1 none), and see there for the model's pieces.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.ndimage as ndi
+import SimpleITK as sitk
+
+from .levels import EXTENDED_LEVELS, lateral_axis, superior_axis
+
+BONE_HU = 200.0
+SPINE_MARGIN_MM = 2.0
+LATERAL_REACH_MM = 90.0
+FRONT_BACK_REACH_MM = 40.0
+RIB_REACH_MM = 60.0
+RIB_MAX_CM3 = 100.0
+CONTACT_MM = 7.0
+
+
+def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: list[int], spacing: np.ndarray, lateral: np.ndarray, superior: np.ndarray) -> list[int]:
+    """How many ribs meet each vertebra of ``values`` (module docstring).
+
+    Args: ``hounsfield`` the CT in HU and ``instances`` the vertebrae (values > 0), both on
+    one array grid; ``spacing`` that grid's mm per array axis; ``lateral`` and ``superior``
+    the left and head components of each array axis' step, mm (``levels.superior_axis``
+    and ``levels.lateral_axis``: from the image's direction matrix, never array order)."""
+    spine = instances > 0
+    if not spine.any():
+        return [0] * len(values)
+    along = int(np.argmax(np.abs(superior)))  # the array axis nearest the spine's
+    box = _box_around(spine, spacing, lateral, along)
+    spine, instances, hounsfield = spine[box], instances[box], hounsfield[box]
+    distance, nearest = ndi.distance_transform_edt(~spine, sampling=spacing, return_indices=True)
+    bone = (hounsfield > BONE_HU) & (distance > SPINE_MARGIN_MM)
+    pieces, count = ndi.label(bone, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return [0] * len(values)
+    voxel_cm3 = float(np.prod(spacing)) / 1000.0
+    volumes = np.bincount(pieces.ravel(), minlength=count + 1) * voxel_cm3
+    # each piece's reach to the side: the largest left-right distance from the spine's middle
+    # at the piece's own height (the spine's centre line, slice by slice along z)
+    centre = _lateral_centre_by_slice(spine, spacing, lateral, along)
+    index = np.nonzero(pieces)
+    side = np.stack(index, axis=1) @ lateral - centre[index[along]]
+    reach = np.zeros(count + 1)
+    np.maximum.at(reach, pieces[index], np.abs(side))
+    contact = (pieces > 0) & (distance <= CONTACT_MM)
+    at = np.nonzero(contact)
+    owners = instances[tuple(n[at] for n in nearest)]
+    ribs = {value: 0 for value in values}
+    for piece in np.unique(pieces[at]):
+        if reach[piece] < RIB_REACH_MM or volumes[piece] > RIB_MAX_CM3:
+            continue
+        votes = np.bincount(owners[pieces[at] == piece])
+        votes[0] = 0
+        if votes.any() and int(votes.argmax()) in ribs:
+            ribs[int(votes.argmax())] += 1
+    return [ribs[value] for value in values]
+
+
+def levels_from_ribs(ribs: list[int], levels: list[str]) -> list[str | None]:
+    """Names top-down from each vertebra's rib count (top-down, ``ribs_per_vertebra``) along
+    ``levels`` (cranio-caudal, containing T12); None where a name is not decided.
+
+    The anchor is the lowest rib-bearing vertebra with two vertebrae without ribs below it:
+    T12 (two, not one: the iliac wings beside S1 or L5 can pass for ribs, and lie below the
+    lumbar run, never above two vertebrae without ribs). Below it the names run on (L1 ...
+    L5, S1). Above it, counting up, a piece with one or two ribs is one vertebra; with four it
+    is two merged vertebrae (both sides twice: on the chest CT the model's T10 and T11 are one
+    piece with 4 ribs), left unnamed and counted as two; with none, three, or more than four
+    (the ribs 1-2, which meet the clavicles and scapulae and are not found; a rib credited to
+    its neighbour) the count is lost, and that piece and those above are left unnamed. No
+    anchor: None for each."""
+    junction = [i for i in range(len(ribs) - 2) if ribs[i] and not ribs[i + 1] and not ribs[i + 2]]
+    if not junction or "T12" not in levels:
+        return [None] * len(ribs)
+    anchor, t12 = junction[-1], levels.index("T12")
+    names: list[str | None] = [None] * len(ribs)
+    for i in range(anchor + 1, len(ribs)):
+        names[i] = levels[t12 + i - anchor] if t12 + i - anchor < len(levels) else None
+    lowest = t12  # the level of the lowest vertebra in the piece looked at, counting up
+    for i in range(anchor, -1, -1):
+        span = {1: 1, 2: 1, 4: 2}.get(ribs[i])
+        if span is None or lowest - span + 1 < 0:
+            break
+        names[i] = levels[lowest] if span == 1 else None
+        lowest -= span
+    return names
+
+
+class RibCounter:
+    """The rib anchor on one CT (``sitk.Image`` in HU), for vertebrae on that image's grid:
+    ``counter.levels(instances, values)`` -> their names top-down (``levels.vertebrae``)."""
+
+    def __init__(self, ct: sitk.Image):
+        self.hounsfield = sitk.GetArrayViewFromImage(ct)
+        self.spacing = np.asarray(ct.GetSpacing(), float)[::-1]
+        self.lateral, self.superior = lateral_axis(ct), superior_axis(ct)
+
+    def ribs(self, instances: np.ndarray, values: list[int]) -> list[int]:
+        return ribs_per_vertebra(self.hounsfield, instances, values, self.spacing, self.lateral, self.superior)
+
+    def levels(self, instances: np.ndarray, values: list[int]) -> list[str | None]:
+        return levels_from_ribs(self.ribs(instances, values), EXTENDED_LEVELS)
+
+
+def _box_around(spine: np.ndarray, spacing: np.ndarray, lateral: np.ndarray, along: int) -> tuple[slice, ...]:
+    """The spine's bounding box grown by the reach to each side and front and back (not along
+    the spine, array axis ``along``: ribs start at the vertebrae's own heights)."""
+    where = np.nonzero(spine)
+    lateral_axis = int(np.argmax(np.abs(lateral)))
+    box = []
+    for axis, positions in enumerate(where):
+        if axis == along:
+            margin = 0.0
+        else:
+            margin = LATERAL_REACH_MM if axis == lateral_axis else FRONT_BACK_REACH_MM
+        grow = int(np.ceil(margin / spacing[axis]))
+        box.append(slice(max(int(positions.min()) - grow, 0), int(positions.max()) + grow + 1))
+    return tuple(box)
+
+
+def _lateral_centre_by_slice(spine: np.ndarray, spacing: np.ndarray, lateral: np.ndarray, along: int) -> np.ndarray:
+    """The spine's mean left-right position (mm along ``lateral``) in each slice across array
+    axis ``along``, slices without spine given their neighbours' (interpolated)."""
+    index = np.nonzero(spine)
+    position = np.stack(index, axis=1) @ lateral
+    sums = np.bincount(index[along], weights=position, minlength=spine.shape[along])
+    counts = np.bincount(index[along], minlength=spine.shape[along])
+    have = np.flatnonzero(counts)
+    return np.interp(np.arange(spine.shape[along]), have, sums[have] / counts[have])

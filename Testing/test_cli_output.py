@@ -157,6 +157,7 @@ def test_a_model_of_another_modality_is_warned_about(tmp_path, mr_slab):
     assert report["modality"] == {"model": "CT", "input": "MR"}
     # the modality warning comes first; a CT model on MR is also unsure of its result (reliability.py), and says so
     assert "verdiff-ct" in report["warnings"][0] and "verdiff-mr" in report["warnings"][0]
+    assert not any(s["level_source"] == "ribs" for s in report["segments"])  # ribs are read in HU, and an MR has none
     assert result.stderr.strip().splitlines() == ["verdiff: warning: " + warning for warning in report["warnings"]]
 
 

@@ -219,7 +219,8 @@ def segment(
             coordinates = predict_level_map(level_map_network, picture)
         if level_network is not None and picture is not None:
             level_reader = PieceLevelReader(level_network, picture)
-        rib_counter = RibCounter(prepared.planar) if card.rib_anchor and prepared.planar.GetDimension() == 3 else None  # the CT in HU
+        # the ribs are read in Hounsfield units: not on an MR given to the CT model by hand
+        rib_counter = RibCounter(prepared.planar) if card.rib_anchor and prepared.planar.GetDimension() == 3 and looks_like_ct(prepared.planar) else None
         labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader, rib_counter=rib_counter)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)

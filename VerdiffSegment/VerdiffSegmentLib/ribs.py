@@ -51,6 +51,7 @@ FRONT_BACK_REACH_MM = 40.0
 RIB_REACH_MM = 60.0
 RIB_MAX_CM3 = 100.0
 CONTACT_MM = 7.0
+GRID_MM = 1.2  # the grid the ribs are looked for on: axes finer than half of it strided (1.4 mm in-plane lost T8 of the chest CT)
 
 
 def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: list[int], spacing: np.ndarray, lateral: np.ndarray, superior: np.ndarray) -> list[int]:
@@ -60,13 +61,21 @@ def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: lis
     one array grid; ``spacing`` that grid's mm per array axis; ``lateral`` and ``superior``
     the left and head components of each array axis' step, mm (``levels.superior_axis``
     and ``levels.lateral_axis``: from the image's direction matrix, never array order)."""
+    # sub-millimetre CTs on a coarser grid: 0.5 mm voxels cost 8 times the memory and time a
+    # rib needs (the chest CT's 0.7 x 0.7 x 2.5 mm: 2.7 s and about 0.7 GB at its own grid)
+    stride = tuple(max(1, int(GRID_MM // step)) for step in spacing)
+    spacing = np.asarray(spacing, float) * stride
+    lateral, superior = np.asarray(lateral, float) * stride, np.asarray(superior, float) * stride
+    coarse = tuple(slice(None, None, k) for k in stride)
+    instances, hounsfield = instances[coarse], hounsfield[coarse]
     spine = instances > 0
     if not spine.any():
         return [0] * len(values)
     along = int(np.argmax(np.abs(superior)))  # the array axis nearest the spine's
     box = _box_around(spine, spacing, lateral, along)
     spine, instances, hounsfield = spine[box], instances[box], hounsfield[box]
-    distance, nearest = ndi.distance_transform_edt(~spine, sampling=spacing, return_indices=True)
+    nearest = np.zeros((spine.ndim, *spine.shape), np.int32)  # int32: half the memory of the default
+    distance = ndi.distance_transform_edt(~spine, sampling=spacing, return_indices=True, indices=nearest)
     bone = (hounsfield > BONE_HU) & (distance > SPINE_MARGIN_MM)
     pieces, count = ndi.label(bone, structure=np.ones((3, 3, 3), bool))
     if count == 0:

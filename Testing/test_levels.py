@@ -555,7 +555,7 @@ def test_ribs_meet_the_thoracic_vertebrae_of_a_real_chest_ct_and_none_of_its_lum
     ribs = dict(zip((ids[v] for v in order), counter.ribs(truth, order)))
     assert all(ribs[f"T{i}"] > 0 for i in range(3, 13)), ribs
     assert all(ribs[level] == 0 for level in ("C5", "C6", "C7", "L1", "L2", "L3")), ribs
-    names = counter.levels(truth, order)
+    names = levels.levels_from_ribs(counter.ribs(truth, order), levels.EXTENDED_LEVELS)
     assert names == [None] * 5 + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
 
 
@@ -564,7 +564,7 @@ def test_rib_counts_name_from_t12_count_merged_pieces_as_two_and_ignore_the_pelv
     ribs (a 'rib' beside S1, the iliac wing, does not move it); a piece with 4 ribs is two
     merged vertebrae (unnamed, counted as two); a piece with 0 or 3 above the anchor stops
     the naming upwards; without the junction nothing is named."""
-    from VerdiffSegmentLib.ribs import levels_from_ribs
+    from VerdiffSegmentLib.levels import levels_from_ribs
 
     extended = levels.EXTENDED_LEVELS
     assert levels_from_ribs([2, 2, 0, 0, 0, 0, 0, 1], extended) == ["T11", "T12", "L1", "L2", "L3", "L4", "L5", "S1"]

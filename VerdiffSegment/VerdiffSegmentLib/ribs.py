@@ -2,8 +2,8 @@
 vertebrae carry ribs, read from the CT's Hounsfield units beside each vertebra.
 
 ``ribs_per_vertebra(hounsfield, instances, values, spacing, lateral, superior)`` -> how many
-ribs meet each vertebra; ``levels_from_ribs(ribs, levels)`` -> the names, top-down, None where
-not decided; ``RibCounter(ct).levels(instances, values)`` both, for ``levels.vertebrae``.
+ribs meet each vertebra; ``RibCounter(ct).ribs(instances, values)`` the same on a CT, for
+``levels.vertebrae``, which names the vertebrae from the counts (``levels.levels_from_ribs``).
 
 Why: the bundled CT model is binary and a CT's field of view holds any run of levels, so
 the count that names MR and X-ray vertebrae (bottom-up from L5) has no anchor in CT. A
@@ -42,7 +42,8 @@ import numpy as np
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 
-from .levels import EXTENDED_LEVELS, lateral_axis, superior_axis
+from .levels import lateral_axis, superior_axis
+
 
 BONE_HU = 200.0
 SPINE_MARGIN_MM = 2.0
@@ -103,39 +104,9 @@ def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: lis
     return [ribs[value] for value in values]
 
 
-def levels_from_ribs(ribs: list[int], levels: list[str]) -> list[str | None]:
-    """Names top-down from each vertebra's rib count (top-down, ``ribs_per_vertebra``) along
-    ``levels`` (cranio-caudal, containing T12); None where a name is not decided.
-
-    The anchor is the lowest rib-bearing vertebra with two vertebrae without ribs below it:
-    T12 (two, not one: the iliac wings beside S1 or L5 can pass for ribs, and lie below the
-    lumbar run, never above two vertebrae without ribs). Below it the names run on (L1 ...
-    L5, S1). Above it, counting up, a piece with one or two ribs is one vertebra; with four it
-    is two merged vertebrae (both sides twice: on the chest CT the model's T10 and T11 are one
-    piece with 4 ribs), left unnamed and counted as two; with none, three, or more than four
-    (the ribs 1-2, which meet the clavicles and scapulae and are not found; a rib credited to
-    its neighbour) the count is lost, and that piece and those above are left unnamed. No
-    anchor: None for each."""
-    junction = [i for i in range(len(ribs) - 2) if ribs[i] and not ribs[i + 1] and not ribs[i + 2]]
-    if not junction or "T12" not in levels:
-        return [None] * len(ribs)
-    anchor, t12 = junction[-1], levels.index("T12")
-    names: list[str | None] = [None] * len(ribs)
-    for i in range(anchor + 1, len(ribs)):
-        names[i] = levels[t12 + i - anchor] if t12 + i - anchor < len(levels) else None
-    lowest = t12  # the level of the lowest vertebra in the piece looked at, counting up
-    for i in range(anchor, -1, -1):
-        span = {1: 1, 2: 1, 4: 2}.get(ribs[i])
-        if span is None or lowest - span + 1 < 0:
-            break
-        names[i] = levels[lowest] if span == 1 else None
-        lowest -= span
-    return names
-
-
 class RibCounter:
-    """The rib anchor on one CT (``sitk.Image`` in HU), for vertebrae on that image's grid:
-    ``counter.levels(instances, values)`` -> their names top-down (``levels.vertebrae``)."""
+    """``ribs_per_vertebra`` on one CT (``sitk.Image`` in HU), for vertebrae on that image's
+    grid: ``counter.ribs(instances, values)`` (``levels.vertebrae`` names from the counts)."""
 
     def __init__(self, ct: sitk.Image):
         self.hounsfield = sitk.GetArrayViewFromImage(ct)
@@ -145,21 +116,18 @@ class RibCounter:
     def ribs(self, instances: np.ndarray, values: list[int]) -> list[int]:
         return ribs_per_vertebra(self.hounsfield, instances, values, self.spacing, self.lateral, self.superior)
 
-    def levels(self, instances: np.ndarray, values: list[int]) -> list[str | None]:
-        return levels_from_ribs(self.ribs(instances, values), EXTENDED_LEVELS)
-
 
 def _box_around(spine: np.ndarray, spacing: np.ndarray, lateral: np.ndarray, along: int) -> tuple[slice, ...]:
     """The spine's bounding box grown by the reach to each side and front and back (not along
     the spine, array axis ``along``: ribs start at the vertebrae's own heights)."""
     where = np.nonzero(spine)
-    lateral_axis = int(np.argmax(np.abs(lateral)))
+    side_axis = int(np.argmax(np.abs(lateral)))
     box = []
     for axis, positions in enumerate(where):
         if axis == along:
             margin = 0.0
         else:
-            margin = LATERAL_REACH_MM if axis == lateral_axis else FRONT_BACK_REACH_MM
+            margin = LATERAL_REACH_MM if axis == side_axis else FRONT_BACK_REACH_MM
         grow = int(np.ceil(margin / spacing[axis]))
         box.append(slice(max(int(positions.min()) - grow, 0), int(positions.max()) + grow + 1))
     return tuple(box)

@@ -71,10 +71,17 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    named 52 % right and 8.7 % wrong, count first then map 57 % and 10 % (docs/levels.md,
    session 7).
 
+   A card with the rib anchor (``naming.rib_anchor``, the CT card) names the pieces where the
+   count names nothing from the ribs read in the CT's Hounsfield units (``ribs``): the lowest
+   rib-bearing piece above two without ribs is T12, the others counted from it
+   (``levels_from_ribs``; a piece with two rib pairs and two vertebrae's height is first cut in
+   two, ``_split_two_rib_pairs``); without the thoracolumbar junction in view nothing is named.
+
    Why: the MR model is trained on L1-L5 bodies and does not segment the sacrum, the X-ray
    landmarks always run T1-L5 (17). A CT field of view holds any run of levels and a
-   binary whole-vertebra model has no anchor (no sacrum, no ribs), so CT is named only
-   when all 24 C1-L5 are found, i.e. in practice left unnamed rather than guessed. The
+   binary whole-vertebra model has no anchor of its own (it segments no sacrum), so CT is
+   named by the count only when all 24 C1-L5 are found; the ribs are the anchor a
+   radiologist uses (session 13, docs/levels.md). The
    measured alternative "name only when the count is exactly the card's" named 30 % of
    the held-out MR bodies right against 80 % for this rule (docs/levels.md).
 
@@ -541,7 +548,7 @@ def vertebrae(
     "labels" of a multi-class card, "count", "ribs", "level network" or "level map"; None
     without a level), color, terminology, height_mm.
     ``rib_counter``: ``ribs.RibCounter`` on the CT; where the count names nothing, the pieces
-    are named from the last rib-bearing vertebra (``ribs.levels_from_ribs``), a piece that
+    are named from the last rib-bearing vertebra (``levels_from_ribs``), a piece that
     holds two rib pairs and is about two vertebrae tall first cut in two (``_split_two_rib_pairs``).
     ``extra_vertebrae``: the card's ``naming.extra_vertebrae`` (``levels_by_count``).
     ``coordinates``: a level map on the label map's grid; where the count names nothing,

@@ -551,11 +551,11 @@ def test_ribs_meet_the_thoracic_vertebrae_of_a_real_chest_ct_and_none_of_its_lum
     ct = read_image(DATA / "ct-chest" / "cxr_ct_int16.nii.gz")
     _, truth = ct_truth(DATA / "ct-chest" / "mask.nii.gz", ids)
     order = sorted(ids, reverse=True)  # C5 first
-    counter = RibCounter(ct)
-    ribs = dict(zip((ids[v] for v in order), counter.ribs(truth, order)))
+    counts = RibCounter(ct).ribs(truth, order)
+    ribs = dict(zip((ids[v] for v in order), counts))
     assert all(ribs[f"T{i}"] > 0 for i in range(3, 13)), ribs
     assert all(ribs[level] == 0 for level in ("C5", "C6", "C7", "L1", "L2", "L3")), ribs
-    names = levels.levels_from_ribs(counter.ribs(truth, order), levels.EXTENDED_LEVELS)
+    names = levels.levels_from_ribs(counts, levels.EXTENDED_LEVELS)
     assert names == [None] * 5 + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
 
 

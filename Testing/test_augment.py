@@ -128,6 +128,26 @@ def test_any_contrast_keeps_the_range_and_is_reproducible_from_a_seed():
     assert 0 < inverted < len(outs)
 
 
+def test_ct_preset_keeps_window_intensities_where_they_were():
+    """CT is normalised by a fixed HU window: a blurred or block-averaged slice must not be
+    stretched back to [0, 1] by percentiles (bone at 0.6 of the window stays near 0.6), and no
+    draw inverts or reorders tissues."""
+    image = np.full((64, 80), 0.35, np.float32)  # soft tissue
+    image[20:40, 30:50] = 0.6  # bone
+    preset = PRESETS["ct"]
+    assert preset.curve_p == preset.invert_p == preset.bias_p == 0 and not preset.rescale_randomised
+    changed = 0
+    for seed in range(60):
+        out = preset.intensity(image, np.random.default_rng(seed))
+        assert out[30, 40] > out[5, 5]  # bone stays brighter than soft tissue
+        assert out.max() < 0.9  # never stretched to the top of the window
+        changed += not np.allclose(out, image, atol=0.05)
+    assert changed > 10  # it does augment
+    # the MR preset rescales after the same kind of draw
+    mr = [PRESETS["any-contrast"].intensity(image, np.random.default_rng(seed)).max() for seed in range(60)]
+    assert max(mr) > 0.95
+
+
 def test_a_monotonic_tissue_curve_keeps_the_order_of_intensities():
     values = np.linspace(0, 1, 101)
     for seed in range(20):

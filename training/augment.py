@@ -19,7 +19,8 @@ random elastic deformation and random contrast adjustment, with one random state
 Presets: ``light`` is what the bundled models were trained with (rotation +-15 degrees
 with probability 0.5 and a gamma in [0.7, 1.5] always), ``paper`` the paper's set, ``none``,
 and ``any-contrast``: the paper's geometry plus scaling, and the contrast and resolution
-randomisation below, for models that must segment MR of any contrast and scanner.
+randomisation below, for models that must segment MR of any contrast and scanner, and ``ct``:
+its geometry and resolution loss without the contrast randomisation (HU are calibrated).
 
 Contrast and resolution randomisation (``any-contrast``; issue 16, "MR of any contrast").
 The development MR is one scanner's water-fat contrast; users bring T1, T2, STIR and
@@ -141,6 +142,9 @@ class Augmentation:
     invert_p: float = 0.0
     noise_p: float = 0.0
     noise_max: float = 0.08
+    # after resolution, bias, curve or inversion: back to [0, 1] by percentiles, as MR and X-ray
+    # inference normalise; off for CT, whose window normalisation keeps HU where they were
+    rescale_randomised: bool = True
 
     def draw_warp(self, shape: tuple[int, int], rng: np.random.Generator) -> Warp:
         """Draw the geometric part for a slice of ``shape``."""
@@ -177,7 +181,7 @@ class Augmentation:
             image, randomised = tissue_curve(image, rng.random() < self.curve_monotonic_p, rng), True
         if self.invert_p and rng.random() < self.invert_p:
             image, randomised = 1.0 - image, True
-        if randomised:
+        if randomised and self.rescale_randomised:
             image = rescale_percentiles(image)
         if self.contrast_p and rng.random() < self.contrast_p:
             mean = float(image.mean())
@@ -270,5 +274,22 @@ PRESETS = {
         curve_monotonic_p=0.4,
         invert_p=0.25,
         noise_p=0.4,
+    ),
+    # CT (session 14, issue 15): the paper's geometry, scaling and the resolution loss of
+    # ``any-contrast`` (thick slabs across the sagittal axis, blur or block averaging in-plane: a
+    # 3 mm abdominal CT reformatted to 1.5 mm is what the held-out CT looks like), mild noise,
+    # contrast and gamma; no bias field, tissue curve or inversion, and no percentile rescale:
+    # CT is calibrated in HU and normalised by a fixed window.
+    "ct": replace(
+        PAPER,
+        elastic_p=0.3,
+        contrast_p=0.3,
+        scale=(0.8, 1.25),
+        scale_p=0.5,
+        slab_p=0.25,
+        resolution_p=0.3,
+        noise_p=0.3,
+        noise_max=0.03,
+        rescale_randomised=False,
     ),
 }

@@ -336,6 +336,25 @@ include = ["VB3_01", "VB3_02", "VB3_03"]
         RunConfig.from_dict({"recipe": "verdiff-mr", "datasets": [{"images": "a/*.nii", "labels": "b/*.nii", "source": "verse2"}]})
 
 
+def test_the_bundled_all_ct_config_trains_on_both_labelled_cts_s1_included(data_dir):
+    """``training/verdiff-ct-all.toml`` (files named without a '*': one labelled volume each):
+    both CTs, no held-out subject, S1 a foreground level; a pattern with a '*' on one side only
+    is refused."""
+    from training.datasets import training_cases
+
+    run = load_config(REPO / "training" / "verdiff-ct-all.toml")
+    assert run.recipe == "verdiff-ct" and run.labels.levels[-1] == "S1"
+    cases, split = training_cases(run, data_dir)
+    assert split["train"] == ["cxr_ct_int16", "example_ct"] and split["validation"] == []
+    assert all(case.labels.any() for case in cases)
+    # S1 is foreground: labelled in the abdominal CT only (the chest CT ends at L3)
+    only_s1, _ = training_cases(RunConfig.from_dict({**run.to_dict(), "labels": {"scheme": "binary", "levels": ["S1"]}}), data_dir)
+    by_name = {case.name: case for case in only_s1}
+    assert by_name["example_ct"].labels.any() and not by_name["cxr_ct_int16"].labels.any()
+    with pytest.raises(ValueError, match="one '\\*'"):
+        RunConfig.from_dict({"recipe": "verdiff-ct", "datasets": [{"images": "a/*.nii", "labels": "b/mask.nii", "source": "totalsegmentator"}]})
+
+
 # -- the package's shape -----------------------------------------------------------------
 def training_imports() -> dict[str, set[str]]:
     """module -> the training modules it imports anywhere in its code (lazy imports too)."""

@@ -206,9 +206,10 @@ def _check_dataset(entry: dict, where: str) -> dict:
         for key in ("images", "labels", "source"):
             if key not in entry:
                 raise ValueError(f"{where}: a volume data set needs {key!r}")
-        for key in ("images", "labels"):
-            if entry[key].count("*") != 1:
-                raise ValueError(f"{where}: {key} must contain exactly one '*' (the case id), got {entry[key]!r}")
+        stars = [entry[key].count("*") for key in ("images", "labels")]
+        if stars not in ([1, 1], [0, 0]):
+            raise ValueError(f"{where}: images and labels must each contain one '*' (the case id), or neither (one labelled volume), "
+                             f"got {entry['images']!r} and {entry['labels']!r}")
     source_levels(entry["source"])  # unknown sources fail here, naming the known ones
     return entry
 

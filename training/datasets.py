@@ -96,13 +96,33 @@ def _star_regex(pattern: str) -> re.Pattern:
     return re.compile(re.escape(before) + "(.+)" + re.escape(after) + "$")
 
 
+def _subject_of(case_id: str, subject: str | None) -> str:
+    """The subject id of a case: group 1 of the ``subject`` regex searched in it, else the case id."""
+    if not subject:
+        return case_id
+    found = re.search(subject, case_id)
+    if not found:
+        raise ValueError(f"subject pattern {subject!r} does not match case id {case_id!r}")
+    return found.group(1)
+
+
 def volume_items(images: str, labels: str, source: str, data_root: Path, subject: str | None = None, include=None) -> list[Item]:
     """Image/label pairs matched by the ``*`` of two path patterns (relative to ``data_root``
     unless absolute). ``subject``: a regex whose group 1, searched in the ``*`` part, is the
-    subject id (default: the whole ``*`` part). ``include``: keep only these subjects."""
+    subject id (default: the whole ``*`` part). ``include``: keep only these subjects.
+    Patterns without a ``*`` name one labelled volume; its case id is the image's file name
+    without its extensions (``cxr_ct_int16`` for ``ct-chest/cxr_ct_int16.nii.gz``)."""
     root = Path(data_root)
     image_pattern = str(root / images) if not Path(images).is_absolute() else images
     label_pattern = str(root / labels) if not Path(labels).is_absolute() else labels
+    if "*" not in image_pattern:
+        path, label_path = Path(image_pattern), Path(label_pattern)
+        for needed in (path, label_path):
+            if not needed.exists():
+                raise FileNotFoundError(f"no such file: {needed}")
+        case_id = path.name.split(".")[0]
+        item = Item(case_id, _subject_of(case_id, subject), "volume", path, label_path, source)
+        return [item] if include is None or item.subject in set(include) else []
     regex = _star_regex(image_pattern)
     folder = Path(image_pattern).parent
     items = []
@@ -114,13 +134,7 @@ def volume_items(images: str, labels: str, source: str, data_root: Path, subject
         label_path = Path(label_pattern.replace("*", case_id))
         if not label_path.exists():
             raise FileNotFoundError(f"no label map for {path.name}: expected {label_path}")
-        subject_id = case_id
-        if subject:
-            found = re.search(subject, case_id)
-            if not found:
-                raise ValueError(f"subject pattern {subject!r} does not match case id {case_id!r}")
-            subject_id = found.group(1)
-        items.append(Item(case_id, subject_id, "volume", path, label_path, source))
+        items.append(Item(case_id, _subject_of(case_id, subject), "volume", path, label_path, source))
     if not items:
         raise FileNotFoundError(f"no images match {image_pattern}")
     return [item for item in items if include is None or item.subject in set(include)]

@@ -576,6 +576,50 @@ def test_rib_counts_name_from_t12_count_merged_pieces_as_two_and_ignore_the_pelv
     assert levels_from_ribs([2, 0], extended) == [None] * 2
 
 
+def test_a_lumbar_ct_without_ribs_is_named_up_from_the_sacrum():
+    """The abdominal CT cropped to L2-S1 (no rib in view, the crop a lumbar spine CT makes):
+    its truth vertebrae touch, L5 and S1 as one piece; both iliac wings meet that piece
+    (``ribs.ribs_and_ilia_per_vertebra``), it is cut in two, and the pieces are named from
+    S1 up, every name the truth's; the whole CT keeps its names from the ribs, S1 now a piece
+    of its own. Without the CT, or in a crop without the pelvis, nothing is named."""
+    from training.labels import SOURCES
+
+    ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if v != "sacrum"}
+    truth_image, truth = ct_truth(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz", ids)
+    ct = read_image(DATA / "ct-abdomen-small" / "example_ct.nii.gz")
+    card = get_card("verdiff-ct")
+
+    def named(z0, z1, source):
+        crop = truth[z0:z1]
+        union = sitk.GetImageFromArray((crop > 0).astype(np.uint8))
+        union.CopyInformation(truth_image[:, :, z0:z1])
+        labels, segments = levels.name_vertebrae(union, card, rib_counter=RibCounter(ct[:, :, z0:z1]))
+        array = sitk.GetArrayFromImage(labels)
+        for segment in segments:
+            truth_level = ids[int(np.bincount(crop[array == segment["value"]]).argmax())]
+            assert segment["level"] in (None, truth_level), (segment["name"], truth_level)
+            assert segment["level"] is None or segment["level_source"] == source
+        return [s["level"] for s in segments]
+
+    assert named(30, 92, "sacrum") == ["L2", "L3", "L4", "L5", "S1"]
+    assert named(0, truth.shape[0], "ribs")[-3:] == ["L4", "L5", "S1"]
+    assert not any(named(58, truth.shape[0] - 14, "sacrum"))  # L1-L4: neither ribs nor the pelvis
+
+
+def test_the_sacrum_names_only_below_lumbar_sized_pieces_without_ribs():
+    """``levels_from_sacrum``: the lowest piece meeting both iliac wings is S1 and the count
+    runs up; one wing, a rib on the piece above, small (cervical-sized) pieces above, or a rib
+    on a piece the count calls lumbar: nothing is named."""
+    extended = levels.EXTENDED_LEVELS
+    lumbar = [60.0, 62.0, 65.0, 50.0]
+    assert levels.levels_from_sacrum([0, 0, 0, 2], [0, 0, 0, 2], lumbar, extended) == ["L3", "L4", "L5", "S1"]
+    assert levels.levels_from_sacrum([2, 0, 0, 0, 0, 0, 2], [0] * 6 + [2], [45.0] + [60.0] * 5 + [50.0], extended)[0] == "T12"
+    assert levels.levels_from_sacrum([0, 0, 0, 2], [0, 0, 0, 1], lumbar, extended) == [None] * 4
+    assert levels.levels_from_sacrum([0, 0, 2, 2], [0, 0, 0, 2], lumbar, extended) == [None] * 4
+    assert levels.levels_from_sacrum([0, 0, 2], [0, 0, 2], [13.0, 15.0, 19.0], extended) == [None] * 3  # C6, C7 above T1's first ribs
+    assert levels.levels_from_sacrum([0, 2, 0, 2], [0, 0, 0, 2], lumbar, extended) == [None] * 4  # 'L4' with ribs: the count is off
+
+
 def test_a_body_seen_in_two_sagittal_parts_is_one_vertebra():
     """A rotated body that the sagittal slices show in two parts (left and right, at the same
     level: VB3_49's L4 under the 2.5D model) is one vertebra; stacked bodies stay apart, and a

@@ -75,7 +75,10 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    count names nothing from the ribs read in the CT's Hounsfield units (``ribs``): the lowest
    rib-bearing piece above two without ribs is T12, the others counted from it
    (``levels_from_ribs``; a piece with two rib pairs and two vertebrae's height is first cut in
-   two, ``_split_two_rib_pairs``); without the thoracolumbar junction in view nothing is named.
+   two, ``_split_two_rib_pairs``); without the thoracolumbar junction in view, a lowest piece
+   that meets both iliac wings is S1 and the pieces are counted up from it
+   (``levels_from_sacrum``; L5 merged with S1 is first cut in two, ``_split_sacrum``); with
+   neither anchor in view nothing is named.
 
    Why: the MR model is trained on L1-L5 bodies and does not segment the sacrum, the X-ray
    landmarks always run T1-L5 (17). A CT field of view holds any run of levels and a
@@ -545,11 +548,14 @@ def vertebrae(
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
     vertebra: value, name, covers, level (or None), level_source (what decided the level:
-    "labels" of a multi-class card, "count", "ribs", "level network" or "level map"; None
+    "labels" of a multi-class card, "count", "ribs", "sacrum", "level network" or "level map"; None
     without a level), color, terminology, height_mm.
     ``rib_counter``: ``ribs.RibCounter`` on the CT; where the count names nothing, the pieces
     are named from the last rib-bearing vertebra (``levels_from_ribs``), a piece that
-    holds two rib pairs and is about two vertebrae tall first cut in two (``_split_two_rib_pairs``).
+    holds two rib pairs and is about two vertebrae tall first cut in two (``_split_two_rib_pairs``);
+    a lowest piece that meets both iliac wings and is two vertebrae tall is cut into L5 and S1
+    first (``_split_sacrum``), and without the ribs' junction in view the pieces are named up
+    from the sacrum (``levels_from_sacrum``).
     ``extra_vertebrae``: the card's ``naming.extra_vertebrae`` (``levels_by_count``).
     ``coordinates``: a level map on the label map's grid; where the count names nothing,
     the vertebrae are named by their median coordinate (``levels_from_coordinates``).
@@ -584,9 +590,14 @@ def vertebrae(
         below = int(extra_vertebrae == "either" and below_the_range([len(points[v]) for v in ordered]))
         names, source = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below, "count"
         if rib_counter is not None and not any(names):  # a CT: the last rib-bearing vertebra is T12
-            ribs = rib_counter.ribs(instances, ordered)
+            ribs, ilia = rib_counter.ribs_and_ilia(instances, ordered)
+            ordered, ribs, ilia = _split_sacrum(instances, ordered, ribs, ilia, points, spacing, superior)
+            volumes_cm3 = [len(points[v]) * float(np.prod(spacing)) / 1000.0 for v in ordered]
+            sacrum_names = levels_from_sacrum(ribs, ilia, volumes_cm3, EXTENDED_LEVELS)  # before a split changes the order
             ordered, ribs = _split_two_rib_pairs(instances, ordered, ribs, points, spacing, superior)
             names, source = levels_from_ribs(ribs, EXTENDED_LEVELS), "ribs"
+            if not any(names) and any(sacrum_names) and len(sacrum_names) == len(ordered):  # no junction in view: the sacrum
+                names, source = sacrum_names, "sacrum"
         if level_reader is not None and not any(names):  # the count decides nothing: each piece's look does
             names, source = levels_from_log_probabilities(level_reader(instances, ordered), level_reader.levels), "level network"
             ordered, names = _merge_repeated_levels(ordered, names, points)
@@ -653,6 +664,26 @@ def levels_from_ribs(ribs: list[int], levels: list[str]) -> list[str | None]:
     return names
 
 
+LUMBAR_MIN_CM3 = 30.0  # ``levels_from_sacrum``: whole lumbar vertebrae are 45-65 cm3 (the development CTs), C6-C7 under 15
+
+
+def levels_from_sacrum(ribs: list[int], ilia: list[int], volumes_cm3: list[float], levels: list[str]) -> list[str | None]:
+    """Names top-down from the sacrum (``ribs.ribs_and_ilia_per_vertebra``; all lists
+    top-down): the lowest piece is S1 when both iliac wings meet it, the piece above bears no
+    rib, and the (up to) two pieces above it average at least ``LUMBAR_MIN_CM3`` (lumbar, not
+    the cervical vertebrae above a T1 with its first ribs); the pieces above are counted up
+    from it. A piece named lumbar that bears a rib contradicts the count (a merged or missed
+    vertebra): then nothing is named. Otherwise None for each."""
+    n = len(ribs)
+    if n < 2 or "S1" not in levels or ilia[-1] < 2 or ribs[-2] or np.mean(volumes_cm3[max(n - 3, 0) : n - 1]) < LUMBAR_MIN_CM3:
+        return [None] * n
+    s1 = levels.index("S1")
+    names = [levels[s1 - (n - 1 - i)] if s1 - (n - 1 - i) >= 0 else None for i in range(n)]
+    if any(name and name.startswith("L") and count for name, count in zip(names, ribs)):
+        return [None] * n
+    return names
+
+
 TWO_VERTEBRAE_HEIGHT = (1.4, 2.0)  # of the median piece's height: a piece with two rib pairs this tall holds two vertebrae
 
 
@@ -678,18 +709,50 @@ def _split_two_rib_pairs(instances: np.ndarray, ordered: list[int], ribs: list[i
     for value in list(ordered):
         if counts[value] != 4 or not TWO_VERTEBRAE_HEIGHT[0] <= heights[value] / typical <= TWO_VERTEBRAE_HEIGHT[1]:
             continue
-        piece, corner = _box_mask(points[value])
-        parts = _split(piece, spacing, axis, 2, heights[value] / 2, equal_cut_height=0.0)  # the ribs say two
-        if len(parts) != 2:
-            continue
-        new = int(max(counts)) + 1
-        for part, part_value in zip(parts, (value, new)):
-            where = np.argwhere(part) + corner
-            instances[tuple(where.T)] = part_value
-            points[part_value] = where
-        counts[value] = counts[new] = 2
+        new = _cut_in_two(instances, points, value, int(max(counts)) + 1, spacing, axis, heights[value])  # the ribs say two
+        if new is not None:
+            counts[value] = counts[new] = 2
     ordered = sorted(counts, key=lambda v: -float(points[v].mean(axis=0) @ superior))
     return ordered, [counts[v] for v in ordered]
+
+
+def _split_sacrum(instances: np.ndarray, ordered: list[int], ribs: list[int], ilia: list[int], points: dict[int, np.ndarray], spacing: np.ndarray,
+                  superior: np.ndarray) -> tuple[list[int], list[int], list[int]]:
+    """Cut the lowest piece in two when both iliac wings meet it and it is
+    ``TWO_VERTEBRAE_HEIGHT`` times the median piece's height: L5 merged with S1 (they touch in
+    the abdominal CT's truth: a piece 65-77 mm tall against a median of 44 mm, 1.5-1.75 times).
+    The lower part keeps the wings (and the piece's rib count: a wing under ``RIB_MAX_CM3``
+    counts as a rib too), the upper part has neither. Returns the order (head first), ribs and
+    wings with the new piece; ``instances`` and ``points`` are updated in place."""
+    if len(ordered) < 3 or ilia[-1] < 2:
+        return ordered, ribs, ilia
+    axis = superior / spacing
+    axis = axis / np.linalg.norm(axis)
+    heights = [_extent_across(_box_mask(points[v])[0], spacing, axis) for v in ordered]
+    lowest = ordered[-1]
+    if not TWO_VERTEBRAE_HEIGHT[0] <= heights[-1] / float(np.median(heights[:-1])) <= TWO_VERTEBRAE_HEIGHT[1]:
+        return ordered, ribs, ilia
+    new = _cut_in_two(instances, points, lowest, int(max(ordered)) + 1, spacing, axis, heights[-1])
+    if new is None:
+        return ordered, ribs, ilia
+    upper, lower = sorted((lowest, new), key=lambda v: -float(points[v].mean(axis=0) @ superior))
+    return ordered[:-1] + [upper, lower], ribs[:-1] + [0, ribs[-1]], ilia[:-1] + [0, ilia[-1]]
+
+
+def _cut_in_two(instances: np.ndarray, points: dict[int, np.ndarray], value: int, new: int, spacing: np.ndarray, axis: np.ndarray,
+                height: float) -> int | None:
+    """Cut piece ``value`` in two at its narrowest section across ``axis`` (``_split``, at
+    half its length where none narrows); the second part becomes ``new``. Returns ``new``,
+    or None where it did not cut."""
+    piece, corner = _box_mask(points[value])
+    parts = _split(piece, spacing, axis, 2, height / 2, equal_cut_height=0.0)
+    if len(parts) != 2:
+        return None
+    for part, part_value in zip(parts, (value, new)):
+        where = np.argwhere(part) + corner
+        instances[tuple(where.T)] = part_value
+        points[part_value] = where
+    return new
 
 
 def _box_mask(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

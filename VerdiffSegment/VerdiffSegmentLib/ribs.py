@@ -32,6 +32,18 @@ Decisions:
   percent of people) or a lumbar rib every name is one level off, the error a radiologist
   counting by the ribs makes too; the module's table shows the level's source ("ribs").
 
+The sacrum (session 14), for CTs without the thoracolumbar junction (lumbar spine CTs):
+- **An iliac wing** is a lateral piece as above of at least ``ILIUM_MIN_CM3`` (within the
+  box; a rib is 3-16 cm3, the abdominal CT's wings 54 and 59) meeting its vertebra over at
+  least ``ILIUM_CONTACT_CM3`` of bone within ``CONTACT_MM`` (the sacroiliac joint is a broad
+  contact, 1.9 and 3.4 cm3 there; a transverse process near the iliac crest a few voxels).
+- **Names** (``levels.levels_from_sacrum``): the lowest piece meeting both wings, below a
+  piece without ribs and below lumbar-sized pieces, is S1 (the first rib beside T1 under C7
+  is one small piece on each side, and C6-C7 are a third of a lumbar vertebra's volume); the
+  pieces above it are counted up (L5 ... ) while none named lumbar bears a rib. Decided on
+  the one abdominal CT here (its truth, and a crop of it without the ribs); a sacralised L5
+  or a lumbarised S1 makes every name one level off, as for a radiologist counting up.
+
 Measured (docs/levels.md, session 13): on the truth vertebrae of both development CTs the
 counts are right at the junction (chest: T3-T12 bear ribs, T1-T2, C5-C7 and L1-L3 none;
 abdomen: T12 bears ribs, L1-L5 none, S1 the iliac wing), and see there for the model's pieces.
@@ -53,6 +65,8 @@ FRONT_BACK_REACH_MM = 40.0
 RIB_REACH_MM = 60.0
 RIB_MAX_CM3 = 100.0
 CONTACT_MM = 7.0
+ILIUM_MIN_CM3 = 30.0
+ILIUM_CONTACT_CM3 = 1.0
 GRID_MM = 1.2  # the grid the ribs are looked for on: axes finer than half of it strided (1.4 mm in-plane lost T8 of the chest CT)
 
 
@@ -63,6 +77,16 @@ def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: lis
     one array grid; ``spacing`` that grid's mm per array axis; ``lateral`` and ``superior``
     the left and head components of each array axis' step, mm (``levels.superior_axis``
     and ``levels.lateral_axis``: from the image's direction matrix, never array order)."""
+    return ribs_and_ilia_per_vertebra(hounsfield, instances, values, spacing, lateral, superior)[0]
+
+
+def ribs_and_ilia_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: list[int], spacing: np.ndarray, lateral: np.ndarray,
+                               superior: np.ndarray) -> tuple[list[int], list[int]]:
+    """(ribs, iliac wings) meeting each vertebra of ``values``, from one search (arguments as
+    ``ribs_per_vertebra``). An iliac wing (module docstring, "The sacrum") is a lateral piece
+    of at least ``ILIUM_MIN_CM3`` that meets its vertebra over at least ``ILIUM_CONTACT_CM3``;
+    a piece may count as both (at 3 mm the abdominal CT's wings stay under ``RIB_MAX_CM3``),
+    so the rib counts are what they were without this second count."""
     # sub-millimetre CTs on a coarser grid: 0.5 mm voxels cost 8 times the memory and time a
     # rib needs (the chest CT's 0.7 x 0.7 x 2.5 mm stays on its own grid: 1.4 s, 0.25 GB)
     stride = tuple(max(1, int(GRID_MM // step)) for step in spacing)
@@ -72,7 +96,7 @@ def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: lis
     instances, hounsfield = instances[coarse], hounsfield[coarse]
     spine = instances > 0
     if not spine.any():
-        return [0] * len(values)
+        return [0] * len(values), [0] * len(values)
     along = int(np.argmax(np.abs(superior)))  # the array axis nearest the spine's
     box = _box_around(spine, spacing, lateral, along)
     spine, instances, hounsfield = spine[box], instances[box], hounsfield[box]
@@ -86,7 +110,7 @@ def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: lis
     bone[near] &= distance > SPINE_MARGIN_MM
     pieces, count = ndi.label(bone, structure=np.ones((3, 3, 3), bool))
     if count == 0:
-        return [0] * len(values)
+        return [0] * len(values), [0] * len(values)
     voxel_cm3 = float(np.prod(spacing)) / 1000.0
     volumes = np.bincount(pieces.ravel(), minlength=count + 1) * voxel_cm3
     # each piece's reach to the side: the largest left-right distance from the spine's middle
@@ -99,15 +123,20 @@ def ribs_per_vertebra(hounsfield: np.ndarray, instances: np.ndarray, values: lis
     touching = pieces[near]
     at = np.nonzero((touching > 0) & (distance <= CONTACT_MM))  # in the near box's indices
     owners = instances[near][tuple(n[at] for n in nearest)]
-    ribs = {value: 0 for value in values}
+    ribs, ilia = {value: 0 for value in values}, {value: 0 for value in values}
     for piece in np.unique(touching[at]):
-        if reach[piece] < RIB_REACH_MM or volumes[piece] > RIB_MAX_CM3:
+        if reach[piece] < RIB_REACH_MM:
             continue
         votes = np.bincount(owners[touching[at] == piece])
         votes[0] = 0
-        if votes.any() and int(votes.argmax()) in ribs:
-            ribs[int(votes.argmax())] += 1
-    return [ribs[value] for value in values]
+        owner = int(votes.argmax())
+        if not votes.any() or owner not in ribs:
+            continue
+        if volumes[piece] <= RIB_MAX_CM3:
+            ribs[owner] += 1
+        if volumes[piece] >= ILIUM_MIN_CM3 and votes[owner] * voxel_cm3 >= ILIUM_CONTACT_CM3:
+            ilia[owner] += 1
+    return [ribs[value] for value in values], [ilia[value] for value in values]
 
 
 class RibCounter:
@@ -115,12 +144,16 @@ class RibCounter:
     grid: ``counter.ribs(instances, values)`` (``levels.vertebrae`` names from the counts)."""
 
     def __init__(self, ct: sitk.Image):
+        self.ct = ct  # the array view below reads its memory: a counter on a temporary image (``ct[:, :, a:b]``) would read freed memory
         self.hounsfield = sitk.GetArrayViewFromImage(ct)
         self.spacing = np.asarray(ct.GetSpacing(), float)[::-1]
         self.lateral, self.superior = lateral_axis(ct), superior_axis(ct)
 
     def ribs(self, instances: np.ndarray, values: list[int]) -> list[int]:
-        return ribs_per_vertebra(self.hounsfield, instances, values, self.spacing, self.lateral, self.superior)
+        return self.ribs_and_ilia(instances, values)[0]
+
+    def ribs_and_ilia(self, instances: np.ndarray, values: list[int]) -> tuple[list[int], list[int]]:
+        return ribs_and_ilia_per_vertebra(self.hounsfield, instances, values, self.spacing, self.lateral, self.superior)
 
 
 def _box_around(spine: np.ndarray, spacing: np.ndarray, lateral: np.ndarray, along: int) -> tuple[slice, ...]:

@@ -31,9 +31,17 @@ def spacing(card: dict) -> str:
     return f"{card['input']['spacing_mm']} isotropic, patches {'×'.join(map(str, card['input']['patch_size']))}"
 
 
-def held_out(validation: dict) -> str:
-    cases = [x["case"] for x in validation["cases"] if "trained on" not in x["case"]]
+def held_out(card: dict) -> str:
+    if card["validation"].get("trained_on_only"):  # every labelled case trained on: the fold's held-out case
+        fold = card["fold_validation"]
+        return f"none (all trained on); fold: {fold['held_out']}"
+    cases = [x["case"] for x in card["validation"]["cases"] if "trained on" not in x["case"]]
     return ", ".join(cases) if len(cases) <= 4 else f"{len(cases)} held-out images"
+
+
+def dice_column(card: dict) -> str:
+    v = card.get("fold_validation", card["validation"]) if card["validation"].get("trained_on_only") else card["validation"]
+    return f"{v['dice_mean']} ± {v['dice_sd']} | {v['iou_mean']}"
 
 
 def main() -> None:
@@ -52,10 +60,9 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in cards:
-        v = c["validation"]
         out.append(
             f"| {c['name']} | {family(c)} | {c['modality']} | {c['labels'][0]['covers']} | {spacing(c)} | {defaults(c)} | "
-            f"{held_out(v)} | {v['dice_mean']} ± {v['dice_sd']} | {v['iou_mean']} |"
+            f"{held_out(c)} | {dice_column(c)} |"
         )
     out.append("")
     for c in cards:
@@ -64,6 +71,10 @@ def main() -> None:
         if "dice_mean_unseen_patients" in v:
             out.append(f"- Held-out images whose patient has no image in training: {v['unseen_patients']} images, Dice {v['dice_mean_unseen_patients']} ± {v['dice_sd_unseen_patients']}")
         out += [f"- On training data (not validation): {x['case']}: Dice {x['dice']}" for x in v["cases"] if "trained on" in x["case"]]
+        if v.get("trained_on_only"):
+            fold = c["fold_validation"]
+            out.append(f"- Held-out fold ({fold['model']}): {fold['held_out']}: Dice {fold['dice_mean']}, IoU {fold['iou_mean']}"
+                       + (f", level Dice {fold['level_dice_mean']}" if fold.get("level_dice_mean") is not None else ""))
         if len(v["cases"]) <= 6:
             out += [f"- {x['case']}: Dice {x['dice']}, IoU {x['iou']}" for x in v["cases"] if "trained on" not in x["case"]]
         for old in c.get("validation_history", []):

@@ -170,7 +170,8 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
     """Segment each case of ``cases`` (name, image, truth, selectors, path) with ``card`` and score it.
 
     Rows whose name says "trained on" (the CT recipe's whole volume) are reported but left
-    out of the means."""
+    out of the means; where every row was trained on (the CT model trained on both CTs) the
+    means are over them and ``trained_on_only`` says so."""
     rows, seconds, units = [], [], set()
     for name, image, truth, selectors, path in cases:
         start = time.perf_counter()
@@ -187,7 +188,10 @@ def evaluate(card: ModelCard, cases, steps=None, ensemble=None, seed: int = 0, n
             rows.append({**row, **uncertainty_by_correctness(labels, truth, uncertainty, selector), **uncertainty_quality(labels, truth, uncertainty, probability, selector),
                          **level_figures(segmentation, path), "reliability": reliability})
     held_out = [r for r in rows if "trained on" not in r["case"]]
-    result = {"cases": rows, **summarise(held_out), **summarise_levels(held_out)}
+    trained_on_only = bool(rows) and not held_out
+    if trained_on_only:
+        held_out = rows
+    result = {"cases": rows, **summarise(held_out), **summarise_levels(held_out), **({"trained_on_only": True} if trained_on_only else {})}
     if len(card.labels) > 1:
         result["labels"] = {info["name"]: summarise([r["labels"][info["name"]] for r in held_out]) for info in card.labels}
     result.update(

@@ -76,3 +76,16 @@ def test_validation_samples_as_the_bundled_card_unless_told_otherwise():
     assert validation_sampling(unset, recipe_config("verdiff-mr", name="my-model")) == {"val_steps": 5, "val_ensemble": 3, "val_start_timestep": None}
     given = Namespace(val_steps=7, val_ensemble=None, val_start_timestep=None)
     assert validation_sampling(given, recipe_config("verdiff-mr"))["val_steps"] == 7
+
+
+def test_a_config_run_continues_a_bundled_card_of_its_own_architecture(tmp_path, data_dir):
+    """``train --config training/verdiff-ct-all.toml --init Resources/Models/verdiff-ct.pt``: the
+    card beside the weights fixes family and channels, which the config names too; it trains
+    (2 real steps on both CTs). An --init card of another architecture is refused, naming both."""
+    common = ["-m", "training", "train", "--config", "training/verdiff-ct-all.toml", "--train-steps", "2", "--batch-size", "2", "--crop", "64",
+              "--val-every", "0", "--threads", "1", "--no-tensorboard", "--data", str(data_dir)]
+    ran = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "ct"), "--init", "Resources/Models/verdiff-ct.pt"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads((tmp_path / "ct" / "summary.json").read_text(encoding="utf-8"))["step"] == 2
+    wrong = subprocess.run([sys.executable, *common, "--out", str(tmp_path / "mr"), "--init", "Resources/Models/verdiff-mr.pt"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert wrong.returncode != 0 and "16,32,64,128" in wrong.stderr and "8,16,32,64" in wrong.stderr, wrong.stderr

@@ -159,15 +159,18 @@ def keep_init_architecture(args) -> None:
 
 def run_config_from_args(args) -> RunConfig:
     """The run's config from --config, from data set arguments, or from the recipe."""
-    given_context = args.context_slices  # before the --init card fills it in
+    given_context, given_family = args.context_slices, args.family  # before the --init card fills them in
     keep_init_architecture(args)
     levels = args.levels.split(",") if args.levels else None
     if args.config:
-        if args.model or args.images or args.kind == "aasce" or args.family or args.spatial_dims != 2 or args.patch or args.spacing:
+        if args.model or args.images or args.kind == "aasce" or given_family or args.spatial_dims != 2 or args.patch or args.spacing:
             raise ValueError("--config describes the whole run; do not also name a recipe, a family or data sets")
         run = load_config(args.config)
         if given_context not in (None, run.context_slices):
             raise ValueError(f"--config {args.config} has context_slices {run.context_slices}; set it there, not with --context-slices")
+        if args.init and args.family and (args.family, tuple(args.channels)) != (run.family, tuple(run.channels)):  # the --init card's
+            raise ValueError(f"--init {args.init} is a {args.family} model with channels {','.join(map(str, args.channels))} (its card); "
+                             f"--config {args.config} describes {run.family} with {','.join(map(str, run.channels))}")
         return run
     channels = args.channels or DEFAULT_CHANNELS
     family = args.family or DEFAULT_FAMILY

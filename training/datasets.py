@@ -190,7 +190,6 @@ def truth_on_image_grid(item: Item, scheme: LabelScheme) -> tuple[sitk.Image, np
 
 # -- the bundled recipes' data -------------------------------------------------------------
 MR_FOLDER, CT_CHEST, CT_ABDOMEN = "mr-lumbar-vb3", "ct-chest", "ct-abdomen-small"
-CT_ABDOMEN_SPLIT_NAME = "ct-abdomen-small example_ct"  # how splits and cards name the abdominal CT
 
 
 def mr_item(data_root: Path, subject: str) -> Item:
@@ -226,7 +225,7 @@ def _recipe_training_cases(run: RunConfig, data_root: Path, seed: int, limit: in
         # out half of the chest CT's sagittal slices instead: it never showed the network a
         # mid-sagittal lumbar vertebra and reached only 0.37 Dice on that half.
         chest = run_case(ct_chest_item(data_root), run)
-        return [chest], {"train": ["ct-chest"], "validation": [CT_ABDOMEN_SPLIT_NAME]}
+        return [chest], {"train": ["ct-chest"], "validation": ["ct-abdomen-small example_ct"]}
     raise KeyError(run.recipe)
 
 
@@ -261,7 +260,9 @@ def training_cases(run: RunConfig, data_root: Path, seed: int = 35, limit: int |
 def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = "validation", limit: int | None = None):
     """Yield (name, image, truth labels on the image grid, {report name: voxel selector or None},
     image path) for the subjects of ``split[which]``. The CT recipe's held-out subject is the
-    abdominal CT; the chest CT it trained on is reported apart ("trained on")."""
+    abdominal CT; the chest CT it trained on is reported apart ("trained on"). A config run
+    with no validation subjects is validated on its training subjects, each reported as
+    "trained on"."""
     if not run.datasets:
         if run.recipe == "verdiff-mr":
             # The recipe's own list: splits written by early runs also name a VB3_19 that does not exist.
@@ -272,10 +273,7 @@ def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = 
         elif run.recipe == "verdiff-ct":
             if which != "validation":
                 raise ValueError("the CT recipe has a validation half only")
-            # a model trained on both CTs (``training/verdiff-ct-all.toml``) has no held-out CT: its
-            # card's split lists the abdominal CT under "train", and its rows say so
-            abdomen = "ct-abdomen (trained on)" if CT_ABDOMEN_SPLIT_NAME in split.get("train", ()) else "ct-abdomen (held-out subject)"
-            for item, report in ((ct_abdomen_item(data_root), abdomen), (ct_chest_item(data_root), "ct-chest (trained on)")):
+            for item, report in ((ct_abdomen_item(data_root), "ct-abdomen (held-out subject)"), (ct_chest_item(data_root), "ct-chest (trained on)")):
                 image, truth = truth_on_image_grid(item, run.labels)
                 yield item.name, image, truth, {report: None}, item.image
             return
@@ -283,7 +281,14 @@ def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = 
             raise KeyError(run.recipe)
     else:
         wanted = set(split[which])
+        suffix = ""
+        if which == "validation" and not wanted:  # a run that held nothing out (``verdiff-ct-all.toml``): its training
+            wanted, suffix = set(split.get("train", ())), " (trained on)"  # cases, named so (``evaluate`` flags the means)
         items = [item for item in config_items(run, data_root) if item.subject in wanted]
+        for item in items[:limit]:
+            image, truth = truth_on_image_grid(item, run.labels)
+            yield item.name, image, truth, {item.name + suffix: None}, item.image
+        return
     for item in items[:limit]:
         image, truth = truth_on_image_grid(item, run.labels)
         yield item.name, image, truth, {item.name: None}, item.image

@@ -58,12 +58,13 @@ def xray_cases(card):
         yield name, path, truth, {i + 1: level for i, level in enumerate(level_names)}, by_name[name]
 
 
-def ct_cases(include_trained: bool = False):
+def ct_cases(card, include_trained: bool = False):
     from training.labels import SOURCES
 
     vertebrae = {k: v for k, v in SOURCES["totalsegmentator"].items() if v not in ("sacrum",)}
     truth = sitk.ReadImage(str(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz"))
-    yield "ct-abdomen example_ct (held out)", DATA / "ct-abdomen-small" / "example_ct.nii.gz", truth, vertebrae, None
+    trained_on = "example_ct" in (card.split or {}).get("train", [])  # the CT model trained on both CTs (training/verdiff-ct-all.toml)
+    yield f"ct-abdomen example_ct ({'trained on' if trained_on else 'held out'})", DATA / "ct-abdomen-small" / "example_ct.nii.gz", truth, vertebrae, None
     if include_trained:  # the chest CT (C5-L3) was trained on: its figures are not validation
         chest = {k: v for k, v in vertebrae.items() if 29 <= k <= 46}
         truth = sitk.ReadImage(str(DATA / "ct-chest" / "mask.nii.gz"))
@@ -83,7 +84,7 @@ def main(argv=None) -> None:
     parser.add_argument("--include-trained", action="store_true", help="ct: also the chest CT the model was trained on")
     args = parser.parse_args(argv)
     card = get_card({"mr": "verdiff-mr", "xray": "verdiff-xray", "ct": "verdiff-ct"}[args.modality])
-    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": lambda: ct_cases(args.include_trained)}[args.modality]()
+    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": lambda: ct_cases(card, args.include_trained)}[args.modality]()
     structure = levels.structure_of(card.labels[0])
     card_levels = levels.card_levels(card)
     level_map_network, level_network = load_level_map(card), load_level_network(card)  # None for a card without them

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.io
+import scipy.ndimage as ndi
 import SimpleITK as sitk
 from PIL import Image
 
@@ -604,6 +605,25 @@ def test_a_lumbar_ct_without_ribs_is_named_up_from_the_sacrum():
     assert named(30, 92, "sacrum") == ["L2", "L3", "L4", "L5", "S1"]
     assert named(0, truth.shape[0], "ribs")[-3:] == ["L4", "L5", "S1"]
     assert not any(named(58, truth.shape[0] - 14, "sacrum"))  # L1-L4: neither ribs nor the pelvis
+
+
+def test_two_merged_runs_are_split_by_the_period_despite_a_scrap_beside_them():
+    """The abdominal CT's truth vertebrae (touching: one component) cut through the top of L3
+    into two runs, plus a scrap of 3 % of the larger run far to the side: the spine is still
+    "in two pieces", so the profile's period splits both runs (6 pieces, as without the cut).
+    Counting the scrap as a third piece took the runs' own heights as the period and left
+    them merged (2 pieces: the all-CT model's abdominal CT, session 14)."""
+    truth_image, truth = ct_truth(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz", {k: str(k) for k in range(26, 34)})
+    mask = truth > 0
+    l3 = np.nonzero((truth == 29).any(axis=(1, 2)))[0]
+    mask[l3.max() - 1 : l3.max() + 2] = False
+    components, count = ndi.label(mask)
+    sizes = np.bincount(components.ravel())[1:]
+    assert (sizes >= 0.1 * sizes.max()).sum() == 2
+    side = int(round((0.03 * sizes.max()) ** (1 / 3))) + 1
+    mask[60 : 60 + side, 2 : 2 + side, 2 : 2 + side] = True
+    instances = levels.separate_instances(mask, levels._spacing(truth_image), levels.superior_axis(truth_image))
+    assert len(np.unique(instances[instances > 0])) == 6
 
 
 def test_the_sacrum_names_only_below_lumbar_sized_pieces_without_ribs():

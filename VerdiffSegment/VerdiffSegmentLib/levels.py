@@ -106,6 +106,7 @@ from .terminology import is_body_label, level_display_color, terminology_for_lab
 LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + ["T13"] + [f"L{i}" for i in range(1, 7)] + ["S1", "sacrum"]
 
 FRAGMENT_SHARE = 0.25  # of the typical vertebra's voxels: smaller components join their nearest vertebra
+SUBSTANTIAL_SHARE = 0.1  # ``separate_instances``: a piece of this share of the largest counts towards "the spine in one or two pieces"
 MERGED_HEIGHT = 1.6  # typical heights (vertebra + disc): a taller component holds merged neighbours
 PERIOD_PERCENTILE = 50
 NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on both sides
@@ -193,7 +194,10 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     axes = _local_spine_axes(components, objects, candidates, sizes, spacing, superior)
     heights = {value: _extent_across(components[objects[value - 1]] == value, spacing, axes[value]) for value in candidates}
     period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
-    if len(heights) < 3:  # the whole spine in one or two pieces (CT: vertebrae touch at the facets)
+    # the whole spine in one or two pieces (CT: vertebrae touch at the facets); counted among the
+    # pieces of at least a tenth of the largest, or two merged runs and a 94-voxel scrap (the
+    # abdominal CT under the all-CT model) take their own heights as the period and stay merged
+    if sum(sizes[value - 1] >= SUBSTANTIAL_SHARE * sizes.max() for value in candidates) < 3:
         period = _profile_period(core, superior) or period
     pieces = []  # (region, boolean mask within the region)
     for value, height in heights.items():

@@ -83,7 +83,8 @@ def main() -> None:
             out.append(f"- Earlier defaults {settings.get('steps')} × {settings.get('ensemble')} from t={start}: Dice {old.get('dice_mean')} ± {old.get('dice_sd')}")
         if v.get("level_dice_mean") is not None:
             cobb = f", Cobb SMAPE {v['cobb_smape_percent']} %" if v.get("cobb_smape_percent") is not None else ""
-            out.append(f"- Per vertebra, held out: level Dice {v['level_dice_mean']}, named with the right level {v['correctly_named_share']:.1%}{cobb}")
+            where = "on training data (not validation)" if v.get("trained_on_only") else "held out"
+            out.append(f"- Per vertebra, {where}: level Dice {v['level_dice_mean']}, named with the right level {v['correctly_named_share']:.1%}{cobb}")
         level_network = (c.get("naming") or {}).get("level_network")
         if level_network:
             lv = level_network["validation"]

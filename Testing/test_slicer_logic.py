@@ -228,6 +228,8 @@ def test_terminology_follows_what_a_label_covers():
     assert body["type"] == slicer_logic.VERTEBRAL_BODY and body["region"] == ("", "", "")
     whole = slicer_logic.parse_terminology(slicer_logic.terminology_for_label({"name": "Vertebrae", "covers": "whole vertebrae C3-C7"}))
     assert whole["type"] == slicer_logic.VERTEBRA and whole["region"] == slicer_logic.SPINE_REGIONS["C"]
+    to_sacrum = slicer_logic.parse_terminology(slicer_logic.terminology_for_label({"name": "Vertebrae", "covers": "whole vertebrae C5-S1"}))
+    assert to_sacrum["region"] == ("", "", "")  # the cervical to the sacral spine: no one region
     given = "ctx~SCT^1^a~SCT^2^b~^^~anat~^^~^^"
     assert slicer_logic.terminology_for_label({"name": "x", "terminology": given}) == given
 

@@ -179,6 +179,7 @@ def terminology_for_label(label: dict) -> str:
         type_ = VERTEBRA
     else:
         type_ = VERTEBRAL_COLUMN
-    levels = {match.upper() for match in re.findall(r"\b([CTLctl])\d{1,2}\b", str(label.get("covers", "")))}
-    region = SPINE_REGIONS[levels.pop()] if len(levels) == 1 else EMPTY_CODE
+    # sacral levels count as a region of their own: "C5-S1" spans regions (none), not the cervical spine
+    levels = {match.upper() for match in re.findall(r"\b([CTLSctls])\d{1,2}\b", str(label.get("covers", "")))}
+    region = SPINE_REGIONS.get(levels.pop(), EMPTY_CODE) if len(levels) == 1 else EMPTY_CODE
     return serialize_terminology(ANATOMICAL_STRUCTURE, type_, region=region)

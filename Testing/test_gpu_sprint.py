@@ -42,5 +42,8 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
     config = json.loads((tmp_path / "out" / "verdiff-xray" / "run.json").read_text(encoding="utf-8"))["config"]
     card = json.loads((ROOT / "Resources" / "Models" / "verdiff-xray.json").read_text(encoding="utf-8"))
     assert config["spacing_mm"] == card["input"]["spacing_mm"] and config["labels"]["scheme"] == "binary-gaps"
+    # the CT model on the shipped model's data (both CTs, S1 included), at the sprint's width
+    ct = json.loads((tmp_path / "out" / "verdiff-ct" / "run.json").read_text(encoding="utf-8"))["config"]
+    assert len(ct["datasets"]) == 2 and ct["labels"]["levels"][-1] == "S1" and ct["channels"] == [4, 8]
     if subprocess.run(["bash", "training/gpu_sprint.sh"], cwd=ROOT, env=env, capture_output=True).returncode != 2:
         pytest.fail("an unknown stage must exit 2")

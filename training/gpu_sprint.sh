@@ -20,7 +20,9 @@
 # papers at this depth), the any-contrast augmentation, batch 32 of 192-pixel crops, lr 1e-3 with
 # cosine decay over STEPS and a time limit that finishes early with the weights reached; no
 # validation there (the images stay here): export validates. The X-ray model is trained with the
-# gap channel (label scheme binary-gaps, issue 15) on the 4 px grid, as the bundled one.
+# gap channel (label scheme binary-gaps, issue 15) on the 4 px grid, as the bundled one; the CT
+# model on both development CTs with S1 (training/verdiff-ct-all.toml at the sprint's width, the
+# bundled CT model's light augmentation; session 14), whose export validates on them as trained on.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
@@ -39,15 +41,26 @@ use_checkout() {
     export PYTHONPATH=$PWD/VerdiffSegment:$PWD:${PYTHONPATH:-}
 }
 
-train() {  # NAME RECIPE CACHE SECONDS [more training arguments]
-    local name=$1 recipe=$2 cache=$3 seconds=$4
-    shift 4
+train() {  # NAME CACHE SECONDS WHAT... (a recipe with its options, or --config FILE)
+    local name=$1 cache=$2 seconds=$3
+    shift 3
     mkdir -p "$OUT"
-    "$PYTHON" -m training train "$recipe" --name "$name" --out "$OUT/$name" --cache "$cache" --channels "$CHANNELS" "$@" \
-        --family verdiff-net --steps "$STEPS" --batch-size "$BATCH" --crop "$CROP" --augmentation any-contrast \
+    "$PYTHON" -m training train "$@" --out "$OUT/$name" --cache "$cache" \
+        --steps "$STEPS" --batch-size "$BATCH" --crop "$CROP" \
         --workers "$WORKERS" --device "$DEVICE" --time-limit "$seconds" --checkpoint-every 500 --log-every 100 --no-tensorboard \
         2>&1 | tee "$OUT/$name.log"
     rm -f "$OUT/$name/checkpoint.pt"  # the final weights are model.pt; the checkpoint would only fill the transfer
+}
+
+recipe() {  # RECIPE [more options]: a bundled recipe at the sprint's width, any-contrast augmentation
+    local model=$1
+    shift
+    echo "$model" --name "$model" --channels "$CHANNELS" --family verdiff-net --augmentation any-contrast "$@"
+}
+
+ct_config() {  # the shipped CT model's data (both CTs, S1 included) at the sprint's width
+    sed -e "s/^channels = .*/channels = [${CHANNELS}]/" training/verdiff-ct-all.toml > "$SPRINT_DIR/ct-all.toml"
+    echo "$SPRINT_DIR/ct-all.toml"
 }
 
 case "${1:-}" in
@@ -57,18 +70,21 @@ case "${1:-}" in
         [ -n "${LIMIT:-}" ] && limit=(--limit "$LIMIT")
         "$PYTHON" -m training train verdiff-mr --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/mr.npz" --cache-slice-step 2 "${limit[@]}"
         "$PYTHON" -m training train verdiff-xray --channels "$CHANNELS" --family verdiff-net --label-scheme binary-gaps --spacing "$XR_SPACING" --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/xr.npz" "${limit[@]}"
-        "$PYTHON" -m training train verdiff-ct --channels "$CHANNELS" --family verdiff-net --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/ct.npz" "${limit[@]}"
+        "$PYTHON" -m training train --config "$(ct_config)" --out "$SPRINT_DIR/tmp" --write-cache "$SPRINT_DIR/ct.npz" "${limit[@]}"
         rm -rf "$SPRINT_DIR/tmp"
         du -sh "$SPRINT_DIR"/*.npz
         ;;
     mr)
         use_checkout
-        train verdiff-mr verdiff-mr "$SPRINT_DIR/mr.npz" "${TIME_MR:-300}"
+        # shellcheck disable=SC2046  # recipe prints words meant to be split
+        train verdiff-mr "$SPRINT_DIR/mr.npz" "${TIME_MR:-300}" $(recipe verdiff-mr)
         ;;
     xray-ct)
         use_checkout
-        train verdiff-xray verdiff-xray "$SPRINT_DIR/xr.npz" "${TIME_XR:-210}" --label-scheme binary-gaps --spacing "$XR_SPACING"
-        train verdiff-ct verdiff-ct "$SPRINT_DIR/ct.npz" "${TIME_CT:-120}"
+        # shellcheck disable=SC2046
+        train verdiff-xray "$SPRINT_DIR/xr.npz" "${TIME_XR:-210}" $(recipe verdiff-xray --label-scheme binary-gaps --spacing "$XR_SPACING")
+        mkdir -p "$SPRINT_DIR"
+        train verdiff-ct "$SPRINT_DIR/ct.npz" "${TIME_CT:-120}" --config "$(ct_config)" --augmentation light
         ;;
     *)
         echo "usage: bash training/gpu_sprint.sh prepare|mr|xray-ct" >&2

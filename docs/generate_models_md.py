@@ -40,7 +40,7 @@ def held_out(card: dict) -> str:
 
 
 def dice_column(card: dict) -> str:
-    v = card.get("fold_validation", card["validation"]) if card["validation"].get("trained_on_only") else card["validation"]
+    v = card["fold_validation"] if card["validation"].get("trained_on_only") else card["validation"]  # as ``held_out``
     return f"{v['dice_mean']} ± {v['dice_sd']} | {v['iou_mean']}"
 
 

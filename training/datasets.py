@@ -115,26 +115,25 @@ def volume_items(images: str, labels: str, source: str, data_root: Path, subject
     root = Path(data_root)
     image_pattern = str(root / images) if not Path(images).is_absolute() else images
     label_pattern = str(root / labels) if not Path(labels).is_absolute() else labels
+    items = []
     if "*" not in image_pattern:
         path, label_path = Path(image_pattern), Path(label_pattern)
         for needed in (path, label_path):
             if not needed.exists():
                 raise FileNotFoundError(f"no such file: {needed}")
         case_id = path.name.split(".")[0]
-        item = Item(case_id, _subject_of(case_id, subject), "volume", path, label_path, source)
-        return [item] if include is None or item.subject in set(include) else []
-    regex = _star_regex(image_pattern)
-    folder = Path(image_pattern).parent
-    items = []
-    for path in sorted(folder.glob(Path(image_pattern).name)):
-        match = regex.match(str(path))
-        if not match:
-            continue
-        case_id = match.group(1)
-        label_path = Path(label_pattern.replace("*", case_id))
-        if not label_path.exists():
-            raise FileNotFoundError(f"no label map for {path.name}: expected {label_path}")
         items.append(Item(case_id, _subject_of(case_id, subject), "volume", path, label_path, source))
+    else:
+        regex = _star_regex(image_pattern)
+        for path in sorted(Path(image_pattern).parent.glob(Path(image_pattern).name)):
+            match = regex.match(str(path))
+            if not match:
+                continue
+            case_id = match.group(1)
+            label_path = Path(label_pattern.replace("*", case_id))
+            if not label_path.exists():
+                raise FileNotFoundError(f"no label map for {path.name}: expected {label_path}")
+            items.append(Item(case_id, _subject_of(case_id, subject), "volume", path, label_path, source))
     if not items:
         raise FileNotFoundError(f"no images match {image_pattern}")
     return [item for item in items if include is None or item.subject in set(include)]
@@ -263,6 +262,7 @@ def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = 
     abdominal CT; the chest CT it trained on is reported apart ("trained on"). A config run
     with no validation subjects is validated on its training subjects, each reported as
     "trained on"."""
+    suffix = ""
     if not run.datasets:
         if run.recipe == "verdiff-mr":
             # The recipe's own list: splits written by early runs also name a VB3_19 that does not exist.
@@ -281,14 +281,9 @@ def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = 
             raise KeyError(run.recipe)
     else:
         wanted = set(split[which])
-        suffix = ""
         if which == "validation" and not wanted:  # a run that held nothing out (``verdiff-ct-all.toml``): its training
             wanted, suffix = set(split.get("train", ())), " (trained on)"  # cases, named so (``evaluate`` flags the means)
         items = [item for item in config_items(run, data_root) if item.subject in wanted]
-        for item in items[:limit]:
-            image, truth = truth_on_image_grid(item, run.labels)
-            yield item.name, image, truth, {item.name + suffix: None}, item.image
-        return
     for item in items[:limit]:
         image, truth = truth_on_image_grid(item, run.labels)
-        yield item.name, image, truth, {item.name: None}, item.image
+        yield item.name, image, truth, {item.name + suffix: None}, item.image

@@ -230,7 +230,7 @@ def _side_by_side_seeds(pieces, spacing: np.ndarray, period: float, superior: np
     right), since vertebrae are stacked along the spine, never beside one another. Volumes
     only: on the 48 held-out X-rays' truth masks the rule joined neighbours (named right
     95.6 -> 72.6 %), and a picture has no left-right slices to cut a body in two."""
-    head = superior / spacing / np.linalg.norm(superior / spacing)
+    head = _head_direction(superior, spacing)
     spans, centres = [], []
     for region, part in pieces:
         along = ((np.argwhere(part) + [r.start for r in region]) * spacing) @ head
@@ -274,7 +274,7 @@ def _local_spine_axes(components, objects, candidates, sizes, spacing, superior)
     scoliotic spine (a 40 degree tilted lumbar body is 1.8 of its height tall in the
     picture's vertical) and a merged chain's principal axis can run across the spine (a
     merged L4-L5 in MR is wider than tall)."""
-    head = superior / spacing / np.linalg.norm(superior / spacing)
+    head = _head_direction(superior, spacing)
     centroids = {value: (np.argwhere(components[objects[value - 1]] == value) + [r.start for r in objects[value - 1]]).mean(axis=0) * spacing for value in candidates}
     median = float(np.median([sizes[value - 1] for value in candidates]))
     chain = sorted((v for v in candidates if sizes[v - 1] >= FRAGMENT_SHARE * median), key=lambda v: -(centroids[v] @ head))
@@ -705,9 +705,8 @@ def _split_two_rib_pairs(instances: np.ndarray, ordered: list[int], ribs: list[i
     whole, and ``levels_from_ribs`` stops there. The bounds 1.4-2.0 were set on that one
     chest CT (the model's training CT): a merged pair is about two bodies and one disc tall.
     Where no section narrows, the piece is cut at half its length."""
-    axis = superior / spacing
-    axis = axis / np.linalg.norm(axis)  # the head direction as a unit vector in mm, numpy order
-    heights = {v: _extent_across(_box_mask(points[v])[0], spacing, axis) for v in ordered}
+    axis = _head_direction(superior, spacing)
+    heights = dict(zip(ordered, _piece_heights(ordered, points, spacing, axis)))
     typical = float(np.median(list(heights.values())))
     counts = dict(zip(ordered, ribs))
     for value in list(ordered):
@@ -730,9 +729,8 @@ def _split_sacrum(instances: np.ndarray, ordered: list[int], ribs: list[int], il
     wings with the new piece; ``instances`` and ``points`` are updated in place."""
     if len(ordered) < 3 or ilia[-1] < 2:
         return ordered, ribs, ilia
-    axis = superior / spacing
-    axis = axis / np.linalg.norm(axis)
-    heights = [_extent_across(_box_mask(points[v])[0], spacing, axis) for v in ordered]
+    axis = _head_direction(superior, spacing)
+    heights = _piece_heights(ordered, points, spacing, axis)
     lowest = ordered[-1]
     if not TWO_VERTEBRAE_HEIGHT[0] <= heights[-1] / float(np.median(heights[:-1])) <= TWO_VERTEBRAE_HEIGHT[1]:
         return ordered, ribs, ilia
@@ -741,6 +739,17 @@ def _split_sacrum(instances: np.ndarray, ordered: list[int], ribs: list[int], il
         return ordered, ribs, ilia
     upper, lower = sorted((lowest, new), key=lambda v: -float(points[v].mean(axis=0) @ superior))
     return ordered[:-1] + [upper, lower], ribs[:-1] + [0, ribs[-1]], ilia[:-1] + [0, ilia[-1]]
+
+
+def _head_direction(superior: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """The head direction as a unit vector in mm, numpy order (``superior``: per voxel step)."""
+    head = superior / spacing
+    return head / np.linalg.norm(head)
+
+
+def _piece_heights(ordered: list[int], points: dict[int, np.ndarray], spacing: np.ndarray, axis: np.ndarray) -> list[float]:
+    """Each piece's extent along ``axis`` (mm), in the order of ``ordered``."""
+    return [_extent_across(_box_mask(points[v])[0], spacing, axis) for v in ordered]
 
 
 def _cut_in_two(instances: np.ndarray, points: dict[int, np.ndarray], value: int, new: int, spacing: np.ndarray, axis: np.ndarray,

@@ -4,6 +4,11 @@ from the cache sees the data it would see from the images, and workers change no
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,8 +39,15 @@ def test_the_cache_holds_the_cases_cut_to_the_spine(tmp_path, data_dir, mr_cases
         cut = cropped(case)
         assert copy.name == case.name and np.array_equal(copy.labels, cut.labels) and copy.labels.sum() == case.labels.sum()
         assert np.abs(copy.images - cut.images).max() <= 0.5 / 255 + 1e-6  # uint8 steps
+    # the network's width and 2.5D context draw from the same cases: one cache serves them (the
+    # GPU sprint trains two widths from one); another label scheme would need other cases
+    wider = read_cache(tmp_path / "mr.npz", recipe_config("verdiff-mr", channels=(8, 16), context_slices=1))[0]
+    assert [c.name for c in wider] == [c.name for c in cached]
     with pytest.raises(ValueError, match="another run config"):
-        read_cache(tmp_path / "mr.npz", recipe_config("verdiff-mr", channels=(8, 16)))
+        read_cache(tmp_path / "mr.npz", recipe_config("verdiff-mr", channels=(4, 8), scheme="levels"))
+    # LZMA members (module docstring), read by plain np.load
+    with zipfile.ZipFile(tmp_path / "mr.npz") as archive:
+        assert {member.compress_type for member in archive.infolist()} == {zipfile.ZIP_LZMA}
 
 
 def test_workers_build_the_same_batches(mr_cases):
@@ -67,3 +79,20 @@ def test_a_2_5d_cache_keeps_the_slice_spacing_its_neighbours_are_placed_by(tmp_p
     assert cached[0].slice_spacing_mm == 2.0
     sampler = SliceSampler(cached, 32, 35, PRESETS["light"], context_slices=1, context_distance_mm=run.input_spacing_mm)
     assert np.allclose(sampler.offsets[0], [-0.625, 0.0, 0.625]) and sampler.batch(2)[0].shape == (2, 3, 32, 32)
+
+
+def test_a_run_from_the_cache_needs_no_simpleitk(tmp_path, data_dir, mr_cases):
+    """The lent GPU machine has no SimpleITK (session 15's first call failed on its import):
+    training from a cache imports nothing that reads images."""
+    run, _, _ = mr_cases
+    write_cache(run, data_dir, tmp_path / "mr.npz", limit=1)
+    blocker = tmp_path / "blocked"
+    blocker.mkdir()
+    (blocker / "SimpleITK.py").write_text("raise ImportError('SimpleITK is not installed here')\n")
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(blocker), str(root / "VerdiffSegment"), str(root)]), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "training", "train", "verdiff-mr", "--channels", "4,8", "--cache", str(tmp_path / "mr.npz"), "--train-steps", "1",
+                           "--batch-size", "2", "--crop", "32", "--out", str(tmp_path / "run"), "--no-tensorboard", "--device", "cpu"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "run" / "model.pt").exists()

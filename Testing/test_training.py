@@ -660,3 +660,21 @@ def test_crops_drawn_along_the_spine_show_the_top_vertebrae_more_often_and_l5_as
     assert along[1] > 1.2 * pixel[1] and along[2] > 1.1 * pixel[2], (pixel[1:3], along[1:3])
     assert along[17] >= 0.95 * pixel[17], (pixel[17], along[17])
     assert along[9] > 0.5
+
+
+def test_the_time_cosine_decays_over_the_time_limit_or_the_steps_whichever_ends_first():
+    """--schedule cosine-time: a time-boxed run ends at a rate near 0 whatever its steps per second."""
+    from training.train import learning_rate_factor
+
+    clock = {"seconds": 0.0}
+    factor = learning_rate_factor(TrainOptions(steps=1000, schedule="cosine-time", time_limit_s=100.0, warmup_steps=10), lambda: clock["seconds"])
+    assert factor(4) == pytest.approx(0.5)  # warm-up counts steps, as before
+    clock["seconds"] = 50.0
+    assert factor(20) == pytest.approx(0.5, abs=1e-9)  # half the time: half the cosine, though few steps have run
+    clock["seconds"] = 100.0
+    assert factor(30) == pytest.approx(0.0, abs=1e-12)
+    clock["seconds"] = 1.0
+    assert factor(1000) == pytest.approx(0.0, abs=1e-12)  # out of steps first
+    assert learning_rate_factor(TrainOptions(steps=1000))(500) == pytest.approx(0.5)  # the step cosine unchanged
+    with pytest.raises(ValueError, match="needs --time-limit"):
+        learning_rate_factor(TrainOptions(schedule="cosine-time"))

@@ -104,7 +104,7 @@ def _train_parser(sub) -> None:
     loop.add_argument("--limit", type=int, default=None, help="train on the first N training subjects only (tests)")
     loop.add_argument("--optimizer", choices=["adamw", "adam"], default=defaults.optimizer, help="optimiser")
     loop.add_argument("--weight-decay", type=float, default=defaults.weight_decay, help="weight decay")
-    loop.add_argument("--schedule", choices=["cosine", "constant"], default=defaults.schedule, help="learning-rate schedule after the warm-up")
+    loop.add_argument("--schedule", choices=["cosine", "constant", "cosine-time"], default=defaults.schedule, help="learning-rate schedule after the warm-up (cosine-time: over --time-limit)")
     loop.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps, help="optimiser steps of linear learning-rate warm-up")
     loop.add_argument("--clip-grad", type=float, default=defaults.clip_grad, help="max gradient norm (0: off)")
     loop.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=defaults.precision, help="auto: bf16 autocast on CUDA, fp32 on CPU")

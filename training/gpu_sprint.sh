@@ -9,14 +9,21 @@
 # carries less than the 64 MiB the transfer allows (the MR cache alone is 27 MB):
 #   run(command="bash training/gpu_sprint.sh mr", carry=[".sprint/mr.npz"], timeout_s=480)
 #   run(command="bash training/gpu_sprint.sh xray-ct", carry=[".sprint/xr.npz", ".sprint/ct.npz"], timeout_s=480)
+# Or both modalities in one call (session 15, what the 15 minutes allow best: one machine start),
+# with the caches LZMA-packed and every weights file but verdiff-mr.pt and verdiff-xray.pt
+# untracked for the call so that tree and caches fit 64 MiB (git rm --cached them and name them in
+# .git/info/exclude; git reset -- Resources/Models and empty the exclude after):
+#   run(command="PYTHON=python3 TIME_BOTH=530 WORKERS_EACH=4 bash training/gpu_sprint.sh both", carry=[".sprint/mr.npz", ".sprint/xr.npz"], timeout_s=600)
+#   it returns one .tar.gz per run (fp16 weights) and its log: tar -xzf each, then export as below.
 # Back here, for each returned run folder R (under the tool's files_at):
 #   .venv/bin/python -m training export verdiff-mr --run R --start-timestep 150 --steps 1 --ensemble 2 --suites all
 #
 # Defaults fit 12 minutes of one H200 (about 5 min MR, 3.5 min X-ray, 2 min CT of training, the
 # rest start-up); every setting can be overridden by the environment, which is also how the CPU
 # test runs it in seconds: STEPS, TIME_MR, TIME_XR, TIME_CT, CHANNELS, BATCH, CROP, WORKERS,
-# DEVICE, SPRINT_DIR, OUT, PYTHON, XR_SPACING, LIMIT (prepare: cache only the first N training subjects).
-# Decisions: channels 32..256 (4x the bundled CPU models' widths, as wide as the U-Nets of the
+# DEVICE, SPRINT_DIR, OUT, PYTHON, XR_SPACING, LIMIT (prepare: cache only the first N training subjects),
+# and for `both` TIME_BOTH, STEPS_BOTH, WORKERS_EACH (sample builders per run; four runs share the cores).
+# Decisions: channels 32..256 (twice the bundled CPU models' widths, 4x their work; as wide as the U-Nets of the
 # papers at this depth), the any-contrast augmentation, batch 32 of 192-pixel crops, lr 1e-3 with
 # cosine decay over STEPS and a time limit that finishes early with the weights reached; no
 # validation there (the images stay here): export validates. The X-ray model is trained with the
@@ -86,8 +93,39 @@ case "${1:-}" in
         mkdir -p "$SPRINT_DIR"
         train verdiff-ct "$SPRINT_DIR/ct.npz" "${TIME_CT:-120}" --config "$(ct_config)" --augmentation light
         ;;
+    both)
+        # MR and X-ray in one call (session 15: the machine's start is the 15 minutes' largest
+        # fixed cost, so one call trains both, longer, rather than two calls each half as long):
+        # four runs side by side on the one GPU, each modality at the bundled width warm-started
+        # from the bundled weights (lr 5e-4, ships with no change in CPU inference time) and at
+        # the sprint's width from scratch (lr 1e-3, 4x the convolutions' work at inference);
+        # export picks by held-out validation here. Each run's rate decays over TIME_BOTH seconds
+        # (--schedule cosine-time: the steps per second of four runs sharing 16 cores are not
+        # known in advance). The caches must fit 64 MiB with the working tree: carry them with
+        # the other models' weights untracked for the call (README of this script's section).
+        use_checkout
+        seconds=${TIME_BOTH:-450}
+        STEPS=${STEPS_BOTH:-1000000}
+        WORKERS=${WORKERS_EACH:-3}
+        bundled=(--channels 16,32,64,128 --family verdiff-net --augmentation any-contrast --lr 5e-4 --warmup-steps 100 --schedule cosine-time)
+        wide=(--channels "$CHANNELS" --family verdiff-net --augmentation any-contrast --lr 1e-3 --warmup-steps 300 --schedule cosine-time)
+        xr=(--label-scheme binary-gaps --spacing "$XR_SPACING")
+        train verdiff-mr-bundled "$SPRINT_DIR/mr.npz" "$seconds" verdiff-mr --name verdiff-mr "${bundled[@]}" --init Resources/Models/verdiff-mr.pt > /dev/null &
+        train verdiff-mr-wide "$SPRINT_DIR/mr.npz" "$seconds" verdiff-mr --name verdiff-mr "${wide[@]}" --context-slices 1 > /dev/null &
+        train verdiff-xray-bundled "$SPRINT_DIR/xr.npz" "$seconds" verdiff-xray --name verdiff-xray "${bundled[@]}" "${xr[@]}" --init Resources/Models/verdiff-xray.pt > /dev/null &
+        train verdiff-xray-wide "$SPRINT_DIR/xr.npz" "$seconds" verdiff-xray --name verdiff-xray "${wide[@]}" "${xr[@]}" > /dev/null &
+        status=0
+        for job in $(jobs -p); do wait "$job" || status=1; done
+        tail -n 3 "$OUT"/*.log
+        # one archive per run, weights in fp16 (the wide model's fp32 weights exceed a returned file's 16 MB)
+        for run in "$OUT"/verdiff-*/; do
+            [ -f "$run/model.pt" ] && "$PYTHON" -c "import sys, torch; p = sys.argv[1]; s = torch.load(p, weights_only=True); torch.save({k: v.half() if v.is_floating_point() else v for k, v in s.items()}, p)" "$run/model.pt"
+            tar -C "$OUT" -czf "${run%/}.tar.gz" --exclude tensorboard "$(basename "$run")" && rm -rf "$run"
+        done
+        exit $status
+        ;;
     *)
-        echo "usage: bash training/gpu_sprint.sh prepare|mr|xray-ct" >&2
+        echo "usage: bash training/gpu_sprint.sh prepare|mr|xray-ct|both" >&2
         exit 2
         ;;
 esac

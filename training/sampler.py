@@ -43,7 +43,7 @@ import multiprocessing
 import numpy as np
 import torch
 
-from VerdiffSegmentLib.preparation import context_offsets, slice_at, slice_channels
+from VerdiffSegmentLib.transforms import context_offsets, slice_at, slice_channels
 
 from .augment import Augmentation, warp
 from .labels import bit_masks

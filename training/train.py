@@ -69,7 +69,7 @@ class TrainOptions:
     seed: int = 35
     optimizer: str = "adamw"  # or "adam"
     weight_decay: float = 1e-4
-    schedule: str = "cosine"  # or "constant"
+    schedule: str = "cosine"  # or "constant", or "cosine-time" (over --time-limit: learning_rate_factor)
     warmup_steps: int = 0
     clip_grad: float = 1.0  # max gradient norm; 0 turns clipping off
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU; or fp32 / bf16
@@ -98,9 +98,17 @@ class TrainOptions:
 RESUME_KEYS = ("steps", "batch_size", "crop", "crop_centre", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
-def learning_rate_factor(options: TrainOptions):
-    """Multiplier of the base rate at a step: linear warm-up, then cosine to 0 (or constant)."""
+def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
+    """Multiplier of the base rate at a step: linear warm-up, then cosine to 0 (or constant).
+
+    ``cosine-time`` decays over the run's ``time_limit_s`` of training time (``seconds()``, the
+    time trained so far) instead of its steps, whichever ends first: a time-boxed run (a lent
+    GPU's minutes, unknown steps per second until it runs) still ends at a rate near 0 rather
+    than cut off mid-schedule at a high one. Its rates depend on the clock, so such a run is
+    not reproduced bit for bit."""
     warmup, steps = options.warmup_steps, options.steps
+    if options.schedule == "cosine-time" and not options.time_limit_s:
+        raise ValueError("--schedule cosine-time needs --time-limit")
 
     def factor(step: int) -> float:
         if warmup and step < warmup:
@@ -108,6 +116,8 @@ def learning_rate_factor(options: TrainOptions):
         if options.schedule == "constant":
             return 1.0
         progress = (step - warmup) / max(steps - warmup, 1)
+        if options.schedule == "cosine-time":
+            progress = max(progress, seconds() / options.time_limit_s)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
     return factor
@@ -227,7 +237,7 @@ class Trainer:
         self.state = TrainingState(
             network=network,
             optimiser=optimiser,
-            lr_schedule=torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor(options)),
+            lr_schedule=torch.optim.lr_scheduler.LambdaLR(optimiser, learning_rate_factor(options, self._seconds_trained)),
             sampler=sampler,
             noise_generator=torch.Generator().manual_seed(options.seed),
             progress={"step": 0, "seconds": 0.0, "best_dice": -1.0, "best_step": 0, "bad_validations": 0, "stopped_early": False},
@@ -238,6 +248,10 @@ class Trainer:
             self.resume()
 
     # -- building ------------------------------------------------------------------------
+    def _seconds_trained(self) -> float:
+        """Training seconds so far (0 while the state is built: the schedule's first call)."""
+        return self.state.progress["seconds"] if hasattr(self, "state") else 0.0
+
     def _cases(self):
         if self.options.cache:
             from .cache import read_cache

@@ -41,7 +41,7 @@ import SimpleITK as sitk
 
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .io import as_plane, restore_from_plane, single_slice_axis
-from .transforms import intensity_range, normalise
+from .transforms import context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
 
 
 @dataclass(frozen=True)
@@ -107,29 +107,3 @@ def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, sli
 def prepare_for_card(image: sitk.Image, card) -> PreparedImage:
     """``prepare_image`` with a model card's input settings (``models.ModelCard``)."""
     return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None, card.context_slices)
-
-
-def context_offsets(context_slices: int, slice_spacing_mm: float, distance_mm: float) -> np.ndarray:
-    """Offsets along the slice axis, in slices, of the 2k + 1 input channels: j x
-    ``distance_mm`` / ``slice_spacing_mm`` for j = -k..k (decision 4); [0.0] for k = 0."""
-    k = int(context_slices)
-    return np.arange(-k, k + 1, dtype=np.float64) * (float(distance_mm) / float(slice_spacing_mm))
-
-
-def slice_at(stack: np.ndarray, position: float) -> np.ndarray:
-    """The [rows, columns] image at a fractional slice ``position`` of ``stack`` [slices, rows,
-    columns]: linear between the two nearest slices, the first or last slice beyond the ends
-    (the edge replicated); a whole position is that slice itself, bit for bit."""
-    position = min(max(float(position), 0.0), stack.shape[0] - 1.0)
-    low = int(np.floor(position))
-    weight = position - low
-    if weight == 0.0:
-        return stack[low]
-    return stack[low] * (1.0 - weight) + stack[low + 1] * weight
-
-
-def slice_channels(stack: np.ndarray, indices, offsets) -> np.ndarray:
-    """The network input [len(indices), len(offsets), rows, columns] of slices ``indices`` of
-    ``stack``: channel c of slice i is ``slice_at(stack, i + offsets[c])`` (decision 4). With
-    offsets [0.0] it is ``stack[indices][:, None]``, the 1-channel input."""
-    return np.stack([np.stack([slice_at(stack, index + offset) for offset in offsets]) for index in indices]).astype(stack.dtype, copy=False)

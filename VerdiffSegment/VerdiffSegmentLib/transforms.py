@@ -1,4 +1,5 @@
-"""Intensity normalisation and padding, shared by inference and training.
+"""Intensity normalisation, padding and the 2.5D input channels, shared by inference and training
+(numpy only: training from a cache runs where SimpleITK is not installed).
 
 The model card names the normalisation; both kinds map intensities to [0, 1]:
 - ``window``: a fixed window in the image's units (CT in Hounsfield units);
@@ -36,3 +37,29 @@ def pad_to_multiple(array: np.ndarray, multiple: int, value: float = 0.0) -> tup
         widths = [(0, 0)] * (array.ndim - 2) + [(0, pad_r), (0, pad_c)]
         array = np.pad(array, widths, constant_values=value)
     return array, (rows, cols)
+
+
+def context_offsets(context_slices: int, slice_spacing_mm: float, distance_mm: float) -> np.ndarray:
+    """Offsets along the slice axis, in slices, of the 2k + 1 input channels: j x
+    ``distance_mm`` / ``slice_spacing_mm`` for j = -k..k (``preparation`` decision 4); [0.0] for k = 0."""
+    k = int(context_slices)
+    return np.arange(-k, k + 1, dtype=np.float64) * (float(distance_mm) / float(slice_spacing_mm))
+
+
+def slice_at(stack: np.ndarray, position: float) -> np.ndarray:
+    """The [rows, columns] image at a fractional slice ``position`` of ``stack`` [slices, rows,
+    columns]: linear between the two nearest slices, the first or last slice beyond the ends
+    (the edge replicated); a whole position is that slice itself, bit for bit."""
+    position = min(max(float(position), 0.0), stack.shape[0] - 1.0)
+    low = int(np.floor(position))
+    weight = position - low
+    if weight == 0.0:
+        return stack[low]
+    return stack[low] * (1.0 - weight) + stack[low + 1] * weight
+
+
+def slice_channels(stack: np.ndarray, indices, offsets) -> np.ndarray:
+    """The network input [len(indices), len(offsets), rows, columns] of slices ``indices`` of
+    ``stack``: channel c of slice i is ``slice_at(stack, i + offsets[c])`` (``preparation`` decision 4). With
+    offsets [0.0] it is ``stack[indices][:, None]``, the 1-channel input."""
+    return np.stack([np.stack([slice_at(stack, index + offset) for offset in offsets]) for index in indices]).astype(stack.dtype, copy=False)

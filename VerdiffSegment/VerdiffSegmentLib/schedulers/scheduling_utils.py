@@ -89,7 +89,7 @@ class DiffusionSchedule:
 
     def alpha_bar(self, t: int | torch.Tensor) -> torch.Tensor:
         """alpha_bar at 0-based timestep t (float64); alpha_bar(-1) = 1 (the clean sample)."""
-        t = torch.as_tensor(t)
+        t = torch.as_tensor(t).cpu()  # the schedule lives on the CPU in float64; a CUDA batch of timesteps indexes it there
         return torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], torch.ones((), dtype=torch.float64))
 
     def resampled_alphas_cumprod(self) -> torch.Tensor:

@@ -106,7 +106,7 @@ def main(argv=None) -> None:
             reader = PieceLevelReader(level_network, sitk.GetArrayFromImage(image))
         rib_counter = RibCounter(image) if card.rib_anchor else None
         named = levels.vertebrae(union, structure, levels=card_levels, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates, level_reader=reader,
-                                 rib_counter=rib_counter)
+                                 rib_counter=rib_counter, lowest_level_in_view=card.lowest_level_in_view)
         outputs = {"truth": (*named, None)}
         if not args.truth_only:
             clock = time.perf_counter()

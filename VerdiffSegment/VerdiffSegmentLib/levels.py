@@ -16,13 +16,17 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    along the *local* spine direction (from the centroid of the vertebra below to that of the
    one above, ``_local_spine_axes``), not the image's superior axis: a tilted body in a
    scoliotic spine is much taller in the picture's vertical than along the spine. A
-   component taller than 1.6 typical heights (the median component's; with fewer than three
-   components, as in CT where whole vertebrae touch at the facet joints, the repeat length
-   of the cross-section profile along the spine) holds merged neighbours: it is cut across
+   component taller than 1.6 typical heights (the median component's; with fewer than four
+   substantial components, as in CT where whole vertebrae touch at the facet joints, the repeat
+   length of the cross-section profile along the spine: a median of three, one of them a merged
+   chain, is one piece's height, and VB3_49's L1 taller than its disc-bridged neighbours made
+   their chain of four read as three, session 15) holds merged neighbours: it is cut across
    its own principal axis (within 30 degrees of the local spine direction: a curved chain)
    or else across the local spine direction (a merged pair wider than tall, as MR's L4-L5)
    into round(height / typical) pieces at the narrowest sections, or at equal lengths when
-   it is over twice the typical height and shows no narrowing
+   it is over twice the typical height and shows no narrowing; a part left between the
+   narrowings that is still over twice the typical height is cut in equal lengths too (a
+   disc drawn as bone inside a chain whose other discs narrow it; session 15)
    (``_split``). Pieces under a quarter of the typical
    piece are *fragments*; the others are seeds, and every foreground voxel, fragments
    included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped. In a
@@ -113,6 +117,7 @@ NECK_DEPTH = 0.7  # a cut needs a section this much narrower than the widest on 
 CHAIN_AXIS_DEGREES = 30.0  # a merged piece is cut across its principal axis when within this of the local spine direction
 SIDE_BY_SIDE_OVERLAP = 0.5  # of the shorter piece's extent along the spine: pieces overlapping more ...
 SIDE_BY_SIDE_OFFSET = 0.35  # ... with centres closer than this many typical heights along it are one vertebra
+CHAIN_GAP = 1.5  # median centre spacings: a wider step between neighbours is a vertebra missed inside the chain (``levels_of_a_short_chain``)
 BELOW_RANGE_SHARE = 0.5  # of the median vertebra's voxels: a smaller lowest piece is below the card's range (``below_the_range``)
 SKIP_PROBABILITY = 0.05  # of skipping one level between neighbouring pieces (``levels_from_log_probabilities``)
 REPEAT_PROBABILITY = 0.05  # of two neighbouring pieces being one vertebra (``levels_from_log_probabilities``)
@@ -194,10 +199,10 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     axes = _local_spine_axes(components, objects, candidates, sizes, spacing, superior)
     heights = {value: _extent_across(components[objects[value - 1]] == value, spacing, axes[value]) for value in candidates}
     period = float(np.percentile(list(heights.values()), PERIOD_PERCENTILE))
-    # the whole spine in one or two pieces (CT: vertebrae touch at the facets); counted among the
+    # the spine in three pieces or fewer (CT: vertebrae touch at the facets); counted among the
     # pieces of at least a tenth of the largest, or two merged runs and a 94-voxel scrap (the
     # abdominal CT under the all-CT model) take their own heights as the period and stay merged
-    if sum(sizes[value - 1] >= SUBSTANTIAL_SHARE * sizes.max() for value in candidates) < 3:
+    if sum(sizes[value - 1] >= SUBSTANTIAL_SHARE * sizes.max() for value in candidates) < 4:
         period = _profile_period(core, superior) or period
     pieces = []  # (region, boolean mask within the region)
     for value, height in heights.items():
@@ -334,6 +339,12 @@ def _split(piece: np.ndarray, spacing: np.ndarray, long_axis: np.ndarray, expect
             break
     if not cuts and len(profile) > equal_cut_height * period:  # no narrowing (a disc segmented as bone)
         cuts = [int(round(len(profile) * k / expected)) for k in range(1, expected)]
+    elif cuts and len(cuts) < expected - 1:  # fewer narrowings than bodies: a part still two long is cut in equal lengths
+        ends = [0, *sorted(cuts), len(profile)]
+        for start, stop in zip(ends[:-1], ends[1:]):
+            pieces_in = round((stop - start) / period)
+            if stop - start > equal_cut_height * period and pieces_in > 1:
+                cuts += [int(round(start + (stop - start) * k / pieces_in)) for k in range(1, pieces_in)]
     if not cuts:
         return [piece]
     slab = np.searchsorted(np.sort(cuts), bins)
@@ -484,6 +495,29 @@ def levels_from_log_probabilities(log_probabilities: np.ndarray, level_names, sk
     return [str(level_names[j]) if posterior[i, j] >= least else None for i, j in enumerate(path)]
 
 
+def levels_of_a_short_chain(centres_mm: list[float], heights_mm: list[float], levels: list[str] | None) -> list[str | None]:
+    """Levels of fewer vertebrae than the card has (top-down: centres along the head direction,
+    mm, decreasing; heights along it), on a card whose images always show its lowest level
+    (``naming.lowest_level_in_view``): bottom-up from that level when they form one unbroken
+    chain: at least 3, no step between neighbours' centres over ``CHAIN_GAP`` median steps (a
+    body missed inside the chain) and no piece over ``MERGED_HEIGHT`` median heights (two bodies
+    left merged); else None for each.
+
+    Why: a lumbar MR is centred on L1-L5 with the sacrum in view, so the lowest body, L5 on the
+    sacrum and among the largest, is drawn; the body a model misses is at the range's upper end
+    (T12/L1 at the field's edge). On the held-out VB3_51 the GPU-trained MR model drew L2-L5 and
+    no L1, which left all four unnamed (session 15, docs/levels.md)."""
+    count = len(centres_mm)
+    if not levels or count < 3 or count >= len(levels):
+        return [None] * count
+    steps = -np.diff(np.asarray(centres_mm, float))
+    if (steps <= 0).any() or steps.max() > CHAIN_GAP * float(np.median(steps)):
+        return [None] * count
+    if max(heights_mm) > MERGED_HEIGHT * float(np.median(heights_mm)):
+        return [None] * count
+    return list(levels[len(levels) - count :])
+
+
 def below_the_range(sizes: list[int]) -> bool:
     """Whether the lowest of these vertebrae (sizes in voxels, head to feet) lies below the
     card's range: smaller than ``BELOW_RANGE_SHARE`` of the median vertebra.
@@ -526,7 +560,7 @@ def name_vertebrae(labels: sitk.Image, card, gaps: np.ndarray | None = None, coo
     else:
         labels, segments = vertebrae(
             labels, structure_of(card.labels[0]), levels=card_levels(card), gaps=gaps, extra_vertebrae=card.extra_vertebrae, coordinates=coordinates,
-            level_reader=level_reader, rib_counter=rib_counter,
+            level_reader=level_reader, rib_counter=rib_counter, lowest_level_in_view=card.lowest_level_in_view,
         )
     for segment in segments:
         if segment["level"] is None:  # what the card's label says (e.g. "Vertebral body" in the lumbar spine)
@@ -549,6 +583,7 @@ def vertebrae(
     coordinates: np.ndarray | None = None,
     level_reader=None,
     rib_counter=None,
+    lowest_level_in_view: bool = False,
 ) -> tuple[sitk.Image, list[dict]]:
     """The label map with one value per vertebra (1..n head to feet) and one dict per
     vertebra: value, name, covers, level (or None), level_source (what decided the level:
@@ -561,6 +596,8 @@ def vertebrae(
     first (``_split_sacrum``), and without the ribs' junction in view the pieces are named up
     from the sacrum (``levels_from_sacrum``).
     ``extra_vertebrae``: the card's ``naming.extra_vertebrae`` (``levels_by_count``).
+    ``lowest_level_in_view``: the card's ``naming.lowest_level_in_view``; fewer vertebrae than its
+    levels in one unbroken chain are named bottom-up from its lowest level (``levels_of_a_short_chain``).
     ``coordinates``: a level map on the label map's grid; where the count names nothing,
     the vertebrae are named by their median coordinate (``levels_from_coordinates``).
     ``level_reader``: ``reader(instances, values)`` -> [n, len(reader.levels)] log-probabilities
@@ -593,6 +630,10 @@ def vertebrae(
     else:
         below = int(extra_vertebrae == "either" and below_the_range([len(points[v]) for v in ordered]))
         names, source = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below, "count"
+        if lowest_level_in_view and not any(names):  # fewer than the card's levels: a body missed at the top?
+            head = _head_direction(superior, spacing)
+            centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in ordered]
+            names = levels_of_a_short_chain(centres, _piece_heights(ordered, points, spacing, head), levels)
         if rib_counter is not None and not any(names):  # a CT: the last rib-bearing vertebra is T12
             ribs, ilia = rib_counter.ribs_and_ilia(instances, ordered)
             ordered, ribs, ilia = _split_sacrum(instances, ordered, ribs, ilia, points, spacing, superior)

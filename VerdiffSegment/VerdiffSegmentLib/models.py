@@ -28,6 +28,10 @@ bottom-up from the lowest level. ``"either"``: above or below (an AP radiograph 
 above T1 and the top of S1 under L5, and the X-ray model draws either at times), so names
 are given only when exactly the card's count is found (``levels.levels_by_count``).
 
+Lowest level in view: ``naming.lowest_level_in_view`` (true on the lumbar MR cards: the exam
+always shows L5 on the sacrum) names fewer vertebrae than the card's levels bottom-up from its
+lowest level when they form one unbroken chain (``levels.levels_of_a_short_chain``).
+
 Rib anchor: ``naming.rib_anchor`` (true on the CT card) names a CT's vertebrae from the last
 rib-bearing one (T12), the ribs read from the CT's Hounsfield units (``ribs``), where the
 count names nothing.
@@ -128,6 +132,7 @@ class ModelCard:
     tilt_network: dict | None = None  # cobb.tilt_network: weights, sha256, network (module docstring)
     level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
+    lowest_level_in_view: bool = False  # naming.lowest_level_in_view: a short unbroken chain is named up from the lowest level (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -266,6 +271,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         rib_anchor = (data.get("naming") or {}).get("rib_anchor", False)
         if not isinstance(rib_anchor, bool):
             raise TypeError(f"naming.rib_anchor must be true or false, got {rib_anchor!r}")
+        lowest_level_in_view = (data.get("naming") or {}).get("lowest_level_in_view", False)
+        if not isinstance(lowest_level_in_view, bool):
+            raise TypeError(f"naming.lowest_level_in_view must be true or false, got {lowest_level_in_view!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -311,6 +319,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         tilt_network=tilt_network,
         level_network=level_network,
         rib_anchor=rib_anchor,
+        lowest_level_in_view=lowest_level_in_view,
         schema_version=schema,
         raw=data,
     )

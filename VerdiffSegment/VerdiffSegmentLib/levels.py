@@ -24,9 +24,11 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    its own principal axis (within 30 degrees of the local spine direction: a curved chain)
    or else across the local spine direction (a merged pair wider than tall, as MR's L4-L5)
    into round(height / typical) pieces at the narrowest sections, or at equal lengths when
-   it is over twice the typical height and shows no narrowing; a part left between the
-   narrowings that is still over twice the typical height is cut in equal lengths too (a
-   disc drawn as bone inside a chain whose other discs narrow it; session 15)
+   it is over twice the typical height and shows no narrowing; where exactly one narrowing is
+   missing, the longest part left between the others, if over twice the typical height, is
+   cut in equal lengths too (a disc drawn as bone inside a chain whose other discs narrow it:
+   VB3_49 under the GPU-trained MR model; with more missing, equal lengths over long stretches
+   misplaced the chest CT's upper thoracic cuts and one name, session 15)
    (``_split``). Pieces under a quarter of the typical
    piece are *fragments*; the others are seeds, and every foreground voxel, fragments
    included, goes to its nearest seed (Euclidean, in mm), so nothing is dropped. In a
@@ -339,12 +341,12 @@ def _split(piece: np.ndarray, spacing: np.ndarray, long_axis: np.ndarray, expect
             break
     if not cuts and len(profile) > equal_cut_height * period:  # no narrowing (a disc segmented as bone)
         cuts = [int(round(len(profile) * k / expected)) for k in range(1, expected)]
-    elif cuts and len(cuts) < expected - 1:  # fewer narrowings than bodies: a part still two long is cut in equal lengths
+    elif cuts and len(cuts) == expected - 2:  # one narrowing missing: the longest part, if two long, holds two bodies
         ends = [0, *sorted(cuts), len(profile)]
-        for start, stop in zip(ends[:-1], ends[1:]):
-            pieces_in = round((stop - start) / period)
-            if stop - start > equal_cut_height * period and pieces_in > 1:
-                cuts += [int(round(start + (stop - start) * k / pieces_in)) for k in range(1, pieces_in)]
+        start, stop = max(zip(ends[:-1], ends[1:]), key=lambda part: part[1] - part[0])
+        pieces_in = round((stop - start) / period)
+        if stop - start > equal_cut_height * period and pieces_in > 1:
+            cuts += [int(round(start + (stop - start) * k / pieces_in)) for k in range(1, pieces_in)]
     if not cuts:
         return [piece]
     slab = np.searchsorted(np.sort(cuts), bins)

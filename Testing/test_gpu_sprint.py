@@ -63,6 +63,6 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
         assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
         config = json.loads((tmp_path / "unpacked" / name / "run.json").read_text(encoding="utf-8"))
         assert config["config"]["channels"] == ([16, 32, 64, 128] if name.endswith("bundled") else [4, 8])
-        assert config["settings"]["schedule"] == "cosine-time" and (config["settings"]["init"] is not None) == name.endswith("bundled")
+        assert config["settings"]["schedule"] == "cosine-time" and config["settings"]["threads"] == 1 and (config["settings"]["init"] is not None) == name.endswith("bundled")
     if subprocess.run(["bash", "training/gpu_sprint.sh"], cwd=ROOT, env=env, capture_output=True).returncode != 2:
         pytest.fail("an unknown stage must exit 2")

@@ -107,8 +107,11 @@ case "${1:-}" in
         seconds=${TIME_BOTH:-450}
         STEPS=${STEPS_BOTH:-1000000}
         WORKERS=${WORKERS_EACH:-3}
-        bundled=(--channels 16,32,64,128 --family verdiff-net --augmentation any-contrast --lr 5e-4 --warmup-steps 100 --schedule cosine-time)
-        wide=(--channels "$CHANNELS" --family verdiff-net --augmentation any-contrast --lr 1e-3 --warmup-steps 300 --schedule cosine-time)
+        # one CPU thread per training process: on the first sprint each took PyTorch's 16, beside
+        # 16 sample builders on 16 cores, and four runs made 11 steps/s together where the
+        # builders alone (12 ms a sample on the development CPU) could feed about 40: not yet measured there
+        bundled=(--channels 16,32,64,128 --family verdiff-net --augmentation any-contrast --lr 5e-4 --warmup-steps 100 --schedule cosine-time --threads 1)
+        wide=(--channels "$CHANNELS" --family verdiff-net --augmentation any-contrast --lr 1e-3 --warmup-steps 300 --schedule cosine-time --threads 1)
         xr=(--label-scheme binary-gaps --spacing "$XR_SPACING")
         train verdiff-mr-bundled "$SPRINT_DIR/mr.npz" "$seconds" verdiff-mr --name verdiff-mr "${bundled[@]}" --init Resources/Models/verdiff-mr.pt > /dev/null &
         train verdiff-mr-wide "$SPRINT_DIR/mr.npz" "$seconds" verdiff-mr --name verdiff-mr "${wide[@]}" --context-slices 1 > /dev/null &

@@ -70,8 +70,14 @@ def init_world(device: str = "auto") -> World:
     return World(rank, local_rank, size, local_size, torch.device("cuda", local_rank) if use_cuda else torch.device("cpu"), group)
 
 
-def close_world(world: World) -> None:
+def close_world(world: World, finished: bool = False) -> None:
+    """Leave the process group. After a run that ``finished`` on every rank, the ranks first
+    meet at a barrier: a rank that tore gloo down while rank 0 still wrote the final weights
+    once aborted ("terminate called without an active exception", a fresh-clone CI run of the
+    two-process test). After an error there is no barrier: the other ranks may never come."""
     if world.distributed and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

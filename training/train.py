@@ -33,6 +33,7 @@ Outputs in the run folder: ``model.pt`` (final weights, a plain state dict), ``b
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import random
@@ -145,10 +146,14 @@ def train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions 
     Under ``torchrun`` every process calls this; rank 0 writes the files."""
     options = options or TrainOptions()
     world = init_world(options.device)
+    finished = False
     try:
-        return Trainer(run, Path(data_root), Path(out_dir), options, world, command).fit()
+        path = Trainer(run, Path(data_root), Path(out_dir), options, world, command).fit()
+        finished = True
+        return path
     finally:
-        close_world(world)
+        gc.collect()  # the trainer's DDP reducer holds the process group: free it before the group goes
+        close_world(world, finished)
 
 
 CHECKPOINT_FORMAT = 1

@@ -33,6 +33,8 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
         "OMP_NUM_THREADS": "1",
         "STEPS_BOTH": "2",
         "WORKERS_EACH": "1",
+        "CROPS_MR": "32 40",
+        "CROPS_XR": "32 48",
     }
     for stage in ("prepare", "mr", "xray-ct"):
         done = subprocess.run(["bash", "training/gpu_sprint.sh", stage], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
@@ -49,12 +51,12 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
     # the CT model on the shipped model's data (both CTs, S1 included), at the sprint's width
     ct = json.loads((tmp_path / "out" / "verdiff-ct" / "run.json").read_text(encoding="utf-8"))["config"]
     assert len(ct["datasets"]) == 2 and ct["labels"]["levels"][-1] == "S1" and ct["channels"] == [4, 8]
-    # session 15's one call: MR and X-ray, each at the bundled width from the bundled weights and at
-    # the sprint's, one archive per run with fp16 weights (the 8 files the tool brings back)
+    # the one call (sessions 15-16): MR and X-ray, each at the bundled width from the bundled weights,
+    # two crop sizes each, one archive per run with fp16 weights (the 8 files the tool brings back)
     env["OUT"] = str(tmp_path / "both")
     done = subprocess.run(["bash", "training/gpu_sprint.sh", "both"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    runs = ("verdiff-mr-bundled", "verdiff-mr-wide", "verdiff-xray-bundled", "verdiff-xray-wide")
+    runs = ("verdiff-mr-crop32", "verdiff-mr-crop40", "verdiff-xray-crop32", "verdiff-xray-crop48")
     assert sorted(p.name for p in (tmp_path / "both").iterdir()) == sorted([f"{r}.log" for r in runs] + [f"{r}.tar.gz" for r in runs])
     for name in runs:
         with tarfile.open(tmp_path / "both" / f"{name}.tar.gz") as archive:
@@ -62,7 +64,10 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
         state = torch.load(tmp_path / "unpacked" / name / "model.pt", weights_only=True)
         assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
         config = json.loads((tmp_path / "unpacked" / name / "run.json").read_text(encoding="utf-8"))
-        assert config["config"]["channels"] == ([16, 32, 64, 128] if name.endswith("bundled") else [4, 8])
-        assert config["settings"]["schedule"] == "cosine-time" and config["settings"]["threads"] == 1 and (config["settings"]["init"] is not None) == name.endswith("bundled")
+        assert config["config"]["channels"] == [16, 32, 64, 128] and config["settings"]["init"] is not None
+        assert config["settings"]["crop"] == int(name.rsplit("crop", 1)[1])
+        assert config["settings"]["schedule"] == "cosine-time" and config["settings"]["threads"] == 1
+        # each modality's own recipe: the X-ray runs the bundled X-ray model's paper augmentation
+        assert config["settings"]["augmentation"] == ("paper" if "xray" in name else "any-contrast")
     if subprocess.run(["bash", "training/gpu_sprint.sh"], cwd=ROOT, env=env, capture_output=True).returncode != 2:
         pytest.fail("an unknown stage must exit 2")

@@ -346,7 +346,7 @@ def xray_run(tmp_path_factory):
     return xray_image(), out, report
 
 
-def test_union_of_vertebrae_is_the_binary_result():
+def test_union_of_vertebrae_is_the_binary_result_but_for_the_vertebrae_left_out():
     import torch
 
     from VerdiffSegmentLib.io import read_image
@@ -357,12 +357,18 @@ def test_union_of_vertebrae_is_the_binary_result():
     card = get_card("verdiff-xray")
     image = read_image(xray_image())
     binary = segment(image, card, device="cpu", per_vertebra=False)
-    per_vertebra = segment(image, card, device="cpu")
-    assert np.array_equal(sitk.GetArrayFromImage(per_vertebra.labels) > 0, sitk.GetArrayFromImage(binary.labels) > 0)
+    per_vertebra = segment(image, card, device="cpu", keep_probability=True)
+    # the union is the binary result but for the vertebrae named beyond the card's T1-L5 (left out, listed)
+    left_out = per_vertebra.measurements.get("vertebrae_left_out", [])
+    union, whole = sitk.GetArrayFromImage(per_vertebra.labels) > 0, sitk.GetArrayFromImage(binary.labels) > 0
+    assert not (union & ~whole).any()
+    assert all(entry["level"] not in levels.card_levels(card) for entry in left_out)
+    assert int((whole & ~union).sum()) == sum(entry["voxels"] for entry in left_out)
+    assert not (sitk.GetArrayFromImage(per_vertebra.probability)[whole & ~union] > 0.5).any()  # nor in the probability
     assert [s["name"] for s in binary.segments] == [card.labels[0]["name"]]
     assert len(per_vertebra.segments) > 1
     assert np.array_equal(np.unique(sitk.GetArrayFromImage(per_vertebra.labels)), np.arange(len(per_vertebra.segments) + 1))
-    assert sum(s["voxels"] for s in per_vertebra.segments) == binary.segments[0]["voxels"]
+    assert sum(s["voxels"] for s in per_vertebra.segments) + sum(entry["voxels"] for entry in left_out) == binary.segments[0]["voxels"]
     assert per_vertebra.measurements["cobb_angles_deg"] is not None
     assert binary.measurements == {}
 
@@ -524,7 +530,7 @@ def test_ct_whole_vertebrae_touching_are_separated_and_named_only_from_the_ribs(
     truth_image, truth = ct_truth(DATA / "ct-abdomen-small" / "example_ct_vertebrae.nii.gz", ids)
     union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
     union.CopyInformation(truth_image)
-    labels, segments = levels.name_vertebrae(union, get_card("verdiff-ct"))
+    labels, segments, _ = levels.name_vertebrae(union, get_card("verdiff-ct"))
     scores = scores_of(labels, segments, truth, ids)
     assert len(segments) >= 5 and scores["separated_share"] >= 0.7, (len(segments), scores["separated_share"])
     assert all(s["level"] is None for s in segments)
@@ -533,7 +539,7 @@ def test_ct_whole_vertebrae_touching_are_separated_and_named_only_from_the_ribs(
     assert entry["type"] == ("SCT", "51282000", "Vertebra")
 
     ct = read_image(DATA / "ct-abdomen-small" / "example_ct.nii.gz")
-    labels, segments = levels.name_vertebrae(union, get_card("verdiff-ct"), rib_counter=RibCounter(ct))
+    labels, segments, _ = levels.name_vertebrae(union, get_card("verdiff-ct"), rib_counter=RibCounter(ct))
     array = sitk.GetArrayFromImage(labels)
     named = [s for s in segments if s["level"]]
     assert len(named) >= 4 and {s["level_source"] for s in named} == {"ribs"}
@@ -594,7 +600,7 @@ def test_a_lumbar_ct_without_ribs_is_named_up_from_the_sacrum():
         crop = truth[z0:z1]
         union = sitk.GetImageFromArray((crop > 0).astype(np.uint8))
         union.CopyInformation(truth_image[:, :, z0:z1])
-        labels, segments = levels.name_vertebrae(union, card, rib_counter=RibCounter(ct[:, :, z0:z1]))
+        labels, segments, _ = levels.name_vertebrae(union, card, rib_counter=RibCounter(ct[:, :, z0:z1]))
         array = sitk.GetArrayFromImage(labels)
         for segment in segments:
             truth_level = ids[int(np.bincount(crop[array == segment["value"]]).argmax())]
@@ -735,3 +741,33 @@ def test_a_short_unbroken_chain_is_named_up_from_the_lowest_level(vb3_17):
     assert levels.levels_of_a_short_chain([100.0, 70.0, 40.0], [28.0, 30.0, 29.0], LUMBAR) == ["L3", "L4", "L5"]
     assert all(get_card(name).lowest_level_in_view for name in ("verdiff-mr", "verdiff-mr-2d", "unet-mr"))
     assert not get_card("verdiff-xray").lowest_level_in_view and not get_card("verdiff-ct").lowest_level_in_view
+
+
+def test_a_body_named_beyond_a_lumbar_cards_levels_is_left_out(vb3_17):
+    """``naming.leave_out_beyond_levels`` (the lumbar MR and AP X-ray cards): a sixth body above L1
+    (VB3_17's L1 copied one level up, where T12 lies) is named T12 and left out of the label map,
+    listed apart with its voxels; the five lumbar bodies keep their names and voxels. Without the
+    card's word it is a segment, as before; the CT card keeps every vertebra."""
+    padded = sitk.ConstantPad(vb3_17, [40] * 3, [40] * 3, 0)  # room above L1, which touches the volume's top
+    truth = sitk.GetArrayFromImage(padded)
+    l1, l2 = (np.argwhere(truth == v) for v in (1, 2))
+    step = np.round(l1.mean(axis=0) - l2.mean(axis=0)).astype(int)  # one level up
+    moved = l1 + step
+    inside = np.all((moved >= 0) & (moved < truth.shape), axis=1)
+    assert inside.all()
+    t12 = np.zeros(truth.shape, bool)
+    t12[tuple(moved[inside].T)] = True
+    assert not (t12 & (truth > 0)).any()
+    with_t12 = sitk.GetImageFromArray(((truth > 0) | t12).astype(np.uint8))
+    with_t12.CopyInformation(padded)
+
+    _, kept = levels.vertebrae(with_t12, "vertebral body", levels=LUMBAR)
+    assert [s["level"] for s in kept] == ["T12"] + LUMBAR
+    labels, segments, left_out = levels.name_vertebrae(with_t12, get_card("verdiff-mr"))
+    assert [s["level"] for s in segments] == LUMBAR and [s["value"] for s in segments] == [1, 2, 3, 4, 5]
+    assert left_out == [{"level": "T12", "name": "T12 vertebral body", "voxels": int(t12.sum())}]
+    assert np.array_equal(sitk.GetArrayFromImage(labels) > 0, truth > 0)
+    scores = scores_of(labels, segments, truth, {i: f"L{i}" for i in range(1, 6)})
+    assert scores["correctly_named_share"] == 1.0 and min(scores["level_dice"].values()) > 0.99
+    assert all(get_card(name).leave_out_beyond_levels for name in ("verdiff-mr", "verdiff-mr-2d", "verdiff-xray"))
+    assert not get_card("verdiff-ct").leave_out_beyond_levels

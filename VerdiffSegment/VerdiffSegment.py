@@ -48,10 +48,7 @@ class VerdiffSegment(ScriptedLoadableModule):
             "Segments the vertebrae (CT) or vertebral bodies (MR, X-ray) of a spine image with a diffusion model (Verdiff-Net) and shows where the model is unsure: an ensemble of samples "
             "gives the segmentation (their mean) and an uncertainty volume (their spread). Select the input volume and press <b>Segment vertebrae</b>. See the extension's documentation (docs/slicer.md) for how to read the uncertainty."
         )
-        self.parent.acknowledgementText = _(
-            "The bundled models were trained on public data sets named in their model cards "
-            "(Resources/Models/*.json); cite their authors. Verdiff-Net follows the paper cited in the README."
-        )
+        self.parent.acknowledgementText = _("The bundled models were trained on public data sets named in their model cards (Resources/Models/*.json); cite their authors. Verdiff-Net follows the paper cited in the README.")
         iconPath = resourcePath("Icons/VerdiffSegment.png")
         if os.path.exists(iconPath):
             self.parent.icon = qt.QIcon(iconPath)
@@ -373,6 +370,8 @@ class VerdiffSegmentLogic(ScriptedLoadableModuleLogic):
         cobb = computation.measurements.get("cobb_angles_deg")
         if cobb:  # an angle the segmentation could not determine reads "n/d"; a warning says why
             status += "\n" + _("Cobb angles (AASCE PT, MT, TL/L): {PT}, {MT}, {TL}").format(**slicer_logic.cobb_angle_texts(cobb))
+        if computation.measurements.get("vertebrae_left_out"):  # named beyond the model's levels (a T12 of a lumbar model): not segmented
+            status += "\n" + _("Left out, beyond the levels the model segments: {names}").format(names=", ".join(v["name"] for v in computation.measurements["vertebrae_left_out"]))
         for warning in computation.warnings:  # the input's modality and the run's own doubt (reliability.py)
             status += "\n\u26a0 " + _("Check this result: {warning}").format(warning=warning)
         return status

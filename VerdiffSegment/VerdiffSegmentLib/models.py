@@ -32,6 +32,12 @@ Lowest level in view: ``naming.lowest_level_in_view`` (true on the lumbar MR car
 always shows L5 on the sacrum) names fewer vertebrae than the card's levels bottom-up from its
 lowest level when they form one unbroken chain (``levels.levels_of_a_short_chain``).
 
+Beyond the levels: ``naming.leave_out_beyond_levels`` (true on the lumbar MR and AP X-ray cards,
+whose labels cover L1-L5 and T1-L5 only) leaves a vertebra named beyond the card's levels (a T12
+above L1, a C7 or the top of S1 on a radiograph) out of the segmentation: the training labels
+call it background, so what the model drew there is outside its label; the JSON summary lists it
+(``vertebrae_left_out``). Unnamed pieces stay. The CT card keeps them: its label is every vertebra.
+
 Rib anchor: ``naming.rib_anchor`` (true on the CT card) names a CT's vertebrae from the last
 rib-bearing one (T12), the ribs read from the CT's Hounsfield units (``ribs``), where the
 count names nothing.
@@ -133,6 +139,7 @@ class ModelCard:
     level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
     lowest_level_in_view: bool = False  # naming.lowest_level_in_view: a short unbroken chain is named up from the lowest level (module docstring)
+    leave_out_beyond_levels: bool = False  # naming.leave_out_beyond_levels: vertebrae named beyond the card's levels are left out (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -274,6 +281,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         lowest_level_in_view = (data.get("naming") or {}).get("lowest_level_in_view", False)
         if not isinstance(lowest_level_in_view, bool):
             raise TypeError(f"naming.lowest_level_in_view must be true or false, got {lowest_level_in_view!r}")
+        leave_out_beyond_levels = (data.get("naming") or {}).get("leave_out_beyond_levels", False)
+        if not isinstance(leave_out_beyond_levels, bool):
+            raise TypeError(f"naming.leave_out_beyond_levels must be true or false, got {leave_out_beyond_levels!r}")
     except (KeyError, TypeError, ValueError) as error:
         fail(f"input or defaults are malformed ({type(error).__name__}: {error})")
     if not spacing > 0:
@@ -320,6 +330,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         level_network=level_network,
         rib_anchor=rib_anchor,
         lowest_level_in_view=lowest_level_in_view,
+        leave_out_beyond_levels=leave_out_beyond_levels,
         schema_version=schema,
         raw=data,
     )

@@ -221,7 +221,12 @@ def segment(
             level_reader = PieceLevelReader(level_network, picture)
         # the ribs are read in Hounsfield units: not on an MR given to the CT model by hand
         rib_counter = RibCounter(prepared.planar) if card.rib_anchor and prepared.planar.GetDimension() == 3 and looks_like_ct(prepared.planar) else None
-        labels, label_info = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader, rib_counter=rib_counter)
+        named, label_info, left_out = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader, rib_counter=rib_counter)
+        if left_out:  # vertebrae beyond the card's levels (levels.py, step 4): out of the foreground too, listed in the summary
+            measurements["vertebrae_left_out"] = left_out
+            if foreground is not None:
+                foreground = sitk.Mask(foreground, sitk.Cast(named > 0, sitk.sitkUInt8))
+        labels = named
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
             tilts = None

@@ -30,7 +30,8 @@ by name, so renaming them in Slicer does not break re-runs):
 - a table node with one row per vertebra: name, level, label value, voxels, volume
   (area for a single-slice image), height along the spine, mean and max uncertainty
   (``mrml.add_statistics_table``); an X-ray's Cobb angles are kept as its attribute
-  ``VerdiffSegment.cobb_angles_deg`` (JSON);
+  ``VerdiffSegment.cobb_angles_deg`` (JSON), and the vertebrae a card leaves out (named beyond
+  its levels, ``levels.py`` step 4) as ``VerdiffSegment.vertebrae_left_out`` (JSON);
 
 all placed under the input's parent in the subject hierarchy (its study, normally) and
 under the input's parent transform.
@@ -292,7 +293,7 @@ def write_input(volume_node, folder: str | Path) -> Path:
 
 # The report's measurements (``pipeline.SegmentationResult.measurements``, spread at the
 # top of the CLI's report), kept as attributes of the statistics table.
-MEASUREMENT_KEYS = ("cobb_angles_deg",)
+MEASUREMENT_KEYS = ("cobb_angles_deg", "vertebrae_left_out")
 # Report entries that are not the run's settings (the rest is kept in SETTINGS_ATTRIBUTE).
 NOT_SETTINGS = ("input", "outputs", "segments", "timings_seconds", "warnings", "output_format", *MEASUREMENT_KEYS)
 

@@ -184,3 +184,16 @@ def test_the_terminal_bar_redraws_one_line_with_an_eta():
     frames = text.split("\r\033[K")
     assert any(frame.startswith("inference [######") and "8/24" in frame and "eta 0:00:" in frame for frame in frames), frames
     assert "preprocessed" in text and "postprocessed" in text and frames[-1] == ""
+
+
+def test_the_text_summary_names_the_vertebrae_left_out():
+    """A lumbar card's T12 (``vertebrae_left_out`` of the report, levels.py step 4) is named under
+    the segments; a report without one prints no such line."""
+    from VerdiffSegmentLib.cli import human_summary
+
+    report = {"input": "VB3_49_img.nii.gz", "model": "verdiff-mr", "model_version": "0.1.0", "family": "verdiff-net", "device": "cpu", "steps": 1,
+              "ensemble": 2, "seed": 0, "timings_seconds": {"total": 7.0}, "outputs": {"report": "/tmp/out/VB3_49_img.json"},
+              "segments": [{"name": "L1 vertebral body", "voxels": 27401, "volume_mm3": 27401.0, "mean_uncertainty": 0.0156}],
+              "vertebrae_left_out": [{"level": "T12", "name": "T12 vertebral body", "voxels": 18281}]}
+    assert "  left out, beyond the levels the model segments: T12 vertebral body\n" in human_summary(report)
+    assert "left out" not in human_summary({**report, "vertebrae_left_out": []})

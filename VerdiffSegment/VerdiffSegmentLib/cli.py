@@ -274,6 +274,9 @@ def human_summary(report: dict) -> str:
     print(f"  {'segment':<{width}}  {size_header:>13}  mean uncertainty", file=out)
     for name, size, uncertainty in rows:
         print(f"  {name:<{width}}  {size:>13}  {uncertainty}", file=out)
+    left_out = report.get("vertebrae_left_out") or []  # named beyond the card's levels (levels.py, step 4)
+    if left_out:
+        print(f"  left out, beyond the levels the model segments: {', '.join(v['name'] for v in left_out)}", file=out)
     outputs = report["outputs"]
     print(f"  outputs in {Path(outputs['report']).parent}:", file=out)
     for key, path in outputs.items():

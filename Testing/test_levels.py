@@ -743,11 +743,11 @@ def test_a_short_unbroken_chain_is_named_up_from_the_lowest_level(vb3_17):
     assert not get_card("verdiff-xray").lowest_level_in_view and not get_card("verdiff-ct").lowest_level_in_view
 
 
-def test_a_body_named_beyond_a_lumbar_cards_levels_is_left_out(vb3_17):
-    """``naming.leave_out_beyond_levels`` (the lumbar MR and AP X-ray cards): a sixth body above L1
+def test_a_body_named_beyond_the_levels_is_left_out_where_the_card_says_so(vb3_17):
+    """``leave_out_beyond_levels`` (the AP X-ray cards' ``naming``): a sixth body above L1
     (VB3_17's L1 copied one level up, where T12 lies) is named T12 and left out of the label map,
-    listed apart with its voxels; the five lumbar bodies keep their names and voxels. Without the
-    card's word it is a segment, as before; the CT card keeps every vertebra."""
+    listed apart with its voxels; the five lumbar bodies keep their names and voxels. The lumbar
+    MR card keeps it as a segment (measured both ways, ``models`` docstring), as does the CT card."""
     padded = sitk.ConstantPad(vb3_17, [40] * 3, [40] * 3, 0)  # room above L1, which touches the volume's top
     truth = sitk.GetArrayFromImage(padded)
     l1, l2 = (np.argwhere(truth == v) for v in (1, 2))
@@ -761,13 +761,17 @@ def test_a_body_named_beyond_a_lumbar_cards_levels_is_left_out(vb3_17):
     with_t12 = sitk.GetImageFromArray(((truth > 0) | t12).astype(np.uint8))
     with_t12.CopyInformation(padded)
 
-    _, kept = levels.vertebrae(with_t12, "vertebral body", levels=LUMBAR)
-    assert [s["level"] for s in kept] == ["T12"] + LUMBAR
-    labels, segments, left_out = levels.name_vertebrae(with_t12, get_card("verdiff-mr"))
+    labels, segments = levels.vertebrae(with_t12, "vertebral body", levels=LUMBAR, leave_out_beyond_levels=True)
+    left_out = [s for s in segments if s.get("left_out")]
+    segments = [s for s in segments if not s.get("left_out")]
     assert [s["level"] for s in segments] == LUMBAR and [s["value"] for s in segments] == [1, 2, 3, 4, 5]
-    assert left_out == [{"level": "T12", "name": "T12 vertebral body", "voxels": int(t12.sum())}]
+    assert left_out == [{"level": "T12", "name": "T12 vertebral body", "voxels": int(t12.sum()), "left_out": True}]
     assert np.array_equal(sitk.GetArrayFromImage(labels) > 0, truth > 0)
     scores = scores_of(labels, segments, truth, {i: f"L{i}" for i in range(1, 6)})
     assert scores["correctly_named_share"] == 1.0 and min(scores["level_dice"].values()) > 0.99
-    assert all(get_card(name).leave_out_beyond_levels for name in ("verdiff-mr", "verdiff-mr-2d", "verdiff-xray"))
-    assert not get_card("verdiff-ct").leave_out_beyond_levels
+    # the lumbar MR card keeps the T12, named
+    labels, segments, left_out = levels.name_vertebrae(with_t12, get_card("verdiff-mr"))
+    assert [s["level"] for s in segments] == ["T12"] + LUMBAR and left_out == []
+    assert np.array_equal(sitk.GetArrayFromImage(labels) > 0, (truth > 0) | t12)
+    assert all(get_card(name).leave_out_beyond_levels for name in ("verdiff-xray", "unet-xray", "imgx-xray"))
+    assert not any(get_card(name).leave_out_beyond_levels for name in ("verdiff-mr", "verdiff-mr-2d", "verdiff-ct"))

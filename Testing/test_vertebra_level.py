@@ -127,9 +127,9 @@ def test_tampered_level_network_weights_stop_the_run_before_sampling(tmp_path):
 
 
 def test_segment_names_pieces_the_count_cannot_with_the_level_network():
-    """A held-out radiograph on which the bundled model draws 18 pieces (the top of S1 as
-    well): the count names nothing, the level network names them through ``segment``, in
-    order, each on its truth vertebra (16 of 17 right, none wrong when measured; over the 48
+    """A held-out radiograph on which the bundled model draws 18 pieces (C7 as well): the count
+    names nothing, the level network names them through ``segment``, in order, the C7 left
+    out (beyond the card's T1-L5), each on its truth vertebra (16 of 17 right, none wrong when measured; over the 48
     held-out images 68 % right, 9 % wrong, docs/levels.md session 10)."""
     from conftest import xray_image
     from training.datasets import aasce_mask
@@ -142,7 +142,11 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
     name = card.validation_cases[2]
     path = xray_image().with_name(f"{name}.jpg")
     result = segment(read_image(path), card, device="cpu")
-    assert len(result.segments) == 18  # the count's rule ("either": exactly 17) names nothing here
+    # 18 pieces: the count's rule ("either": exactly 17) names nothing here; the level network names
+    # the top one C7, and the card leaves it out (naming.leave_out_beyond_levels, session 16)
+    left_out = result.measurements.get("vertebrae_left_out", [])
+    assert len(result.segments) + len(left_out) == 18
+    assert [entry["level"] for entry in left_out] == ["C7"]
     named = [EXTENDED_LEVELS.index(s["level"]) for s in result.segments if s["level"]]
     assert named == sorted(set(named))  # top-down, each level once
     assert {s["level_source"] for s in result.segments if s["level"]} == {"level network"}

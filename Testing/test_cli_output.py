@@ -187,13 +187,13 @@ def test_the_terminal_bar_redraws_one_line_with_an_eta():
 
 
 def test_the_text_summary_names_the_vertebrae_left_out():
-    """A lumbar card's T12 (``vertebrae_left_out`` of the report, levels.py step 4) is named under
+    """An X-ray card's C7 (``vertebrae_left_out`` of the report, levels.py step 4) is named under
     the segments; a report without one prints no such line."""
     from VerdiffSegmentLib.cli import human_summary
 
-    report = {"input": "VB3_49_img.nii.gz", "model": "verdiff-mr", "model_version": "0.1.0", "family": "verdiff-net", "device": "cpu", "steps": 1,
-              "ensemble": 2, "seed": 0, "timings_seconds": {"total": 7.0}, "outputs": {"report": "/tmp/out/VB3_49_img.json"},
-              "segments": [{"name": "L1 vertebral body", "voxels": 27401, "volume_mm3": 27401.0, "mean_uncertainty": 0.0156}],
-              "vertebrae_left_out": [{"level": "T12", "name": "T12 vertebral body", "voxels": 18281}]}
-    assert "  left out, beyond the levels the model segments: T12 vertebral body\n" in human_summary(report)
+    report = {"input": "xray.jpg", "model": "verdiff-xray", "model_version": "0.1.0", "family": "verdiff-net", "device": "cpu", "steps": 1,
+              "ensemble": 2, "seed": 0, "timings_seconds": {"total": 1.1}, "outputs": {"report": "/tmp/out/xray.json"},
+              "segments": [{"name": "T1 vertebral body", "voxels": 3210, "area_px": 3210, "mean_uncertainty": 0.021}],
+              "vertebrae_left_out": [{"level": "C7", "name": "C7 vertebral body", "voxels": 2874}]}
+    assert "  left out, beyond the levels the model segments: C7 vertebral body\n" in human_summary(report)
     assert "left out" not in human_summary({**report, "vertebrae_left_out": []})

@@ -370,7 +370,7 @@ class VerdiffSegmentLogic(ScriptedLoadableModuleLogic):
         cobb = computation.measurements.get("cobb_angles_deg")
         if cobb:  # an angle the segmentation could not determine reads "n/d"; a warning says why
             status += "\n" + _("Cobb angles (AASCE PT, MT, TL/L): {PT}, {MT}, {TL}").format(**slicer_logic.cobb_angle_texts(cobb))
-        if computation.measurements.get("vertebrae_left_out"):  # named beyond the model's levels (a T12 of a lumbar model): not segmented
+        if computation.measurements.get("vertebrae_left_out"):  # named beyond the model's levels (a C7 on an X-ray): not segmented
             status += "\n" + _("Left out, beyond the levels the model segments: {names}").format(names=", ".join(v["name"] for v in computation.measurements["vertebrae_left_out"]))
         for warning in computation.warnings:  # the input's modality and the run's own doubt (reliability.py)
             status += "\n\u26a0 " + _("Check this result: {warning}").format(warning=warning)

@@ -16,6 +16,7 @@ with the same global batch, up to float summation order.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import warnings
@@ -78,6 +79,7 @@ def close_world(world: World, finished: bool = False) -> None:
     if world.distributed and dist.is_initialized():
         if finished:
             dist.barrier()
+        gc.collect()  # the trainer's DDP reducer holds the process group: freed before the group goes
         dist.destroy_process_group()
 
 

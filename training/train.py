@@ -33,7 +33,6 @@ Outputs in the run folder: ``model.pt`` (final weights, a plain state dict), ``b
 
 from __future__ import annotations
 
-import gc
 import json
 import math
 import random
@@ -152,7 +151,6 @@ def train(run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions 
         finished = True
         return path
     finally:
-        gc.collect()  # the trainer's DDP reducer holds the process group: free it before the group goes
         close_world(world, finished)
 
 

@@ -616,7 +616,7 @@ def vertebrae(
     ``lowest_level_in_view``: the card's ``naming.lowest_level_in_view``; fewer vertebrae than its
     levels in one unbroken chain are named bottom-up from its lowest level (``levels_of_a_short_chain``).
     ``leave_out_beyond_levels``: the card's ``naming.leave_out_beyond_levels``; a piece named
-    beyond ``levels`` (a T12 above a lumbar card's L1) gets no value in the label map, and its
+    beyond ``levels`` (a C7 above an X-ray card's T1) gets no value in the label map, and its
     description (level, name, voxels, ``"left_out": True``) follows the others' in the list
     (``name_vertebrae`` takes them off); unnamed pieces stay.
     ``coordinates``: a level map on the label map's grid; where the count names nothing,

@@ -159,6 +159,18 @@ def test_a_malformed_tilt_network_entry_is_a_card_error(tmp_path):
         get_card("verdiff-xray", tmp_path)
 
 
+def test_placing_missing_end_vertebrae_needs_a_tilt_network_and_a_boolean(tmp_path):
+    card = json.loads((MODELS / "verdiff-xray.json").read_text())
+    card["cobb"]["estimate_missing_ends"] = "yes"
+    (tmp_path / "verdiff-xray.json").write_text(json.dumps(card))
+    with pytest.raises(VerdiffError, match="cobb.estimate_missing_ends must be true or false"):
+        get_card("verdiff-xray", tmp_path)
+    card["cobb"] = {"estimate_missing_ends": True}  # the tilts of placed vertebrae are read by the network
+    (tmp_path / "verdiff-xray.json").write_text(json.dumps(card))
+    with pytest.raises(VerdiffError, match="needs cobb.tilt_network"):
+        get_card("verdiff-xray", tmp_path)
+
+
 def test_pipeline_refuses_a_missing_tilt_network_before_sampling(tmp_path):
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.pipeline import segment

@@ -52,6 +52,13 @@ only the endplate middles: on the 48 held-out images Cobb SMAPE fell from 17.98 
 to 10.70 % on the same model outputs (docs/levels.md). The gaps and outlines remain the
 tilts of cards without one.
 
+Where the segmentation stops short of the spine's ends (its top piece is named T3, its bottom
+one L4) and the card says so (``cobb.estimate_missing_ends``), the missing end vertebrae are
+placed by the spine's proportions (``estimate_missing_ends``) and the tilt network reads their
+tilts there, so the angles that need them are measured instead of undetermined. The summary
+lists them (``cobb_estimated_vertebrae``); they are not segmented. Session 17: on the 48
+held-out images docs/levels.md gives the figures.
+
 Accuracy (docs/levels.md, ``benchmarks/levels_accuracy.py xray``): the procedure on the
 truth landmarks against ``angles.csv``, and on the bundled model's held-out outputs.
 """
@@ -247,7 +254,8 @@ def cobb_angles(labels: sitk.Image, segments: list[dict], gaps: np.ndarray | Non
     return cobb_measurements(labels, segments, gaps)["cobb_angles_deg"]
 
 
-def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray | None = None, tilts_deg: dict | None = None, spine_ends: tuple[str, str] | None = None) -> dict:
+def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray | None = None, tilts_deg: dict | None = None,
+                      spine_ends: tuple[str, str] | None = None, estimated: list[dict] | None = None) -> dict:
     """What the JSON summary carries of an AP X-ray: ``cobb_angles_deg`` (``cobb_angles``),
     ``cobb_end_vertebrae``: per angle its upper and lower end vertebra, each by its level,
     or by its segment's name where the level is not decided (``"vertebra 3"``), and
@@ -265,7 +273,11 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     on the 48 held-out radiographs (session 12): 8 of the 144 angles were such zeros (their
     truth: 0 to 43, mean 21 degrees), 4 more were zeros at a named T1 or L5 and stay. SMAPE
     counts an undetermined angle as 0, so its figure is unchanged. Without ``spine_ends``
-    every angle is reported as computed."""
+    every angle is reported as computed.
+
+    ``estimated``: vertebrae beyond the chain's ends, not segmented (``estimate_missing_ends``,
+    each with its ``tilt_deg``): they join the chain above or below it, may be end vertebrae,
+    and are listed in ``cobb_estimated_vertebrae`` (level: centre and width, for the preview)."""
     array = label_plane(labels)
     none = {"cobb_angles_deg": None, "cobb_end_vertebrae": None, "cobb_end_tilts_deg": None}
     if array is None:
@@ -275,6 +287,15 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     if len(measured) < 3:
         return none
     tilts, centre = vertebra_geometry(array, [int(s["value"]) for s in measured], gaps, tilts_deg)
+    above = [e for e in estimated or () if e["above"]]
+    below = [e for e in estimated or () if not e["above"]]
+    if above or below:
+        extra_tilts, extra_centre = estimated_geometry(above)
+        tilts, centre = np.concatenate([extra_tilts, tilts]), np.concatenate([extra_centre, centre])
+        extra_tilts, extra_centre = estimated_geometry(below)
+        tilts, centre = np.concatenate([tilts, extra_tilts]), np.concatenate([centre, extra_centre])
+        measured = [{"level": e["level"], "name": e["level"], "estimated": True} for e in above] + measured
+        measured += [{"level": e["level"], "name": e["level"], "estimated": True} for e in below]
     keep = plausible_tilts(tilts, centre)
     if keep.sum() < 3:
         return none
@@ -288,13 +309,105 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
         "cobb_end_vertebrae": {key: None if key in undetermined else [name(measured[i]) for i in pair] for key, pair in ends.items()},
         "cobb_end_tilts_deg": {key: None if key in undetermined else [tilt_degrees(tilts[i]) for i in pair] for key, pair in ends.items()},
         **({"cobb_undetermined": undetermined} if undetermined else {}),
+        **({"cobb_estimated_vertebrae": {e["level"]: {"centre_xy": [round(float(e["centre"][1]), 1), round(float(e["centre"][0]), 1)],
+                                                       "width": round(float(e["width"]), 1), "height": round(float(e["height"]), 1)}
+                                         for e in above + below if e["level"] in {s.get("level") for s in measured}}} if above or below else {}),
     }
+
+
+# The AASCE spine's proportions, from the landmarks of the 433 training radiographs of the X-ray
+# cards' split (``benchmarks/spine_profile.py``): per radiograph each quantity over its mean along
+# the spine, then the median. Interquartile ranges of the steps: 0.07-0.18 of the mean.
+LEVEL_STEPS = (0.69, 0.756, 0.806, 0.847, 0.874, 0.882, 0.9, 0.924, 0.968, 1.037, 1.103, 1.162, 1.21, 1.26, 1.3, 1.277)  # T1-T2 .. L4-L5 centres
+LEVEL_WIDTHS = (0.914, 0.845, 0.806, 0.795, 0.814, 0.831, 0.863, 0.905, 0.937, 0.977, 1.032, 1.085, 1.13, 1.173, 1.221, 1.282, 1.37)  # T1 .. L5
+ESTIMATED_HEIGHT = 0.8  # an estimated vertebra's height over its step to its neighbour (the disc takes the rest)
+
+
+def estimate_missing_ends(labels: np.ndarray, segments: list[dict], levels: list[str]) -> list[dict]:
+    """The vertebrae the segmentation is missing between its ends and the spine's (``levels``:
+    the card's, T1 .. L5 for AASCE, whose proportions ``LEVEL_STEPS`` and ``LEVEL_WIDTHS`` are):
+    per missing level ``{"level", "above", "centre": (row, col), "width", "height", "axis"}``
+    (``axis``: unit (x, y) down the spine), those within the picture, top to bottom.
+
+    Why (issue 15): the model does not draw faint upper thoracic vertebrae (foreground
+    probability 0.1-0.15 where T1-T2 lie, session 16), so the chain often starts at T2 or T3 and
+    the angles that pair a curve with the spine's end are undetermined or measured to the wrong
+    vertebra; on the 48 held-out images the undetermined ones alone cost 1.8 SMAPE points. The
+    tilt network reads a tilt from the radiograph, not from a piece, so it can read one where no
+    piece was drawn, given a centre and a width.
+
+    Decisions: an end is extended only when its piece and the next one are named (their levels
+    give how many are missing and the scale: their distance over the proportions' steps between
+    them); the missing ones continue in the straight line through those two centres (a curve's
+    bend over two or three vertebrae is left out), each step and width scaled by the proportions
+    from the end piece's; a vertebra whose centre would fall outside the picture ends the run."""
+    from .vertebra_patches import large_pieces, piece_geometry
+
+    levels = list(levels or ())
+    if levels[:1] + levels[-1:] != ["T1", "L5"] or len(levels) != len(LEVEL_WIDTHS):  # the proportions are T1 .. L5's
+        return []
+    labels = np.asarray(labels)
+    pieces = [s for s in segments if int(s["value"]) in set(large_pieces(labels, [int(s["value"]) for s in segments]))]
+    if len(pieces) < 2:
+        return []
+    centres, widths = piece_geometry(labels, [int(s["value"]) for s in pieces])
+    out = []
+    for above, end, inner in ((True, 0, 1), (False, len(pieces) - 1, len(pieces) - 2)):
+        end_level, inner_level = pieces[end].get("level"), pieces[inner].get("level")
+        if end_level not in levels or inner_level not in levels or levels.index(end_level) == levels.index(inner_level):
+            continue
+        first, second = levels.index(end_level), levels.index(inner_level)
+        if (first < second) != above:  # the names run against the pieces' order
+            continue
+        outward = centres[end] - centres[inner]
+        scale = np.linalg.norm(outward) / sum(LEVEL_STEPS[min(first, second):max(first, second)])
+        outward = outward / np.linalg.norm(outward)
+        centre, extension = centres[end].copy(), []
+        for index in (range(first - 1, -1, -1) if above else range(first + 1, len(levels))):
+            step = LEVEL_STEPS[min(index, index + (1 if above else -1))] * scale
+            centre = centre + outward * step
+            width = widths[end] * LEVEL_WIDTHS[index] / LEVEL_WIDTHS[first]
+            if not (0 <= centre[0] < labels.shape[0] and 0 <= centre[1] < labels.shape[1]):
+                break
+            down = -outward if above else outward
+            extension.append({"level": levels[index], "above": above, "centre": centre.copy(), "width": float(width),
+                              "height": float(step * ESTIMATED_HEIGHT), "axis": down[::-1].copy()})
+        out += extension[::-1] if above else extension
+    return out
+
+
+def estimated_geometry(estimated: list[dict]) -> tuple[np.ndarray, np.ndarray]:
+    """``vertebra_geometry``'s tilts [n, 2] and endplate middles [2n, 2] of estimated vertebrae
+    (``estimate_missing_ends``, each with its ``tilt_deg``)."""
+    if not estimated:
+        return np.zeros((0, 2)), np.zeros((0, 2))
+    radians = np.radians([float(e["tilt_deg"]) for e in estimated])
+    tilts = np.stack([np.cos(radians), -np.sin(radians)], axis=1)
+    centre = []
+    for e in estimated:
+        middle, half = np.asarray(e["centre"], float)[::-1], np.asarray(e["axis"], float) * e["height"] / 2
+        centre += [middle - half, middle + half]
+    return tilts, np.array(centre)
 
 
 def undetermined_angles_warning(names: list[str]) -> str:
     """The run's warning for angles ``cobb_measurements`` could not determine."""
     return (f"Cobb angle(s) {', '.join(names)} not determined: the segmented spine ends at their end vertebra, "
             "and the vertebrae beyond it that would give the angle were not found")
+
+
+def estimated_ends_warning(measurements: dict) -> str | None:
+    """The run's note on angles measured to an end vertebra that was not segmented but placed
+    (``estimate_missing_ends``); None where no angle's end is such a vertebra."""
+    estimated = measurements.get("cobb_estimated_vertebrae") or {}
+    ends = measurements.get("cobb_end_vertebrae") or {}
+    placed = {name: [end for end in pair if end in estimated] for name, pair in ends.items() if pair}
+    placed = {name: found for name, found in placed.items() if found}
+    if not placed:
+        return None
+    vertebrae = sorted({end for found in placed.values() for end in found}, key=list(estimated).index)
+    return (f"Cobb angle(s) {', '.join(placed)} end at {', '.join(vertebrae)}, which the segmentation did not find: "
+            "placed by the spine's proportions below or above the vertebrae it found, their tilts read from the image there")
 
 
 def angle_text(value: float | None) -> str:
@@ -352,24 +465,40 @@ def label_plane(labels: sitk.Image) -> np.ndarray | None:
     return np.asarray(array) if array.ndim == 2 else None
 
 
-def endplate_lines(labels: np.ndarray, upper: int, lower: int, reach: float = 1.6, tilts_deg: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def endplate_lines(labels: np.ndarray, upper: int | dict, lower: int | dict, reach: float = 1.6, tilts_deg: list[float] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """The two lines of one Cobb angle as drawn on a picture of the label map [rows,
     columns]: along the tilt of the vertebra ``upper`` (a label value) through the middle of
     its upper endplate, and along that of ``lower`` through the middle of its lower
     endplate; each ``reach`` times the vertebra's half width to either side. The tilts are
     ``tilts_deg`` (the angle's ``cobb_end_tilts_deg``, the ones it was measured between)
-    or else the outlines' (``vertebra_geometry``). Returns (start, end) (x, y) pixel pairs,
-    upper first."""
-    tilts, centre = vertebra_geometry(labels, [upper, lower])
-    if tilts_deg is not None:
-        radians = np.radians(np.asarray(tilts_deg, float))
-        tilts = np.stack([np.cos(radians), -np.sin(radians)], axis=1)
+    or else the outlines' (``vertebra_geometry``). An end vertebra that was not segmented
+    is given as its ``cobb_estimated_vertebrae`` entry (``centre_xy``, ``width``, ``height``;
+    ``tilts_deg`` then required) and drawn where it was placed. Returns (start, end) (x, y)
+    pixel pairs, upper first."""
     out = []
-    for index, (value, middle) in enumerate(((upper, centre[0]), (lower, centre[3]))):
-        xy = np.argwhere(labels == value)[:, ::-1].astype(float)
-        half_width = np.abs((xy - xy.mean(axis=0)) @ tilts[index]).max() + 0.5
-        out.append((middle - reach * half_width * tilts[index], middle + reach * half_width * tilts[index]))
+    for index, vertebra in enumerate((upper, lower)):
+        if isinstance(vertebra, dict):
+            tilt = estimated_geometry([{"tilt_deg": tilts_deg[index], "centre": vertebra["centre_xy"][::-1], "height": vertebra["height"],
+                                        "axis": _down_across(float(tilts_deg[index]))}])
+            middle, half_width = tilt[1][index], vertebra["width"] / 2
+            tilt = tilt[0][0]
+        else:
+            yx = np.argwhere(labels == vertebra).astype(float)
+            tilt, top, bottom = endplate_fit(yx)
+            if tilts_deg is not None:
+                radians = np.radians(float(tilts_deg[index]))
+                tilt = np.array([np.cos(radians), -np.sin(radians)])
+            middle = (top, bottom)[index]
+            xy = yx[:, ::-1]
+            half_width = np.abs((xy - xy.mean(axis=0)) @ tilt).max() + 0.5
+        out.append((middle - reach * half_width * tilt, middle + reach * half_width * tilt))
     return out
+
+
+def _down_across(tilt_deg: float) -> np.ndarray:
+    """The unit (x, y) across a tilt (degrees, ``tilt_degrees``), pointing down the picture."""
+    radians = np.radians(tilt_deg)
+    return np.array([np.sin(radians), np.cos(radians)])
 
 
 def smape(predicted: list, truth: list) -> float | None:

@@ -61,7 +61,9 @@ the per-vertebra step names the pieces from it where their count names nothing
 Endplate tilts: ``cobb.tilt_network`` (an object: ``weights``, ``sha256``, ``network`` with
 the ``EndplateTiltNetwork`` keywords) names a small network that reads each vertebra's tilt
 from a patch of the radiograph (``endplate_tilt``) for the Cobb angles; loaded and checked
-the same way (``load_tilt_network``).
+the same way (``load_tilt_network``). ``cobb.estimate_missing_ends`` (true on verdiff-xray, where
+it was measured; needs the tilt network) places the end vertebrae a segmentation stops short of by the
+spine's proportions and reads their tilts there (``cobb.estimate_missing_ends``).
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ class ModelCard:
     extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
     level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
     tilt_network: dict | None = None  # cobb.tilt_network: weights, sha256, network (module docstring)
+    estimate_missing_ends: bool = False  # cobb.estimate_missing_ends: end vertebrae the segmentation misses placed for the angles (module docstring)
     level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
     lowest_level_in_view: bool = False  # naming.lowest_level_in_view: a short unbroken chain is named up from the lowest level (module docstring)
@@ -276,6 +279,11 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         tilt_network = (data.get("cobb") or {}).get("tilt_network")
         if tilt_network is not None:
             tilt_network = _checked_tilt_network(tilt_network)
+        estimate_missing_ends = (data.get("cobb") or {}).get("estimate_missing_ends", False)
+        if not isinstance(estimate_missing_ends, bool):
+            raise TypeError(f"cobb.estimate_missing_ends must be true or false, got {estimate_missing_ends!r}")
+        if estimate_missing_ends and tilt_network is None:
+            raise ValueError("cobb.estimate_missing_ends needs cobb.tilt_network (the tilts are read from the picture)")
         level_network = (data.get("naming") or {}).get("level_network")
         if level_network is not None:
             level_network = _checked_level_network(level_network)
@@ -331,6 +339,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         extra_vertebrae=extra_vertebrae,
         level_map=level_map,
         tilt_network=tilt_network,
+        estimate_missing_ends=estimate_missing_ends,
         level_network=level_network,
         rib_anchor=rib_anchor,
         lowest_level_in_view=lowest_level_in_view,

@@ -42,7 +42,7 @@ import scipy.ndimage as ndi
 import SimpleITK as sitk
 import torch
 
-from .cobb import cobb_measurements, undetermined_angles_warning
+from .cobb import cobb_measurements, estimate_missing_ends, estimated_ends_warning, undetermined_angles_warning
 from .errors import Cancelled, VerdiffError
 from .inferers import inference_autocast
 from .inferers.ensemble import foreground_probability, labels_from_probability
@@ -51,7 +51,7 @@ from .memory import refuse_segmentation_above_available
 from .io import check_image, looks_like_ct, single_slice_axis
 from .levels import card_levels, name_vertebrae
 from .ribs import RibCounter
-from .endplate_tilt import vertebra_tilts
+from .endplate_tilt import predict_tilts, vertebra_tilts
 from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
 from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_tilt_network, make_scheduler
@@ -229,13 +229,18 @@ def segment(
         labels = named
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
-            tilts = None
+            tilts, estimated, range_levels = None, None, card_levels(card)
             if tilt_network is not None and picture is not None and label_info:
                 tilts = vertebra_tilts(tilt_network, picture, sitk.GetArrayViewFromImage(labels), [int(s["value"]) for s in label_info])
-            range_levels = card_levels(card)
-            measurements.update(cobb_measurements(labels, label_info, result.gaps, tilts, (range_levels[0], range_levels[-1]) if range_levels else None))
+                if card.estimate_missing_ends:  # the end vertebrae not drawn, placed by the spine's proportions (cobb.py)
+                    estimated = estimate_missing_ends(sitk.GetArrayViewFromImage(labels), label_info, range_levels)
+                    for vertebra, tilt in zip(estimated, predict_tilts(tilt_network, picture, np.array([e["centre"] for e in estimated]).reshape(-1, 2), np.array([e["width"] for e in estimated]))):
+                        vertebra["tilt_deg"] = float(tilt)
+            measurements.update(cobb_measurements(labels, label_info, result.gaps, tilts, (range_levels[0], range_levels[-1]) if range_levels else None, estimated))
             if measurements.get("cobb_undetermined"):
                 reliability["warnings"].append(undetermined_angles_warning(measurements["cobb_undetermined"]))
+            if estimated_ends_warning(measurements):
+                reliability["warnings"].append(estimated_ends_warning(measurements))
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)

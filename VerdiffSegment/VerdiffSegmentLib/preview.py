@@ -16,7 +16,9 @@ What it shows, on a canvas of fixed size ``CANVAS`` (so previews of a cohort lin
   (``COBB_COLOURS``), the two endplate lines the angle is measured between (the upper end
   vertebra's upper endplate, the lower one's lower endplate, along their tilts, reaching
   beyond the vertebra so the angle reads) with the angle's name at their outer ends, and a
-  legend at the top left: name, angle and end vertebrae. Each line has a dark border, to
+  legend at the top left: name, angle and end vertebrae (an end vertebra that was not
+  segmented but placed by the spine's proportions, ``cobb.estimate_missing_ends``, marked
+  with a star and drawn where it was placed). Each line has a dark border, to
   stand out on the grey image and the heat map alike;
 - a colour bar with the heat map's scale, and a caption (the settings) below.
 """
@@ -156,13 +158,14 @@ def _cobb_canvas_lines(label_plane: np.ndarray, pixel_size: tuple[float, float],
     if not ends:
         return {}
     size, corner = panel_layout(label_plane.shape, pixel_size)
-    value_of = {s.get("level") or s["name"]: int(s["value"]) for s in segments}
+    # an end vertebra is a segment, or one placed where the segmentation stopped short (cobb.estimate_missing_ends)
+    vertebra_of = {**{s.get("level") or s["name"]: int(s["value"]) for s in segments}, **(measurements.get("cobb_estimated_vertebrae") or {})}
     plane = np.asarray(label_plane)
     tilts = measurements.get("cobb_end_tilts_deg") or {}
     return {
         name: [
             [plane_to_canvas(p, plane.shape, size, corner) for p in line]
-            for line in endplate_lines(plane, value_of[ends[name][0]], value_of[ends[name][1]], tilts_deg=tilts.get(name))
+            for line in endplate_lines(plane, vertebra_of[ends[name][0]], vertebra_of[ends[name][1]], tilts_deg=tilts.get(name))
         ]
         for name in COBB_NAMES
         if ends.get(name) and ends[name][0] != ends[name][1]  # a 0 degree angle within one vertebra, or none determined: nothing to draw (the legend gives it)
@@ -185,16 +188,22 @@ def _cobb_overlay(draw: ImageDraw.ImageDraw, font, lines: dict, measurements: di
             else:
                 x, y = max(points, key=lambda p: p[0])
                 draw.text((x + 4, y - 7), name, fill=colour, font=font, stroke_width=2, stroke_fill=(0, 0, 0))
-    levels = {s.get("level") or s["name"]: s.get("level") for s in segments}
+    estimated = measurements.get("cobb_estimated_vertebrae") or {}
+    levels = {**{s.get("level") or s["name"]: s.get("level") for s in segments}, **{level: level for level in estimated}}
     values = {s.get("level") or s["name"]: s["value"] for s in segments}
+    marked = lambda end: f"{end}*" if end in estimated else end  # noqa: E731
+    starred = False
     for row, name in enumerate(COBB_NAMES):
         if ends.get(name) is None:  # not determined (cobb.cobb_measurements): the spine was not found beyond its end vertebra
             text = f"{name} not determined"
         else:
             upper, lower = ends[name]
-            span = f"{upper}-{lower}" if levels[upper] and levels[lower] else f"segments {values[upper]}-{values[lower]}"
+            span = f"{marked(upper)}-{marked(lower)}" if levels[upper] and levels[lower] else f"segments {values[upper]}-{values[lower]}"
             text = f"{name} {angle_text(angles[name])}  {span}"
+            starred |= upper in estimated or lower in estimated
         draw.text((8, 8 + 17 * row), text, fill=COBB_COLOURS[name], font=font, stroke_width=2, stroke_fill=(0, 0, 0))
+    if starred:
+        draw.text((8, 8 + 17 * len(COBB_NAMES)), "* not segmented: placed by the spine's proportions", fill=(235, 235, 235), font=font, stroke_width=2, stroke_fill=(0, 0, 0))
 
 
 def _colour_bar(canvas: Image.Image, draw: ImageDraw.ImageDraw, font, scale_max: float) -> None:

@@ -31,7 +31,9 @@ by name, so renaming them in Slicer does not break re-runs):
   (area for a single-slice image), height along the spine, mean and max uncertainty
   (``mrml.add_statistics_table``); an X-ray's Cobb angles are kept as its attribute
   ``VerdiffSegment.cobb_angles_deg`` (JSON), and the vertebrae a card leaves out (named beyond
-  its levels, ``levels.py`` step 4) as ``VerdiffSegment.vertebrae_left_out`` (JSON);
+  its levels, ``levels.py`` step 4) as ``VerdiffSegment.vertebrae_left_out`` (JSON), and
+  the end vertebrae placed for the angles where the segmentation stops short
+  (``cobb.estimate_missing_ends``) as ``VerdiffSegment.cobb_estimated_vertebrae`` (JSON);
 
 all placed under the input's parent in the subject hierarchy (its study, normally) and
 under the input's parent transform.
@@ -293,7 +295,7 @@ def write_input(volume_node, folder: str | Path) -> Path:
 
 # The report's measurements (``pipeline.SegmentationResult.measurements``, spread at the
 # top of the CLI's report), kept as attributes of the statistics table.
-MEASUREMENT_KEYS = ("cobb_angles_deg", "vertebrae_left_out")
+MEASUREMENT_KEYS = ("cobb_angles_deg", "vertebrae_left_out", "cobb_estimated_vertebrae")
 # Report entries that are not the run's settings (the rest is kept in SETTINGS_ATTRIBUTE).
 NOT_SETTINGS = ("input", "outputs", "segments", "timings_seconds", "warnings", "output_format", *MEASUREMENT_KEYS)
 

@@ -1,0 +1,55 @@
+"""The AASCE spine's proportions that ``cobb.LEVEL_STEPS`` and ``cobb.LEVEL_WIDTHS`` hold.
+
+On each training radiograph of the X-ray card's split (its held-out images left out), from the
+68 landmarks: the distance between neighbouring vertebrae's centres (T1-T2 .. L4-L5) and each
+vertebra's width (middle of its left edge to middle of its right edge), each divided by its
+mean along that spine; then the median over the radiographs. Prints JSON.
+
+    python benchmarks/spine_profile.py [--card verdiff-xray]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.io
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT / "VerdiffSegment"), str(ROOT)]
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+from VerdiffSegmentLib.models import get_card  # noqa: E402
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--card", default="verdiff-xray")
+    parser.add_argument("--data", type=Path, default=DATA)
+    args = parser.parse_args(argv)
+    labels = args.data / "xray-aasce" / "labels" / "training"
+    held_out = set(get_card(args.card).validation_cases)
+    names = [line.strip().removesuffix(".jpg") for line in (labels / "filenames.csv").read_text().splitlines() if line.strip()]
+    steps, widths = [], []
+    for name in names:
+        if name in held_out:
+            continue
+        corners = scipy.io.loadmat(str(labels / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2)  # TL, TR, BL, BR
+        step = np.linalg.norm(np.diff(corners.mean(axis=1), axis=0), axis=1)
+        width = np.linalg.norm((corners[:, 1] + corners[:, 3]) / 2 - (corners[:, 0] + corners[:, 2]) / 2, axis=1)
+        steps.append(step / step.mean())
+        widths.append(width / width.mean())
+    steps, widths = np.array(steps), np.array(widths)
+    print(json.dumps({
+        "radiographs": len(steps),
+        "level_steps": np.round(np.median(steps, axis=0), 3).tolist(),
+        "level_steps_iqr": np.round(np.subtract(*np.percentile(steps, [75, 25], axis=0)), 3).tolist(),
+        "level_widths": np.round(np.median(widths, axis=0), 3).tolist(),
+    }, indent=2))
+
+
+if __name__ == "__main__":
+    main()

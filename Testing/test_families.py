@@ -65,19 +65,19 @@ def test_a_family_trains_on_real_slices_and_segments_a_real_volume(family, tmp_p
 
 @pytest.mark.parametrize("family", sorted(FAMILY_MODULES))
 def test_every_family_widened_to_2_5d_samples_as_its_1_channel_original(family):
-    """The 2.5D warm start (``training.checkpoint.widen_image_input``) relies on each family
+    """The 2.5D warm start (``training.checkpoint.fit_image_input``) relies on each family
     reading the image only through convolutions whose first input channels are the image:
     widened, a 1-channel network (random weights: any weights) gives the same probability on
     real MR slices and their neighbours as the original on the slices alone."""
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.preparation import prepare_image
-    from training.checkpoint import widen_image_input
+    from training.checkpoint import fit_image_input
 
     spec = get_family(family)
     torch.manual_seed(7)
     narrow = spec.network(in_channels=1, num_classes=1, channels=TINY, **spec.network_defaults).eval()
     wide = spec.network(in_channels=3, num_classes=1, channels=TINY, **spec.network_defaults)
-    wide.load_state_dict(widen_image_input(narrow.state_dict(), wide.state_dict(), 1))
+    wide.load_state_dict(fit_image_input(narrow.state_dict(), wide.state_dict(), 1))
     wide.eval()
     prepared = prepare_image(read_image(str(MR_IMAGE)), 1.25, {"kind": "percentile", "low": 0.5, "high": 99.5}, context_slices=1)
     middle = prepared.stack.shape[0] // 2

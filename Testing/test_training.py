@@ -485,19 +485,19 @@ def test_a_2_5d_sampler_stacks_the_neighbours_and_transforms_all_channels_alike(
 
 def test_a_2_5d_model_widens_to_more_neighbours_and_keeps_its_own_unless_told(tmp_path, data_dir):
     """From 1 neighbour on each side to 2: the old channels keep their distances (the centre
-    3 of 5), so the output is unchanged; ``--init`` from a 2.5D card keeps its context slices
-    and refuses fewer."""
+    3 of 5), so the output is unchanged; ``--init`` from a 2.5D card keeps its context slices,
+    makes a planar model with 0 (next test), and refuses other fewer."""
     import argparse
 
     from training.__main__ import keep_init_architecture
-    from training.checkpoint import widen_image_input
+    from training.checkpoint import fit_image_input
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.models import get_card
     from VerdiffSegmentLib.preparation import prepare_image
 
     torch.manual_seed(3)
     three, five = VerdiffNet(in_channels=3, channels=TINY).eval(), VerdiffNet(in_channels=5, channels=TINY)
-    five.load_state_dict(widen_image_input(three.state_dict(), five.state_dict(), 2))
+    five.load_state_dict(fit_image_input(three.state_dict(), five.state_dict(), 2))
     five.eval()
     prepared = prepare_image(read_image(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz")), 1.25, {"kind": "percentile", "low": 0.5, "high": 99.5}, context_slices=2)
     images = torch.from_numpy(np.ascontiguousarray(prepared.network_input([36, 40])[:, :, 40:104, 60:124]))
@@ -510,8 +510,34 @@ def test_a_2_5d_model_widens_to_more_neighbours_and_keeps_its_own_unless_told(tm
     args = argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=None)
     keep_init_architecture(args)
     assert args.context_slices == 1
-    with pytest.raises(ValueError, match="would drop its weights"):
-        keep_init_architecture(argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=0))
+    wider = {**data, "network": {**card.network_config, "in_channels": 5}, "input": {**card.raw["input"], "context_slices": 2}}
+    (tmp_path / "mr5.json").write_text(json.dumps(wider), encoding="utf-8")
+    with pytest.raises(ValueError, match="would drop its weights"):  # from 2 neighbours to 1: which would merge is a guess
+        keep_init_architecture(argparse.Namespace(init=str(tmp_path / "mr5.pt"), channels=None, family=None, context_slices=1, model=None))
+    planar_args = argparse.Namespace(init=str(tmp_path / "mr25d.pt"), channels=None, family=None, context_slices=0, model=None)
+    keep_init_architecture(planar_args)  # a planar model of a 2.5D one
+    assert planar_args.context_slices == 0
+
+
+def test_a_planar_model_from_a_2_5d_one_computes_what_it_did_on_a_repeated_slice(data_dir):
+    """``fit_image_input`` to one channel: the summed image kernels give, on a single slice, the
+    2.5D network's output on that slice repeated into its neighbour channels (what it sees at a
+    stack's replicated edge); the mask channels after the image keep theirs."""
+    from training.checkpoint import fit_image_input
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.preparation import prepare_image
+
+    torch.manual_seed(4)
+    three, one = VerdiffNet(in_channels=3, channels=TINY).eval(), VerdiffNet(in_channels=1, channels=TINY)
+    one.load_state_dict(fit_image_input(three.state_dict(), one.state_dict(), 0))
+    one.eval()
+    prepared = prepare_image(read_image(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz")), 1.25, {"kind": "percentile", "low": 0.5, "high": 99.5})
+    single = torch.from_numpy(np.ascontiguousarray(prepared.network_input([36, 40])[:, :, 40:104, 60:124]))
+    assert single.shape[1] == 1
+    with torch.no_grad():
+        planar, repeated = one.condition(single).prior, three.condition(single.repeat(1, 3, 1, 1)).prior
+        assert torch.allclose(planar, repeated, atol=1e-5)
+        assert not torch.allclose(planar, three.condition(torch.cat([single, torch.zeros_like(single), torch.zeros_like(single)], 1)).prior, atol=1e-3)
 
 
 def test_a_warm_start_continues_on_its_cards_grid_unless_told(tmp_path):

@@ -134,7 +134,8 @@ def keep_init_architecture(args) -> None:
     """``--init`` from a model's weights with its card beside them (``Resources/Models/NAME.pt``):
     the run continues that model, so its family and channels are the card's (given ones must
     match), and so are its context slices unless more are asked for (``--context-slices``:
-    a 2.5D fine-tune of it, warm-started by ``checkpoint.widen_image_input``); fewer cannot
+    a 2.5D fine-tune of it, warm-started by ``checkpoint.fit_image_input``); 0 makes a planar
+    model of a 2.5D one (its image kernels summed, the same function); other fewer cannot
     carry its weights over. Its grid spacing is the card's unless ``--spacing`` is given."""
     card_path = Path(args.init).with_suffix(".json") if args.init else None
     if card_path is None or not card_path.exists():
@@ -145,7 +146,7 @@ def keep_init_architecture(args) -> None:
         raise ValueError(f"--init {args.init} has channels {','.join(map(str, channels))} (its card); --channels {','.join(map(str, args.channels))} would not fit")
     if args.family is not None and args.family != family:
         raise ValueError(f"--init {args.init} is a {family} model (its card), not {args.family}")
-    if args.context_slices is not None and args.context_slices < card.context_slices:
+    if args.context_slices is not None and 0 < args.context_slices < card.context_slices:
         raise ValueError(f"--init {args.init} reads {card.context_slices} context slice(s) on each side (its card); --context-slices {args.context_slices} would drop its weights for them")
     args.channels, args.family = channels, family
     if args.context_slices is None:

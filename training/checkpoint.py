@@ -121,35 +121,50 @@ def spread_to_levels(state: dict, target: dict) -> dict:
     return fitted
 
 
-def widen_image_input(state: dict, target: dict, context_slices: int) -> dict:
+def fit_image_input(state: dict, target: dict, context_slices: int) -> dict:
     """``state`` (weights to start from) fitted to a network of ``2 * context_slices + 1`` image
     channels whose own state dict is ``target``: the warm start of a 2.5D run from a model of
-    fewer channels (a 1-channel model, or a 2.5D one of fewer neighbours).
+    fewer channels (a 1-channel model, or a 2.5D one of fewer neighbours), or of a planar
+    (1-channel) run from a 2.5D model.
 
-    Decided: every weight whose input-channel axis (axis 1) is smaller in ``state`` than in
+    Decided: every weight whose input-channel axis (axis 1) differs between ``state`` and
     ``target`` by an even number 2m, all else equal, is a convolution that reads the image (in
     Verdiff-Net the three MSFM branches; in the families that concatenate the image with a
-    mask, the image comes first). Its old image channels go to the middle of the new ones
-    (the old centre slice on the new centre channel, old neighbours at the same distances),
-    the m new channels on each side get zeros, and the channels after the image (a mask)
-    keep their weights. So the widened network's output equals the old network's on the
-    centre slice exactly at step 0, and training learns how much the neighbours add.
+    mask, the image comes first).
+    Wider: its old image channels go to the middle of the new ones (the old centre slice on the
+    new centre channel, old neighbours at the same distances), the m new channels on each side
+    get zeros, and the channels after the image (a mask) keep their weights. So the widened
+    network's output equals the old network's on the centre slice exactly at step 0, and
+    training learns how much the neighbours add.
+    Planar (``context_slices`` 0, session 17): the one image channel's kernel is the sum of the
+    old image channels' kernels, so at step 0 the planar network computes what the 2.5D one
+    computes on a slice repeated into its neighbour channels (its replicated edge), and
+    training adapts it to single slices. Why: the 2.5D model has had the GPU's and the
+    sessions' training; the planar model it replaces had far less. Narrowing to another 2.5D
+    width is not done (which neighbours would merge is no better than a guess).
     Weights already of the target's shape are returned as they are; anything else is left
     for ``load_state_dict`` to refuse."""
     new_channels = 1 + 2 * int(context_slices)
-    widened = dict(state)
+    fitted = dict(state)
     for key, old in state.items():
         new = target.get(key)
         if new is None or new.shape == old.shape or old.dim() < 2 or new.dim() != old.dim():
             continue
         grown = new.shape[1] - old.shape[1]
-        if grown <= 0 or grown % 2 or new.shape[:1] != old.shape[:1] or new.shape[2:] != old.shape[2:]:
-            continue
-        old_channels, side = new_channels - grown, grown // 2
-        if old_channels < 1:
+        if grown == 0 or grown % 2 or new.shape[:1] != old.shape[:1] or new.shape[2:] != old.shape[2:]:
             continue
         weight = torch.zeros(new.shape, dtype=old.dtype)
-        weight[:, side : side + old_channels] = old[:, :old_channels]
-        weight[:, new_channels:] = old[:, old_channels:]
-        widened[key] = weight
-    return widened
+        if grown < 0:  # a planar model from a 2.5D one
+            if new_channels != 1:
+                continue
+            old_channels = 1 - grown
+            weight[:, 0] = old[:, :old_channels].sum(dim=1)
+            weight[:, 1:] = old[:, old_channels:]
+        else:
+            old_channels, side = new_channels - grown, grown // 2
+            if old_channels < 1:
+                continue
+            weight[:, side : side + old_channels] = old[:, :old_channels]
+            weight[:, new_channels:] = old[:, old_channels:]
+        fitted[key] = weight
+    return fitted

@@ -14,7 +14,7 @@ the run (the paper's Adam at 1e-4 is for 9000 steps at batch 1 on a GPU; a few t
 CPU steps need a larger rate: ``--optimizer adam --lr 1e-4 --weight-decay 0`` is the paper's), no
 warm-up, gradient norm clipped to 1, the ``light`` augmentation, no validation, random
 initial weights (``--init`` starts from a run's weights instead: a second stage; from a model
-of fewer input channels, a 2.5D run starts as that model: ``checkpoint.widen_image_input``).
+of fewer input channels, a 2.5D run starts as that model: ``checkpoint.fit_image_input``).
 Options add: linear warm-up before the cosine, bf16 autocast on CUDA (the default there:
 ``--precision auto``), validation Dice/IoU every N steps through ``pipeline.segment`` on
 held-out subjects, the best weights by validation Dice (``best.pt``), early stopping after
@@ -49,7 +49,7 @@ from VerdiffSegmentLib.families import get_family
 from VerdiffSegmentLib.models import parse_card
 
 from .augment import PRESETS
-from .checkpoint import add_gap_channel, atomic_save, load_checkpoint, load_weights, restore_rng_states, rng_states, spread_to_levels, widen_image_input
+from .checkpoint import add_gap_channel, atomic_save, fit_image_input, load_checkpoint, load_weights, restore_rng_states, rng_states, spread_to_levels
 from .configs import RunConfig
 from .distributed import World, all_mean, broadcast, close_world, gather, init_world, use_global_batch_norm, weights_digest
 from .logs import RunLog
@@ -287,7 +287,8 @@ class Trainer:
     def _network(self) -> nn.Module:
         """The family's network with fresh (seeded) or ``--init`` weights, on the device; weights
         of fewer input channels (a 1-channel model warm-starting a 2.5D run) are widened so the
-        network computes what they computed (``widen_image_input``); a binary model warm-starts a
+        network computes what they computed, a 2.5D model's summed into a planar run's one
+        channel (``fit_image_input``); a binary model warm-starts a
         ``binary-gaps`` run with the gap channel added (``add_gap_channel``), a ``levels`` run with
         one channel per level (``spread_to_levels``)."""
         network = get_family(self.run.family).network(**self.run.network_arguments)
@@ -297,7 +298,7 @@ class Trainer:
                 state = add_gap_channel(state, network.state_dict())
             elif self.run.labels.scheme == "levels":
                 state = spread_to_levels(state, network.state_dict())
-            network.load_state_dict(widen_image_input(state, network.state_dict(), self.run.context_slices))
+            network.load_state_dict(fit_image_input(state, network.state_dict(), self.run.context_slices))
         network = network.to(self.device)
         if self.world.distributed:
             use_global_batch_norm(network, self.world.batch_norm_group)

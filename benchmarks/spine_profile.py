@@ -3,7 +3,10 @@
 On each training radiograph of the X-ray card's split (its held-out images left out), from the
 68 landmarks: the distance between neighbouring vertebrae's centres (T1-T2 .. L4-L5) and each
 vertebra's width (middle of its left edge to middle of its right edge), each divided by its
-mean along that spine; then the median over the radiographs. Prints JSON.
+mean along that spine; then the median over the radiographs. Then how far ``cobb.estimate_missing_ends``
+places a vertebra from its landmark centre, in that radiograph's local steps, by how many levels
+beyond the chain's end it lies: the chain cut at T2..T8 (the vertebrae above placed from the
+top two) and at L2..L4 (below). Prints JSON.
 
     python benchmarks/spine_profile.py [--card verdiff-xray]
 """
@@ -43,11 +46,28 @@ def main(argv=None) -> None:
         steps.append(step / step.mean())
         widths.append(width / width.mean())
     steps, widths = np.array(steps), np.array(widths)
+    level_steps = np.median(steps, axis=0)
+    errors: dict[str, list[float]] = {}
+    for name in names:
+        if name in held_out:
+            continue
+        centres = scipy.io.loadmat(str(labels / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2).mean(axis=1)
+        local = np.linalg.norm(np.diff(centres, axis=0), axis=1)
+        for end, inner, missing in [(top, top + 1, range(top - 1, -1, -1)) for top in range(1, 8)] + [(bottom, bottom - 1, range(bottom + 1, 17)) for bottom in (13, 14, 15)]:
+            outward = centres[end] - centres[inner]
+            scale = np.linalg.norm(outward) / level_steps[min(end, inner)]
+            position = centres[end].copy()
+            for distance, index in enumerate(missing, start=1):
+                step = level_steps[min(index, index + (1 if inner > end else -1))]
+                position = position + outward / np.linalg.norm(outward) * step * scale
+                errors.setdefault(f"{'above' if inner > end else 'below'} {distance}", []).append(float(np.linalg.norm(position - centres[index]) / local[min(index, index + (1 if inner > end else -1))]))
     print(json.dumps({
         "radiographs": len(steps),
         "level_steps": np.round(np.median(steps, axis=0), 3).tolist(),
         "level_steps_iqr": np.round(np.subtract(*np.percentile(steps, [75, 25], axis=0)), 3).tolist(),
         "level_widths": np.round(np.median(widths, axis=0), 3).tolist(),
+        "placement_error_in_steps": {key: {"n": len(e), "median": round(float(np.median(e)), 3), "p90": round(float(np.percentile(e, 90)), 3),
+                                           "share_within_half_a_step": round(float(np.mean(np.array(e) < 0.5)), 3)} for key, e in errors.items()},
     }, indent=2))
 
 

@@ -327,7 +327,7 @@ def estimate_missing_ends(labels: np.ndarray, segments: list[dict], levels: list
     """The vertebrae the segmentation is missing between its ends and the spine's (``levels``:
     the card's, T1 .. L5 for AASCE, whose proportions ``LEVEL_STEPS`` and ``LEVEL_WIDTHS`` are):
     per missing level ``{"level", "above", "centre": (row, col), "width", "height", "axis"}``
-    (``axis``: unit (x, y) down the spine), those within the picture, top to bottom.
+    (``axis``: unit (x, y) down the spine), top to bottom.
 
     Why (issue 15): the model does not draw faint upper thoracic vertebrae (foreground
     probability 0.1-0.15 where T1-T2 lie, session 16), so the chain often starts at T2 or T3 and
@@ -491,10 +491,9 @@ def endplate_lines(labels: np.ndarray, upper: int | dict, lower: int | dict, rea
     out = []
     for index, vertebra in enumerate((upper, lower)):
         if isinstance(vertebra, dict):
-            tilt = estimated_geometry([{"tilt_deg": tilts_deg[index], "centre": vertebra["centre_xy"][::-1], "height": vertebra["height"],
-                                        "axis": _down_across(float(tilts_deg[index]))}])
-            middle, half_width = tilt[1][index], vertebra["width"] / 2
-            tilt = tilt[0][0]
+            tilts, middles = estimated_geometry([{"tilt_deg": tilts_deg[index], "centre": vertebra["centre_xy"][::-1], "height": vertebra["height"],
+                                                  "axis": _down_across(float(tilts_deg[index]))}])
+            tilt, middle, half_width = tilts[0], middles[index], vertebra["width"] / 2  # its upper endplate for the upper end, lower for the lower
         else:
             yx = np.argwhere(labels == vertebra).astype(float)
             tilt, top, bottom = endplate_fit(yx)

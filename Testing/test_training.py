@@ -522,7 +522,7 @@ def test_a_2_5d_model_widens_to_more_neighbours_and_keeps_its_own_unless_told(tm
 def test_a_planar_model_from_a_2_5d_one_computes_what_it_did_on_a_repeated_slice(data_dir):
     """``fit_image_input`` to one channel: the summed image kernels give, on a single slice, the
     2.5D network's output on that slice repeated into its neighbour channels (what it sees at a
-    stack's replicated edge); the mask channels after the image keep theirs."""
+    stack's replicated edge), and differs from what it computes with empty neighbours."""
     from training.checkpoint import fit_image_input
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.preparation import prepare_image

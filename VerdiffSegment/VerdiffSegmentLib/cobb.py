@@ -289,13 +289,11 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     tilts, centre = vertebra_geometry(array, [int(s["value"]) for s in measured], gaps, tilts_deg)
     above = [e for e in estimated or () if e["above"]]
     below = [e for e in estimated or () if not e["above"]]
-    if above or below:
-        extra_tilts, extra_centre = estimated_geometry(above)
-        tilts, centre = np.concatenate([extra_tilts, tilts]), np.concatenate([extra_centre, centre])
-        extra_tilts, extra_centre = estimated_geometry(below)
-        tilts, centre = np.concatenate([tilts, extra_tilts]), np.concatenate([centre, extra_centre])
-        measured = [{"level": e["level"], "name": e["level"], "estimated": True} for e in above] + measured
-        measured += [{"level": e["level"], "name": e["level"], "estimated": True} for e in below]
+    if above or below:  # the placed vertebrae join the chain at its ends
+        (tilts_above, centre_above), (tilts_below, centre_below) = estimated_geometry(above), estimated_geometry(below)
+        tilts, centre = np.concatenate([tilts_above, tilts, tilts_below]), np.concatenate([centre_above, centre, centre_below])
+        placed = lambda vertebrae: [{"level": e["level"], "name": e["level"], "estimated": True} for e in vertebrae]  # noqa: E731
+        measured = placed(above) + measured + placed(below)
     keep = plausible_tilts(tilts, centre)
     if keep.sum() < 3:
         return none
@@ -303,6 +301,7 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     tilts, centre = tilts[keep], centre[np.repeat(keep, 2)]
     angles, ends = cobb_with_end_vertebrae(tilts, centre, array.shape[0], lines=True)
     name = lambda s: s.get("level") or s["name"]  # noqa: E731
+    placed_kept = {s["level"] for s in measured if s.get("estimated")}  # plausible_tilts may drop a placed one too
     undetermined = [key for key, (i, j) in ends.items() if spine_ends is not None and i == j and not _at_spine_end(measured, i, spine_ends)]
     return {
         "cobb_angles_deg": {key: None if key in undetermined else value for key, value in angles.items()},
@@ -311,7 +310,7 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
         **({"cobb_undetermined": undetermined} if undetermined else {}),
         **({"cobb_estimated_vertebrae": {e["level"]: {"centre_xy": [round(float(e["centre"][1]), 1), round(float(e["centre"][0]), 1)],
                                                        "width": round(float(e["width"]), 1), "height": round(float(e["height"]), 1)}
-                                         for e in above + below if e["level"] in {s.get("level") for s in measured}}} if above or below else {}),
+                                         for e in above + below if e["level"] in placed_kept}} if above or below else {}),
     }
 
 
@@ -360,17 +359,18 @@ def estimate_missing_ends(labels: np.ndarray, segments: list[dict], levels: list
     if levels[:1] + levels[-1:] != ["T1", "L5"] or len(levels) != len(LEVEL_WIDTHS):  # the proportions are T1 .. L5's
         return []
     labels = np.asarray(labels)
-    pieces = [s for s in segments if int(s["value"]) in set(large_pieces(labels, [int(s["value"]) for s in segments]))]
+    large = set(large_pieces(labels, [int(s["value"]) for s in segments]))
+    pieces = [s for s in segments if int(s["value"]) in large]
     if len(pieces) < 2:
         return []
     centres, widths = piece_geometry(labels, [int(s["value"]) for s in pieces])
     out = []
     for above, end, inner in ((True, 0, 1), (False, len(pieces) - 1, len(pieces) - 2)):
         end_level, inner_level = pieces[end].get("level"), pieces[inner].get("level")
-        if end_level not in levels or inner_level not in levels or levels.index(end_level) == levels.index(inner_level):
+        if end_level not in levels or inner_level not in levels:
             continue
         first, second = levels.index(end_level), levels.index(inner_level)
-        if (first < second) != above:  # the names run against the pieces' order
+        if first == second or (first < second) != above:  # one level twice, or names against the pieces' order
             continue
         outward = centres[end] - centres[inner]
         scale = np.linalg.norm(outward) / sum(LEVEL_STEPS[min(first, second):max(first, second)])

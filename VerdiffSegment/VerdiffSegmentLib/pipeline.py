@@ -239,8 +239,9 @@ def segment(
             measurements.update(cobb_measurements(labels, label_info, result.gaps, tilts, (range_levels[0], range_levels[-1]) if range_levels else None, estimated))
             if measurements.get("cobb_undetermined"):
                 reliability["warnings"].append(undetermined_angles_warning(measurements["cobb_undetermined"]))
-            if estimated_ends_warning(measurements):
-                reliability["warnings"].append(estimated_ends_warning(measurements))
+            placed_note = estimated_ends_warning(measurements)
+            if placed_note:
+                reliability["warnings"].append(placed_note)
     labels, uncertainty = prepared.restore(labels), prepared.restore(uncertainty)
     foreground = prepared.restore(foreground) if foreground is not None else None
     segments = segment_statistics(labels, uncertainty, label_info)

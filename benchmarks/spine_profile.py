@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "VerdiffSegment"), str(ROOT)]
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+from VerdiffSegmentLib.cobb import placed_centres  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
 
 
@@ -53,14 +54,10 @@ def main(argv=None) -> None:
             continue
         centres = scipy.io.loadmat(str(labels / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2).mean(axis=1)
         local = np.linalg.norm(np.diff(centres, axis=0), axis=1)
-        for end, inner, missing in [(top, top + 1, range(top - 1, -1, -1)) for top in range(1, 8)] + [(bottom, bottom - 1, range(bottom + 1, 17)) for bottom in (13, 14, 15)]:
-            outward = centres[end] - centres[inner]
-            scale = np.linalg.norm(outward) / level_steps[min(end, inner)]
-            position = centres[end].copy()
-            for distance, index in enumerate(missing, start=1):
-                step = level_steps[min(index, index + (1 if inner > end else -1))]
-                position = position + outward / np.linalg.norm(outward) * step * scale
-                errors.setdefault(f"{'above' if inner > end else 'below'} {distance}", []).append(float(np.linalg.norm(position - centres[index]) / local[min(index, index + (1 if inner > end else -1))]))
+        for end, inner in [(top, top + 1) for top in range(1, 8)] + [(bottom, bottom - 1) for bottom in (13, 14, 15)]:
+            above = inner > end
+            for distance, (index, position, _) in enumerate(placed_centres(centres[end], centres[inner], end, inner, level_steps), start=1):
+                errors.setdefault(f"{'above' if above else 'below'} {distance}", []).append(float(np.linalg.norm(position - centres[index]) / local[min(index, index + (1 if above else -1))]))
     print(json.dumps({
         "radiographs": len(steps),
         "level_steps": np.round(np.median(steps, axis=0), 3).tolist(),

@@ -372,20 +372,33 @@ def estimate_missing_ends(labels: np.ndarray, segments: list[dict], levels: list
         first, second = levels.index(end_level), levels.index(inner_level)
         if first == second or (first < second) != above:  # one level twice, or names against the pieces' order
             continue
-        outward = centres[end] - centres[inner]
-        scale = np.linalg.norm(outward) / sum(LEVEL_STEPS[min(first, second):max(first, second)])
-        outward = outward / np.linalg.norm(outward)
-        missing = range(first - 1, -1, -1) if above else range(first + 1, len(levels))
-        centre, extension = centres[end].copy(), []
-        for index in missing:
-            step = LEVEL_STEPS[min(index, index + (1 if above else -1))] * scale
-            centre = centre + outward * step
-            width = widths[end] * LEVEL_WIDTHS[index] / LEVEL_WIDTHS[first]
-            down = -outward if above else outward
-            extension.append({"level": levels[index], "above": above, "centre": centre.copy(), "width": float(width),
-                              "height": float(step * ESTIMATED_HEIGHT), "axis": down[::-1].copy()})
+        down = (centres[inner] - centres[end]) if above else (centres[end] - centres[inner])
+        down = down / np.linalg.norm(down)
+        extension = [{"level": levels[index], "above": above, "centre": centre, "width": float(widths[end] * LEVEL_WIDTHS[index] / LEVEL_WIDTHS[first]),
+                      "height": float(step * ESTIMATED_HEIGHT), "axis": down[::-1].copy()}
+                     for index, centre, step in placed_centres(centres[end], centres[inner], first, second)]
         if all(0 <= e["centre"][0] < labels.shape[0] and 0 <= e["centre"][1] < labels.shape[1] for e in extension):
             out += extension[::-1] if above else extension
+    return out
+
+
+def placed_centres(end_centre: np.ndarray, inner_centre: np.ndarray, first: int, second: int, steps=LEVEL_STEPS) -> list[tuple[int, np.ndarray, float]]:
+    """The levels beyond a chain's end piece (level index ``first``, centre ``end_centre``), away
+    from the piece next to it (``second``, ``inner_centre``), out to the spine's end: per level
+    ``(index, centre, step)``, outwards. They continue the straight line through the two centres,
+    each step (``steps``: centre to centre, by level, in the spine's mean step; ``LEVEL_STEPS``)
+    scaled by the two pieces' distance over the steps between their levels.
+    ``estimate_missing_ends`` places the vertebrae so, ``benchmarks/spine_profile.py`` measures how
+    far that lands from the landmarks."""
+    above = first < second
+    outward = np.asarray(end_centre, float) - np.asarray(inner_centre, float)
+    scale = np.linalg.norm(outward) / sum(steps[min(first, second):max(first, second)])
+    outward = outward / np.linalg.norm(outward)
+    centre, out = np.asarray(end_centre, float).copy(), []
+    for index in (range(first - 1, -1, -1) if above else range(first + 1, len(steps) + 1)):
+        step = steps[min(index, index + (1 if above else -1))] * scale
+        centre = centre + outward * step
+        out.append((index, centre.copy(), float(step)))
     return out
 
 

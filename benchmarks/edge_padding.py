@@ -6,8 +6,8 @@ of view; with the slices padded the network draws it. Each setting pads every sl
 prepared stack by ``margin`` grid pixels (``numpy.pad`` mode ``edge``: the border row repeated;
 ``reflect``: mirrored) on the superior-inferior sides (``rows``) or on all four (``both``),
 samples as ``pipeline.segment`` does (same seed) and crops back; the probability then goes through
-the card's post-processing, the per-vertebra naming and ``levels.level_scores``, as
-``benchmarks/levels_accuracy.py mr`` scores the model. Margin 0 is the pipeline as it is.
+the card's post-processing, the per-vertebra naming and
+``levels_accuracy.case_scores``, as ``benchmarks/levels_accuracy.py mr`` scores the model. Margin 0 is the pipeline as it is.
 
 Usage: python benchmarks/edge_padding.py [--mode edge] [--sides both] [--margins 0,8,16,24] [--threads 2]
 """
@@ -31,7 +31,7 @@ from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.models import get_card, load_network, make_scheduler  # noqa: E402
 from VerdiffSegmentLib.pipeline import labels_and_uncertainty, sample_slices  # noqa: E402
 from VerdiffSegmentLib.preparation import prepare_for_card  # noqa: E402
-from levels_accuracy import mr_cases, truth_levels_present  # noqa: E402
+from levels_accuracy import case_scores, mr_cases, shares, truth_levels_present  # noqa: E402
 
 
 def padded_probability(card, network, prepared, margin: int, mode: str, sides: str, seed: int = 0):
@@ -69,20 +69,12 @@ def main(argv=None) -> dict:
             result = labels_and_uncertainty(*padded_probability(card, network, prepared, margin, args.mode, args.sides), prepared, card)
             named, segments, _ = levels.name_vertebrae(result.labels, card, gaps=result.gaps)
             predicted = sitk.GetArrayFromImage(prepared.restore(named)).reshape(truth.shape)
-            scores = levels.level_scores(predicted, {s["value"]: s["level"] for s in segments}, truth, names)
-            binary = 2 * ((predicted > 0) & (truth > 0)).sum() / max((predicted > 0).sum() + (truth > 0).sum(), 1)
-            rows[margin].append({"case": subject, "binary_dice": round(float(binary), 4), "level_dice_mean": scores["level_dice_mean"],
-                                 "levels": [s["level"] for s in segments], "right": scores["correctly_named"], "wrong": scores["wrongly_named"],
-                                 "vertebrae": scores["vertebrae"]})
+            scores = case_scores(predicted, segments, truth, names)
+            rows[margin].append({"case": subject, "levels": [s["level"] for s in segments],
+                                 **{k: scores[k] for k in ("binary_dice", "level_dice_mean", "vertebrae", "correctly_named", "wrongly_named")}})
             print(json.dumps({"margin": margin, **rows[margin][-1]}), file=sys.stderr, flush=True)
     summary = {
-        str(margin): {
-            "binary_dice_mean": round(float(np.mean([r["binary_dice"] for r in scored])), 4),
-            "level_dice_mean": round(float(np.mean([r["level_dice_mean"] for r in scored])), 4),
-            "correctly_named_share": round(sum(r["right"] for r in scored) / sum(r["vertebrae"] for r in scored), 4),
-            "wrongly_named_share": round(sum(r["wrong"] for r in scored) / sum(r["vertebrae"] for r in scored), 4),
-            "level_dice_per_case": {r["case"]: r["level_dice_mean"] for r in scored},
-        }
+        str(margin): {**shares(scored), "level_dice_per_case": {r["case"]: r["level_dice_mean"] for r in scored}}
         for margin, scored in rows.items()
     }
     result = {"model": card.name, "mode": args.mode, "sides": args.sides, "summary": summary, "per_case": {str(m): r for m, r in rows.items()}}

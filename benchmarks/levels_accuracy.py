@@ -76,6 +76,27 @@ def truth_levels_present(truth: np.ndarray, names: dict[int, str]) -> dict[int, 
     return {value: level for value, level in names.items() if value in present}
 
 
+def case_scores(predicted: np.ndarray, segments: list[dict], truth: np.ndarray, names: dict[int, str]) -> dict:
+    """One result against the truth levels: ``levels.level_scores``, the segments found and the
+    binary Dice of the union (the scores every levels benchmark reports per case)."""
+    scores = levels.level_scores(predicted, {s["value"]: s["level"] for s in segments}, truth, names)
+    scores["found"] = len(segments)
+    scores["binary_dice"] = round(float(2 * ((predicted > 0) & (truth > 0)).sum() / max((predicted > 0).sum() + (truth > 0).sum(), 1)), 4)
+    return scores
+
+
+def shares(scored: list[dict]) -> dict:
+    """Over cases scored by ``case_scores``: the mean binary and level Dice, and the shares of all
+    their vertebrae named right and named wrong."""
+    vertebrae = sum(s["vertebrae"] for s in scored)
+    return {
+        "level_dice_mean": round(float(np.mean([s["level_dice_mean"] for s in scored])), 4),
+        "correctly_named_share": round(sum(s["correctly_named"] for s in scored) / vertebrae, 4),
+        "wrongly_named_share": round(sum(s["wrongly_named"] for s in scored) / vertebrae, 4),
+        "binary_dice_mean": round(float(np.mean([s["binary_dice"] for s in scored])), 4),
+    }
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("modality", choices=["mr", "xray", "ct"])
@@ -117,9 +138,7 @@ def main(argv=None) -> None:
             outputs["model"] = (result.labels, result.segments, result.measurements.get("cobb_angles_deg"))
         for source, (labels, segments, angles_measured) in outputs.items():
             predicted = sitk.GetArrayFromImage(labels).reshape(truth.shape)
-            scores = levels.level_scores(predicted, {s["value"]: s["level"] for s in segments}, truth, names)
-            scores["found"] = len(segments)
-            scores["binary_dice"] = round(float(2 * ((predicted > 0) & (truth > 0)).sum() / max((predicted > 0).sum() + (truth > 0).sum(), 1)), 4)
+            scores = case_scores(predicted, segments, truth, names)
             if angles is not None:
                 scores["cobb_angles_deg"] = angles_measured if source == "model" else cobb.cobb_angles(labels, segments)
                 scores["cobb_truth_deg"] = [round(float(a), 2) for a in angles]
@@ -136,12 +155,9 @@ def main(argv=None) -> None:
             for level, value in scores["level_dice"].items():
                 per_level.setdefault(level, []).append(value)
         summary[source] = {
-            "level_dice_mean": round(float(np.mean([s["level_dice_mean"] for s in scored])), 4),
+            **shares(scored),
             "level_dice": {level: round(float(np.mean(values)), 4) for level, values in per_level.items()},
-            "correctly_named_share": round(sum(s["correctly_named"] for s in scored) / sum(s["vertebrae"] for s in scored), 4),
-            "wrongly_named_share": round(sum(s["wrongly_named"] for s in scored) / sum(s["vertebrae"] for s in scored), 4),
             "separated_share": round(float(np.mean([s["separated_share"] for s in scored])), 4),
-            "binary_dice_mean": round(float(np.mean([s["binary_dice"] for s in scored])), 4),
             "named_cases": sum(any(s["level_dice"].values()) for s in scored),
         }
         if args.modality == "xray":

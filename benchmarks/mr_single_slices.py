@@ -20,13 +20,13 @@ import SimpleITK as sitk
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "VerdiffSegment"), str(ROOT)]
+sys.path[:0] = [str(ROOT / "VerdiffSegment"), str(ROOT), str(ROOT / "benchmarks")]
 DATA = ROOT.parent / "shared" / "data"
 
-from VerdiffSegmentLib import levels  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
 from VerdiffSegmentLib.pipeline import segment  # noqa: E402
 from training.splits import MR_VALIDATION  # noqa: E402
+from levels_accuracy import case_scores, shares  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -52,16 +52,10 @@ def main(argv=None) -> None:
             names = {k: f"L{k}" for k in range(1, 6) if (truth == k).any()}
             result = segment(picture, card, device="cpu")
             labels = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
-            scores = levels.level_scores(labels, {s["value"]: s["level"] for s in result.segments}, truth, names)
-            dice = 2 * ((labels > 0) & (truth > 0)).sum() / max((labels > 0).sum() + (truth > 0).sum(), 1)
-            rows.append({"case": subject, "offset_mm": offset, "binary_dice": round(float(dice), 4), **{k: scores[k] for k in ("level_dice_mean", "vertebrae", "correctly_named", "wrongly_named")}})
+            scores = case_scores(labels, result.segments, truth, names)
+            rows.append({"case": subject, "offset_mm": offset, **{k: scores[k] for k in ("binary_dice", "level_dice_mean", "vertebrae", "correctly_named", "wrongly_named")}})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    vertebrae = sum(r["vertebrae"] for r in rows)
-    print(json.dumps({"model": card.name, "slices": len(rows),
-                      "binary_dice_mean": round(float(np.mean([r["binary_dice"] for r in rows])), 4),
-                      "level_dice_mean": round(float(np.mean([r["level_dice_mean"] for r in rows])), 4),
-                      "correctly_named_share": round(sum(r["correctly_named"] for r in rows) / vertebrae, 4),
-                      "wrongly_named_share": round(sum(r["wrongly_named"] for r in rows) / vertebrae, 4), "rows": rows}, indent=1))
+    print(json.dumps({"model": card.name, "slices": len(rows), **shares(rows), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -51,9 +51,13 @@ def card_json(**changes) -> dict:
         ({"separation": {"gap_channel": "1"}}, "gap_channel must be an integer"),
         ({"separation": {"gap_channel": 1}}, "gap_channel is for a binary label with the gaps"),  # the MR card's network has one output
         ({"naming": {"extra_vertebrae": "below"}}, "naming.extra_vertebrae must be one of above, either"),
+        ({"input": {**card_json()["input"], "edge_padding_px": -8}}, "edge_padding_px must be a whole number of pixels"),
+        ({"input": {**card_json()["input"], "edge_padding_px": 1.5}}, "edge_padding_px must be a whole number of pixels"),
+        ({"input": {**card_json()["input"], "edge_padding_px": True}}, "edge_padding_px must be a whole number of pixels"),
     ],
     ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share",
-         "gap-channel-text", "gap-channel-without-output", "extra-vertebrae"],
+         "gap-channel-text", "gap-channel-without-output", "extra-vertebrae",
+         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool"],
 )
 def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
     path = tmp_path / "broken.json"
@@ -125,3 +129,14 @@ def test_a_consistent_2_5d_card_parses_and_only_the_mr_default_and_its_candidate
     assert wide == {"verdiff-mr": "verdiff-mr-2d", "verdiff-mr-large-crop": "verdiff-mr-2d"}
     assert all("context_slices" not in c.raw["input"] for c in CARDS if c.name not in wide)  # written before them: unchanged
     assert next(c for c in CARDS if c.name == "verdiff-mr-2d").context_slices == 0
+
+
+def test_edge_padding_is_read_from_the_card_and_refused_on_a_3d_network(tmp_path):
+    """``input.edge_padding_px``: absent on the cards written before it (0), read as given, and
+    refused on a 3D card (its sliding window pads itself; the option pads sagittal slices)."""
+    assert all(card.edge_padding == 0 for card in CARDS if "edge_padding_px" not in card.raw["input"])
+    padded = next(card for card in CARDS if card.name == "verdiff-mr").derived(input={**card_json()["input"], "edge_padding_px": 16})
+    assert padded.edge_padding == 16
+    volumetric = next(card for card in CARDS if card.spatial_dims == 3)
+    with pytest.raises(VerdiffError, match="edge_padding_px is for 2D"):
+        volumetric.derived(input={**volumetric.raw["input"], "edge_padding_px": 8})

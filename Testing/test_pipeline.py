@@ -162,6 +162,30 @@ def test_segment_is_the_ensemble_then_labels_and_uncertainty(central_slab):
     assert result.settings["reliability"] == ours.reliability
 
 
+def test_a_card_with_edge_padding_samples_the_slices_padded_by_their_border_and_cropped_back(central_slab):
+    """``input.edge_padding_px`` 16: ``sample_slices`` returns, bit for bit, what the unpadded
+    card returns on the stack padded by hand (16 border rows and columns repeated on every side)
+    cropped back to the slices' own grid; and not what it returns on the stack unpadded (the
+    padding reaches the network)."""
+    card = get_card("verdiff-mr")
+    padded_card = card.derived(input={**card.raw["input"], "edge_padding_px": 16})
+    network = load_network(card, "cpu")
+    prepared = prepare_for_card(central_slab[:, :, 4:8], card)
+    scheduler = make_scheduler(card)
+    scheduler.set_timesteps(card.default_steps)
+
+    def sampled(stack, which):
+        return sample_slices(stack, which, network, scheduler, card.default_ensemble, torch.Generator().manual_seed(5), torch.device("cpu"), 8, None, None,
+                             offsets=prepared.input_offsets)[0]
+
+    stack = prepared.stack
+    by_card = sampled(stack, padded_card)
+    by_hand = sampled(np.pad(stack, ((0, 0), (16, 16), (16, 16)), mode="edge"), card)[:, :, 16:-16, 16:-16]
+    assert by_card.shape == (stack.shape[0], 1, *stack.shape[1:])
+    assert np.array_equal(by_card, by_hand)
+    assert not np.array_equal(by_card, sampled(stack, card))
+
+
 def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_level():
     """A 5-level (L1..L5) result built from a real MR subject's truth on the network's grid,
     through ``labels_and_uncertainty``: the union is mapped as a binary card's (linearly: no

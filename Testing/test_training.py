@@ -704,3 +704,56 @@ def test_the_time_cosine_decays_over_the_time_limit_or_the_steps_whichever_ends_
     assert learning_rate_factor(TrainOptions(steps=1000))(500) == pytest.approx(0.5)  # the step cosine unchanged
     with pytest.raises(ValueError, match="needs --time-limit"):
         learning_rate_factor(TrainOptions(schedule="cosine-time"))
+
+
+
+def test_edge_padding_repeats_the_border_in_image_and_labels_alike(data_dir):
+    """``sampler.edge_padded`` on a real 2.5D MR slice and its labels: each side grows by its own
+    0..32 rows (columns), the slice itself sits unchanged inside, and every padded row or column
+    repeats the border one in every image channel and in the label map alike (so the labels
+    still say what the image shows); over many draws the margins cover the whole range."""
+    from training.sampler import edge_padded
+
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    s = int(np.argmax(case.labels.reshape(len(case.labels), -1).sum(1)))
+    image, labels = SliceSampler([case], 96, 3, PRESETS["none"], context_slices=1, context_distance_mm=run.input_spacing_mm).sample_image(s)
+    drawn = []
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        (padded, padded_labels), (top, bottom, left, right) = edge_padded(image, labels, rng, 32)
+        drawn += [top, bottom, left, right]
+        rows, cols = labels.shape
+        assert padded.shape == (3, rows + top + bottom, cols + left + right) and padded_labels.shape == padded.shape[1:]
+        assert np.array_equal(padded[:, top : top + rows, left : left + cols], image)
+        assert np.array_equal(padded_labels[top : top + rows, left : left + cols], labels)
+        for array, plane in ((padded, (slice(None),)), (padded_labels, ())):
+            inside = array[(*plane, slice(top, top + rows))]
+            assert all(np.array_equal(array[(*plane, r)], inside[(*plane, 0)]) for r in range(top))
+            assert all(np.array_equal(array[(*plane, top + rows + r)], inside[(*plane, rows - 1)]) for r in range(bottom))
+    assert min(drawn) == 0 and max(drawn) == 32 and len(set(drawn)) > 25
+
+
+def test_a_sampler_with_edge_padding_draws_crops_past_the_image_edge(data_dir):
+    """``SliceSampler(edge_pad=32)`` on a real MR case, no augmentation: some crops begin with
+    the slice's first row repeated (the crop reaches past the top edge), none more than 33 rows;
+    without the option no crop of a slice whose top row varies does."""
+    run = mr_run()
+    cases, _ = datasets.training_cases(run, data_dir, limit=1)
+
+    def top_repeats(sampler):
+        counts = []
+        for seed in range(300):
+            image, _ = sampler.sample(seed)
+            if image[0, 0].std() == 0:  # a flat row (air) repeats anyway
+                continue
+            n = 1
+            while n < image.shape[1] and np.array_equal(image[:, n], image[:, 0]):
+                n += 1
+            counts.append(n)
+        return np.array(counts)
+
+    padded = top_repeats(SliceSampler(cases, 64, seed=11, augmentation=PRESETS["none"], edge_pad=32))
+    plain = top_repeats(SliceSampler(cases, 64, seed=11, augmentation=PRESETS["none"]))
+    assert (padded > 2).sum() >= 5 and padded.max() <= 33, np.bincount(padded)
+    assert (plain > 2).sum() == 0, np.bincount(plain)

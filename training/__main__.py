@@ -98,6 +98,9 @@ def _train_parser(sub) -> None:
     loop.add_argument("--crop", type=int, default=defaults.crop, help="training crop size in pixels (2D)")
     loop.add_argument("--crop-centre", choices=CROP_CENTRES, default=defaults.crop_centre,
                       help="what a spine-centred crop is centred on: a random spine pixel (default) or a row drawn along the spine with its ends extended by half a crop, so the end vertebrae are seen more often")
+    loop.add_argument("--edge-pad", type=int, default=defaults.edge_pad, metavar="N",
+                      help="2D: pad each side of a slice by a random 0..N border rows (the edge repeated, image and labels) before the crop, "
+                           "so the model learns the image edge a padded inference shows it (default 0: none)")
     loop.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     loop.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, sampling of batches and noise")
     loop.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")

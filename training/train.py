@@ -65,6 +65,7 @@ class TrainOptions:
     batch_size: int = 8  # per process; the global batch is batch_size x world size
     crop: int = 160
     crop_centre: str = "pixel"  # spine-centred crops on a random spine pixel, or along the spine (``sampler.spine_centre``)
+    edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
     lr: float = 1e-3
     seed: int = 35
     optimizer: str = "adamw"  # or "adam"
@@ -95,7 +96,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "crop", "crop_centre", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "crop", "crop_centre", "edge_pad", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -191,7 +192,10 @@ class TrainingState:
     def restore(self, checkpoint: dict, settings: dict, config: dict) -> None:
         """Continue from ``checkpoint``, which must belong to the same run (``config``) with the
         same ``RESUME_KEYS`` settings and world size; else a ValueError naming what differs."""
-        mismatched = {k: (checkpoint["settings"].get(k), settings[k]) for k in (*RESUME_KEYS, "world_size") if checkpoint["settings"].get(k) != settings[k]}
+        # a setting added after the checkpoint was written counts as its default there
+        defaults = asdict(TrainOptions())
+        mismatched = {k: (checkpoint["settings"].get(k, defaults.get(k)), settings[k]) for k in (*RESUME_KEYS, "world_size")
+                      if checkpoint["settings"].get(k, defaults.get(k)) != settings[k]}
         if checkpoint["config"] != config:
             mismatched["config"] = "differs"
         if mismatched:
@@ -279,7 +283,7 @@ class Trainer:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
             sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.input_spacing_mm, bits,
-                                   options.crop_centre)
+                                   options.crop_centre, options.edge_pad)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler

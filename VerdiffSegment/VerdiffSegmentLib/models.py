@@ -15,6 +15,13 @@ says otherwise, or gives context to a 3D network (which sees the volume already)
 A 2.5D card may name ``input.planar_model``: the bundled 1-channel model that segments a single
 slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_card``).
 
+Edge padding: ``input.edge_padding_px`` n (absent: 0) pads each sagittal slice of a 2D card by
+n grid pixels on every side before sampling, the border row repeated, and crops the result
+back (``pipeline.sample_slices``): a vertebra the field of view cuts then lies inside the
+network's input rather than on its border. Only for a model trained on such borders
+(``training`` ``--edge-pad``): the session-18 measurements padded a model that had never seen
+them, and a margin 8 px larger than the best drew the sacrum's top as L5 (docs/levels.md).
+
 Gap channel: a card with ``separation.gap_channel`` (the ``binary-gaps`` training scheme) has
 one more network output than labels, after the binary label's: the gaps between neighbouring
 vertebrae. It is no segment; ``pipeline.segment`` hands it to the per-vertebra step
@@ -138,6 +145,7 @@ class ModelCard:
     training: dict  # provenance: split, config, label scheme, history (may be empty)
     validation: dict  # figures on the held-out split at the defaults (may be empty)
     context_slices: int = 0  # 2.5D: neighbouring sagittal slices on each side in the input (module docstring)
+    edge_padding: int = 0  # input.edge_padding_px: grid pixels each slice is padded by, the border repeated (module docstring)
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
@@ -266,6 +274,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         in_channels = data["network"].get("in_channels", 1)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in (context, in_channels)):
             raise TypeError(f"input.context_slices and network.in_channels must be integers, got {context!r} and {in_channels!r}")
+        edge_padding = source.get("edge_padding_px", 0)
+        if isinstance(edge_padding, bool) or not isinstance(edge_padding, int) or edge_padding < 0:
+            raise ValueError(f"input.edge_padding_px must be a whole number of pixels, 0 or more, got {edge_padding!r}")
         planar = source.get("planar_model")
         if planar is not None and not (isinstance(planar, str) and planar):
             raise TypeError(f"input.planar_model must be a model name, got {planar!r}")
@@ -314,6 +325,8 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         fail(f"separation.gap_channel is for a binary label with the gaps as the second of the network's 2 outputs (gap_channel 1, num_classes 2), got gap_channel {gap_channel}")
     if context and int(data["network"].get("spatial_dims", 2)) != 2:
         fail("input.context_slices is for 2D (sagittal-slice) networks; a 3D network sees the neighbouring slices already")
+    if edge_padding and int(data["network"].get("spatial_dims", 2)) != 2:
+        fail("input.edge_padding_px is for 2D (sagittal-slice) networks")
     return ModelCard(
         path=Path(path),
         name=str(data["name"]),
@@ -335,6 +348,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         training=dict(data.get("training") or {}),
         validation=dict(data.get("validation") or {}),
         context_slices=context,
+        edge_padding=edge_padding,
         min_vertebrae_share=share,
         planar_model=planar,
         gap_channel=gap_channel,

@@ -338,10 +338,17 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     An out-of-memory error halves the batch, then moves the work to ``fallback``
     (``OutOfMemoryFallback``; its warning is appended to ``warnings``). ``offsets``: the input
     channels' slice offsets (``PreparedImage.input_offsets``; a 2.5D card's neighbours), the
-    channels built by ``preparation.slice_channels``."""
+    channels built by ``preparation.slice_channels``. A card's ``edge_padding`` pads each slice
+    by that many pixels on every side, the border repeated, and the result is cropped back
+    (``models``, edge padding)."""
     if len(offsets) != 1 + 2 * card.context_slices:  # a caller's mistake, not a user's: the network would fail obscurely
         raise ValueError(f"model {card.name} reads {1 + 2 * card.context_slices} input channel(s); got offsets for {len(offsets)} (pass PreparedImage.input_offsets)")
-    stack, (rows, cols) = pad_to_multiple(stack, network.input_multiple)
+    margin = card.edge_padding
+    rows, cols = stack.shape[1:]
+    if margin:
+        stack = np.pad(stack, ((0, 0), (margin, margin), (margin, margin)), mode="edge")
+    stack, _ = pad_to_multiple(stack, network.input_multiple)
+    within = (slice(margin, margin + rows), slice(margin, margin + cols))
     n_slices = stack.shape[0]
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
     spread = np.zeros_like(probability)
@@ -357,8 +364,8 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
                 raise Cancelled()
             mean, std, n = sampler.sample(torch.from_numpy(slice_channels(stack, range(start, min(start + sampler.batch_size, n_slices)), offsets)))
             end = start + len(mean)
-            probability[start:end] = mean[..., :rows, :cols]
-            spread[start:end] = std[..., :rows, :cols]
+            probability[start:end] = mean[(..., *within)]
+            spread[start:end] = std[(..., *within)]
             diffused += n
             start = end
             if progress is not None:

@@ -189,8 +189,9 @@ def test_a_warm_started_card_adds_up_every_stage(tmp_path, tiny_run, slab_data):
 
 def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment_runs(tmp_path, slab_data, data_dir):
     """Two real optimiser steps of a 2.5D run warm-started from the bundled MR model
-    (``--context-slices 1``), exported with ``context_slices: 1`` in its card, then
-    ``verdiff segment`` end to end on a whole real MR volume; the same card refuses an X-ray."""
+    (``--context-slices 1``, crops edge-padded by up to 8 px), exported with ``context_slices: 1``
+    and ``edge_padding_px: 4`` (half the trained range) in its card, then ``verdiff segment`` end
+    to end on a whole real MR volume, its slices padded; the same card refuses an X-ray."""
     import os
     import subprocess
     import sys
@@ -203,7 +204,7 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
     threads = torch.get_num_threads()
     try:
         main(["train", "verdiff-mr", "--images", "mr-lumbar-vb3/*_img.nii.gz", "--labels", "mr-lumbar-vb3/*_seg.nii.gz", "--source", "lumbar-1-5",
-              "--name", "mr-context", "--validation-fraction", "0.5", "--init", str(MODELS / "verdiff-mr.pt"), "--context-slices", "1",
+              "--name", "mr-context", "--validation-fraction", "0.5", "--init", str(MODELS / "verdiff-mr.pt"), "--context-slices", "1", "--edge-pad", "8",
               "--train-steps", "2", "--limit", "1", "--batch-size", "2", "--crop", "64", "--threads", "1", "--no-tensorboard",
               "--data", str(slab_data), "--out", str(run)])
         main(["export", "mr-context", "--run", str(run), "--models-dir", str(models), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
@@ -214,7 +215,8 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
     assert card["input"]["planar_model"] == "verdiff-mr"  # carried: a choice of the bundle, not of the weights
     assert card["training"]["cumulative"]["optimiser_steps"] > 2  # the bundled model's steps, then these 2
     assert card["training"]["history"][-1]["optimiser_steps"] == 2
-    assert get_card("mr-context", models).context_slices == 1
+    assert card["input"]["edge_padding_px"] == 4 and card["training"]["settings"]["edge_pad"] == 8
+    assert get_card("mr-context", models).context_slices == 1 and get_card("mr-context", models).edge_padding == 4
 
     environment = {**os.environ, "VERDIFF_MODELS_DIR": str(models)}
 

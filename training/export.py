@@ -24,6 +24,13 @@ decisions about using the output, measured apart from the weights (docs/experime
 docs/levels.md), and the new weights are validated through them. Its
 ``reliability`` threshold is not carried: it was calibrated on the old weights' outputs, and
 ``benchmarks/warning_rates.py`` calibrates it again.
+
+Edge padding (issue 15, session 19): a run trained with ``--edge-pad N`` gets
+``input.edge_padding_px`` N // 2 on its card: inference pads each slice by the middle of the
+range the training crops were padded by, so the padded border the network sees is a typical
+training one. Decided before any held-out measurement (session 18's inference-only padding
+was best at 16 px and broke at 24 px, 8 px further: a margin inside the trained range, not
+at its end).
 """
 
 from __future__ import annotations
@@ -150,6 +157,9 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
         card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version)
         if start_timestep is not None and "scheduler" in card:
             card["scheduler"]["start_timestep"] = start_timestep
+        trained_pad = int((run_info.get("settings") or {}).get("edge_pad") or 0)
+        if trained_pad // 2:
+            card["input"]["edge_padding_px"] = trained_pad // 2
         card["training"] = {
             "data": run.recipe_settings["data"] if not run.datasets else "; ".join(d.get("images") or d.get("root") for d in run.datasets),
             "split": split,

@@ -99,7 +99,8 @@ def pipeline_peak_bytes(image, card, ensemble: int, batch_size: int) -> int:
     else:  # 2D or a single slice
         rows, cols = sorted(e for e, n in zip(extent, size) if n != 1)[-2:] if len(size) == 3 else extent
         slices = 1
-    rows, cols, slices = math.ceil(rows) + 16, math.ceil(cols) + 16, math.ceil(slices)  # + padding to the network's multiple
+    border = 16 + 2 * card.edge_padding  # padding to the network's multiple, and a card's edge padding on both sides
+    rows, cols, slices = math.ceil(rows) + border, math.ceil(cols) + border, math.ceil(slices)
     grid = float(rows) * cols * slices
     classes = card.num_classes + 1
     input_voxels = float(math.prod(size))

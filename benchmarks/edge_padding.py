@@ -12,7 +12,9 @@ row repeated, and crops back), and scores it as ``benchmarks/levels_accuracy.py 
 Session 18 also measured mirrored padding (``reflect``) and padding of the top and bottom only
 with this script's version at commit 303d234: both worse (docs/experiments.md).
 
-Usage: python benchmarks/edge_padding.py [--model verdiff-mr] [--margins 0,8,16,24] [--threads 2]
+``--subjects``: other VB3 subjects than the held-out ones (training subjects: a check of harm only).
+
+Usage: python benchmarks/edge_padding.py [--model verdiff-mr] [--margins 0,8,16,24] [--subjects VB3_01,...] [--threads 2]
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="verdiff-mr")
     parser.add_argument("--margins", default="0,8,16,24")
+    parser.add_argument("--subjects", default=None, help="comma-separated VB3 subjects (default: the held-out ones)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -51,7 +54,7 @@ def main(argv=None) -> dict:
     network = load_network(card, "cpu")
     cards = {int(m): with_margin(card, int(m)) for m in args.margins.split(",")}
     rows = {m: [] for m in cards}
-    for subject, path, truth_image, names, _ in mr_cases():
+    for subject, path, truth_image, names, _ in (mr_cases(args.subjects.split(",")) if args.subjects else mr_cases()):
         image = read_image(path)
         truth = sitk.GetArrayFromImage(truth_image)
         names = truth_levels_present(truth, names)

@@ -38,8 +38,8 @@ from VerdiffSegmentLib.pipeline import segment  # noqa: E402
 from VerdiffSegmentLib.ribs import RibCounter  # noqa: E402
 from training.splits import MR_VALIDATION  # noqa: E402
 
-def mr_cases():
-    for subject in MR_VALIDATION:
+def mr_cases(subjects=MR_VALIDATION):
+    for subject in subjects:
         truth = sitk.ReadImage(str(DATA / "mr-lumbar-vb3" / f"{subject}_seg.nii.gz"))
         yield subject, DATA / "mr-lumbar-vb3" / f"{subject}_img.nii.gz", truth, {i: f"L{i}" for i in range(1, 6)}, None
 

@@ -50,8 +50,24 @@ DEFAULT_NSD_TOLERANCE = 2.0
 UNCERTAINTY_MARGIN = 10  # voxels around truth and prediction where uncertainty and calibration are judged
 
 
-def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemble: int, version: str = "0.1.0") -> dict:
-    """A model card for ``run``'s network (the same fields ``export`` writes)."""
+def inference_edge_padding(trained_edge_pad: int | None) -> int:
+    """The ``input.edge_padding_px`` of a card whose run padded its crops by up to
+    ``trained_edge_pad`` rows (``--edge-pad``; issue 15, session 19): half of it, so the padded
+    border the network sees at inference is a typical training one. Decided before any
+    held-out measurement: session 18's inference-only padding was best at 16 px and broke at
+    24 px, 8 px further, so a margin inside the trained range rather than at its end."""
+    return int(trained_edge_pad or 0) // 2
+
+
+def trained_edge_pad(run_dir: Path) -> int:
+    """A run's ``--edge-pad`` from its ``run.json`` (0 for runs without it)."""
+    info = Path(run_dir) / "run.json"
+    return int(((json.loads(info.read_text()) if info.exists() else {}).get("settings") or {}).get("edge_pad") or 0)
+
+
+def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemble: int, version: str = "0.1.0", edge_padding_px: int = 0) -> dict:
+    """A model card for ``run``'s network (the same fields ``export`` writes); ``edge_padding_px``
+    from the run's ``--edge-pad`` (``inference_edge_padding``)."""
     recipe = run.recipe_settings
     channels = list(run.channels)
     family = get_family(run.family)
@@ -74,6 +90,8 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         card["separation"] = {"gap_channel": run.labels.num_classes, "what": "gaps between neighbouring vertebrae (training.labels.neighbour_gaps); not a segment"}
     if run.context_slices:  # absent for 1-channel cards: they stay as they were written
         card["input"]["context_slices"] = run.context_slices
+    if edge_padding_px:  # absent when 0: the cards written before it stay as they were
+        card["input"]["edge_padding_px"] = int(edge_padding_px)
     if run.spatial_dims == 3:
         card["input"]["spacing_note"] = "isotropic: the slices are resampled to spacing_mm too; volumes only"
         card["input"]["patch_size"] = list(run.patch_size)
@@ -240,7 +258,8 @@ def run_weights(run_dir: Path) -> Path:
 def run_card(run: RunConfig, run_dir: Path, steps: int, ensemble: int) -> tuple[ModelCard, torch.nn.Module]:
     """An in-memory card and the network of a run's weights (for evaluating a run before export)."""
     weights = run_weights(run_dir)
-    card = parse_card(card_data(run, weights.name, sha256_of(weights), steps, ensemble), Path(run_dir) / f"{run.name}.json")
+    padding = inference_edge_padding(trained_edge_pad(run_dir))
+    card = parse_card(card_data(run, weights.name, sha256_of(weights), steps, ensemble, edge_padding_px=padding), Path(run_dir) / f"{run.name}.json")
     network = card.family.network(**card.network_config)
     network.load_state_dict(load_weights(weights))
     return card, network.eval()

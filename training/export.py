@@ -25,12 +25,8 @@ docs/levels.md), and the new weights are validated through them. Its
 ``reliability`` threshold is not carried: it was calibrated on the old weights' outputs, and
 ``benchmarks/warning_rates.py`` calibrates it again.
 
-Edge padding (issue 15, session 19): a run trained with ``--edge-pad N`` gets
-``input.edge_padding_px`` N // 2 on its card: inference pads each slice by the middle of the
-range the training crops were padded by, so the padded border the network sees is a typical
-training one. Decided before any held-out measurement (session 18's inference-only padding
-was best at 16 px and broke at 24 px, 8 px further: a margin inside the trained range, not
-at its end).
+A run trained with ``--edge-pad N`` gets ``input.edge_padding_px`` on its card
+(``evaluate.inference_edge_padding``), as its validation during training had.
 """
 
 from __future__ import annotations
@@ -45,7 +41,7 @@ from VerdiffSegmentLib.models import ModelCard, parse_card, read_card, sha256_of
 
 from .checkpoint import atomic_save, load_checkpoint, load_weights
 from .configs import RunConfig
-from .evaluate import card_data, evaluate, evaluate_suites, run_config_of_card, run_config_of_run, run_weights, split_cases, unseen_patient_figures
+from .evaluate import card_data, evaluate, evaluate_suites, inference_edge_padding, trained_edge_pad, run_config_of_card, run_config_of_run, run_weights, split_cases, unseen_patient_figures
 
 FP16_TOLERANCE = 0.001
 
@@ -154,12 +150,9 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
     def write(dtype: torch.dtype) -> dict:
         """Save the weights in ``dtype`` and their card; returns the card (no figures yet)."""
         atomic_save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, weights)
-        card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version)
+        card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version, inference_edge_padding(trained_edge_pad(run_dir)))
         if start_timestep is not None and "scheduler" in card:
             card["scheduler"]["start_timestep"] = start_timestep
-        trained_pad = int((run_info.get("settings") or {}).get("edge_pad") or 0)
-        if trained_pad // 2:
-            card["input"]["edge_padding_px"] = trained_pad // 2
         card["training"] = {
             "data": run.recipe_settings["data"] if not run.datasets else "; ".join(d.get("images") or d.get("root") for d in run.datasets),
             "split": split,

@@ -375,12 +375,12 @@ class Trainer:
     def validate(self, step: int) -> None:
         """Validation Dice/IoU through ``segment`` on rank 0 (``best.pt`` when it improves);
         every rank learns the outcome and counts towards ``patience`` alike."""
-        from .evaluate import card_data, evaluate, split_cases  # here: a run without validation needs no segmentation pipeline
+        from .evaluate import card_data, evaluate, inference_edge_padding, split_cases  # here: a run without validation needs no segmentation pipeline
 
         run, options, network, progress = self.run, self.options, self.state.network, self.state.progress
         outcome, result, started_at = None, None, time.time()
         if self.world.is_main:
-            data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble)
+            data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble, edge_padding_px=inference_edge_padding(options.edge_pad))
             if options.val_start_timestep is not None and "scheduler" in data:
                 data["scheduler"]["start_timestep"] = options.val_start_timestep
             card = parse_card(data, self.out_dir / f"{run.name}.json")

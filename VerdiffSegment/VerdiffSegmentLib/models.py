@@ -18,9 +18,11 @@ slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_
 Edge padding: ``input.edge_padding_px`` n (absent: 0) pads each sagittal slice of a 2D card by
 n grid pixels on every side before sampling, the border row repeated, and crops the result
 back (``pipeline.sample_slices``): a vertebra the field of view cuts then lies inside the
-network's input rather than on its border. Only for a model trained on such borders
+network's input rather than on its border. Meant for a model trained on such borders
 (``training`` ``--edge-pad``): the session-18 measurements padded a model that had never seen
-them, and a margin 8 px larger than the best drew the sacrum's top as L5 (docs/levels.md).
+them, and a margin 8 px larger than the best drew the sacrum's top as L5 (docs/levels.md). No
+bundled card sets it: the MR model trained on padded crops (session 19) fell below the bundled
+one in binary Dice and broke at a larger margin alike (docs/levels.md, session 19).
 
 Gap channel: a card with ``separation.gap_channel`` (the ``binary-gaps`` training scheme) has
 one more network output than labels, after the binary label's: the gaps between neighbouring

@@ -54,10 +54,11 @@ def card_json(**changes) -> dict:
         ({"input": {**card_json()["input"], "edge_padding_px": -8}}, "edge_padding_px must be a whole number of pixels"),
         ({"input": {**card_json()["input"], "edge_padding_px": 1.5}}, "edge_padding_px must be a whole number of pixels"),
         ({"input": {**card_json()["input"], "edge_padding_px": True}}, "edge_padding_px must be a whole number of pixels"),
+        ({"input": {**card_json()["input"], "edge_padding_sides": "inferior"}}, "edge_padding_sides must be one of all, superior"),
     ],
     ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share",
          "gap-channel-text", "gap-channel-without-output", "extra-vertebrae",
-         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool"],
+         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool", "edge-padding-sides"],
 )
 def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
     path = tmp_path / "broken.json"

@@ -162,13 +162,15 @@ def test_segment_is_the_ensemble_then_labels_and_uncertainty(central_slab):
     assert result.settings["reliability"] == ours.reliability
 
 
-def test_a_card_with_edge_padding_samples_the_slices_padded_by_their_border_and_cropped_back(central_slab):
+@pytest.mark.parametrize("sides, widths", [("all", ((16, 16), (16, 16))), ("superior", ((16, 0), (0, 0)))])
+def test_a_card_with_edge_padding_samples_the_slices_padded_by_their_border_and_cropped_back(central_slab, sides, widths):
     """``input.edge_padding_px`` 16: ``sample_slices`` returns, bit for bit, what the unpadded
-    card returns on the stack padded by hand (16 border rows and columns repeated on every side)
-    cropped back to the slices' own grid; and not what it returns on the stack unpadded (the
-    padding reaches the network)."""
-    card = get_card("verdiff-mr")
-    padded_card = card.derived(input={**card.raw["input"], "edge_padding_px": 16})
+    card returns on the stack padded by hand (16 border rows and columns repeated on every side;
+    ``edge_padding_sides`` "superior": 16 rows at the top only) cropped back to the slices' own
+    grid; and not what it returns on the stack unpadded (the padding reaches the network)."""
+    bundled = get_card("verdiff-mr")
+    card = bundled.derived(input={**bundled.raw["input"], "edge_padding_px": 0})  # the bundled card pads its slices itself
+    padded_card = bundled.derived(input={**bundled.raw["input"], "edge_padding_px": 16, "edge_padding_sides": sides})
     network = load_network(card, "cpu")
     prepared = prepare_for_card(central_slab[:, :, 4:8], card)
     scheduler = make_scheduler(card)
@@ -180,7 +182,8 @@ def test_a_card_with_edge_padding_samples_the_slices_padded_by_their_border_and_
 
     stack = prepared.stack
     by_card = sampled(stack, padded_card)
-    by_hand = sampled(np.pad(stack, ((0, 0), (16, 16), (16, 16)), mode="edge"), card)[:, :, 16:-16, 16:-16]
+    (top, bottom), (left, right) = widths
+    by_hand = sampled(np.pad(stack, ((0, 0), *widths), mode="edge"), card)[:, :, top : top + stack.shape[1], left : left + stack.shape[2]]
     assert by_card.shape == (stack.shape[0], 1, *stack.shape[1:])
     assert np.array_equal(by_card, by_hand)
     assert not np.array_equal(by_card, sampled(stack, card))

@@ -237,8 +237,9 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
 
 
 def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(tmp_path, tiny_run, slab_data):
-    """A card replaced by a new export keeps ``postprocess`` (not the reliability threshold,
-    which was calibrated on the old weights), and the new figures are computed with it."""
+    """A card replaced by a new export keeps ``postprocess`` and its edge padding (not the
+    reliability threshold, which was calibrated on the old weights), and the new figures are
+    computed with them."""
     common = ["--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"]
     main(["export", "tiny-mr", *common])
     plain = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
@@ -246,10 +247,12 @@ def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(t
     settings = {"spine_bridge_mm": 15, "probability_slice_sigma_mm": 1.5, "uncertainty_sigma_mm": [2.0, 1.0]}
     plain["postprocess"] = settings
     plain["reliability"] = {"self_dice_warning": 0.91}
+    plain["input"].update(edge_padding_px=16, edge_padding_sides="superior")
     (tmp_path / "tiny-mr.json").write_text(json.dumps(plain, indent=2), encoding="utf-8")
     main(["export", "tiny-mr", *common])
     card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["postprocess"] == settings and "reliability" not in card
+    assert card["input"]["edge_padding_px"] == 16 and card["input"]["edge_padding_sides"] == "superior"  # carried too
     assert card["sha256"] == plain["sha256"]  # the same weights: only the post-processing differs
     # the same weights and noise give other figures: they were computed through the post-processing
     figures = lambda c: {k: v for k, v in c["validation"]["cases"][0].items() if k != "seconds"}  # noqa: E731

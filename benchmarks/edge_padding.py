@@ -14,7 +14,9 @@ with this script's version at commit 303d234: both worse (docs/experiments.md).
 
 ``--subjects``: other VB3 subjects than the held-out ones (training subjects: a check of harm only).
 
-Usage: python benchmarks/edge_padding.py [--model verdiff-mr] [--margins 0,8,16,24] [--subjects VB3_01,...] [--threads 2]
+``--sides superior``: the top rows only (session 19).
+
+Usage: python benchmarks/edge_padding.py [--model verdiff-mr] [--margins 0,8,16,24] [--sides all|superior] [--subjects VB3_01,...] [--threads 2]
 """
 
 from __future__ import annotations
@@ -37,22 +39,24 @@ from VerdiffSegmentLib.pipeline import segment  # noqa: E402
 from levels_accuracy import case_scores, mr_cases, shares, truth_levels_present  # noqa: E402
 
 
-def with_margin(card, margin: int):
-    """The card with its slices padded by ``margin`` grid pixels (``input.edge_padding_px``)."""
-    return card.derived(input={**card.raw["input"], "edge_padding_px": int(margin)})
+def with_margin(card, margin: int, sides: str = "all"):
+    """The card with its slices padded by ``margin`` grid pixels (``input.edge_padding_px``) on
+    ``sides`` (``input.edge_padding_sides``)."""
+    return card.derived(input={**card.raw["input"], "edge_padding_px": int(margin), "edge_padding_sides": sides})
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="verdiff-mr")
     parser.add_argument("--margins", default="0,8,16,24")
+    parser.add_argument("--sides", default="all", choices=["all", "superior"], help="pad every side, or the top rows only")
     parser.add_argument("--subjects", default=None, help="comma-separated VB3 subjects (default: the held-out ones)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     card = get_card(args.model)
     network = load_network(card, "cpu")
-    cards = {int(m): with_margin(card, int(m)) for m in args.margins.split(",")}
+    cards = {int(m): with_margin(card, int(m), args.sides) for m in args.margins.split(",")}
     rows = {m: [] for m in cards}
     for subject, path, truth_image, names, _ in (mr_cases(args.subjects.split(",")) if args.subjects else mr_cases()):
         image = read_image(path)
@@ -70,7 +74,7 @@ def main(argv=None) -> dict:
         str(margin): {**shares(scored), "level_dice_per_case": {r["case"]: r["level_dice_mean"] for r in scored}}
         for margin, scored in rows.items()
     }
-    result = {"model": card.name, "card_margin": card.edge_padding, "summary": summary, "per_case": {str(m): r for m, r in rows.items()}}
+    result = {"model": card.name, "card_margin": card.edge_padding, "sides": args.sides, "summary": summary, "per_case": {str(m): r for m, r in rows.items()}}
     print(json.dumps(result, indent=1))
     return result
 

@@ -26,7 +26,9 @@ docs/levels.md), and the new weights are validated through them. Its
 ``benchmarks/warning_rates.py`` calibrates it again.
 
 A run trained with ``--edge-pad N`` gets ``input.edge_padding_px`` on its card
-(``evaluate.inference_edge_padding``), as its validation during training had.
+(``evaluate.inference_edge_padding``), as its validation during training had; a run trained
+without it keeps the replaced card's edge padding (the bundled verdiff-mr pads the top of its
+slices, a decision about using the model measured apart from its weights, as ``postprocess``).
 """
 
 from __future__ import annotations
@@ -109,18 +111,22 @@ def cumulative_training(history: list[dict]) -> dict:
 
 
 CARRIED_SECTIONS = ("postprocess", "naming")
+CARRIED_INPUT_KEYS = ("edge_padding_px", "edge_padding_sides")  # how the slices are padded (models, edge padding)
 
 
 def carried_settings(card_path: Path) -> dict:
     """The sections of the card an export replaces that the new card keeps (module docstring),
     and its ``input.planar_model`` (which model segments single slices for a 2.5D card: a
-    choice of the bundle, not of the weights) under the key ``planar_model``."""
+    choice of the bundle, not of the weights) under the key ``planar_model``, and its edge
+    padding (``input.edge_padding_px`` and ``edge_padding_sides``) under ``edge_padding``."""
     if not card_path.exists():
         return {}
     old = json.loads(card_path.read_text(encoding="utf-8"))
     carried = {key: old[key] for key in CARRIED_SECTIONS if key in old}
     if (old.get("input") or {}).get("planar_model"):
         carried["planar_model"] = old["input"]["planar_model"]
+    if (old.get("input") or {}).get("edge_padding_px"):
+        carried["edge_padding"] = {k: old["input"][k] for k in CARRIED_INPUT_KEYS if k in old["input"]}
     return carried
 
 
@@ -164,7 +170,9 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             "history": history,
             "cumulative": cumulative_training(history),
         }
-        card.update({key: value for key, value in carried.items() if key != "planar_model"})
+        card.update({key: value for key, value in carried.items() if key not in ("planar_model", "edge_padding")})
+        if carried.get("edge_padding") and "edge_padding_px" not in card["input"]:  # a run trained padded sets its own
+            card["input"].update(carried["edge_padding"])
         if carried.get("planar_model") and card["input"].get("context_slices"):
             card["input"]["planar_model"] = carried["planar_model"]
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."

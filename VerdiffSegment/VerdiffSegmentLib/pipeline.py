@@ -339,16 +339,17 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     (``OutOfMemoryFallback``; its warning is appended to ``warnings``). ``offsets``: the input
     channels' slice offsets (``PreparedImage.input_offsets``; a 2.5D card's neighbours), the
     channels built by ``preparation.slice_channels``. A card's ``edge_padding`` pads each slice
-    by that many pixels on every side, the border repeated, and the result is cropped back
-    (``models``, edge padding)."""
+    by that many pixels on every side (``edge_padding_sides`` "superior": the top only), the
+    border repeated, and the result is cropped back (``models``, edge padding)."""
     if len(offsets) != 1 + 2 * card.context_slices:  # a caller's mistake, not a user's: the network would fail obscurely
         raise ValueError(f"model {card.name} reads {1 + 2 * card.context_slices} input channel(s); got offsets for {len(offsets)} (pass PreparedImage.input_offsets)")
     margin = card.edge_padding
     rows, cols = stack.shape[1:]
+    side = 0 if card.edge_padding_sides == "superior" else margin  # the other three sides' padding
     if margin:
-        stack = np.pad(stack, ((0, 0), (margin, margin), (margin, margin)), mode="edge")
+        stack = np.pad(stack, ((0, 0), (margin, side), (side, side)), mode="edge")
     stack, _ = pad_to_multiple(stack, network.input_multiple)
-    within = (slice(margin, margin + rows), slice(margin, margin + cols))
+    within = (slice(margin, margin + rows), slice(side, side + cols))
     n_slices = stack.shape[0]
     probability = np.zeros((n_slices, network.num_classes, rows, cols), np.float32)
     spread = np.zeros_like(probability)

@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO), str(REPO / "benchmarks")]
 
 from VerdiffSegmentLib.io import read_image  # noqa: E402
-from VerdiffSegmentLib.models import get_card, load_network  # noqa: E402
+from VerdiffSegmentLib.models import EDGE_PADDING_SIDES, get_card, load_network  # noqa: E402
 from VerdiffSegmentLib.pipeline import segment  # noqa: E402
 from levels_accuracy import case_scores, mr_cases, shares, truth_levels_present  # noqa: E402
 
@@ -49,7 +49,7 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="verdiff-mr")
     parser.add_argument("--margins", default="0,8,16,24")
-    parser.add_argument("--sides", default="all", choices=["all", "superior"], help="pad every side, or the top rows only")
+    parser.add_argument("--sides", default="all", choices=EDGE_PADDING_SIDES, help="pad every side, or the top rows only")
     parser.add_argument("--subjects", default=None, help="comma-separated VB3 subjects (default: the held-out ones)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)

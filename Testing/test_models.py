@@ -132,6 +132,21 @@ def test_a_consistent_2_5d_card_parses_and_only_the_mr_default_and_its_candidate
     assert next(c for c in CARDS if c.name == "verdiff-mr-2d").context_slices == 0
 
 
+def test_context_distance_is_read_from_the_card_and_refused_where_it_means_nothing():
+    """``input.context_distance_mm``: absent on the cards written before it (None: the channels
+    ``spacing_mm`` apart), read as given on a 2.5D card, and refused on a 1-channel card (no
+    neighbours to place) or when it is no distance."""
+    assert all(card.context_distance_mm is None for card in CARDS if "context_distance_mm" not in card.raw["input"])
+    wide = next(card for card in CARDS if card.name == "verdiff-mr")
+    assert wide.derived(input={**wide.raw["input"], "context_distance_mm": 4}).context_distance_mm == 4.0
+    planar = next(card for card in CARDS if card.name == "verdiff-mr-2d")
+    with pytest.raises(VerdiffError, match="context_distance_mm is for 2.5D cards"):
+        planar.derived(input={**planar.raw["input"], "context_distance_mm": 4.0})
+    for bad in (0, -1.0, "4", True, 1000):
+        with pytest.raises(VerdiffError, match="context_distance_mm must be a distance in mm"):
+            wide.derived(input={**wide.raw["input"], "context_distance_mm": bad})
+
+
 def test_edge_padding_is_read_from_the_card_and_refused_on_a_3d_network(tmp_path):
     """``input.edge_padding_px``: absent on the cards written before it (0), read as given, and
     refused on a 3D card (its sliding window pads itself; the option pads sagittal slices)."""

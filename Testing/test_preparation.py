@@ -92,6 +92,31 @@ def test_training_and_inference_build_the_same_2_5d_input(data_dir):
     assert np.array_equal(one_channel.network_input(range(3)), prepared.stack[:3, None])
 
 
+def test_a_card_and_a_run_with_a_context_distance_place_the_neighbours_alike(data_dir):
+    """``context_distance_mm`` 4 on the card (inference) and on the run config (training): the
+    neighbour channels 4 mm away on both sides, 4 slices of the 1 mm VB3 grid, and the sampler
+    draws channels that inference feeds the network for some slice."""
+    from training.augment import PRESETS
+    from training.configs import RunConfig
+    from training.sampler import SliceSampler
+
+    card = context_card(1)
+    card = card.derived(input={**card.raw["input"], "context_distance_mm": 4.0})
+    run = recipe_config("verdiff-mr", context_slices=1, context_distance_mm=4.0)
+    assert run.context_mm == 4.0 and RunConfig.from_dict(run.to_dict()).context_distance_mm == 4.0
+    assert recipe_config("verdiff-mr", context_slices=1).context_mm == card.spacing_mm  # absent: the grid spacing
+    item = datasets.mr_item(data_dir, "VB3_17")
+    case = datasets.run_case(item, run)
+    prepared = prepare_for_card(read_image(str(item.image)), card)
+    assert np.array_equal(prepared.input_offsets, [-4.0, 0.0, 4.0])
+    rows, cols = prepared.stack.shape[1:]
+    sampler = SliceSampler([case], max(rows, cols), 8, PRESETS["none"], context_slices=1, context_distance_mm=run.context_mm)
+    images, _ = sampler.batch(4)
+    for image in images.numpy()[:, :, :rows, :cols]:
+        assert any(np.array_equal(image, prepared.network_input([s])[0]) for s in range(prepared.stack.shape[0]))
+        assert not np.array_equal(image[0], image[1])  # a neighbour 4 mm away is another picture
+
+
 def test_neighbours_at_a_fixed_distance_in_mm_show_thick_slices_the_anatomy_training_saw(data_dir):
     """On 3 mm slices (every third 1 mm slice of a real MR volume) the neighbour channels are
     interpolated at +-1.25 mm, as on the 1 mm training data; the adjacent 3 mm slices would

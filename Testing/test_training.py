@@ -463,6 +463,34 @@ def test_a_2_5d_run_refuses_x_rays_3d_and_fewer_context_slices_than_its_init():
     assert recipe_config("verdiff-mr", context_slices=2).network_arguments["in_channels"] == 5
 
 
+def test_the_context_distance_comes_from_the_arguments_or_the_init_card_and_reaches_the_card(tmp_path):
+    """``train --context-distance MM`` sets the run's ``context_distance_mm``; a warm start
+    without it keeps its card's (absent on the bundled card: None, the grid spacing); the card
+    the run validates and exports with carries it; a 1-channel run refuses it."""
+    import json
+
+    import argparse
+
+    from training.__main__ import _train_parser, run_config_from_args
+    from training.evaluate import card_data
+    from VerdiffSegmentLib.models import parse_card
+
+    parser = argparse.ArgumentParser()
+    _train_parser(parser.add_subparsers(dest="command"))
+
+    def run_of(*extra):
+        return run_config_from_args(parser.parse_args(["train", "verdiff-mr", "--out", str(tmp_path), "--init", str(MODELS / "verdiff-mr.pt"), *extra]))
+
+    assert run_of().context_distance_mm is None and run_of().context_mm == 1.25
+    run = run_of("--context-distance", "4")
+    assert run.context_distance_mm == 4.0 and run.context_slices == 1
+    card = card_data(run, "w.pt", "0" * 64, 1, 2)
+    assert card["input"]["context_distance_mm"] == 4.0 and "context_distance_mm" not in card_data(run_of(), "w.pt", "0" * 64, 1, 2)["input"]
+    assert parse_card(json.loads(json.dumps(card)), tmp_path / "x.json").context_distance_mm == 4.0
+    with pytest.raises(ValueError, match="context_distance_mm is for 2.5D runs"):
+        recipe_config("verdiff-mr", context_distance_mm=4.0)
+
+
 def test_a_2_5d_sampler_stacks_the_neighbours_and_transforms_all_channels_alike(data_dir):
     """The sampler's channels are the slice and its neighbours at +-1.25 mm (1 mm slices:
     interpolated), the label is the centre slice's, and one warp moves every channel alike."""

@@ -45,6 +45,31 @@ def with_margin(card, margin: int, sides: str = "all"):
     return card.derived(input={**card.raw["input"], "edge_padding_px": int(margin), "edge_padding_sides": sides})
 
 
+def score_variants(cards: dict, network, subjects=None, key: str = "variant") -> tuple[dict, dict]:
+    """Run ``pipeline.segment`` with each of ``cards`` (variants of one model, sharing
+    ``network``) on the VB3 ``subjects`` (default: the held-out ones) and score each case per
+    vertebra (``levels_accuracy.case_scores``); returns (summary, per case), both keyed by
+    ``str(variant)``. Each case is printed to stderr as it is scored, under ``key``."""
+    rows = {variant: [] for variant in cards}
+    for subject, path, truth_image, names, _ in (mr_cases(subjects) if subjects else mr_cases()):
+        image = read_image(path)
+        truth = sitk.GetArrayFromImage(truth_image)
+        names = truth_levels_present(truth, names)
+        truth = np.where(np.isin(truth, list(names)), truth, 0)
+        for variant, derived in cards.items():
+            result = segment(image, derived, device="cpu", network=network)
+            predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
+            scores = case_scores(predicted, result.segments, truth, names)
+            rows[variant].append({"case": subject, "levels": [s["level"] for s in result.segments],
+                                  **{k: scores[k] for k in ("binary_dice", "level_dice_mean", "vertebrae", "correctly_named", "wrongly_named")}})
+            print(json.dumps({key: variant, **rows[variant][-1]}), file=sys.stderr, flush=True)
+    summary = {
+        str(variant): {**shares(scored), "level_dice_per_case": {r["case"]: r["level_dice_mean"] for r in scored}}
+        for variant, scored in rows.items()
+    }
+    return summary, {str(v): r for v, r in rows.items()}
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="verdiff-mr")
@@ -57,24 +82,8 @@ def main(argv=None) -> dict:
     card = get_card(args.model)
     network = load_network(card, "cpu")
     cards = {int(m): with_margin(card, int(m), args.sides) for m in args.margins.split(",")}
-    rows = {m: [] for m in cards}
-    for subject, path, truth_image, names, _ in (mr_cases(args.subjects.split(",")) if args.subjects else mr_cases()):
-        image = read_image(path)
-        truth = sitk.GetArrayFromImage(truth_image)
-        names = truth_levels_present(truth, names)
-        truth = np.where(np.isin(truth, list(names)), truth, 0)
-        for margin, padded in cards.items():
-            result = segment(image, padded, device="cpu", network=network)
-            predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
-            scores = case_scores(predicted, result.segments, truth, names)
-            rows[margin].append({"case": subject, "levels": [s["level"] for s in result.segments],
-                                 **{k: scores[k] for k in ("binary_dice", "level_dice_mean", "vertebrae", "correctly_named", "wrongly_named")}})
-            print(json.dumps({"margin": margin, **rows[margin][-1]}), file=sys.stderr, flush=True)
-    summary = {
-        str(margin): {**shares(scored), "level_dice_per_case": {r["case"]: r["level_dice_mean"] for r in scored}}
-        for margin, scored in rows.items()
-    }
-    result = {"model": card.name, "card_margin": card.edge_padding, "sides": args.sides, "summary": summary, "per_case": {str(m): r for m, r in rows.items()}}
+    summary, per_case = score_variants(cards, network, args.subjects.split(",") if args.subjects else None, "margin")
+    result = {"model": card.name, "card_margin": card.edge_padding, "sides": args.sides, "summary": summary, "per_case": per_case}
     print(json.dumps(result, indent=1))
     return result
 

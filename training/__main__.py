@@ -90,6 +90,8 @@ def _train_parser(sub) -> None:
     data.add_argument("--context-slices", type=int, default=None, metavar="K",
                       help="2.5D: K neighbouring sagittal slices on each side as input channels, at multiples of the grid spacing in mm "
                            "(default 0, or the --init model's card's); with --init from a model of fewer, it starts as that model")
+    data.add_argument("--context-distance", type=float, default=None, metavar="MM",
+                      help="2.5D: mm between neighbouring input channels (default: the --init model's card's, else the grid spacing)")
     loop = p.add_argument_group("the loop")
     defaults = TrainOptions()
     loop.add_argument("--train-steps", dest="steps", type=int, default=defaults.steps, metavar="N", help=f"optimiser steps (default {defaults.steps})")
@@ -154,6 +156,8 @@ def keep_init_architecture(args) -> None:
     args.channels, args.family = channels, family
     if args.context_slices is None:
         args.context_slices = card.context_slices
+    if getattr(args, "context_distance", None) is None and args.context_slices:
+        args.context_distance = card.context_distance_mm
     # A warm start continues the model on its own grid: a card trained with --spacing 4 is not
     # quietly fine-tuned on the recipe's 5 px grid (an explicit --spacing still wins).
     recipe = RECIPES.get(getattr(args, "model", None) or "")
@@ -164,6 +168,7 @@ def keep_init_architecture(args) -> None:
 def run_config_from_args(args) -> RunConfig:
     """The run's config from --config, from data set arguments, or from the recipe."""
     given_context, given_family = args.context_slices, args.family  # before the --init card fills them in
+    given_distance = args.context_distance
     keep_init_architecture(args)
     levels = args.levels.split(",") if args.levels else None
     if args.config:
@@ -172,6 +177,8 @@ def run_config_from_args(args) -> RunConfig:
         run = load_config(args.config)
         if given_context not in (None, run.context_slices):
             raise ValueError(f"--config {args.config} has context_slices {run.context_slices}; set it there, not with --context-slices")
+        if given_distance not in (None, run.context_distance_mm):
+            raise ValueError(f"--config {args.config} has context_distance_mm {run.context_distance_mm}; set it there, not with --context-distance")
         if args.init and args.family and (args.family, tuple(args.channels)) != (run.family, tuple(run.channels)):  # the --init card's
             raise ValueError(f"--init {args.init} is a {args.family} model with channels {','.join(map(str, args.channels))} (its card); "
                              f"--config {args.config} describes {run.family} with {','.join(map(str, run.channels))}")
@@ -179,6 +186,8 @@ def run_config_from_args(args) -> RunConfig:
     channels = args.channels or DEFAULT_CHANNELS
     family = args.family or DEFAULT_FAMILY
     geometry = {"spatial_dims": args.spatial_dims, **({"context_slices": args.context_slices} if args.context_slices else {})}
+    if args.context_distance is not None:
+        geometry["context_distance_mm"] = args.context_distance
     if args.patch:
         geometry["patch_size"] = list(args.patch)
     if args.spacing:
@@ -207,7 +216,8 @@ def run_config_from_args(args) -> RunConfig:
         )
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
-    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0)
+    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0,
+                         args.context_distance)
 
 
 def bundled_card(run: RunConfig) -> ModelCard | None:

@@ -34,7 +34,7 @@ MARGIN_SLICES = 4
 MARGIN_PIXELS = 48
 # Run-config keys that shape the network or how samples are drawn from the cases, not the
 # cases: one cache serves every width of its run, 2D or 2.5D.
-SAMPLING_ONLY_KEYS = ("channels", "context_slices")
+SAMPLING_ONLY_KEYS = ("channels", "context_slices", "context_distance_mm")
 
 
 def cropped(case: Case) -> Case:

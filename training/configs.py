@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from VerdiffSegmentLib.families import FAMILY_MODULES, get_family
+from VerdiffSegmentLib.models import checked_context_distance
 
 from .labels import LabelScheme, default_levels, source_levels
 
@@ -65,7 +66,7 @@ DEFAULT_CHANNELS = (8, 16, 32, 64)
 DATASET_KINDS = ("volume", "aasce")
 _DATASET_KEYS = {"kind", "images", "labels", "source", "subject", "include", "root"}
 _SPLIT_KEYS = {"seed", "validation", "test", "validation_subjects", "test_subjects"}
-_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm", "context_slices"}
+_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm", "context_slices", "context_distance_mm"}
 DEFAULT_FAMILY = "verdiff-net"
 
 
@@ -80,9 +81,9 @@ class RunConfig:
     (default: the recipe's in-plane spacing); 2 (default) trains on sagittal slices.
 
     ``context_slices`` k (2D only) trains a 2.5D network: the slice and k neighbouring slices
-    on each side, at multiples of the grid's in-plane spacing in mm, as input channels
-    (``VerdiffSegmentLib.preparation`` decision 4; ``in_channels`` 1 + 2k). X-rays are single
-    images without neighbours: a 2.5D X-ray run is refused.
+    on each side, at multiples of ``context_distance_mm`` (default: the grid's in-plane
+    spacing), as input channels (``VerdiffSegmentLib.preparation`` decision 4; ``in_channels``
+    1 + 2k). X-rays are single images without neighbours: a 2.5D X-ray run is refused.
     """
 
     name: str
@@ -96,6 +97,7 @@ class RunConfig:
     patch_size: tuple[int, ...] | None = None  # 3D only: (slices, rows, columns) in voxels
     spacing_mm: float | None = None  # None: the recipe's
     context_slices: int = 0  # 2.5D: neighbouring slices on each side in the input
+    context_distance_mm: float | None = None  # 2.5D: mm between the input channels; None: the grid spacing
 
     @property
     def recipe_settings(self) -> dict:
@@ -105,6 +107,11 @@ class RunConfig:
     def input_spacing_mm(self) -> float:
         """The grid's in-plane spacing (and, in 3D, its slice spacing)."""
         return float(self.spacing_mm or self.recipe_settings["spacing_mm"])
+
+    @property
+    def context_mm(self) -> float:
+        """The distance between a 2.5D network's input channels in mm."""
+        return float(self.context_distance_mm or self.input_spacing_mm)
 
     @property
     def slice_spacing_mm(self) -> float | None:
@@ -140,6 +147,7 @@ class RunConfig:
             **({"spatial_dims": self.spatial_dims, "patch_size": list(self.patch_size)} if self.spatial_dims == 3 else {}),
             **({"spacing_mm": self.spacing_mm} if self.spacing_mm is not None else {}),
             **({"context_slices": self.context_slices} if self.context_slices else {}),
+            **({"context_distance_mm": self.context_distance_mm} if self.context_distance_mm is not None else {}),
         }
 
     @classmethod
@@ -188,7 +196,10 @@ class RunConfig:
             raise ValueError(f"{origin}: context_slices is for 2D runs; a 3D network sees the neighbouring slices already")
         if context and (RECIPES[recipe]["modality"] == "XR" or any(d["kind"] == "aasce" for d in datasets)):
             raise ValueError(f"{origin}: context_slices needs volumes; X-rays are single images without neighbouring slices")
-        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm), context)
+        distance = checked_context_distance(data.get("context_distance_mm"), f"{origin}: context_distance_mm")
+        if distance is not None and not context:
+            raise ValueError(f"{origin}: context_distance_mm is for 2.5D runs (context_slices > 0)")
+        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm), context, distance)
 
 
 def _check_dataset(entry: dict, where: str) -> dict:
@@ -225,7 +236,8 @@ def load_config(path: Path) -> RunConfig:
 
 
 def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None, family: str = DEFAULT_FAMILY,
-                  spatial_dims: int = 2, patch_size=None, spacing_mm: float | None = None, context_slices: int = 0) -> RunConfig:
+                  spatial_dims: int = 2, patch_size=None, spacing_mm: float | None = None, context_slices: int = 0,
+                  context_distance_mm: float | None = None) -> RunConfig:
     """A bundled recipe as a config (its own data and held-out split), for any model family,
     in 2D (2.5D with ``context_slices``) or (``spatial_dims=3`` with a ``patch_size``) 3D."""
     labels = {"scheme": scheme, **({"levels": list(levels)} if levels else {})}
@@ -236,4 +248,6 @@ def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFA
         data["spacing_mm"] = spacing_mm
     if context_slices:
         data["context_slices"] = context_slices
+    if context_distance_mm is not None:
+        data["context_distance_mm"] = context_distance_mm
     return RunConfig.from_dict(data, model)

@@ -90,6 +90,8 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         card["separation"] = {"gap_channel": run.labels.num_classes, "what": "gaps between neighbouring vertebrae (training.labels.neighbour_gaps); not a segment"}
     if run.context_slices:  # absent for 1-channel cards: they stay as they were written
         card["input"]["context_slices"] = run.context_slices
+    if run.context_distance_mm is not None:  # absent: the grid spacing, as every card written before it
+        card["input"]["context_distance_mm"] = run.context_distance_mm
     if edge_padding_px:  # absent when 0: the cards written before it stay as they were
         card["input"]["edge_padding_px"] = int(edge_padding_px)
     if run.spatial_dims == 3:

@@ -282,7 +282,7 @@ class Trainer:
         if run.spatial_dims == 3:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
-            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.input_spacing_mm, bits,
+            sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.context_mm, bits,
                                    options.crop_centre, options.edge_pad)
         if options.workers:
             sampler.start_workers(options.workers)

@@ -14,6 +14,8 @@ written before it) adds k neighbouring slices on each side as input channels
 says otherwise, or gives context to a 3D network (which sees the volume already), is refused.
 A 2.5D card may name ``input.planar_model``: the bundled 1-channel model that segments a single
 slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_card``).
+``input.context_distance_mm`` d (absent: the card's ``spacing_mm``, as every 2.5D card written
+before it) is the distance between neighbouring input channels (``preparation`` decision 4).
 
 Edge padding: ``input.edge_padding_px`` n (absent: 0) pads each sagittal slice of a 2D card by
 n grid pixels on every side before sampling, the border row repeated, and crops the result
@@ -129,6 +131,16 @@ EXTRA_VERTEBRAE = ("above", "either")  # naming.extra_vertebrae (module docstrin
 EDGE_PADDING_SIDES = ("all", "superior")  # input.edge_padding_sides (module docstring)
 
 
+def checked_context_distance(value, where: str) -> float | None:
+    """A 2.5D input's distance between neighbouring channels in mm (None: absent), or a
+    ValueError naming ``where``; the cards and the training configs check it alike."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 100:
+        raise ValueError(f"{where} must be a distance in mm between 0 and 100, got {value!r}")
+    return float(value)
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """A model card, parsed and checked once (``read_card``); nothing outside this module
@@ -155,6 +167,7 @@ class ModelCard:
     training: dict  # provenance: split, config, label scheme, history (may be empty)
     validation: dict  # figures on the held-out split at the defaults (may be empty)
     context_slices: int = 0  # 2.5D: neighbouring sagittal slices on each side in the input (module docstring)
+    context_distance_mm: float | None = None  # 2.5D: mm between neighbouring input channels; None: spacing_mm (module docstring)
     edge_padding: int = 0  # input.edge_padding_px: grid pixels each slice is padded by, the border repeated (module docstring)
     edge_padding_sides: str = "all"  # input.edge_padding_sides: "all", or "superior" (the top rows only)
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
@@ -285,6 +298,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         in_channels = data["network"].get("in_channels", 1)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in (context, in_channels)):
             raise TypeError(f"input.context_slices and network.in_channels must be integers, got {context!r} and {in_channels!r}")
+        context_distance = checked_context_distance(source.get("context_distance_mm"), "input.context_distance_mm")
         edge_padding = source.get("edge_padding_px", 0)
         if isinstance(edge_padding, bool) or not isinstance(edge_padding, int) or edge_padding < 0:
             raise ValueError(f"input.edge_padding_px must be a whole number of pixels, 0 or more, got {edge_padding!r}")
@@ -333,6 +347,8 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         fail(f"input.context_slices must be 0 or more (neighbouring slices on each side), got {context}")
     if in_channels != 1 + 2 * context:
         fail(f"network.in_channels is {in_channels} but input.context_slices {context} needs {1 + 2 * context} (the slice and {context} neighbour(s) on each side)")
+    if context_distance is not None and not context:
+        fail("input.context_distance_mm is for 2.5D cards (input.context_slices > 0)")
     if planar is not None and not context:
         fail("input.planar_model is for 2.5D cards (input.context_slices > 0): a 1-channel model segments single slices itself")
     if gap_channel is not None and (len(labels) != 1 or gap_channel != 1 or int(data["network"].get("num_classes", 1)) != 2):
@@ -362,6 +378,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         training=dict(data.get("training") or {}),
         validation=dict(data.get("validation") or {}),
         context_slices=context,
+        context_distance_mm=context_distance,
         edge_padding=edge_padding,
         edge_padding_sides=edge_padding_sides,
         min_vertebrae_share=share,

@@ -19,8 +19,8 @@ The decisions, in order:
    the anti-aliasing filter must not move it.
 4. 2.5D input (a card's ``input.context_slices`` k > 0, 2D networks only): the network reads
    2k + 1 channels per sagittal slice, the slice itself in the middle and its neighbours at
-   j x d mm, j = -k..k, with d = the card's in-plane ``spacing_mm`` (``context_offsets``):
-   the channels form a slab of cubic voxels. The neighbours are sampled at a fixed distance
+   j x d mm, j = -k..k, with d = the card's ``input.context_distance_mm``, by default its
+   in-plane ``spacing_mm`` (``context_offsets``): then the channels form a slab of cubic voxels. The neighbours are sampled at a fixed distance
    in mm by linear interpolation along the slice axis (``slice_at``), not taken as the
    adjacent slices, so training (the development MR has 1 mm slices) and inference
    (clinical MR has 3-5 mm slices) see the same anatomy in each channel; on a thick-sliced
@@ -58,12 +58,13 @@ class PreparedImage:
     stack: np.ndarray
     spacing_mm: float
     context_slices: int = 0
+    context_distance_mm: float | None = None  # between the input channels (decision 4); None: spacing_mm
 
     @property
     def input_offsets(self) -> np.ndarray:
         """The network's input channels as offsets along ``stack``'s slice axis, in slices
         (``context_offsets``; [0.0] without context)."""
-        return context_offsets(self.context_slices, self.grid_spacing[0], self.spacing_mm)
+        return context_offsets(self.context_slices, self.grid_spacing[0], self.context_distance_mm or self.spacing_mm)
 
     def network_input(self, indices) -> np.ndarray:
         """The network's input [len(indices), channels, rows, columns] for these slices of ``stack``."""
@@ -91,19 +92,21 @@ class PreparedImage:
         return result if self.planar is self.image else restore_from_plane(result, self.image)
 
 
-def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None, context_slices: int = 0) -> PreparedImage:
+def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None, context_slices: int = 0,
+                  context_distance_mm: float | None = None) -> PreparedImage:
     """Prepare ``image`` for a network trained at ``spacing_mm`` with ``normalisation``.
 
     ``slice_spacing_mm``: resample the slice axis too (the 3D networks' isotropic grid);
     None (default) keeps the input's sagittal slices. ``context_slices``: neighbours on each
-    side in the network's input (decision 4)."""
+    side in the network's input, ``context_distance_mm`` apart (None, the default: ``spacing_mm``;
+    decision 4)."""
     planar = as_plane(image) if single_slice_axis(image) is not None else image
     reference = sagittal_reference(planar, spacing_mm, slice_spacing_mm)
     stack = to_sagittal_stack(planar, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(planar), normalisation)
-    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm), int(context_slices))
+    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm), int(context_slices), context_distance_mm)
 
 
 def prepare_for_card(image: sitk.Image, card) -> PreparedImage:
     """``prepare_image`` with a model card's input settings (``models.ModelCard``)."""
-    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None, card.context_slices)
+    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None, card.context_slices, card.context_distance_mm)

@@ -69,6 +69,16 @@ def context_card(context_slices: int):
     return card.derived(network={**card.network_config, "in_channels": 1 + 2 * context_slices}, input={**card.raw["input"], "context_slices": context_slices})
 
 
+def assert_sampler_draws_inference_inputs(images, prepared) -> np.ndarray:
+    """Each sampled image [channels, rows, cols] (cut to the stack's size: the sampler pads) is,
+    bit for bit, what inference feeds the network for some slice of ``prepared``; returns them cut."""
+    rows, cols = prepared.stack.shape[1:]
+    images = images.numpy()[:, :, :rows, :cols]
+    for image in images:
+        assert any(np.array_equal(image, prepared.network_input([s])[0]) for s in range(prepared.stack.shape[0]))
+    return images
+
+
 def test_training_and_inference_build_the_same_2_5d_input(data_dir):
     """A 2.5D case prepared for training gives the sampler the very channels inference feeds
     the network, slice for slice; the first slice's outer neighbour is the slice itself."""
@@ -83,9 +93,7 @@ def test_training_and_inference_build_the_same_2_5d_input(data_dir):
     assert np.array_equal(prepared.input_offsets, [-1.25, 0.0, 1.25])
     rows, cols = prepared.stack.shape[1:]
     sampler = SliceSampler([case], max(rows, cols), 8, PRESETS["none"], context_slices=1, context_distance_mm=card.spacing_mm)
-    images, _ = sampler.batch(6)
-    for image in images.numpy()[:, :, :rows, :cols]:
-        assert any(np.array_equal(image, prepared.network_input([s])[0]) for s in range(prepared.stack.shape[0]))
+    assert_sampler_draws_inference_inputs(sampler.batch(6)[0], prepared)
     first = prepared.network_input([0])[0]
     assert np.array_equal(first[0], first[1]) and np.array_equal(first[1], prepared.stack[0])
     one_channel = prepare_for_card(read_image(str(item.image)), get_card("verdiff-mr-2d"))  # a card without context_slices
@@ -111,9 +119,8 @@ def test_a_card_and_a_run_with_a_context_distance_place_the_neighbours_alike(dat
     assert np.array_equal(prepared.input_offsets, [-4.0, 0.0, 4.0])
     rows, cols = prepared.stack.shape[1:]
     sampler = SliceSampler([case], max(rows, cols), 8, PRESETS["none"], context_slices=1, context_distance_mm=run.context_mm)
-    images, _ = sampler.batch(4)
-    for image in images.numpy()[:, :, :rows, :cols]:
-        assert any(np.array_equal(image, prepared.network_input([s])[0]) for s in range(prepared.stack.shape[0]))
+    images = assert_sampler_draws_inference_inputs(sampler.batch(4)[0], prepared)
+    for image in images:
         assert not np.array_equal(image[0], image[1])  # a neighbour 4 mm away is another picture
 
 

@@ -467,9 +467,8 @@ def test_the_context_distance_comes_from_the_arguments_or_the_init_card_and_reac
     """``train --context-distance MM`` sets the run's ``context_distance_mm``; a warm start
     without it keeps its card's (absent on the bundled card: None, the grid spacing); the card
     the run validates and exports with carries it; a 1-channel run refuses it."""
-    import json
-
     import argparse
+    import json
 
     from training.__main__ import _train_parser, run_config_from_args
     from training.evaluate import card_data

@@ -20,8 +20,8 @@ The decisions, in order:
 4. 2.5D input (a card's ``input.context_slices`` k > 0, 2D networks only): the network reads
    2k + 1 channels per sagittal slice, the slice itself in the middle and its neighbours at
    j x d mm, j = -k..k, with d = the card's ``input.context_distance_mm``, by default its
-   in-plane ``spacing_mm`` (``context_offsets``): then the channels form a slab of cubic voxels. The neighbours are sampled at a fixed distance
-   in mm by linear interpolation along the slice axis (``slice_at``), not taken as the
+   in-plane ``spacing_mm`` (``context_offsets``): then the channels form a slab of cubic
+   voxels. The neighbours are sampled at a fixed distance in mm by linear interpolation along the slice axis (``slice_at``), not taken as the
    adjacent slices, so training (the development MR has 1 mm slices) and inference
    (clinical MR has 3-5 mm slices) see the same anatomy in each channel; on a thick-sliced
    image the interpolated neighbour is, to first order, the true one, where the adjacent

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,17 @@ MR_IMAGE = DATA / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"  # a held-out subject
 MR_LABELS = DATA / "mr-lumbar-vb3" / "VB3_17_seg.nii.gz"
 CT_IMAGE = DATA / "ct-chest" / "cxr_ct_int16.nii.gz"
 CT_LABELS = DATA / "ct-chest" / "mask.nii.gz"
+
+
+def pytest_configure(config):
+    """The README's command runs the tests in two processes (pytest-xdist, one per core of the
+    machines CI runs on): one torch thread in each and in the programs they start, or the two
+    thread pools fight over the cores and the run is slower than one process."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        import torch
+
+        torch.set_num_threads(1)
 
 
 def xray_image() -> Path:

@@ -32,7 +32,7 @@ from training.labels import LabelScheme, source_levels
 from training.sampler import SliceSampler
 from training.splits import MR_VALIDATION, split_subjects
 from training.objectives import objective_for
-from training.train import TrainOptions, train
+from training.train import RESUME_KEYS, TrainOptions, train
 
 from conftest import MODELS, REPO
 
@@ -784,3 +784,20 @@ def test_a_sampler_with_edge_padding_draws_crops_past_the_image_edge(data_dir):
     plain = top_repeats(SliceSampler(cases, 64, seed=11, augmentation=PRESETS["none"]))
     assert (padded > 2).sum() >= 5 and padded.max() <= 33, np.bincount(padded)
     assert (plain > 2).sum() == 0, np.bincount(plain)
+
+
+def test_a_max_timestep_draws_the_training_timesteps_from_0_to_it_only():
+    """``--max-timestep``: the noise levels around the card's start timestep (t = 150), not all T."""
+    network = VerdiffNet(channels=TINY)
+
+    def drawn(objective):
+        return objective.draw(4096, (1, 4, 4), torch.Generator().manual_seed(0))["t"]
+
+    t = drawn(objective_for("verdiff-net", network, max_timestep=300))
+    assert int(t.min()) == 0 and int(t.max()) == 300
+    assert int(drawn(objective_for("verdiff-net", network)).max()) > 900  # the default: all 1000
+    with pytest.raises(ValueError, match="0..999"):
+        objective_for("verdiff-net", network, max_timestep=1000)
+    with pytest.raises(ValueError, match="verdiff-net"):
+        objective_for("unet", network, max_timestep=300)
+    assert "max_timestep" in RESUME_KEYS  # a resumed run continues with the timesteps it started with

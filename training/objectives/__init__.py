@@ -23,11 +23,17 @@ from VerdiffSegmentLib.families import FAMILY_MODULES
 from VerdiffSegmentLib.losses import bce_dice_terms
 
 
-def objective_for(family: str, network: nn.Module, autocast_dtype: torch.dtype | None = None) -> nn.Module:
+def objective_for(family: str, network: nn.Module, autocast_dtype: torch.dtype | None = None, max_timestep: int | None = None) -> nn.Module:
+    """``max_timestep``: draw training timesteps from 0..N only (Verdiff-Net, whose cards sample
+    from one start timestep; ``objectives.verdiff_net``); refused for the other families."""
     if family not in FAMILY_MODULES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILY_MODULES)}")
     module = importlib.import_module(f".{FAMILY_MODULES[family]}", __package__)
-    return module.Objective(network, autocast_dtype)
+    if max_timestep is None:
+        return module.Objective(network, autocast_dtype)
+    if family != "verdiff-net":
+        raise ValueError(f"--max-timestep is for the verdiff-net family, not {family}")
+    return module.Objective(network, autocast_dtype, max_timestep=max_timestep)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

@@ -1,7 +1,15 @@
 """Verdiff-Net's training step: noise each mask around the conditional U-Net's prior at a
 random timestep (``PriorShiftedScheduler.add_noise(..., prior=f)``, eq. 5: the prior shift is
 explicit in the noising and in the x0 estimate), predict the noise, and minimise
-``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE + Dice)."""
+``verdiff_loss`` (L_simple + BCE on x0 + the prior's BCE + Dice).
+
+``max_timestep`` (``train --max-timestep N``; default None: all T timesteps, as the paper)
+draws the timesteps from 0..N only. The bundled cards sample once from t = 150 (issue 15), so
+a network trained on all 1000 spends most of its steps on noise levels inference never shows
+it; ImgX-DiffSeg (paper 002) trains on the timesteps it samples at. A range rather than the one
+timestep keeps multi-step sampling from the card's start (which visits t < 150) in what the
+network was trained on.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +29,18 @@ class Objective(nn.Module):
 
     terms = ("total", "simple", "bce", "prior")
 
-    def __init__(self, network: nn.Module, autocast_dtype: torch.dtype | None = None, scheduler: PriorShiftedScheduler | None = None):
+    def __init__(self, network: nn.Module, autocast_dtype: torch.dtype | None = None, scheduler: PriorShiftedScheduler | None = None,
+                 max_timestep: int | None = None):
         super().__init__()
         self.network, self.autocast_dtype = network, autocast_dtype
         self.scheduler = scheduler or PriorShiftedScheduler()
+        last = self.scheduler.num_train_timesteps - 1
+        if max_timestep is not None and not 0 <= max_timestep <= last:
+            raise ValueError(f"max_timestep must be within 0..{last}, not {max_timestep}")
+        self.timesteps_drawn = last + 1 if max_timestep is None else max_timestep + 1
 
     def draw(self, batch: int, mask_shape, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        t = torch.randint(0, self.scheduler.num_train_timesteps, (batch,), generator=generator)
+        t = torch.randint(0, self.timesteps_drawn, (batch,), generator=generator)
         return {"t": t, "noise": torch.randn((batch, *mask_shape), generator=generator)}
 
     def forward(self, image, mask, t, noise) -> dict[str, torch.Tensor]:

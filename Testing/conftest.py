@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -19,13 +21,27 @@ CT_LABELS = DATA / "ct-chest" / "mask.nii.gz"
 
 def pytest_configure(config):
     """The README's command runs the tests in two processes (pytest-xdist, one per core of the
-    machines CI runs on): one torch thread in each and in the programs they start, or the two
-    thread pools fight over the cores and the run is slower than one process."""
-    if os.environ.get("PYTEST_XDIST_WORKER"):
+    machines CI runs on):
+    - one torch thread in each and in the programs they start, or the two thread pools fight
+      over the cores and the run is slower than one process;
+    - a temporary folder of its own for each (``TMPDIR``, which the programs they start
+      inherit): tests check that a run leaves no temporary folder behind, and must not see the
+      other process's runs."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
         os.environ["OMP_NUM_THREADS"] = "1"
         import torch
 
         torch.set_num_threads(1)
+        folder = tempfile.mkdtemp(prefix=f"verdiff-tests-{worker}-")
+        os.environ["TMPDIR"] = tempfile.tempdir = folder
+        config._verdiff_temporary_folder = folder
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_verdiff_temporary_folder", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def xray_image() -> Path:

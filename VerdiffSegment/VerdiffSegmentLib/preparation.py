@@ -21,15 +21,15 @@ The decisions, in order:
    2k + 1 channels per sagittal slice, the slice itself in the middle and its neighbours at
    j x d mm, j = -k..k, with d = the card's ``input.context_distance_mm``, by default its
    in-plane ``spacing_mm`` (``context_offsets``): then the channels form a slab of cubic
-   voxels. The neighbours are sampled at a fixed distance in mm by linear interpolation along the slice axis (``slice_at``), not taken as the
-   adjacent slices, so training (the development MR has 1 mm slices) and inference
-   (clinical MR has 3-5 mm slices) see the same anatomy in each channel; on a thick-sliced
-   image the interpolated neighbour is, to first order, the true one, where the adjacent
-   slice would lie 3-5 times farther than anything the network was trained on. Positions
-   beyond the first or last slice take that slice (the edge is replicated). Inference
-   (``pipeline.sample_slices``), the training sampler and evaluation all build the
-   channels with ``slice_channels`` / ``slice_at``; k = 0 gives the slice alone, exactly
-   the 1-channel input.
+   voxels. The neighbours are sampled at a fixed distance in mm by linear interpolation
+   along the slice axis (``slice_at``), not taken as the adjacent slices, so training (the
+   development MR has 1 mm slices) and inference (clinical MR has 3-5 mm slices) see the
+   same anatomy in each channel; on a thick-sliced image the interpolated neighbour is, to
+   first order, the true one, where the adjacent slice would lie 3-5 times farther than
+   anything the network was trained on. Positions beyond the first or last slice take that
+   slice (the edge is replicated). Inference (``pipeline.sample_slices``), the training
+   sampler and evaluation all build the channels with ``slice_channels`` / ``slice_at``;
+   k = 0 gives the slice alone, exactly the 1-channel input.
 """
 
 from __future__ import annotations

@@ -801,3 +801,26 @@ def test_a_max_timestep_draws_the_training_timesteps_from_0_to_it_only():
     with pytest.raises(ValueError, match="verdiff-net"):
         objective_for("unet", network, max_timestep=300)
     assert "max_timestep" in RESUME_KEYS  # a resumed run continues with the timesteps it started with
+
+
+def test_detached_prior_features_keep_the_diffusion_loss_out_of_the_prior_network():
+    """``--detach-prior-features``: the prior network learns from the prior's loss alone; by
+    default (the paper's joint training) the denoiser's loss also reaches its encoder."""
+    torch.manual_seed(0)
+    image, mask = torch.randn(2, 1, 32, 32), (torch.rand(2, 1, 32, 32) > 0.5).float()
+
+    def prior_gradients(network, term, **options):
+        objective = objective_for("verdiff-net", network, **options)
+        network.zero_grad()
+        draws = objective.draw(2, (1, 32, 32), torch.Generator().manual_seed(1))
+        objective(image, mask, **draws)[term].backward()
+        return torch.cat([torch.zeros(p.numel()) if p.grad is None else p.grad.flatten() for p in network.prior_net.parameters()])
+
+    network = VerdiffNet(channels=TINY)
+    prior_only = prior_gradients(network, "prior")
+    assert torch.allclose(prior_gradients(network, "total", detach_prior_features=True), prior_only, atol=1e-6)
+    assert not torch.allclose(prior_gradients(network, "total"), prior_only, atol=1e-6)
+    assert prior_gradients(network, "simple", detach_prior_features=True).abs().sum() == 0
+    with pytest.raises(ValueError, match="--detach-prior-features is for the verdiff-net family"):
+        objective_for("unet", network, detach_prior_features=True)
+    assert "detach_prior_features" in RESUME_KEYS

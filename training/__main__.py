@@ -105,6 +105,8 @@ def _train_parser(sub) -> None:
                            "so the model learns the image edge a padded inference shows it (default 0: none)")
     loop.add_argument("--max-timestep", type=int, default=defaults.max_timestep, metavar="N",
                       help="verdiff-net: draw the training timesteps from 0..N only, around the card's start timestep (default: all T)")
+    loop.add_argument("--detach-prior-features", action="store_true",
+                      help="verdiff-net: keep the diffusion loss out of the prior's encoder (its image features detached; default: joint, as the paper)")
     loop.add_argument("--lr", type=float, default=defaults.lr, help="peak learning rate")
     loop.add_argument("--seed", type=int, default=defaults.seed, help="seed of initialisation, sampling of batches and noise")
     loop.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")

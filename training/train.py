@@ -67,6 +67,7 @@ class TrainOptions:
     crop_centre: str = "pixel"  # spine-centred crops on a random spine pixel, or along the spine (``sampler.spine_centre``)
     edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
     max_timestep: int | None = None  # verdiff-net: draw training timesteps from 0..N only (``objectives.verdiff_net``); None: all
+    detach_prior_features: bool = False  # verdiff-net: the diffusion loss stops at the prior's image features (``objectives.verdiff_net``)
     lr: float = 1e-3
     seed: int = 35
     optimizer: str = "adamw"  # or "adam"
@@ -97,7 +98,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "crop", "crop_centre", "edge_pad", "max_timestep", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "crop", "crop_centre", "edge_pad", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -237,7 +238,7 @@ class Trainer:
         self._write_run_files(command)
         sampler = self._sampler(cases)
         network = self._network()
-        self.objective = objective_for(run.family, network, amp_dtype, options.max_timestep)
+        self.objective = objective_for(run.family, network, amp_dtype, options.max_timestep, options.detach_prior_features)
         self.loss_terms = self.objective.terms
         # The module a step calls: the objective, wrapped for DDP in a distributed run.
         self.step_module = DistributedDataParallel(self.objective, device_ids=[world.local_rank] if self.device.type == "cuda" else None) if world.distributed else self.objective

@@ -23,17 +23,21 @@ from VerdiffSegmentLib.families import FAMILY_MODULES
 from VerdiffSegmentLib.losses import bce_dice_terms
 
 
-def objective_for(family: str, network: nn.Module, autocast_dtype: torch.dtype | None = None, max_timestep: int | None = None) -> nn.Module:
-    """``max_timestep``: draw training timesteps from 0..N only (Verdiff-Net, whose cards sample
-    from one start timestep; ``objectives.verdiff_net``); refused for the other families."""
+def objective_for(family: str, network: nn.Module, autocast_dtype: torch.dtype | None = None, max_timestep: int | None = None,
+                  detach_prior_features: bool = False) -> nn.Module:
+    """Verdiff-Net's options (``objectives.verdiff_net``), refused for the other families:
+    ``max_timestep`` draws training timesteps from 0..N only (its cards sample from one start
+    timestep); ``detach_prior_features`` keeps the diffusion loss out of the prior's encoder."""
     if family not in FAMILY_MODULES:
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILY_MODULES)}")
     module = importlib.import_module(f".{FAMILY_MODULES[family]}", __package__)
-    if max_timestep is None:
+    options = {"max_timestep": max_timestep, "detach_prior_features": detach_prior_features}
+    asked = [name for name, value in options.items() if value not in (None, False)]
+    if not asked:
         return module.Objective(network, autocast_dtype)
     if family != "verdiff-net":
-        raise ValueError(f"--max-timestep is for the verdiff-net family, not {family}")
-    return module.Objective(network, autocast_dtype, max_timestep=max_timestep)
+        raise ValueError(f"{', '.join('--' + name.replace('_', '-') for name in asked)} is for the verdiff-net family, not {family}")
+    return module.Objective(network, autocast_dtype, **options)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):

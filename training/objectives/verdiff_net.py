@@ -11,6 +11,12 @@ timestep keeps multi-step sampling from the card's start (which visits t < 150) 
 network was trained on. Measured (session 22, docs/experiments.md): the MR model warm-started
 on 0..300 followed the all-timesteps curve (training validation 0.8725 against 0.8778), so the
 bundled recipes keep all T.
+
+``detach_prior_features`` (``train --detach-prior-features``; default False: the paper's joint
+training, eq. 9) stops the diffusion loss at the prior's image features, which the noise
+semantic adapter reads, so the prior's encoder learns from the prior's own loss alone. Why
+try it: at the cards' sampling the label map is the prior's (``benchmarks/prior_alone.py``,
+session 22), and in the joint loss the denoiser's noise regression also pulls on that encoder.
 """
 
 from __future__ import annotations
@@ -32,9 +38,10 @@ class Objective(nn.Module):
     terms = ("total", "simple", "bce", "prior")
 
     def __init__(self, network: nn.Module, autocast_dtype: torch.dtype | None = None, scheduler: PriorShiftedScheduler | None = None,
-                 max_timestep: int | None = None):
+                 max_timestep: int | None = None, detach_prior_features: bool = False):
         super().__init__()
         self.network, self.autocast_dtype = network, autocast_dtype
+        self.detach_prior_features = detach_prior_features
         self.scheduler = scheduler or PriorShiftedScheduler()
         last = self.scheduler.num_train_timesteps - 1
         if max_timestep is not None and not 0 <= max_timestep <= last:
@@ -50,8 +57,9 @@ class Objective(nn.Module):
             condition = self.network.condition(image)
         prior = condition.prior.detach().float()  # the shift is a fixed input of the diffusion, trained by its own loss
         x_t = self.scheduler.add_noise(2 * mask - 1, noise, t, prior=prior)
+        features = condition.image_features.detach() if self.detach_prior_features else condition.image_features
         with autocast(image.device, self.autocast_dtype):
-            eps = self.network(x_t, t, Condition(prior, condition.prior_logits, condition.image_features))
+            eps = self.network(x_t, t, Condition(prior, condition.prior_logits, features))
         eps = eps.float()
         bad = non_finite(self.terms, eps, condition.prior_logits)
         if bad is not None:

@@ -54,6 +54,7 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
     # the one call (sessions 15-16): MR and X-ray, each at the bundled width from the bundled weights,
     # two crop sizes each, one archive per run with fp16 weights (the 8 files the tool brings back)
     env["OUT"] = str(tmp_path / "both")
+    env["MR_OPTIONS"] = "--detach-prior-features"  # a modality's own extra options reach its runs only
     done = subprocess.run(["bash", "training/gpu_sprint.sh", "both"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     runs = ("verdiff-mr-crop32", "verdiff-mr-crop40", "verdiff-xray-crop32", "verdiff-xray-crop48")
@@ -69,5 +70,6 @@ def test_the_sprint_prepares_and_trains_the_three_models_on_cpu(tmp_path, data_d
         assert config["settings"]["schedule"] == "cosine-time" and config["settings"]["threads"] == 1
         # each modality's own recipe: the X-ray runs the bundled X-ray model's paper augmentation
         assert config["settings"]["augmentation"] == ("paper" if "xray" in name else "any-contrast")
+        assert config["settings"]["detach_prior_features"] == ("mr" in name)
     if subprocess.run(["bash", "training/gpu_sprint.sh"], cwd=ROOT, env=env, capture_output=True).returncode != 2:
         pytest.fail("an unknown stage must exit 2")

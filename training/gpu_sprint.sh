@@ -24,7 +24,9 @@
 # test runs it in seconds: STEPS, TIME_MR, TIME_XR, TIME_CT, CHANNELS, BATCH, CROP, WORKERS,
 # DEVICE, SPRINT_DIR, OUT, PYTHON, XR_SPACING, LIMIT (prepare: cache only the first N training subjects),
 # and for `both` TIME_BOTH, STEPS_BOTH, WORKERS_EACH (sample builders per run; four runs share the cores),
-# CROPS_MR and CROPS_XR (the two crop sizes of each modality's runs, "192 256" and "224 288").
+# CROPS_MR and CROPS_XR (the two crop sizes of each modality's runs, "192 256" and "224 288"), and
+# MR_OPTIONS and XR_OPTIONS (more `train` options for each modality's runs, e.g.
+# MR_OPTIONS=--detach-prior-features; default none).
 # Decisions: channels 32..256 (twice the bundled CPU models' widths, 4x their work; as wide as the U-Nets of the
 # papers at this depth), the any-contrast augmentation, batch 32 of 192-pixel crops, lr 1e-3 with
 # cosine decay over STEPS and a time limit that finishes early with the weights reached; no
@@ -121,6 +123,10 @@ case "${1:-}" in
         bundled=(--channels 16,32,64,128 --family verdiff-net --warmup-steps 100 --schedule cosine-time --threads 1)
         mr=(--name verdiff-mr "${bundled[@]}" --augmentation any-contrast --lr 3e-4 --init Resources/Models/verdiff-mr.pt)
         xr=(--name verdiff-xray "${bundled[@]}" --augmentation paper --lr 2e-4 --label-scheme binary-gaps --spacing "$XR_SPACING" --init Resources/Models/verdiff-xray.pt)
+        read -r -a mr_options <<< "${MR_OPTIONS:-}"
+        read -r -a xr_options <<< "${XR_OPTIONS:-}"
+        mr+=("${mr_options[@]}")
+        xr+=("${xr_options[@]}")
         for crop in "${mr_crops[@]}"; do
             CROP=$crop train "verdiff-mr-crop$crop" "$SPRINT_DIR/mr.npz" "$seconds" verdiff-mr "${mr[@]}" > /dev/null &
         done

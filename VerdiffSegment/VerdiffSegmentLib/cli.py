@@ -353,9 +353,9 @@ def write_summary(outdir: Path, cases: list[dict], shard: tuple[int, int] | None
         writer.writeheader()
         for case in cases:
             common = {key: case.get(key) for key in ("case", "input", "status", "error", "model", "steps", "ensemble", "device", "seconds")}
-            for segment in case.get("segments") or [{}]:
-                unit, size = segment_size(segment) if segment else (None, None)
-                writer.writerow({**common, "segment": segment.get("name"), "label": segment.get("value"), "voxels": segment.get("voxels"), "size": size, "unit": unit if segment else None, "mean_uncertainty": segment.get("mean_uncertainty"), "max_uncertainty": segment.get("max_uncertainty")})
+            for entry in case.get("segments") or [{}]:  # not ``segment``: that is the pipeline's function here
+                unit, size = segment_size(entry) if entry else (None, None)
+                writer.writerow({**common, "segment": entry.get("name"), "label": entry.get("value"), "voxels": entry.get("voxels"), "size": size, "unit": unit if entry else None, "mean_uncertainty": entry.get("mean_uncertainty"), "max_uncertainty": entry.get("max_uncertainty")})
     return paths
 
 

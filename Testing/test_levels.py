@@ -128,6 +128,9 @@ def test_xray_truth_quadrilaterals_come_back_as_t1_to_l5():
     assert [s["level"] for s in segments] == levels.card_levels(card) == [f"T{i}" for i in range(1, 13)] + LUMBAR
     scores = scores_of(labels, segments, sitk.GetArrayFromImage(truth), {i + 1: level for i, level in enumerate(levels.card_levels(card))})
     assert scores["correctly_named_share"] == 1.0 and scores["level_dice_mean"] > 0.99
+    # the Dice with names aside ignores the names: unnamed, the same pieces score as before
+    unnamed = scores_of(labels, [{**s, "level": None} for s in segments], sitk.GetArrayFromImage(truth), {i + 1: level for i, level in enumerate(levels.card_levels(card))})
+    assert unnamed["level_dice_mean"] == 0.0 and unnamed["level_dice_names_aside"] == scores["level_dice_names_aside"] > 0.99
 
 
 def test_terminology_of_named_segments():

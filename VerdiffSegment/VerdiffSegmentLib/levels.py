@@ -869,8 +869,11 @@ def level_scores(predicted: np.ndarray, predicted_levels: dict[int, str | None],
     vertebra that overlaps it most carries its level, wrongly named when that one carries
     another level (not when it carries none). ``separated_share``: truth vertebrae
     whose most-overlapping predicted vertebra overlaps it more than any other truth
-    vertebra (one-to-one: instance separation right, whatever the names)."""
-    dice, correct, wrong, separated = {}, 0, 0, 0
+    vertebra (one-to-one: instance separation right, whatever the names).
+    ``level_dice_names_aside``: the mean Dice of each truth vertebra with its most-overlapping
+    predicted vertebra (0 where none overlaps), whatever its name: the segmentation's share of
+    a low level Dice, the rest being the naming's."""
+    dice, correct, wrong, separated, aside = {}, 0, 0, 0, []
     named = {level: value for value, level in predicted_levels.items() if level}
     for value, level in truth_levels.items():
         inside = truth == value
@@ -886,12 +889,17 @@ def level_scores(predicted: np.ndarray, predicted_levels: dict[int, str | None],
         elif overlap.any() and predicted_levels.get(int(overlap.argmax())) is not None:
             wrong += 1
         if overlap.any():
-            back = np.bincount(truth[predicted == overlap.argmax()].ravel().astype(np.int64))
+            piece = predicted == overlap.argmax()
+            back = np.bincount(truth[piece].ravel().astype(np.int64))
             back[0] = 0
             separated += int(back.argmax() == value)
+            aside.append(2 * (piece & inside).sum() / (piece.sum() + inside.sum()))
+        else:
+            aside.append(0.0)
     return {
         "level_dice": dice,
         "level_dice_mean": round(float(np.mean(list(dice.values()))), 4) if dice else None,
+        "level_dice_names_aside": round(float(np.mean(aside)), 4) if aside else None,
         "vertebrae": len(dice),
         "correctly_named": correct,
         "correctly_named_share": round(correct / len(dice), 4) if dice else None,

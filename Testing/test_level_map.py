@@ -84,6 +84,10 @@ def test_levels_from_coordinates():
     assert levels_from_coordinates([1.5, 2.5, 3.5, 4.5], XRAY_LEVELS) == [None] * 4
     assert levels_from_coordinates([0.5 * i for i in range(30)], XRAY_LEVELS) == [None] * 30  # more pieces than levels
     assert levels_from_coordinates([1.0, 2.0], None) == [None, None]
+    # a map stretched over the pieces (two levels a step: a film that shows part of the spine): nothing named
+    assert levels_from_coordinates([1.0, 3.0, 5.1, 6.9, 9.0, 11.0, 13.0], XRAY_LEVELS) == [None] * 7
+    # merged pairs here and there keep the median step at one level: still named
+    assert levels_from_coordinates([1.0, 2.0, 4.0, 5.0, 6.0, 8.0, 9.0], XRAY_LEVELS) == ["T1", "T2", "T4", "T5", "T6", "T8", "T9"]
 
 
 def test_bundled_level_map_names_held_out_vertebrae():
@@ -121,6 +125,30 @@ def test_a_missing_vertebra_is_named_around_by_the_level_map():
     named = sitk.GetArrayFromImage(labels)
     for segment in segments:  # each name sits on its truth body
         assert np.median(truth[named == segment["value"]]) == XRAY_LEVELS.index(segment["level"]) + 1
+
+
+def test_a_lumbar_film_gets_no_thoracic_names_from_the_level_map():
+    """A held-out radiograph cut to start at the middle of T11, as a lumbar AP film would: the
+    level map reads any picture as T1 at its top and L5 at its bottom, and before its step check
+    it named these seven bodies T1, T2, T4 ... T10 (docs/levels.md, session 24). Now no body gets
+    a wrong level."""
+    import SimpleITK as sitk
+
+    from training.datasets import aasce_mask
+    from VerdiffSegmentLib.io import read_image
+    from VerdiffSegmentLib.levels import level_scores
+    from VerdiffSegmentLib.pipeline import segment
+
+    image, mat = next(item for item in held_out_landmarks(48) if item[0].stem == "sunhl-1th-10-Jan-2017-241 A AP")
+    picture = read_image(image)
+    truth = sitk.GetArrayFromImage(aasce_mask(picture, mat))
+    start = int(np.nonzero((truth == XRAY_LEVELS.index("T11") + 1).any(axis=1))[0].mean())
+    result = segment(picture[:, start:], get_card("verdiff-xray"), device="cpu")
+    truth = truth[start:]
+    present = {k + 1: level for k, level in enumerate(XRAY_LEVELS) if (truth == k + 1).any()}
+    assert len(result.segments) >= 5  # the lumbar bodies are drawn
+    scores = level_scores(sitk.GetArrayFromImage(result.labels).reshape(truth.shape), {s["value"]: s["level"] for s in result.segments}, truth, present)
+    assert scores["wrongly_named"] == 0, [s["level"] for s in result.segments]
 
 
 def test_segment_loads_the_level_map_and_keeps_names_in_order():

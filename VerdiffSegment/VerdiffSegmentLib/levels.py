@@ -386,6 +386,7 @@ def structure_of(label: dict) -> str:
 STANDARD_LEVELS = [f"C{i}" for i in range(1, 8)] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 EXTENDED_LEVELS = STANDARD_LEVELS + ["S1"]  # a level map's coordinates reach one level past L5
 MAP_AGREEMENT = 0.3  # levels: the most mean distance between a level map's medians and the names given (``levels_from_coordinates``)
+MAP_STEP_TOLERANCE = 1.35  # the level map's median step between neighbouring pieces must lie within 1/1.35 .. 1.35 levels (``levels_from_coordinates``)
 
 
 def levels_by_count(count: int, levels: list[str] | None, extra_vertebrae: str = "above") -> list[str | None]:
@@ -419,7 +420,15 @@ def levels_from_coordinates(coordinates: list[float], levels: list[str] | None) 
     separation disagree (a map off by about half a level, pieces that are not single
     vertebrae) and nothing is named: on the 48 held-out radiographs this kept 52 % of the
     vertebrae named right and cut the wrong names from 25 % to 9 % (docs/levels.md, session 7;
-    chosen on those same images)."""
+    chosen on those same images).
+    Neighbouring pieces are neighbouring vertebrae but for a merge or a miss, so the map's
+    median step between them must be about one level (within ``MAP_STEP_TOLERANCE``), else
+    nothing is named: the map reads the whole picture as an AASCE radiograph, T1 at its top and
+    L5 at its bottom, and on a film that shows part of the spine (a lumbar AP) it stretches its
+    levels over the picture. On 16 held-out radiographs cut to start at the middle of T11 it
+    named 55 % of the vertebrae wrong (T1, T3, T5 ... on L1-L5; median steps 1.2-2.3 levels),
+    none with the check; of the 48 whole held-out radiographs one changes, its pieces half merged
+    pairs (10 right and 7 wrong before, unnamed now; docs/levels.md, session 24)."""
     count = len(coordinates)
     if not levels or not count or levels[0] not in EXTENDED_LEVELS or levels[-1] not in EXTENDED_LEVELS:
         return [None] * count
@@ -429,6 +438,8 @@ def levels_from_coordinates(coordinates: list[float], levels: list[str] | None) 
     if count > len(choices):
         return [None] * count
     medians = np.asarray(coordinates, float)
+    if count >= 3 and not 1 / MAP_STEP_TOLERANCE <= float(np.median(np.diff(medians))) <= MAP_STEP_TOLERANCE:
+        return [None] * count  # the map's scale is not the pieces': a picture that shows part of the spine
     distance = np.abs(medians[:, None] - choices[None, :])
     # total[i, j]: least cost of pieces 0..i with piece i at choices[j]; from: the j of piece i - 1
     total = np.full(distance.shape, np.inf)

@@ -821,6 +821,33 @@ def test_an_l5_drawn_in_part_under_a_t12_is_still_named_l5():
     assert scores["correctly_named"] == 5 and scores["wrongly_named"] == 0
 
 
+def test_an_mr_cut_inside_the_lumbar_spine_is_not_counted_up_from_l5():
+    """Held-out VB3_18 cut at the middle of L4, as a field of view that stops inside the lumbar
+    spine: the lowest piece is not L5, and the count named its four pieces L2-L5 (all wrong)
+    before ``levels.cut_at_the_feet`` (docs/levels.md, session 24). Now they stay undecided; the
+    whole volume is still named L1-L5 (the test above, and benchmarks/levels_accuracy.py mr)."""
+    import torch
+
+    from VerdiffSegmentLib.pipeline import segment
+
+    torch.set_num_threads(1)
+    image = read_image(MR / "VB3_18_img.nii.gz")
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(MR / "VB3_18_seg.nii.gz")))
+    rows = np.nonzero((truth == 4).any(axis=(0, 1)))[0]  # numpy axis 2 = the image's first index: head to feet (IPR)
+    stop = int(rows.mean())
+    result = segment(image[:stop, :, :], get_card("verdiff-mr"), device="cpu")
+    assert len(result.segments) >= 3  # the bodies above the cut are drawn
+    scores = scores_of(result.labels, result.segments, truth[:, :, :stop], {i: f"L{i}" for i in range(1, 5)})
+    assert scores["wrongly_named"] == 0, [s["level"] for s in result.segments]
+
+
+def test_a_piece_at_the_inferior_edge_is_cut_at_the_feet():
+    spacing, superior = np.array([1.0, 1.0, 2.0]), np.array([-1.0, 0.0, 0.0])  # numpy axis 0 runs to the feet
+    inside = np.argwhere(np.ones((5, 3, 3), bool)) + [40, 0, 0]
+    assert not levels.cut_at_the_feet(inside, (50, 10, 10), superior, spacing)  # 5 mm above the edge
+    assert levels.cut_at_the_feet(inside + [4, 0, 0], (50, 10, 10), superior, spacing)  # its last row on the edge
+
+
 def test_a_part_left_two_bodies_long_is_cut_when_fewer_narrowings_than_bodies_show():
     """``_split``: a chain of four bodies (30 mm, 4 mm discs) whose last disc is segmented as
     bone: two narrowings for four bodies. The part left 64 mm long (over two periods) is cut

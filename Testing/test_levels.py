@@ -842,10 +842,10 @@ def test_an_mr_cut_inside_the_lumbar_spine_is_not_counted_up_from_l5():
 
 
 def test_a_piece_at_the_inferior_edge_is_cut_at_the_feet():
-    spacing, superior = np.array([1.0, 1.0, 2.0]), np.array([-1.0, 0.0, 0.0])  # numpy axis 0 runs to the feet
+    spacing, head = np.array([1.0, 1.0, 2.0]), np.array([-1.0, 0.0, 0.0])  # numpy axis 0 runs to the feet
     inside = np.argwhere(np.ones((5, 3, 3), bool)) + [40, 0, 0]
-    assert not levels.cut_at_the_feet(inside, (50, 10, 10), superior, spacing)  # 5 mm above the edge
-    assert levels.cut_at_the_feet(inside + [4, 0, 0], (50, 10, 10), superior, spacing)  # its last row on the edge
+    assert not levels.cut_at_the_feet(inside, (50, 10, 10), head, spacing)  # 5 mm above the edge
+    assert levels.cut_at_the_feet(inside + [4, 0, 0], (50, 10, 10), head, spacing)  # its last row on the edge
 
 
 def test_a_part_left_two_bodies_long_is_cut_when_fewer_narrowings_than_bodies_show():

@@ -542,9 +542,10 @@ def levels_of_a_short_chain(centres_mm: list[float], heights_mm: list[float], le
     return list(levels[len(levels) - count :])
 
 
-def cut_at_the_feet(piece: np.ndarray, shape, superior: np.ndarray, spacing: np.ndarray) -> bool:
-    """Whether a piece (voxel indices [n, ndim]) reaches within ``FEET_EDGE_MM`` of the picture's
-    inferior edge (along the head direction, from the grid's lowest corner).
+def cut_at_the_feet(piece: np.ndarray, shape, head: np.ndarray, spacing: np.ndarray) -> bool:
+    """Whether a piece (voxel indices [n, ndim] of a grid of ``shape``) reaches within
+    ``FEET_EDGE_MM`` of the picture's inferior edge, along ``head`` (``_head_direction``: a unit
+    vector in mm, numpy order) from the grid's lowest corner.
 
     Why: a lumbar MR card names bottom-up from L5 (``levels_by_count``, ``levels_of_a_short_chain``),
     since a lumbar exam shows L5 on the sacrum. A field of view that stops inside the lumbar spine
@@ -552,7 +553,6 @@ def cut_at_the_feet(piece: np.ndarray, shape, superior: np.ndarray, spacing: np.
     volumes cut at the middle of L4 the count named 72 % of the bodies wrong (L2-L5 on T12-L3);
     there the lowest piece is cut by the edge. In the 40 whole VB3 volumes the truth L5 ends 6-40
     mm above it (median 21). A cut through a disc is not caught (docs/levels.md, session 24)."""
-    head = _head_direction(superior, spacing)
     corners = np.array(np.meshgrid(*[[0, n - 1] for n in shape], indexing="ij")).reshape(len(shape), -1).T
     lowest_in_grid = float((corners * spacing).dot(head).min())
     return float((piece * spacing).dot(head).min()) - lowest_in_grid < FEET_EDGE_MM
@@ -680,10 +680,10 @@ def vertebrae(
     else:
         below = int(extra_vertebrae == "either" and below_the_range([len(points[v]) for v in ordered]))
         names, source = levels_by_count(len(ordered) - below, levels, extra_vertebrae) + [None] * below, "count"
-        if lowest_level_in_view and cut_at_the_feet(points[ordered[-1]], instances.shape, superior, spacing):
+        head = _head_direction(superior, spacing)
+        if lowest_level_in_view and cut_at_the_feet(points[ordered[-1]], instances.shape, head, spacing):
             names = [None] * len(ordered)  # the lowest level need not be in view: count from nothing
         elif lowest_level_in_view and not any(names):  # fewer than the card's levels: a body missed at the top?
-            head = _head_direction(superior, spacing)
             centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in ordered]
             names = levels_of_a_short_chain(centres, _piece_heights(ordered, points, spacing, head), levels)
         if rib_counter is not None and not any(names):  # a CT: the last rib-bearing vertebra is T12

@@ -84,6 +84,11 @@ card, session 17: true on verdiff-xray, SMAPE 10.63 -> 10.04 %, and unet-xray, 1
 not on imgx-xray, 14.74 -> 15.15 %, whose names are wrong for 31 % of the vertebrae and a
 placement continues a wrong name; needs the tilt network) places the end vertebrae a segmentation stops short of by the
 spine's proportions and reads their tilts there (``cobb.estimate_missing_ends``).
+
+Radiograph input: ``input.radiograph`` (an object: ``pixel_mm``, ``vertebra_width_px`` as low,
+typical, high grid pixels, ``polarity``) says what a training picture's pixel was and at what
+scale the model draws vertebrae, so that a radiograph with a physical pixel size, another
+resolution or inverted grey levels is brought to what the model knows (``radiograph``).
 """
 
 from __future__ import annotations
@@ -129,6 +134,32 @@ MODALITIES = ("CT", "MR", "XR")
 
 EXTRA_VERTEBRAE = ("above", "either")  # naming.extra_vertebrae (module docstring)
 EDGE_PADDING_SIDES = ("all", "superior")  # input.edge_padding_sides (module docstring)
+
+
+@dataclass(frozen=True)
+class RadiographInput:
+    """Card ``input.radiograph`` (module docstring, radiograph input; ``radiograph``): ``pixel_mm`` the size of a training
+    picture's pixel at the detector; ``level_rows_px`` (low, typical, high): the training
+    pixels a vertebral level takes, along the spine, at which the model was trained;
+    ``polarity``: whether a doubtful result is checked against the inverted picture."""
+
+    pixel_mm: float
+    level_rows_px: tuple[float, float, float]
+    polarity: bool = True
+
+    @classmethod
+    def from_card(cls, entry) -> "RadiographInput":
+        if not isinstance(entry, dict) or not {"pixel_mm", "level_rows_px"} <= set(entry):
+            raise ValueError("input.radiograph must be an object with pixel_mm and level_rows_px")
+        pixel_mm = float(entry["pixel_mm"])
+        low, typical, high = (float(v) for v in entry["level_rows_px"])
+        polarity = entry.get("polarity", True)
+        if not 0 < pixel_mm < 10 or not 0 < low < typical < high or not isinstance(polarity, bool):
+            raise ValueError(
+                "input.radiograph needs pixel_mm in (0, 10) mm, level_rows_px as low < typical < high training pixels "
+                f"and polarity true or false, got {entry!r}"
+            )
+        return cls(pixel_mm, (low, typical, high), polarity)
 
 
 def checked_context_distance(value, where: str) -> float | None:
@@ -181,6 +212,7 @@ class ModelCard:
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
     lowest_level_in_view: bool = False  # naming.lowest_level_in_view: a short unbroken chain is named up from the lowest level (module docstring)
     leave_out_beyond_levels: bool = False  # naming.leave_out_beyond_levels: vertebrae named beyond the card's levels are left out (module docstring)
+    radiograph: RadiographInput | None = None  # input.radiograph: an AP X-ray's pixel size, polarity and scale checks (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -303,6 +335,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         if isinstance(edge_padding, bool) or not isinstance(edge_padding, int) or edge_padding < 0:
             raise ValueError(f"input.edge_padding_px must be a whole number of pixels, 0 or more, got {edge_padding!r}")
         edge_padding_sides = source.get("edge_padding_sides", "all")
+        radiograph = None if source.get("radiograph") is None else RadiographInput.from_card(source["radiograph"])
         if edge_padding_sides not in EDGE_PADDING_SIDES:
             raise ValueError(f"input.edge_padding_sides must be one of {', '.join(EDGE_PADDING_SIDES)}, got {edge_padding_sides!r}")
         planar = source.get("planar_model")
@@ -392,6 +425,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         rib_anchor=rib_anchor,
         lowest_level_in_view=lowest_level_in_view,
         leave_out_beyond_levels=leave_out_beyond_levels,
+        radiograph=radiograph,
         schema_version=schema,
         raw=data,
     )

@@ -33,6 +33,7 @@ benchmarks and validation all use:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -57,6 +58,7 @@ from .vertebra_level import PieceLevelReader
 from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, prepare_for_card, slice_channels
+from .radiograph import segment_radiograph
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
 from .settings import SegmentSettings
 from .transforms import pad_to_multiple
@@ -77,6 +79,7 @@ class SegmentationResult:
     timings: dict = field(default_factory=dict)
     measurements: dict = field(default_factory=dict)  # e.g. "cobb_angles_deg" of an AP X-ray
     probability: sitk.Image | None = None  # float32 foreground probability on the input grid (``keep_probability``)
+    level_coordinates: np.ndarray | None = None  # an X-ray card's level map on the picture [rows, cols] (``radiograph``'s scale check)
 
 
 def is_planar(image: sitk.Image) -> bool:
@@ -177,7 +180,6 @@ def segment(
     torch_device = resolve_device(device)
     check_image(image)
     check_card_fits(image, card)
-    volumetric = card.spatial_dims == 3
     refuse_segmentation_above_available(image, card, ensemble, batch_size)  # before any large allocation
     scheduler = make_scheduler(card)
     if scheduler is not None:
@@ -188,6 +190,28 @@ def segment(
     level_network = load_level_network(card, torch_device) if per_vertebra else None
     tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
     timings["load_model"] = time.perf_counter() - clock
+    networks = (network, level_map_network, level_network, tilt_network)
+
+    def run(picture: sitk.Image, grid_spacing: float) -> SegmentationResult:
+        grid_card = card if grid_spacing == card.spacing_mm else dataclasses.replace(card, spacing_mm=float(grid_spacing))
+        if grid_card is not card:  # a finer grid than the card's holds more pixels
+            refuse_segmentation_above_available(picture, grid_card, ensemble, batch_size)
+        result = _segment_on_grid(picture, grid_card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra)
+        for stage, seconds in result.timings.items():  # a radiograph's second look adds its time
+            timings[stage] = timings.get(stage, 0.0) + seconds
+        result.timings = timings
+        return result
+
+    radiograph = card.radiograph if is_planar(image) else None
+    return run(image, card.spacing_mm) if radiograph is None else segment_radiograph(image, card.spacing_mm, radiograph, run)
+
+
+def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:
+    """``segment`` after its checks and loading: one pass of the model over ``image`` on
+    ``card``'s grid (``card.spacing_mm``, which ``radiograph`` may have changed)."""
+    network, level_map_network, level_network, tilt_network = networks
+    timings = {}
+    volumetric = card.spatial_dims == 3
 
     clock = time.perf_counter()
     prepared = prepare_for_card(image, card)
@@ -211,7 +235,7 @@ def segment(
     reliability = result.reliability
     reliability["warnings"][:0] = run_warnings  # the path by which warnings reach the CLI, its JSON and the module
     labels, uncertainty, foreground = result.labels, result.uncertainty, result.foreground
-    label_info, measurements = card.labels, {}
+    label_info, measurements, coordinates = card.labels, {}, None
     if per_vertebra:  # on the plane of a single-slice volume: its "up" is the picture's
         coordinates = level_reader = None  # the level helpers read the picture (a radiograph), not the sagittal stack
         picture = sitk.GetArrayViewFromImage(prepared.planar) if prepared.planar.GetDimension() == 2 else None
@@ -259,7 +283,7 @@ def segment(
         **({"windows": windows, "patch_size": list(card.patch_size)} if volumetric else {}),
         "reliability": reliability,
     }
-    return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements)
+    return SegmentationResult(labels, uncertainty, segments, settings, timings, probability=foreground, measurements=measurements, level_coordinates=coordinates)
 
 
 @dataclass

@@ -5,8 +5,11 @@ network (``vertebra_level``, a level per vertebra) share.
 Decisions:
 1. A patch is ``PatchShape.rows`` x ``cols`` pixels and spans ``span_rows`` x ``span_cols``
    vertebra widths, centred on the vertebra's centre, axis-aligned with the picture
-   (sampled bilinearly, zero outside); intensities normalised per patch by its 1st and 99th
-   percentiles (``transforms.normalise``). Its size follows the vertebra, so the network
+   (sampled bilinearly; outside the picture, its darkest value: the picture is shifted to a
+   minimum of 0 first, so that a constant offset of the grey levels, as 12-16 bit DICOM
+   radiographs store them, changes nothing; before, an offset of 1000 renamed the end
+   vertebrae of a held-out radiograph, session 25); intensities normalised per patch by its 1st
+   and 99th percentiles (``transforms.normalise``). Its size follows the vertebra, so the network
    sees every vertebra at the same scale.
 2. The picture is first resized (antialiased) so that its median vertebra width is
    ``PatchShape.width_px`` pixels (``at_scale``), in training as at inference: the patch then
@@ -108,6 +111,7 @@ def at_scale(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, shape
 def patches(picture: np.ndarray | torch.Tensor, centres: np.ndarray, widths: np.ndarray, shape: PatchShape, angles_deg: np.ndarray | None = None) -> torch.Tensor:
     """[n, 1, rows, cols] patches of a 2D picture [rows, cols], each normalised to 0..1 by its own 1st and 99th percentiles."""
     image = torch.as_tensor(np.asarray(picture, np.float32))[None, None]
+    image = image - image.min()  # zero outside is the darkest value (decision 1)
     grid = patch_grid(centres, widths, image.shape[-2:], shape, angles_deg)
     sampled = F.grid_sample(image.expand(len(grid), -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = []

@@ -17,7 +17,8 @@ sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 from conftest import DATA, MODELS  # noqa: E402
 from VerdiffSegmentLib.errors import VerdiffError  # noqa: E402
 from VerdiffSegmentLib.models import get_card, parse_card  # noqa: E402
-from VerdiffSegmentLib.radiograph import RadiographInput, in_pixel_units, inverted, rows_per_level, training_pixel  # noqa: E402
+from VerdiffSegmentLib.preparation import in_pixel_units  # noqa: E402
+from VerdiffSegmentLib.radiograph import RadiographInput, inverted, rows_per_level, training_pixel  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

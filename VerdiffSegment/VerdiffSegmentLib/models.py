@@ -162,6 +162,21 @@ class RadiographInput:
         return cls(pixel_mm, (low, typical, high), polarity)
 
 
+def checked_picture_field_of_view(entry) -> tuple[float, tuple[float, float]] | None:
+    """``input.picture_field_of_view_mm`` (``preparation`` decision 5) as (typical mm, (low, high)
+    px), or a ValueError; None when absent."""
+    if entry is None:
+        return None
+    try:
+        typical = float(entry["typical"])
+        low, high = (float(v) for v in entry["pixels"])
+    except (KeyError, TypeError, ValueError):
+        raise ValueError(f"input.picture_field_of_view_mm must be an object with typical (mm) and pixels [low, high], got {entry!r}") from None
+    if not (0 < typical < 2000 and 0 < low < high):
+        raise ValueError(f"input.picture_field_of_view_mm needs 0 < typical < 2000 mm and 0 < low < high pixels, got {entry!r}")
+    return typical, (low, high)
+
+
 def checked_context_distance(value, where: str) -> float | None:
     """A 2.5D input's distance between neighbouring channels in mm (None: absent), or a
     ValueError naming ``where``; the cards and the training configs check it alike."""
@@ -212,6 +227,7 @@ class ModelCard:
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
     lowest_level_in_view: bool = False  # naming.lowest_level_in_view: a short unbroken chain is named up from the lowest level (module docstring)
     leave_out_beyond_levels: bool = False  # naming.leave_out_beyond_levels: vertebrae named beyond the card's levels are left out (module docstring)
+    picture_field_of_view: tuple[float, tuple[float, float]] | None = None  # input.picture_field_of_view_mm: typical mm, (low, high) px (``preparation`` decision 5)
     radiograph: RadiographInput | None = None  # input.radiograph: an AP X-ray's pixel size, polarity and scale checks (module docstring)
     schema_version: int = CARD_SCHEMA_VERSION
     raw: dict = field(default_factory=dict, repr=False, compare=False)
@@ -336,6 +352,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
             raise ValueError(f"input.edge_padding_px must be a whole number of pixels, 0 or more, got {edge_padding!r}")
         edge_padding_sides = source.get("edge_padding_sides", "all")
         radiograph = None if source.get("radiograph") is None else RadiographInput.from_card(source["radiograph"])
+        picture_field_of_view = checked_picture_field_of_view(source.get("picture_field_of_view_mm"))
         if edge_padding_sides not in EDGE_PADDING_SIDES:
             raise ValueError(f"input.edge_padding_sides must be one of {', '.join(EDGE_PADDING_SIDES)}, got {edge_padding_sides!r}")
         planar = source.get("planar_model")
@@ -426,6 +443,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         lowest_level_in_view=lowest_level_in_view,
         leave_out_beyond_levels=leave_out_beyond_levels,
         radiograph=radiograph,
+        picture_field_of_view=picture_field_of_view,
         schema_version=schema,
         raw=data,
     )

@@ -57,7 +57,7 @@ from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
 from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
-from .preparation import PreparedImage, prepare_for_card, slice_channels
+from .preparation import PreparedImage, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
 from .radiograph import segment_radiograph
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
 from .settings import SegmentSettings
@@ -202,8 +202,46 @@ def segment(
         result.timings = timings
         return result
 
-    radiograph = card.radiograph if is_planar(image) else None
-    return run(image, card.spacing_mm) if radiograph is None else segment_radiograph(image, card.spacing_mm, radiograph, run)
+    if card.radiograph is not None and is_planar(image):
+        return segment_radiograph(image, card.spacing_mm, card.radiograph, run)
+    # a picture in pixel units is read as 1 mm pixels, or by the card's field of view (preparation, decision 5)
+    pixel_mm = picture_pixel_mm(image, card.picture_field_of_view) if is_planar(image) and in_pixel_units(image) else 1.0
+    if pixel_mm == 1.0:
+        return run(image, card.spacing_mm)
+    result = in_the_pictures_units(run(with_pixel_size(image, pixel_mm), card.spacing_mm), image, pixel_mm)
+    result.settings["picture_pixel_mm"] = pixel_mm
+    result.settings["reliability"]["warnings"].append(
+        f"the picture has no pixel size and its longer side ({card.picture_field_of_view[0] / pixel_mm:.0f} px) is outside the "
+        f"{card.picture_field_of_view[1][0]:.0f}-{card.picture_field_of_view[1][1]:.0f} px of the model's pictures: "
+        f"it was read as spanning {card.picture_field_of_view[0]:.0f} mm ({pixel_mm:.3g} mm a pixel)"
+    )
+    return result
+
+
+def with_pixel_size(image: sitk.Image, pixel_mm: float) -> sitk.Image:
+    """A picture in pixel units given an in-plane pixel size (a single-slice volume keeps its
+    slice axis's spacing), so that everything in mm (the grid, post-processing, naming) reads it so."""
+    spaced = sitk.Image(image)
+    axis = single_slice_axis(image) if image.GetDimension() == 3 else None
+    spaced.SetSpacing([s if k == axis else pixel_mm for k, s in enumerate(image.GetSpacing())])
+    return spaced
+
+
+def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, pixel_mm: float) -> SegmentationResult:
+    """``result`` of a picture segmented ``with_pixel_size`` put back into the picture's own
+    geometry (pixel units): its images, the segments' areas and heights."""
+    for name in ("labels", "uncertainty", "probability"):
+        output = getattr(result, name)
+        if output is not None:
+            output = sitk.Image(output)
+            output.CopyInformation(image)
+            setattr(result, name, output)
+    segments = segment_statistics(result.labels, result.uncertainty, result.segments)
+    for segment in segments:
+        if segment.get("height_mm") is not None:
+            segment["height_mm"] = segment["height_mm"] / pixel_mm
+    result.segments = segments
+    return result
 
 
 def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:

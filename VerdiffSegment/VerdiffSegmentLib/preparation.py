@@ -30,6 +30,16 @@ The decisions, in order:
    slice (the edge is replicated). Inference (``pipeline.sample_slices``), the training
    sampler and evaluation all build the channels with ``slice_channels`` / ``slice_at``;
    k = 0 gives the slice alone, exactly the 1-channel input.
+5. A 2D picture in pixel units (its in-plane spacing exactly 1: what a PNG or JPG gets) has no
+   pixel size. The X-ray cards read it in training pixels and check its scale by its content
+   (``radiograph``). The 2D MR cards read it as 1 mm pixels, as their pictures are (the
+   clinical sagittal slices, 256 px, score binary Dice 0.738 so), unless the card gives
+   ``input.picture_field_of_view_mm`` (typical mm, [low, high] px): a picture whose longer side
+   lies outside [low, high] pixels is taken to span the typical field of view on that side
+   (``picture_pixel_mm``). Decided for the MR cards (session 25): 256 mm, [192, 320] px, a
+   sagittal lumbar field of view; the same 15 clinical slices saved at twice or half their
+   size scored 0.434 and 0.153 read as 1 mm pixels. Inside the range nothing changes (the
+   development pictures are 224 and 256 px).
 """
 
 from __future__ import annotations
@@ -42,6 +52,25 @@ import SimpleITK as sitk
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .io import as_plane, restore_from_plane, single_slice_axis
 from .transforms import context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
+
+
+def in_pixel_units(image: sitk.Image) -> bool:
+    """A 2D picture (or single-slice volume) without a pixel size: its in-plane spacing is
+    exactly 1 (decision 5)."""
+    plane = as_plane(image) if single_slice_axis(image) is not None else image
+    return all(s == 1.0 for s in plane.GetSpacing()[:2])
+
+
+def picture_pixel_mm(image: sitk.Image, field_of_view: tuple[float, tuple[float, float]] | None) -> float:
+    """The pixel size in mm a picture in pixel units is read at (decision 5): 1, or where
+    ``field_of_view`` (typical mm, (low, high) px) is given and the picture's longer side lies
+    outside (low, high), the typical field of view over that side."""
+    if field_of_view is None:
+        return 1.0
+    typical, (low, high) = field_of_view
+    plane = as_plane(image) if single_slice_axis(image) is not None else image
+    longer = max(plane.GetSize()[:2])
+    return 1.0 if low <= longer <= high else typical / longer
 
 
 @dataclass(frozen=True)

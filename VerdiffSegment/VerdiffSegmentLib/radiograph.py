@@ -64,6 +64,7 @@ import SimpleITK as sitk
 
 from .io import as_plane, single_slice_axis
 from .models import RadiographInput
+from .preparation import in_pixel_units
 
 
 MIN_NAMED_INVERTED = 4  # vertebrae an inverted picture's result must name to be kept (module docstring, 4)
@@ -72,11 +73,6 @@ MIN_FIT_ROWS = 20  # picture rows with pieces named T1-L5 by the level map that 
 
 def _plane(image: sitk.Image) -> sitk.Image:
     return as_plane(image) if single_slice_axis(image) is not None else image
-
-
-def in_pixel_units(image: sitk.Image) -> bool:
-    """A picture without a pixel size: its in-plane spacing is exactly 1 (module docstring, 1)."""
-    return all(s == 1.0 for s in _plane(image).GetSpacing()[:2])
 
 
 def training_pixel(image: sitk.Image, radiograph: RadiographInput) -> float:

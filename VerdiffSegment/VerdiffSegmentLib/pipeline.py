@@ -33,7 +33,6 @@ benchmarks and validation all use:
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -192,44 +191,49 @@ def segment(
     timings["load_model"] = time.perf_counter() - clock
     networks = (network, level_map_network, level_network, tilt_network)
 
-    def run(picture: sitk.Image, grid_spacing: float) -> SegmentationResult:
-        grid_card = card if grid_spacing == card.spacing_mm else dataclasses.replace(card, spacing_mm=float(grid_spacing))
-        if grid_card is not card:  # a finer grid than the card's holds more pixels
-            refuse_segmentation_above_available(picture, grid_card, ensemble, batch_size)
-        result = _segment_on_grid(picture, grid_card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra)
-        for stage, seconds in result.timings.items():  # a radiograph's second look adds its time
+    def run(picture: sitk.Image, scale: float = 1.0) -> SegmentationResult:
+        """One pass of the model over ``picture``, whose lengths times ``scale`` are in the
+        card's units (its mm; an X-ray card's training pixels): the picture is given that
+        pixel size, so the grid, post-processing and naming all read it so, and the results
+        come back in its own geometry."""
+        spaced = picture if scale == 1.0 else scaled_spacing(picture, scale)
+        if spaced is not picture:  # a finer grid than the input's own may hold more pixels
+            refuse_segmentation_above_available(spaced, card, ensemble, batch_size)
+        result = _segment_on_grid(spaced, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra)
+        if spaced is not picture:
+            result = in_the_pictures_units(result, picture, scale)
+        for stage, seconds in result.timings.items():  # a second look adds its time
             timings[stage] = timings.get(stage, 0.0) + seconds
         result.timings = timings
         return result
 
     if card.radiograph is not None and is_planar(image):
-        return segment_radiograph(image, card.spacing_mm, card.radiograph, run)
+        return segment_radiograph(image, card.radiograph, run)
     # a picture in pixel units is read as 1 mm pixels, or by the card's field of view (preparation, decision 5)
     pixel_mm = picture_pixel_mm(image, card.picture_field_of_view) if is_planar(image) and in_pixel_units(image) else 1.0
-    if pixel_mm == 1.0:
-        return run(image, card.spacing_mm)
-    result = in_the_pictures_units(run(with_pixel_size(image, pixel_mm), card.spacing_mm), image, pixel_mm)
-    result.settings["picture_pixel_mm"] = pixel_mm
-    result.settings["reliability"]["warnings"].append(
-        f"the picture has no pixel size and its longer side ({card.picture_field_of_view[0] / pixel_mm:.0f} px) is outside the "
-        f"{card.picture_field_of_view[1][0]:.0f}-{card.picture_field_of_view[1][1]:.0f} px of the model's pictures: "
-        f"it was read as spanning {card.picture_field_of_view[0]:.0f} mm ({pixel_mm:.3g} mm a pixel)"
-    )
+    result = run(image, pixel_mm)
+    if pixel_mm != 1.0:
+        result.settings["picture_pixel_mm"] = pixel_mm
+        result.settings["reliability"]["warnings"].append(
+            f"the picture has no pixel size and its longer side ({card.picture_field_of_view[0] / pixel_mm:.0f} px) is outside the "
+            f"{card.picture_field_of_view[1][0]:.0f}-{card.picture_field_of_view[1][1]:.0f} px of the model's pictures: "
+            f"it was read as spanning {card.picture_field_of_view[0]:.0f} mm ({pixel_mm:.3g} mm a pixel)"
+        )
     return result
 
 
-def with_pixel_size(image: sitk.Image, pixel_mm: float) -> sitk.Image:
-    """A picture in pixel units given an in-plane pixel size (a single-slice volume keeps its
-    slice axis's spacing), so that everything in mm (the grid, post-processing, naming) reads it so."""
+def scaled_spacing(image: sitk.Image, scale: float) -> sitk.Image:
+    """``image`` with its in-plane spacing multiplied by ``scale`` (a single-slice volume keeps
+    its slice axis's spacing); the pixels are the same."""
     spaced = sitk.Image(image)
     axis = single_slice_axis(image) if image.GetDimension() == 3 else None
-    spaced.SetSpacing([s if k == axis else pixel_mm for k, s in enumerate(image.GetSpacing())])
+    spaced.SetSpacing([s if k == axis else s * scale for k, s in enumerate(image.GetSpacing())])
     return spaced
 
 
-def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, pixel_mm: float) -> SegmentationResult:
-    """``result`` of a picture segmented ``with_pixel_size`` put back into the picture's own
-    geometry (pixel units): its images, the segments' areas and heights."""
+def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: float) -> SegmentationResult:
+    """``result`` of ``image`` segmented with ``scaled_spacing`` put back into its own geometry:
+    its images, and the segments' areas (volumes) and heights in the image's units."""
     for name in ("labels", "uncertainty", "probability"):
         output = getattr(result, name)
         if output is not None:
@@ -239,14 +243,14 @@ def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, pixel_m
     segments = segment_statistics(result.labels, result.uncertainty, result.segments)
     for segment in segments:
         if segment.get("height_mm") is not None:
-            segment["height_mm"] = segment["height_mm"] / pixel_mm
+            segment["height_mm"] = segment["height_mm"] / scale
     result.segments = segments
     return result
 
 
 def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:
     """``segment`` after its checks and loading: one pass of the model over ``image`` on
-    ``card``'s grid (``card.spacing_mm``, which ``radiograph`` may have changed)."""
+    ``card``'s grid."""
     network, level_map_network, level_network, tilt_network = networks
     timings = {}
     volumetric = card.spatial_dims == 3

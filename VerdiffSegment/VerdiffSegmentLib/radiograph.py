@@ -51,6 +51,12 @@ Decided here (card ``input.radiograph``; absent on every other card):
    least ``MIN_NAMED_INVERTED`` vertebrae (at the wrong scale the two polarities are both
    poor, and chance can favour the inverted one).
 
+Each pass gives the picture the training pixel's size (``pipeline.scaled_spacing``), so that
+everything the card says in its units reads it so: the grid, and the uncertainty smoothing
+(``postprocess.uncertainty_sigma_mm`` 7.5, which a first version left in the picture's units:
+7.5 mm, 37 training pixels, on a DICOM radiograph). The results come back in the picture's
+own geometry.
+
 A second look costs one more pass of the model (a few seconds on a CPU), taken only where the
 first result calls for it; what was changed is said in the run's warnings.
 """
@@ -116,19 +122,19 @@ def named_count(segments: list[dict]) -> int:
     return sum(segment.get("level") is not None for segment in segments)
 
 
-def segment_radiograph(image: sitk.Image, spacing_px: float, radiograph: RadiographInput, run: Callable[[sitk.Image, float], object]):
-    """The X-ray card's run with the module docstring's decisions: ``run(picture, grid_spacing)``
-    segments ``picture`` on a grid of ``grid_spacing`` (its units; the card's is ``spacing_px``
-    training pixels) and returns a ``pipeline.SegmentationResult``; the kept result comes back
-    with what was changed in its warnings and ``settings["radiograph"]``."""
+def segment_radiograph(image: sitk.Image, radiograph: RadiographInput, run: Callable[[sitk.Image, float], object]):
+    """The X-ray card's run with the module docstring's decisions: ``run(picture, scale)``
+    segments ``picture`` with its lengths times ``scale`` read as training pixels (the card's
+    units) and returns a ``pipeline.SegmentationResult`` in the picture's own geometry; the
+    kept result comes back with what was changed in its warnings and ``settings["radiograph"]``."""
     pixel = training_pixel(image, radiograph)
     picture, notes = image, []
-    result = run(picture, spacing_px * pixel)
+    result = run(picture, 1.0 / pixel)
     reliability = result.settings["reliability"]
     expected = reliability.get("vertebrae_expected") or 0
     if radiograph.polarity and reliability.get("likely_wrong") and named_count(result.segments) < expected / 2:
         flipped = inverted(image)
-        other = run(flipped, spacing_px * pixel)
+        other = run(flipped, 1.0 / pixel)
         named = named_count(other.segments)
         if named >= MIN_NAMED_INVERTED and named > named_count(result.segments) and other.settings["reliability"]["self_dice"] > reliability["self_dice"]:
             picture, result = flipped, other
@@ -141,7 +147,7 @@ def segment_radiograph(image: sitk.Image, spacing_px: float, radiograph: Radiogr
     adjustment = {"inverted": picture is not image, "training_pixel": pixel, "level_rows_px": None if level_rows is None else round(level_rows, 1)}
     if level_rows is not None and not low <= level_rows <= high:
         rescaled = pixel * level_rows / typical
-        other = run(picture, spacing_px * rescaled)
+        other = run(picture, 1.0 / rescaled)
         units = "pixels" if in_pixel_units(image) else "mm"
         if named_count(other.segments) >= named_count(result.segments):
             result = other

@@ -349,6 +349,17 @@ def single_slice_axis(image: sitk.Image) -> int | None:
     return None
 
 
+def plane_axes(image: sitk.Image) -> list[int]:
+    """The axes of ``image`` other than a single-slice volume's slice axis (every axis otherwise)."""
+    axis = single_slice_axis(image)
+    return [k for k in range(image.GetDimension()) if k != axis]
+
+
+def plane_of(image: sitk.Image) -> sitk.Image:
+    """What is segmented of ``image``: the plane of a single-slice volume (``as_plane``), else the image."""
+    return as_plane(image) if single_slice_axis(image) is not None else image
+
+
 def as_plane(image: sitk.Image) -> sitk.Image:
     """A single-slice 3D image as a 2D image with the same pixels and in-plane spacing.
 

@@ -48,7 +48,7 @@ from .inferers import inference_autocast
 from .inferers.ensemble import foreground_probability, labels_from_probability
 from .inferers.sliding_window import sliding_window_inference, window_slices
 from .memory import refuse_segmentation_above_available
-from .io import check_image, looks_like_ct, single_slice_axis
+from .io import check_image, looks_like_ct, plane_axes, single_slice_axis
 from .levels import card_levels, name_vertebrae
 from .ribs import RibCounter
 from .endplate_tilt import predict_tilts, vertebra_tilts
@@ -226,20 +226,17 @@ def scaled_spacing(image: sitk.Image, scale: float) -> sitk.Image:
     """``image`` with its in-plane spacing multiplied by ``scale`` (a single-slice volume keeps
     its slice axis's spacing); the pixels are the same."""
     spaced = sitk.Image(image)
-    axis = single_slice_axis(image) if image.GetDimension() == 3 else None
-    spaced.SetSpacing([s if k == axis else s * scale for k, s in enumerate(image.GetSpacing())])
+    axes = plane_axes(image)
+    spaced.SetSpacing([s * scale if k in axes else s for k, s in enumerate(image.GetSpacing())])
     return spaced
 
 
 def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: float) -> SegmentationResult:
     """``result`` of ``image`` segmented with ``scaled_spacing`` put back into its own geometry:
     its images, and the segments' areas (volumes) and heights in the image's units."""
-    for name in ("labels", "uncertainty", "probability"):
-        output = getattr(result, name)
+    for output in (result.labels, result.uncertainty, result.probability):  # made by this pass: set in place
         if output is not None:
-            output = sitk.Image(output)
             output.CopyInformation(image)
-            setattr(result, name, output)
     segments = segment_statistics(result.labels, result.uncertainty, result.segments)
     for segment in segments:
         if segment.get("height_mm") is not None:

@@ -50,15 +50,14 @@ import numpy as np
 import SimpleITK as sitk
 
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
-from .io import as_plane, restore_from_plane, single_slice_axis
+from .io import as_plane, plane_axes, plane_of, restore_from_plane
 from .transforms import context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
 
 
 def in_pixel_units(image: sitk.Image) -> bool:
     """A 2D picture (or single-slice volume) without a pixel size: its in-plane spacing is
     exactly 1 (decision 5)."""
-    plane = as_plane(image) if single_slice_axis(image) is not None else image
-    return all(s == 1.0 for s in plane.GetSpacing()[:2])
+    return all(image.GetSpacing()[k] == 1.0 for k in plane_axes(image)[:2])
 
 
 def picture_pixel_mm(image: sitk.Image, field_of_view: tuple[float, tuple[float, float]] | None) -> float:
@@ -68,8 +67,7 @@ def picture_pixel_mm(image: sitk.Image, field_of_view: tuple[float, tuple[float,
     if field_of_view is None:
         return 1.0
     typical, (low, high) = field_of_view
-    plane = as_plane(image) if single_slice_axis(image) is not None else image
-    longer = max(plane.GetSize()[:2])
+    longer = max(image.GetSize()[k] for k in plane_axes(image)[:2])
     return 1.0 if low <= longer <= high else typical / longer
 
 
@@ -129,7 +127,7 @@ def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, sli
     None (default) keeps the input's sagittal slices. ``context_slices``: neighbours on each
     side in the network's input, ``context_distance_mm`` apart (None, the default: ``spacing_mm``;
     decision 4)."""
-    planar = as_plane(image) if single_slice_axis(image) is not None else image
+    planar = plane_of(image)
     reference = sagittal_reference(planar, spacing_mm, slice_spacing_mm)
     stack = to_sagittal_stack(planar, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(planar), normalisation)

@@ -68,17 +68,13 @@ from typing import Callable
 import numpy as np
 import SimpleITK as sitk
 
-from .io import as_plane, single_slice_axis
+from .io import plane_of
 from .models import RadiographInput
 from .preparation import in_pixel_units
 
 
 MIN_NAMED_INVERTED = 4  # vertebrae an inverted picture's result must name to be kept (module docstring, 4)
 MIN_FIT_ROWS = 20  # picture rows with pieces named T1-L5 by the level map that a slope needs
-
-
-def _plane(image: sitk.Image) -> sitk.Image:
-    return as_plane(image) if single_slice_axis(image) is not None else image
 
 
 def training_pixel(image: sitk.Image, radiograph: RadiographInput) -> float:
@@ -104,7 +100,7 @@ def rows_per_level(labels: sitk.Image, coordinates: np.ndarray | None, unit: flo
     docstring, 3). None without a level map or with fewer than ``MIN_FIT_ROWS`` such rows."""
     if coordinates is None:
         return None
-    plane = _plane(labels)
+    plane = plane_of(labels)
     inside = sitk.GetArrayViewFromImage(plane) > 0
     coordinates = np.asarray(coordinates, np.float32).reshape(inside.shape)
     rows = np.flatnonzero(inside.any(axis=1))

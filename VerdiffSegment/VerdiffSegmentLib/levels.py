@@ -237,7 +237,8 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
 
 
 CORE_RADII_MM = tuple(np.arange(2.0, 8.01, 0.5))  # ``separate_whole_vertebrae``: the depths tried for the vertebrae's cores
-CORE_SHARE = 0.25  # of the median substantial core: a smaller core is not a vertebra of its own
+CORE_SHARE = 0.25  # of the largest core nearby along the spine: a smaller core is not a vertebra of its own
+CORE_WINDOW = 1.5  # periods (vertebra + disc) along the spine: the cores nearby
 
 
 def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray) -> np.ndarray:
@@ -251,8 +252,10 @@ def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np
     facets over a joint, a disc drawn in part) a few millimetres. So:
 
     1. The cores: the foreground more than r mm inside (Euclidean distance to the
-       background, in mm), components of at least ``CORE_SHARE`` of the median substantial
-       one (over 5 % of the largest), for each r of ``CORE_RADII_MM`` (2-8 mm); the depth
+       background, in mm), components of at least ``CORE_SHARE`` of the largest whose centre
+       lies within ``CORE_WINDOW`` periods along the spine (vertebrae grow from C3 to L5, so
+       a cervical body is judged against its neighbours, not the lumbar ones; a posterior
+       element's core is small beside its own body's), for each r of ``CORE_RADII_MM`` (2-8 mm); the depth
        with the most cores is kept, the deepest of equals (one depth for the whole spine:
        the bodies' cores grow apart with depth at every level alike, while a posterior
        element's core is small against the bodies' at any depth). Cores side by side at one
@@ -281,13 +284,20 @@ def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np
     box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
     crop = mask[box]
     depth = ndi.distance_transform_edt(crop, sampling=spacing)
+    head = _head_direction(superior, spacing)
+    period = _profile_period(crop, superior)
+    window = CORE_WINDOW * period if period else np.inf
+    position = sum(np.arange(n).reshape([-1 if a == axis else 1 for a in range(crop.ndim)]) * spacing[axis] * head[axis] for axis, n in enumerate(crop.shape))
+    position = np.broadcast_to(position, crop.shape)
     best = None  # (cores, core map)
     for radius in CORE_RADII_MM:
         components, count = ndi.label(depth > radius)
         if count == 0:
             break
         sizes = np.bincount(components.ravel())[1:]
-        kept = np.flatnonzero(sizes >= CORE_SHARE * np.median(sizes[sizes >= 0.05 * sizes.max()])) + 1
+        along = np.bincount(components.ravel(), weights=position.ravel())[1:] / sizes  # each core's centre along the spine, mm
+        largest_near = [sizes[np.abs(along - along[k]) <= window].max() for k in range(count)]  # itself included
+        kept = np.flatnonzero((sizes >= CORE_SHARE * np.array(largest_near)) & (sizes >= 0.01 * sizes.max())) + 1  # scraps alone are no vertebra
         if best is None or len(kept) >= best[0]:
             lookup = np.zeros(count + 1, np.int32)
             lookup[kept] = np.arange(1, len(kept) + 1)
@@ -296,7 +306,7 @@ def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np
         return planar
     cores = best[1]
     regions = ndi.find_objects(cores)
-    period = _profile_period(crop, superior) or float(np.median([_extent_across(cores[r] == v + 1, spacing, _head_direction(superior, spacing)) for v, r in enumerate(regions)]))
+    period = period or float(np.median([_extent_across(cores[r] == v + 1, spacing, head) for v, r in enumerate(regions)]))
     joined = _side_by_side_seeds([(r, cores[r] == v + 1) for v, r in enumerate(regions)], spacing, period, superior)
     seeds = _grow_within(np.concatenate([[0], joined]).astype(np.int32)[cores], crop, spacing)
     _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)

@@ -8,6 +8,7 @@ whole volume costs five times the slices while checking nothing more."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -248,11 +249,14 @@ def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(t
     plain["postprocess"] = settings
     plain["reliability"] = {"self_dice_warning": 0.91}
     plain["input"].update(edge_padding_px=16, edge_padding_sides="superior")
+    field_of_view = {"typical": 256, "pixels": [192, 320]}
+    plain["input"]["picture_field_of_view_mm"] = field_of_view  # how a 2D picture is read: a bundle decision too
     (tmp_path / "tiny-mr.json").write_text(json.dumps(plain, indent=2), encoding="utf-8")
     main(["export", "tiny-mr", *common])
     card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["postprocess"] == settings and "reliability" not in card
     assert card["input"]["edge_padding_px"] == 16 and card["input"]["edge_padding_sides"] == "superior"  # carried too
+    assert card["input"]["picture_field_of_view_mm"] == field_of_view
     assert card["sha256"] == plain["sha256"]  # the same weights: only the post-processing differs
     # the same weights and noise give other figures: they were computed through the post-processing
     figures = lambda c: {k: v for k, v in c["validation"]["cases"][0].items() if k != "seconds"}  # noqa: E731
@@ -288,3 +292,19 @@ def test_a_levels_run_warm_started_from_the_bundled_mr_model_exports_a_card_whos
     assert set(np.unique(labels).tolist()) - {0} <= {1, 2, 3, 4, 5}
     assert result.segments and all(s["level_source"] == "labels" and s["name"] == f"{s['level']} vertebral body" for s in result.segments)
     assert {s["value"] for s in result.segments} >= set(np.unique(labels).tolist()) - {0}
+
+
+def test_an_export_over_the_bundled_xray_card_keeps_its_tilt_network_and_picture_reading():
+    """What the X-ray card's export carries from the card it replaces: the level networks
+    (``naming``), the endplate-tilt network (``cobb``, the Cobb angles' tilts) and how a
+    radiograph's pixels are read (``input.radiograph``); before session 26 the last two were
+    dropped, so a retrained X-ray model would have lost its Cobb tilts and read a DICOM
+    radiograph's 0.15 mm pixels as training pixels."""
+    from training.export import carried_settings
+
+    path = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "verdiff-xray.json"
+    bundled = json.loads(path.read_text(encoding="utf-8"))
+    carried = carried_settings(path)
+    assert carried["cobb"] == bundled["cobb"] and carried["naming"] == bundled["naming"]
+    assert carried["picture_reading"] == {"radiograph": bundled["input"]["radiograph"]}
+

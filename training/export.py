@@ -19,9 +19,13 @@ hours x threads on a CPU; GPU hours on CUDA). A stage's history comes from the c
 beside its ``--init`` weights, so chaining sessions keeps the whole record.
 
 A card replaced by a new export keeps its ``postprocess`` section (slice averaging, the spine's
-chain, uncertainty smoothing) and its ``naming`` section (where extra vertebrae lie): they are
-decisions about using the output, measured apart from the weights (docs/experiments.md,
-docs/levels.md), and the new weights are validated through them. Its
+chain, uncertainty smoothing), its ``naming`` section (where extra vertebrae lie, the level
+networks), its ``cobb`` section (the endplate-tilt network of the X-ray cards) and how it reads
+pictures (``input.radiograph`` of the X-ray cards, ``input.picture_field_of_view_mm`` of the 2D
+MR cards; before session 26 an export dropped these three, and with them the Cobb tilts and
+the DICOM radiographs' pixel size): they are decisions about using the output, measured apart
+from the weights (docs/experiments.md, docs/levels.md), and the new weights are validated
+through them. Its
 ``reliability`` threshold is not carried: it was calibrated on the old weights' outputs, and
 ``benchmarks/warning_rates.py`` calibrates it again.
 
@@ -110,15 +114,18 @@ def cumulative_training(history: list[dict]) -> dict:
     return {"optimiser_steps": steps, "wall_hours": round(sum(hours), 5), "cpu_core_hours": round(cpu, 5), "gpu_hours": round(gpu, 5), "stages": len(history)}
 
 
-CARRIED_SECTIONS = ("postprocess", "naming")
+CARRIED_SECTIONS = ("postprocess", "naming", "cobb")
 CARRIED_INPUT_KEYS = ("edge_padding_px", "edge_padding_sides")  # how the slices are padded (models, edge padding)
+CARRIED_PICTURE_KEYS = ("radiograph", "picture_field_of_view_mm")  # how a picture's pixels are read (radiograph, preparation decision 5)
 
 
 def carried_settings(card_path: Path) -> dict:
     """The sections of the card an export replaces that the new card keeps (module docstring),
     and its ``input.planar_model`` (which model segments single slices for a 2.5D card: a
-    choice of the bundle, not of the weights) under the key ``planar_model``, and its edge
-    padding (``input.edge_padding_px`` and ``edge_padding_sides``) under ``edge_padding``."""
+    choice of the bundle, not of the weights) under the key ``planar_model``, its edge
+    padding (``input.edge_padding_px`` and ``edge_padding_sides``) under ``edge_padding``, and
+    how it reads pictures (``input.radiograph``, ``input.picture_field_of_view_mm``) under
+    ``picture_reading``."""
     if not card_path.exists():
         return {}
     old = json.loads(card_path.read_text(encoding="utf-8"))
@@ -127,6 +134,8 @@ def carried_settings(card_path: Path) -> dict:
         carried["planar_model"] = old["input"]["planar_model"]
     if (old.get("input") or {}).get("edge_padding_px"):
         carried["edge_padding"] = {k: old["input"][k] for k in CARRIED_INPUT_KEYS if k in old["input"]}
+    if any(k in (old.get("input") or {}) for k in CARRIED_PICTURE_KEYS):
+        carried["picture_reading"] = {k: old["input"][k] for k in CARRIED_PICTURE_KEYS if k in old["input"]}
     return carried
 
 
@@ -170,9 +179,10 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             "history": history,
             "cumulative": cumulative_training(history),
         }
-        card.update({key: value for key, value in carried.items() if key not in ("planar_model", "edge_padding")})
+        card.update({key: value for key, value in carried.items() if key not in ("planar_model", "edge_padding", "picture_reading")})
         if carried.get("edge_padding") and "edge_padding_px" not in card["input"]:  # a run trained padded sets its own
             card["input"].update(carried["edge_padding"])
+        card["input"].update(carried.get("picture_reading", {}))
         if carried.get("planar_model") and card["input"].get("context_slices"):
             card["input"]["planar_model"] = carried["planar_model"]
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."

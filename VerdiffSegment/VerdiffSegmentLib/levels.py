@@ -307,7 +307,8 @@ def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np
     cores = best[1]
     regions = ndi.find_objects(cores)
     period = period or float(np.median([_extent_across(cores[r] == v + 1, spacing, head) for v, r in enumerate(regions)]))
-    joined = _side_by_side_seeds([(r, cores[r] == v + 1) for v, r in enumerate(regions)], spacing, period, superior)
+    pieces = [(r, cores[r] == v + 1) for v, r in enumerate(regions)]
+    joined = _side_by_side_seeds(pieces, spacing, period, superior) if mask.ndim == 3 else range(1, len(pieces) + 1)  # as separate_instances
     seeds = _grow_within(np.concatenate([[0], joined]).astype(np.int32)[cores], crop, spacing)
     _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
     out = np.zeros(mask.shape, np.int32)

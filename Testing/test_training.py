@@ -291,6 +291,24 @@ def test_ct_abdomen_binary_labels_leave_out_s1_as_the_recipe_does(data_dir):
     assert recipe_config("verdiff-ct").labels.levels[-1] == "L5"
 
 
+def test_the_xray_split_is_drawn_by_the_config_split_seed_and_a_warm_start_knows_its_held_out_images(data_dir):
+    """The X-ray recipe's held-out radiographs come from the run config's split seed (35), not
+    the training seed: until session 26 ``--seed 26`` drew another 48, and a warm start from the
+    bundled model trained on 45 of the radiographs that model is validated on. ``held_out_of``
+    reads what the weights given to ``--init`` were validated on (the Trainer warns when a run
+    trains on any of them)."""
+    from training.train import held_out_of
+
+    run = recipe_config("verdiff-xray")
+    _, split = datasets.training_cases(run, data_dir, limit=0)
+    other = RunConfig.from_dict({**run.to_dict(), "split": {**run.split, "seed": 36}})
+    _, other_split = datasets.training_cases(other, data_dir, limit=0)
+    assert other_split["validation"] != split["validation"]
+    assert held_out_of(str(MODELS / "verdiff-xray.pt")) == set(split["validation"])
+    assert held_out_of(str(MODELS / "verdiff-mr.pt")) == set(MR_VALIDATION)
+    assert held_out_of(None) == set() and held_out_of(str(data_dir / "nothing.pt")) == set()
+
+
 def test_recipe_splits_are_unchanged(data_dir):
     """The bundled recipes hold out what their cards say."""
     _, mr = datasets.training_cases(recipe_config("verdiff-mr"), data_dir, limit=2)

@@ -391,7 +391,7 @@ def main(argv=None) -> None:
     if args.write_cache:
         from .cache import write_cache
 
-        print(json.dumps(write_cache(run, args.data, args.write_cache, args.seed, args.limit, args.cache_slice_step)))
+        print(json.dumps(write_cache(run, args.data, args.write_cache, args.limit, args.cache_slice_step)))
         return
 
     from .train import train

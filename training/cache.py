@@ -47,11 +47,11 @@ def cropped(case: Case) -> Case:
     return Case(case.name, case.images[box], case.labels[box], case.slice_spacing_mm)
 
 
-def write_cache(run: RunConfig, data_root: Path, path: Path, seed: int = 35, limit: int | None = None, slice_step: int = 1) -> dict:
+def write_cache(run: RunConfig, data_root: Path, path: Path, limit: int | None = None, slice_step: int = 1) -> dict:
     """Write the run's training cases to ``path`` (.npz); returns a small summary."""
     from .datasets import training_cases  # the image readers: not needed to read a cache back
 
-    cases, split = training_cases(run, data_root, seed, limit)
+    cases, split = training_cases(run, data_root, limit)
     arrays = {}
     for k, case in enumerate(cropped(c) for c in cases):
         arrays[f"images_{k}"] = np.round(np.clip(case.images[::slice_step], 0, 1) * 255).astype(np.uint8)

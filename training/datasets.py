@@ -206,14 +206,17 @@ def ct_abdomen_item(data_root: Path) -> Item:
     return Item("example_ct.nii.gz", "ct-abdomen", "volume", folder / "example_ct.nii.gz", folder / "example_ct_vertebrae.nii.gz", "totalsegmentator")
 
 
-def _recipe_training_cases(run: RunConfig, data_root: Path, seed: int, limit: int | None):
+def _recipe_training_cases(run: RunConfig, data_root: Path, limit: int | None):
     if run.recipe == "verdiff-mr":
         subjects = sorted(p.name[:6] for p in (Path(data_root) / MR_FOLDER).glob("VB3_*_img.nii.gz"))
         train = [s for s in subjects if s not in MR_VALIDATION][:limit]
         return [run_case(mr_item(data_root, s), run) for s in train], {"train": train, "validation": MR_VALIDATION}
     if run.recipe == "verdiff-xray":
         items = aasce_items(Path(data_root) / "xray-aasce")
-        order = np.random.default_rng(seed).permutation(len(items))
+        # the run config's split seed (35), never the training seed: until session 26 the training
+        # seed drew the held-out images, so a warm start with another --seed trained on 45 of the
+        # 48 radiographs its starting model was validated on
+        order = np.random.default_rng(run.split["seed"]).permutation(len(items))
         n_val = len(items) // 10
         validation = sorted(items[i].name for i in order[:n_val])
         train_items = [items[i] for i in sorted(order[n_val:])][:limit]
@@ -245,11 +248,13 @@ def config_split(run: RunConfig, data_root: Path) -> tuple[list[Item], dict]:
     return items, split
 
 
-def training_cases(run: RunConfig, data_root: Path, seed: int = 35, limit: int | None = None) -> tuple[list[Case], dict]:
-    """(training cases, split) of a run: the recipe's own, or its config's split by subject.
-    ``limit``: the first N training subjects only (tests, quick runs)."""
+def training_cases(run: RunConfig, data_root: Path, limit: int | None = None) -> tuple[list[Case], dict]:
+    """(training cases, split) of a run: the recipe's own, or its config's split by subject,
+    drawn with the config's split seed (``run.split["seed"]``), never the training seed, so that
+    every stage of a model holds out the same images. ``limit``: the first N training subjects
+    only (tests, quick runs)."""
     if not run.datasets:
-        return _recipe_training_cases(run, data_root, seed, limit)
+        return _recipe_training_cases(run, data_root, limit)
     items, split = config_split(run, data_root)
     subjects = split["train"][:limit]
     cases = [run_case(item, run) for item in items if item.subject in subjects]

@@ -217,6 +217,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def held_out_of(init: str | None) -> set[str]:
+    """The cases the weights at ``init`` were validated on: the ``training.split.validation`` of
+    the card beside them (bundled weights) or the ``split.json`` of their run (a run's
+    ``best.pt``); empty when neither is there."""
+    if not init:
+        return set()
+    card, split = Path(init).with_suffix(".json"), Path(init).parent / "split.json"
+    try:
+        if card.exists():
+            return set(((json.loads(card.read_text(encoding="utf-8")).get("training") or {}).get("split") or {}).get("validation") or [])
+        if split.exists():
+            return set(json.loads(split.read_text(encoding="utf-8")).get("validation") or [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return set()
+
+
 class Trainer:
     """One training run: built from its config and options (data, sampler, network, objective,
     optimiser, schedule: in this order, which fixes what the seeded RNGs give each), resumed
@@ -232,6 +249,10 @@ class Trainer:
         self.device = world.device
         amp_dtype = autocast_dtype(options, self.device)
         cases, self.split = self._cases()
+        leaked = sorted(held_out_of(options.init) & set(self.split.get("train", [])))
+        if leaked and world.is_main:  # a deliberate final stage may train on all; say so, loudly
+            print(f"warning: --init {options.init} was validated on {len(leaked)} case(s) this run trains on ({', '.join(leaked[:3])}"
+                  f"{', ...' if len(leaked) > 3 else ''}): its held-out figures would no longer be held out", flush=True)
         if options.val_every and not self.split.get("validation"):
             raise ValueError("--val-every needs validation subjects, and this run's split has none")
         self.settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size, "threads": torch.get_num_threads()}
@@ -268,7 +289,7 @@ class Trainer:
             return read_cache(Path(self.options.cache), self.run)
         from .datasets import training_cases  # imported here: a run from a cache needs no image readers (SimpleITK)
 
-        return training_cases(self.run, self.data_root, self.options.seed, self.options.limit)
+        return training_cases(self.run, self.data_root, self.options.limit)
 
     def _write_run_files(self, command: str | None) -> None:
         if not self.world.is_main:

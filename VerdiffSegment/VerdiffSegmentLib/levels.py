@@ -116,6 +116,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 
+from .metrics import grown_bounding_box
 from .terminology import is_body_label, level_display_color, terminology_for_label
 
 # Level names in cranio-caudal order (the same list as training.labels.LEVELS).
@@ -199,7 +200,7 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     out = np.zeros(mask.shape, np.int32)
     if not mask.any():
         return out
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    box = grown_bounding_box(mask, 1)
     crop = mask[box]
     core = crop & ~np.asarray(gaps, bool)[box] if gaps is not None else crop
     if not core.any():  # gaps everywhere: nothing to separate by
@@ -225,15 +226,18 @@ def separate_instances(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarr
     piece_sizes = np.array([part.sum() for _, part in pieces])
     typical_size = float(np.median(piece_sizes[piece_sizes >= 0.05 * piece_sizes.max()]))
     kept = [piece for piece, size in zip(pieces, piece_sizes) if size >= FRAGMENT_SHARE * typical_size]
-    values = _side_by_side_seeds(kept, spacing, period, superior) if mask.ndim == 3 else range(1, len(kept) + 1)
+    values = _side_by_side_seeds(kept, spacing, period, superior)
     seeds = np.zeros(crop.shape, np.int32)
     for (region, part), value in zip(kept, values):
         seeds[region][part] = value
-    # Every foreground voxel (fragments too) joins its nearest seed.
-    _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
-    assigned = seeds[tuple(nearest)]
-    out[box] = np.where(crop, assigned, 0)
+    out[box] = _to_nearest_seed(seeds, crop, spacing)  # fragments too
     return out
+
+
+def _to_nearest_seed(seeds: np.ndarray, foreground: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """Every ``foreground`` voxel given the value of its nearest seed (Euclidean, mm), 0 elsewhere."""
+    _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
+    return np.where(foreground, seeds[tuple(nearest)], 0)
 
 
 CORE_RADII_MM = tuple(np.arange(2.0, 8.01, 0.5))  # ``separate_whole_vertebrae``: the depths tried for the vertebrae's cores
@@ -282,7 +286,7 @@ def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np
     planar = separate_instances(mask, spacing, superior)
     if not mask.any():
         return planar
-    box = tuple(slice(max(int(i.min()) - 1, 0), int(i.max()) + 2) for i in np.nonzero(mask))
+    box = grown_bounding_box(mask, 1)
     crop = mask[box]
     depth = ndi.distance_transform_edt(crop, sampling=spacing)
     head = _head_direction(superior, spacing)
@@ -308,12 +312,10 @@ def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np
     cores = best[1]
     regions = ndi.find_objects(cores)
     period = period or float(np.median([_extent_across(cores[r] == v + 1, spacing, head) for v, r in enumerate(regions)]))
-    pieces = [(r, cores[r] == v + 1) for v, r in enumerate(regions)]
-    joined = _side_by_side_seeds(pieces, spacing, period, superior) if mask.ndim == 3 else range(1, len(pieces) + 1)  # as separate_instances
+    joined = _side_by_side_seeds([(r, cores[r] == v + 1) for v, r in enumerate(regions)], spacing, period, superior)
     seeds = _grow_within(np.concatenate([[0], joined]).astype(np.int32)[cores], crop, spacing)
-    _, nearest = ndi.distance_transform_edt(seeds == 0, sampling=spacing, return_indices=True)
     out = np.zeros(mask.shape, np.int32)
-    out[box] = np.where(crop, seeds[tuple(nearest)], 0)
+    out[box] = _to_nearest_seed(seeds, crop, spacing)  # foreground no core reaches
     return out
 
 
@@ -344,7 +346,10 @@ def _side_by_side_seeds(pieces, spacing: np.ndarray, period: float, superior: np
     across (a rotated or scoliotic body that the sagittal slices show in two parts, left and
     right), since vertebrae are stacked along the spine, never beside one another. Volumes
     only: on the 48 held-out X-rays' truth masks the rule joined neighbours (named right
-    95.6 -> 72.6 %), and a picture has no left-right slices to cut a body in two."""
+    95.6 -> 72.6 %), and a picture has no left-right slices to cut a body in two: 2D pieces
+    keep a value each."""
+    if pieces and pieces[0][1].ndim != 3:
+        return list(range(1, len(pieces) + 1))
     head = _head_direction(superior, spacing)
     spans, centres = [], []
     for region, part in pieces:

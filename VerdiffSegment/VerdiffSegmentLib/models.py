@@ -85,9 +85,9 @@ not on imgx-xray, 14.74 -> 15.15 %, whose names are wrong for 31 % of the verteb
 placement continues a wrong name; needs the tilt network) places the end vertebrae a segmentation stops short of by the
 spine's proportions and reads their tilts there (``cobb.estimate_missing_ends``).
 
-Radiograph input: ``input.radiograph`` (an object: ``pixel_mm``, ``vertebra_width_px`` as low,
-typical, high grid pixels, ``polarity``) says what a training picture's pixel was and at what
-scale the model draws vertebrae, so that a radiograph with a physical pixel size, another
+Radiograph input: ``input.radiograph`` (an object: ``pixel_mm``, ``level_rows_px`` as low,
+typical, high training pixels a vertebral level takes along the spine, ``polarity``) says what a
+training picture's pixel was and at what scale the model draws vertebrae, so that a radiograph with a physical pixel size, another
 resolution or inverted grey levels is brought to what the model knows (``radiograph``).
 """
 

@@ -934,6 +934,30 @@ def test_whole_vertebrae_grow_from_their_cores_on_the_chest_ct():
     assert scores["level_dice_names_aside"] >= 0.8, scores
 
 
+def test_a_chest_ct_cut_to_the_upper_thorax_names_no_vertebra_lumbar():
+    """The chest CT cut from the middle of C7 to the middle of T7 (an upper thoracic field of
+    view). Its 2.5 mm slices fill every second or third millimetre of the spine's profile;
+    read unsmoothed, that comb's 10 mm peak came before the vertebrae's period (about 20 mm):
+    the planar cuts made 12 slabs of 9 vertebrae, the slabs under the cut T6 found no ribs,
+    and the ribs named the lowest five T12-L4 (``levels._profile_period``, session 27). Every
+    vertebra here bears ribs, so nothing may be named lumbar, and no name may be wrong."""
+    from training.labels import SOURCES
+
+    ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if 29 <= k <= 46}
+    truth_image, truth = ct_truth(DATA / "ct-chest" / "mask.nii.gz", ids)
+    centre = {level: np.argwhere(truth == value)[:, 0].mean() for value, level in ids.items()}
+    cut = slice(int(round(centre["T7"])), int(round(centre["C7"])) + 1)  # array axis 0 runs feet to head
+    image = read_image(DATA / "ct-chest" / "cxr_ct_int16.nii.gz")[:, :, cut]
+    union = sitk.GetImageFromArray((truth[cut] > 0).astype(np.uint8))
+    union.CopyInformation(image)
+    period = levels._profile_period(truth[cut] > 0, levels.superior_axis(union))
+    assert period is not None and 15 <= period <= 30, period
+    labels, segments, _ = levels.name_vertebrae(union, get_card("verdiff-ct"), rib_counter=RibCounter(image))
+    assert not any(s["level"] and s["level"][0] in "LS" for s in segments), [s["level"] for s in segments]
+    scores = scores_of(labels, segments, truth[cut], {v: lv for v, lv in ids.items() if (truth[cut] == v).any()})
+    assert scores["wrongly_named"] == 0, scores
+
+
 def test_growth_through_the_bone_counts_millimetres_not_voxels():
     """An L of bone: one arm of 40 voxels of 0.7 mm (28 mm), the other of 40 voxels of 2.5 mm
     (100 mm), a seed at each arm's end. Grown in mm (``levels._grow_within``), they meet 64 mm

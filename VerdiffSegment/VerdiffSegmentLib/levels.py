@@ -242,7 +242,7 @@ def _to_nearest_seed(seeds: np.ndarray, foreground: np.ndarray, spacing: np.ndar
 
 CORE_RADII_MM = tuple(np.arange(2.0, 8.01, 0.5))  # ``separate_whole_vertebrae``: the depths tried for the vertebrae's cores
 CORE_SHARE = 0.25  # of the largest core nearby along the spine: a smaller core is not a vertebra of its own
-CORE_WINDOW = 1.5  # periods (vertebra + disc) along the spine: the cores nearby
+CORE_WINDOW = 1.15  # periods (vertebra + disc) along the spine: the cores nearby (1.5 of the 20 mm the chest CT's period read before session 27 smoothed the profile over a slice: the same 30 mm of its 26)
 
 
 def separate_whole_vertebrae(mask: np.ndarray, spacing: np.ndarray, superior: np.ndarray) -> np.ndarray:
@@ -375,10 +375,16 @@ def _side_by_side_seeds(pieces, spacing: np.ndarray, period: float, superior: np
 
 def _profile_period(mask: np.ndarray, superior: np.ndarray) -> float | None:
     """The repeat length (mm) of the cross-section profile along the superior direction:
-    the first autocorrelation peak, vertebra plus disc; None when there is none."""
+    the first autocorrelation peak, vertebra plus disc; None when there is none.
+
+    The profile (voxels per mm) is smoothed over at least one voxel step along ``superior``:
+    a CT's slices 2.5 mm apart fill every second or third millimetre bin, a comb whose own
+    peaks (5, 10 mm) came first on short fields of view (session 27: the chest CT cut to
+    C7-T7 read 10 mm, not about 20, and was cut into 12 slabs for 9 vertebrae)."""
     coordinates = np.argwhere(mask) @ superior
     profile = np.bincount(np.floor(coordinates - coordinates.min()).astype(int)).astype(float)
-    profile = ndi.gaussian_filter1d(profile, 1.5) - ndi.gaussian_filter1d(profile, 40.0)  # keep the vertebra-scale ripple
+    smoothing = max(1.5, float(np.linalg.norm(superior)))  # mm: the coarser of 1.5 mm and a voxel step
+    profile = ndi.gaussian_filter1d(profile, smoothing) - ndi.gaussian_filter1d(profile, 40.0)  # keep the vertebra-scale ripple
     correlation = np.correlate(profile, profile, mode="full")[len(profile) - 1 :]
     peaks = [lag for lag in range(8, len(correlation) - 1) if correlation[lag - 1] < correlation[lag] >= correlation[lag + 1] and correlation[lag] > 0]
     return float(peaks[0]) if peaks else None

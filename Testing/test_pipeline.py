@@ -189,6 +189,40 @@ def test_a_card_with_edge_padding_samples_the_slices_padded_by_their_border_and_
     assert not np.array_equal(by_card, sampled(stack, card))
 
 
+def test_a_card_with_tiles_samples_the_slices_in_blended_windows_padded_as_training_crops(central_slab):
+    """``input.tile_px``: a tile larger than the slices (256 px over the MR grid's slices of
+    about 180 x 180 px) gives what the untiled card gives on the stack padded
+    with zeros at its end up to 256 x 256 (as training pads a slice smaller than its crop) and
+    cropped back (but for the blending's rounding), and not what it gives unpadded; tiles of 64 px are sampled window by window
+    and blended back in place: the same shape, probabilities in [0, 1], and the same spine
+    (Dice of the thresholded maps over 0.8; a window blended at the wrong place would not)."""
+    bundled = get_card("verdiff-mr")
+    card = bundled.derived(input={**bundled.raw["input"], "edge_padding_px": 0})
+    network = load_network(card, "cpu")
+    prepared = prepare_for_card(central_slab[:, :, 4:8], card)
+    scheduler = make_scheduler(card)
+    scheduler.set_timesteps(card.default_steps)
+
+    def sampled(stack, tile):
+        which = card.derived(input={**card.raw["input"], "tile_px": tile}) if tile else card
+        return sample_slices(stack, which, network, scheduler, card.default_ensemble, torch.Generator().manual_seed(5), torch.device("cpu"), 8, None, None,
+                             offsets=prepared.input_offsets)
+
+    stack = prepared.stack
+    rows, cols = stack.shape[1:]
+    assert max(rows, cols) < 256
+    whole = sampled(stack, None)[0]
+    one_tile, one_tile_spread, _ = sampled(stack, 256)
+    by_hand, by_hand_spread, _ = sampled(np.pad(stack, ((0, 0), (0, 256 - rows), (0, 256 - cols))), None)
+    # equal but for the blending's rounding (weight x value / weight)
+    assert np.allclose(one_tile, by_hand[:, :, :rows, :cols], rtol=0, atol=1e-6) and np.allclose(one_tile_spread, by_hand_spread[:, :, :rows, :cols], rtol=0, atol=1e-6)
+    assert np.abs(one_tile - whole).max() > 1e-3
+    tiled, tiled_spread, diffused = sampled(stack, 64)
+    assert tiled.shape == whole.shape and tiled_spread.shape == whole.shape and diffused == len(stack)
+    assert tiled.min() >= 0 and tiled.max() <= 1 and np.isfinite(tiled_spread).all()
+    assert (whole > 0.5).any() and dice(tiled > 0.5, whole > 0.5) > 0.8, dice(tiled > 0.5, whole > 0.5)
+
+
 def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_level():
     """A 5-level (L1..L5) result built from a real MR subject's truth on the network's grid,
     through ``labels_and_uncertainty``: the union is mapped as a binary card's (linearly: no

@@ -7,7 +7,9 @@ it), and the per-vertebra scores are ``levels_accuracy``'s:
 - ``inverted``: grey levels mirrored (bone dark, a MONOCHROME1 radiograph read as stored);
 - ``dicom_0.15mm``: the picture with a 0.15 mm pixel size, as a DICOM radiograph carries;
 - ``half`` / ``double`` / ``third``: the picture resampled to 0.5 / 2 / 0.33 times its size, still
-  without a pixel size (a downsampled export, a high-resolution scan).
+  without a pixel size (a downsampled export, a high-resolution scan);
+- ``mirrored``: left and right swapped (a posteroanterior film, as scoliosis series are often
+  taken to spare the breasts, shown as the detector saw it).
 
 ``VerdiffSegmentLib.radiograph`` decides what the pipeline does with them (docs/levels.md, session 25).
 
@@ -55,6 +57,7 @@ VARIANTS = {
     "half": lambda picture, truth: (resampled(picture, 0.5, sitk.sitkLinear), resampled(truth, 0.5, sitk.sitkNearestNeighbor)),
     "double": lambda picture, truth: (resampled(picture, 2.0, sitk.sitkLinear), resampled(truth, 2.0, sitk.sitkNearestNeighbor)),
     "third": lambda picture, truth: (resampled(picture, 1 / 3, sitk.sitkLinear), resampled(truth, 1 / 3, sitk.sitkNearestNeighbor)),
+    "mirrored": lambda picture, truth: (sitk.Flip(picture, [True, False]), sitk.Flip(truth, [True, False])),
 }
 
 

@@ -17,6 +17,16 @@ slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_
 ``input.context_distance_mm`` d (absent: the card's ``spacing_mm``, as every 2.5D card written
 before it) is the distance between neighbouring input channels (``preparation`` decision 4).
 
+Tiles: ``input.tile_px`` t (absent: whole slices) samples each sagittal slice of a 2D card in
+overlapping t x t tiles (half a tile apart, Gaussian-blended; an axis shorter than t padded with
+zeros at its end, as training pads a slice smaller than its crop; ``pipeline.sample_tiles``),
+the size the network was trained on. Why: the
+prior's multi-scale fusion module squeezes each feature map to one vector (a global average)
+and its GroupNorm normalises over the whole input, so a network trained on crops reads a whole
+slice, more or less body than it ever saw at once, differently. On the held-out abdominal CT
+the chest-only CT model (176 px crops) scored binary Dice 0.664 on whole slices of 224 x 340
+px and 0.819 in 176 px tiles, level Dice 0.504 -> 0.636 (docs/levels.md, session 27).
+
 Edge padding: ``input.edge_padding_px`` n (absent: 0) pads each sagittal slice of a 2D card by
 n grid pixels on every side before sampling, the border row repeated, and crops the result
 back (``pipeline.sample_slices``): a vertebra the field of view cuts then lies inside the
@@ -216,6 +226,7 @@ class ModelCard:
     context_distance_mm: float | None = None  # 2.5D: mm between neighbouring input channels; None: spacing_mm (module docstring)
     edge_padding: int = 0  # input.edge_padding_px: grid pixels each slice is padded by, the border repeated (module docstring)
     edge_padding_sides: str = "all"  # input.edge_padding_sides: "all", or "superior" (the top rows only)
+    tile: int | None = None  # input.tile_px: slices are sampled in tiles of this many grid pixels (module docstring)
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
@@ -351,6 +362,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         if isinstance(edge_padding, bool) or not isinstance(edge_padding, int) or edge_padding < 0:
             raise ValueError(f"input.edge_padding_px must be a whole number of pixels, 0 or more, got {edge_padding!r}")
         edge_padding_sides = source.get("edge_padding_sides", "all")
+        tile = source.get("tile_px")
+        if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % int(source.get("pad_multiple", 8))):
+            raise ValueError(f"input.tile_px must be a whole number of pixels, a multiple of input.pad_multiple, got {tile!r}")
         radiograph = None if source.get("radiograph") is None else RadiographInput.from_card(source["radiograph"])
         picture_field_of_view = checked_picture_field_of_view(source.get("picture_field_of_view_mm"))
         if edge_padding_sides not in EDGE_PADDING_SIDES:
@@ -407,6 +421,8 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         fail("input.context_slices is for 2D (sagittal-slice) networks; a 3D network sees the neighbouring slices already")
     if edge_padding and int(data["network"].get("spatial_dims", 2)) != 2:
         fail("input.edge_padding_px is for 2D (sagittal-slice) networks")
+    if tile is not None and int(data["network"].get("spatial_dims", 2)) != 2:
+        fail("input.tile_px is for 2D (sagittal-slice) networks; a 3D card's windows are input.patch_size")
     return ModelCard(
         path=Path(path),
         name=str(data["name"]),
@@ -431,6 +447,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         context_distance_mm=context_distance,
         edge_padding=edge_padding,
         edge_padding_sides=edge_padding_sides,
+        tile=tile,
         min_vertebrae_share=share,
         planar_model=planar,
         gap_channel=gap_channel,

@@ -238,7 +238,8 @@ def test_a_2_5d_fine_tune_of_the_bundled_mr_model_exports_a_card_verdiff_segment
 
 
 def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(tmp_path, tiny_run, slab_data):
-    """A card replaced by a new export keeps ``postprocess`` and its edge padding (not the
+    """A card replaced by a new export keeps ``postprocess``, its edge padding and its tiles (sized
+    by the new run's crop; not the
     reliability threshold, which was calibrated on the old weights), and the new figures are
     computed with them."""
     common = ["--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"]
@@ -251,12 +252,14 @@ def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(t
     plain["input"].update(edge_padding_px=16, edge_padding_sides="superior")
     field_of_view = {"typical": 256, "pixels": [192, 320]}
     plain["input"]["picture_field_of_view_mm"] = field_of_view  # how a 2D picture is read: a bundle decision too
+    plain["input"]["tile_px"] = 512  # sampled in tiles: kept, at the new run's crop
     (tmp_path / "tiny-mr.json").write_text(json.dumps(plain, indent=2), encoding="utf-8")
     main(["export", "tiny-mr", *common])
     card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["postprocess"] == settings and "reliability" not in card
     assert card["input"]["edge_padding_px"] == 16 and card["input"]["edge_padding_sides"] == "superior"  # carried too
     assert card["input"]["picture_field_of_view_mm"] == field_of_view
+    assert card["input"]["tile_px"] == card["training"]["settings"]["crop"] != 512
     assert card["sha256"] == plain["sha256"]  # the same weights: only the post-processing differs
     # the same weights and noise give other figures: they were computed through the post-processing
     figures = lambda c: {k: v for k, v in c["validation"]["cases"][0].items() if k != "seconds"}  # noqa: E731
@@ -299,7 +302,8 @@ def test_an_export_over_the_bundled_xray_card_keeps_its_tilt_network_and_picture
     (``naming``), the endplate-tilt network (``cobb``, the Cobb angles' tilts) and how a
     radiograph's pixels are read (``input.radiograph``); before session 26 the last two were
     dropped, so a retrained X-ray model would have lost its Cobb tilts and read a DICOM
-    radiograph's 0.15 mm pixels as training pixels."""
+    radiograph's 0.15 mm pixels as training pixels. It keeps sampling in tiles
+    (``input.tile_px``, session 27), sized by the new run's crop as the bundled tile is by its own."""
     from training.export import carried_settings
 
     path = Path(__file__).resolve().parents[1] / "Resources" / "Models" / "verdiff-xray.json"
@@ -307,4 +311,5 @@ def test_an_export_over_the_bundled_xray_card_keeps_its_tilt_network_and_picture
     carried = carried_settings(path)
     assert carried["cobb"] == bundled["cobb"] and carried["naming"] == bundled["naming"]
     assert carried["picture_reading"] == {"radiograph": bundled["input"]["radiograph"]}
+    assert carried["tiles"] and bundled["input"]["tile_px"] == bundled["training"]["settings"]["crop"]
 

@@ -29,6 +29,10 @@ through them. Its
 ``reliability`` threshold is not carried: it was calibrated on the old weights' outputs, and
 ``benchmarks/warning_rates.py`` calibrates it again.
 
+A card that samples its slices in tiles (``input.tile_px``, session 27) keeps tiling, at the new
+run's training crop: the tile is the size the network learned on, so it belongs to the run,
+while sampling in tiles at all is the bundle's decision, measured apart from the weights.
+
 A run trained with ``--edge-pad N`` gets ``input.edge_padding_px`` on its card
 (``evaluate.inference_edge_padding``), as its validation during training had; a run trained
 without it keeps the replaced card's edge padding (the bundled verdiff-mr pads the top of its
@@ -125,7 +129,7 @@ def carried_settings(card_path: Path) -> dict:
     choice of the bundle, not of the weights) under the key ``planar_model``, its edge
     padding (``input.edge_padding_px`` and ``edge_padding_sides``) under ``edge_padding``, and
     how it reads pictures (``input.radiograph``, ``input.picture_field_of_view_mm``) under
-    ``picture_reading``."""
+    ``picture_reading``, and whether it samples in tiles (``input.tile_px``) under ``tiles``."""
     if not card_path.exists():
         return {}
     old = json.loads(card_path.read_text(encoding="utf-8"))
@@ -136,6 +140,8 @@ def carried_settings(card_path: Path) -> dict:
         carried["edge_padding"] = {k: old["input"][k] for k in CARRIED_INPUT_KEYS if k in old["input"]}
     if any(k in (old.get("input") or {}) for k in CARRIED_PICTURE_KEYS):
         carried["picture_reading"] = {k: old["input"][k] for k in CARRIED_PICTURE_KEYS if k in old["input"]}
+    if (old.get("input") or {}).get("tile_px"):
+        carried["tiles"] = True
     return carried
 
 
@@ -179,10 +185,12 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             "history": history,
             "cumulative": cumulative_training(history),
         }
-        card.update({key: value for key, value in carried.items() if key not in ("planar_model", "edge_padding", "picture_reading")})
+        card.update({key: value for key, value in carried.items() if key not in ("planar_model", "edge_padding", "picture_reading", "tiles")})
         if carried.get("edge_padding") and "edge_padding_px" not in card["input"]:  # a run trained padded sets its own
             card["input"].update(carried["edge_padding"])
         card["input"].update(carried.get("picture_reading", {}))
+        if carried.get("tiles") and (run_info.get("settings") or {}).get("crop"):
+            card["input"]["tile_px"] = int(run_info["settings"]["crop"])  # the new run's crop
         if carried.get("planar_model") and card["input"].get("context_slices"):
             card["input"]["planar_model"] = carried["planar_model"]
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."

@@ -57,10 +57,11 @@ def card_json(**changes) -> dict:
         ({"input": {**card_json()["input"], "edge_padding_sides": "inferior"}}, "edge_padding_sides must be one of all, superior"),
         ({"input": {**card_json()["input"], "tile_px": 100}}, "tile_px must be a whole number of pixels, a multiple of input.pad_multiple"),
         ({"input": {**card_json()["input"], "tile_px": True}}, "tile_px must be a whole number of pixels"),
+        ({"input": {**card_json()["input"], "tile_px": 176, "tile_padding": "edge"}}, "tile_padding must be one of none, zeros"),
     ],
     ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share",
          "gap-channel-text", "gap-channel-without-output", "extra-vertebrae",
-         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool", "edge-padding-sides", "tile-not-multiple", "tile-bool"],
+         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool", "edge-padding-sides", "tile-not-multiple", "tile-bool", "tile-padding"],
 )
 def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
     path = tmp_path / "broken.json"

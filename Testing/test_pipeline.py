@@ -191,7 +191,7 @@ def test_a_card_with_edge_padding_samples_the_slices_padded_by_their_border_and_
 
 def test_a_card_with_tiles_samples_the_slices_in_blended_windows_padded_as_training_crops(central_slab):
     """``input.tile_px``: a tile larger than the slices (256 px over the MR grid's slices of
-    about 180 x 180 px) gives what the untiled card gives on the stack padded
+    about 180 x 180 px) gives the whole slice's result, and with ``input.tile_padding`` "zeros" what the untiled card gives on the stack padded
     with zeros at its end up to 256 x 256 (as training pads a slice smaller than its crop) and
     cropped back (but for the blending's rounding), and not what it gives unpadded; tiles of 64 px are sampled window by window
     and blended back in place: the same shape, probabilities in [0, 1], and the same spine
@@ -203,8 +203,8 @@ def test_a_card_with_tiles_samples_the_slices_in_blended_windows_padded_as_train
     scheduler = make_scheduler(card)
     scheduler.set_timesteps(card.default_steps)
 
-    def sampled(stack, tile):
-        which = card.derived(input={**card.raw["input"], "tile_px": tile}) if tile else card
+    def sampled(stack, tile, padding="none"):
+        which = card.derived(input={**card.raw["input"], "tile_px": tile, "tile_padding": padding}) if tile else card
         return sample_slices(stack, which, network, scheduler, card.default_ensemble, torch.Generator().manual_seed(5), torch.device("cpu"), 8, None, None,
                              offsets=prepared.input_offsets)
 
@@ -212,7 +212,8 @@ def test_a_card_with_tiles_samples_the_slices_in_blended_windows_padded_as_train
     rows, cols = stack.shape[1:]
     assert max(rows, cols) < 256
     whole = sampled(stack, None)[0]
-    one_tile, one_tile_spread, _ = sampled(stack, 256)
+    assert np.array_equal(sampled(stack, 256)[0], whole)  # "none": a short axis is one window of its own length
+    one_tile, one_tile_spread, _ = sampled(stack, 256, "zeros")
     by_hand, by_hand_spread, _ = sampled(np.pad(stack, ((0, 0), (0, 256 - rows), (0, 256 - cols))), None)
     # equal but for the blending's rounding (weight x value / weight)
     assert np.allclose(one_tile, by_hand[:, :, :rows, :cols], rtol=0, atol=1e-6) and np.allclose(one_tile_spread, by_hand_spread[:, :, :rows, :cols], rtol=0, atol=1e-6)

@@ -136,7 +136,8 @@ def test_the_bundled_mr_model_warns_on_a_bad_result_and_not_on_a_good_one(data_d
 
 def test_the_bundled_xray_model_warns_on_a_merged_result_and_not_on_a_good_result(data_dir):
     """The X-ray card's warnings on real runs: a held-out radiograph whose bodies the model
-    merged (Dice 0.69 at the card's validation, 10 of 17 found) is flagged, with the count
+    merged (Dice 0.39 at the card's validation, 11 of 17 found; sampled whole before session
+    27's tiles, 239 D was this case, 10 of 17, and is now separated) is flagged, with the count
     check's warning among the reasons; a good one (Dice 0.88, all 17 found) is not. (The gap
     model of session 5 is unsure wherever it merges, so no held-out image is flagged by the
     count alone any more; the count rule itself: test_reliability.)"""
@@ -146,7 +147,7 @@ def test_the_bundled_xray_model_warns_on_a_merged_result_and_not_on_a_good_resul
 
     card = get_card("verdiff-xray")
     folder = data_dir / "xray-aasce" / "data" / "training"
-    merged = segment(read_image(folder / "sunhl-1th-10-Jan-2017-239 D AP.jpg"), card, device="cpu").settings["reliability"]
+    merged = segment(read_image(folder / "sunhl-1th-06-Jan-2017-188 B AP.jpg"), card, device="cpu").settings["reliability"]
     assert merged["likely_wrong"] and merged["vertebrae_found"] < card.min_vertebrae_share * merged["vertebrae_expected"]
     assert any("separate vertebrae" in warning for warning in merged["warnings"])
     good = segment(read_image(folder / "sunhl-1th-20-Jul-2016-19 B AP.jpg"), card, device="cpu").settings["reliability"]

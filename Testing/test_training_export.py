@@ -252,14 +252,14 @@ def test_export_over_a_card_keeps_its_post_processing_and_validates_through_it(t
     plain["input"].update(edge_padding_px=16, edge_padding_sides="superior")
     field_of_view = {"typical": 256, "pixels": [192, 320]}
     plain["input"]["picture_field_of_view_mm"] = field_of_view  # how a 2D picture is read: a bundle decision too
-    plain["input"]["tile_px"] = 512  # sampled in tiles: kept, at the new run's crop
+    plain["input"].update(tile_px=512, tile_padding="zeros")  # sampled in tiles: kept, at the new run's crop
     (tmp_path / "tiny-mr.json").write_text(json.dumps(plain, indent=2), encoding="utf-8")
     main(["export", "tiny-mr", *common])
     card = json.loads((tmp_path / "tiny-mr.json").read_text(encoding="utf-8"))
     assert card["postprocess"] == settings and "reliability" not in card
     assert card["input"]["edge_padding_px"] == 16 and card["input"]["edge_padding_sides"] == "superior"  # carried too
     assert card["input"]["picture_field_of_view_mm"] == field_of_view
-    assert card["input"]["tile_px"] == card["training"]["settings"]["crop"] != 512
+    assert card["input"]["tile_px"] == card["training"]["settings"]["crop"] != 512 and card["input"]["tile_padding"] == "zeros"
     assert card["sha256"] == plain["sha256"]  # the same weights: only the post-processing differs
     # the same weights and noise give other figures: they were computed through the post-processing
     figures = lambda c: {k: v for k, v in c["validation"]["cases"][0].items() if k != "seconds"}  # noqa: E731
@@ -311,5 +311,5 @@ def test_an_export_over_the_bundled_xray_card_keeps_its_tilt_network_and_picture
     carried = carried_settings(path)
     assert carried["cobb"] == bundled["cobb"] and carried["naming"] == bundled["naming"]
     assert carried["picture_reading"] == {"radiograph": bundled["input"]["radiograph"]}
-    assert carried["tiles"] and bundled["input"]["tile_px"] == bundled["training"]["settings"]["crop"]
+    assert carried["tiles"] == {"tile_padding": "zeros"} and bundled["input"]["tile_px"] == bundled["training"]["settings"]["crop"]
 

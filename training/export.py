@@ -129,7 +129,8 @@ def carried_settings(card_path: Path) -> dict:
     choice of the bundle, not of the weights) under the key ``planar_model``, its edge
     padding (``input.edge_padding_px`` and ``edge_padding_sides``) under ``edge_padding``, and
     how it reads pictures (``input.radiograph``, ``input.picture_field_of_view_mm``) under
-    ``picture_reading``, and whether it samples in tiles (``input.tile_px``) under ``tiles``."""
+    ``picture_reading``, and whether it samples in tiles (``input.tile_px``) under ``tiles`` (with
+    its ``input.tile_padding``)."""
     if not card_path.exists():
         return {}
     old = json.loads(card_path.read_text(encoding="utf-8"))
@@ -141,7 +142,7 @@ def carried_settings(card_path: Path) -> dict:
     if any(k in (old.get("input") or {}) for k in CARRIED_PICTURE_KEYS):
         carried["picture_reading"] = {k: old["input"][k] for k in CARRIED_PICTURE_KEYS if k in old["input"]}
     if (old.get("input") or {}).get("tile_px"):
-        carried["tiles"] = True
+        carried["tiles"] = {"tile_padding": old["input"].get("tile_padding", "none")}
     return carried
 
 
@@ -190,7 +191,7 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
             card["input"].update(carried["edge_padding"])
         card["input"].update(carried.get("picture_reading", {}))
         if carried.get("tiles") and (run_info.get("settings") or {}).get("crop"):
-            card["input"]["tile_px"] = int(run_info["settings"]["crop"])  # the new run's crop
+            card["input"].update(tile_px=int(run_info["settings"]["crop"]), **carried["tiles"])  # the new run's crop
         if carried.get("planar_model") and card["input"].get("context_slices"):
             card["input"]["planar_model"] = carried["planar_model"]
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."

@@ -18,9 +18,10 @@ slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_
 before it) is the distance between neighbouring input channels (``preparation`` decision 4).
 
 Tiles: ``input.tile_px`` t (absent: whole slices) samples each sagittal slice of a 2D card in
-overlapping t x t tiles (half a tile apart, Gaussian-blended; an axis shorter than t padded with
-zeros at its end, as training pads a slice smaller than its crop; ``pipeline.sample_tiles``),
-the size the network was trained on. Why: the
+overlapping t x t tiles (half a tile apart, Gaussian-blended; ``pipeline.sample_tiles``), the
+size the network was trained on; an axis shorter than t is one window of its own length, or,
+with ``input.tile_padding`` "zeros", padded with zeros at its end up to t, as training pads a
+slice smaller than its crop (the X-ray cards: most radiographs are narrower than their crop). Why: the
 prior's multi-scale fusion module squeezes each feature map to one vector (a global average)
 and its GroupNorm normalises over the whole input, so a network trained on crops reads a whole
 slice, more or less body than it ever saw at once, differently. On the held-out abdominal CT
@@ -144,6 +145,7 @@ MODALITIES = ("CT", "MR", "XR")
 
 EXTRA_VERTEBRAE = ("above", "either")  # naming.extra_vertebrae (module docstring)
 EDGE_PADDING_SIDES = ("all", "superior")  # input.edge_padding_sides (module docstring)
+TILE_PADDINGS = ("none", "zeros")  # input.tile_padding (module docstring, tiles)
 
 
 @dataclass(frozen=True)
@@ -227,6 +229,7 @@ class ModelCard:
     edge_padding: int = 0  # input.edge_padding_px: grid pixels each slice is padded by, the border repeated (module docstring)
     edge_padding_sides: str = "all"  # input.edge_padding_sides: "all", or "superior" (the top rows only)
     tile: int | None = None  # input.tile_px: slices are sampled in tiles of this many grid pixels (module docstring)
+    tile_padding: str = "none"  # input.tile_padding: "zeros" pads an axis shorter than the tile up to it (module docstring)
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
@@ -363,6 +366,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
             raise ValueError(f"input.edge_padding_px must be a whole number of pixels, 0 or more, got {edge_padding!r}")
         edge_padding_sides = source.get("edge_padding_sides", "all")
         tile = source.get("tile_px")
+        tile_padding = source.get("tile_padding", "none")
+        if tile_padding not in TILE_PADDINGS:
+            raise ValueError(f"input.tile_padding must be one of {', '.join(TILE_PADDINGS)}, got {tile_padding!r}")
         if tile is not None and (isinstance(tile, bool) or not isinstance(tile, int) or tile <= 0 or tile % int(source.get("pad_multiple", 8))):
             raise ValueError(f"input.tile_px must be a whole number of pixels, a multiple of input.pad_multiple, got {tile!r}")
         radiograph = None if source.get("radiograph") is None else RadiographInput.from_card(source["radiograph"])
@@ -448,6 +454,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         edge_padding=edge_padding,
         edge_padding_sides=edge_padding_sides,
         tile=tile,
+        tile_padding=tile_padding,
         min_vertebrae_share=share,
         planar_model=planar,
         gap_channel=gap_channel,

@@ -430,7 +430,7 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
             if cancel is not None and cancel():
                 raise Cancelled()
             images = torch.from_numpy(slice_channels(stack, range(start, min(start + sampler.batch_size, n_slices)), offsets))
-            mean, std, n = sample_tiles(sampler, images, card.tile) if card.tile else sampler.sample(images)
+            mean, std, n = sample_tiles(sampler, images, card.tile, card.tile_padding == "zeros") if card.tile else sampler.sample(images)
             end = start + len(mean)
             probability[start:end] = mean[(..., *within)]
             spread[start:end] = std[(..., *within)]
@@ -443,16 +443,22 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     return probability, spread, diffused
 
 
-def sample_tiles(sampler, images: torch.Tensor, tile: int):
+def sample_tiles(sampler, images: torch.Tensor, tile: int, pad_short_axes: bool = False):
     """``sampler.sample`` on a batch of slices [B, C, rows, cols] in overlapping ``tile`` x
     ``tile`` windows (half a window apart, Gaussian-blended: ``sliding_window_inference``), for
-    every slice of the batch. An axis shorter than ``tile`` is padded with zeros at its end up
-    to it and cropped back, as training pads a slice smaller than its crop
-    (``training.sampler.pad_up_to``): windows of the narrower size instead scored binary Dice
-    0.806 against 0.822 on the 48 held-out radiographs (most are 100-240 px wide on the 4 px
-    grid). Returns the blended mean and spread and the slices diffused, as ``sampler.sample``
-    does for whole slices (the spread blended like the mean, as in ``sample_volume``)."""
-    patch = (tile,) * (images.ndim - 2)
+    every slice of the batch. An axis shorter than ``tile`` is one window of its own length,
+    or with ``pad_short_axes`` (the card's ``input.tile_padding`` "zeros") padded with zeros at
+    its end up to ``tile`` and cropped back, as training pads a slice smaller than its crop
+    (``training.sampler.pad_up_to``). Which one is the training data's: AP radiographs are
+    mostly narrower than the X-ray crop (100-240 px of 224 on the 4 px grid), so the X-ray
+    model learned the padding (padded 0.819, unpadded 0.806 binary Dice on the 48 held-out
+    radiographs); no CT slice it trained on was shorter than its crop, and a CT cut to L2-S1
+    (124 rows of 176), padded, lost every vertebra. Returns the blended mean and spread and
+    the slices diffused, as ``sampler.sample`` does for whole slices (the spread blended like
+    the mean, as in ``sample_volume``)."""
+    patch = tuple(tile if pad_short_axes else min(tile, size) for size in images.shape[2:])
+    if patch == tuple(images.shape[2:]):  # one window, the slice itself
+        return sampler.sample(images)
     diffused = 0
 
     def predict(windows: torch.Tensor) -> torch.Tensor:

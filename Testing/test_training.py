@@ -71,6 +71,21 @@ def uninterrupted(tmp_path_factory, data_dir):
 
 
 # -- the loop ----------------------------------------------------------------------------
+def test_validation_in_tiles_samples_as_a_tiled_card_does(tmp_path, data_dir):
+    """``TrainOptions.val_tiles`` (the bundled X-ray and CT cards' runs; ``validation_sampling``):
+    the same 2-step run validated on one held-out MR subject whole and in tiles of its 48 px
+    crop gives other figures (the tiles reach the network through the run's validation card),
+    each a real Dice."""
+    figures = []
+    for tiles in (None, "none"):
+        out = tmp_path / str(tiles)
+        options = tiny_options(steps=2, val_every=2, val_limit=1, val_steps=1, val_ensemble=1, val_start_timestep=150, val_tiles=tiles)
+        train(mr_run(), data_dir, out, options)
+        with open(out / "validation.csv", newline="") as rows:
+            figures.append(float(list(csv.DictReader(rows))[-1]["dice"]))
+    assert all(0 <= f <= 1 for f in figures) and figures[0] != figures[1], figures
+
+
 def test_a_tiny_model_trained_a_few_steps_lowers_the_loss(tmp_path, data_dir):
     """Loss on a fixed batch of real MR slices (fixed timesteps and noise) before and after 40 steps."""
     run = mr_run()

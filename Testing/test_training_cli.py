@@ -70,10 +70,13 @@ def test_validation_samples_as_the_bundled_card_unless_told_otherwise():
 
     unset = Namespace(val_steps=None, val_ensemble=None, val_start_timestep=None)
     card = json.loads((REPO / "Resources" / "Models" / "verdiff-mr.json").read_text(encoding="utf-8"))
-    expected = {"val_steps": card["defaults"]["steps"], "val_ensemble": card["defaults"]["ensemble"], "val_start_timestep": card["scheduler"]["start_timestep"]}
+    expected = {"val_steps": card["defaults"]["steps"], "val_ensemble": card["defaults"]["ensemble"], "val_start_timestep": card["scheduler"]["start_timestep"], "val_tiles": None}
     assert validation_sampling(unset, recipe_config("verdiff-mr")) == expected
     # a model without a bundled card of its name and family: the loop's defaults
-    assert validation_sampling(unset, recipe_config("verdiff-mr", name="my-model")) == {"val_steps": 5, "val_ensemble": 3, "val_start_timestep": None}
+    assert validation_sampling(unset, recipe_config("verdiff-mr", name="my-model")) == {"val_steps": 5, "val_ensemble": 3, "val_start_timestep": None, "val_tiles": None}
+    # the X-ray and CT cards sample in tiles (session 27): their runs validate so, padded as each card pads
+    assert validation_sampling(unset, recipe_config("verdiff-xray"))["val_tiles"] == "zeros"
+    assert validation_sampling(unset, recipe_config("verdiff-ct"))["val_tiles"] == "none"
     given = Namespace(val_steps=7, val_ensemble=None, val_start_timestep=None)
     assert validation_sampling(given, recipe_config("verdiff-mr"))["val_steps"] == 7
 

@@ -236,14 +236,17 @@ def bundled_card(run: RunConfig) -> ModelCard | None:
 def validation_sampling(args, run: RunConfig) -> dict:
     """The validation's sampling settings: those given, else the bundled card's of the same
     name and family (so the validation Dice is that of the settings users get), else the
-    loop's defaults (``TrainOptions``)."""
+    loop's defaults (``TrainOptions``). Tiles (``val_tiles``) are the bundled card's alone:
+    a card that samples in tiles of its crop (``input.tile_px``, session 27) has its run
+    validated in tiles of the run's crop, with the card's ``tile_padding``."""
     card, defaults = bundled_card(run), TrainOptions()
     settings = {
         "val_steps": card.default_steps if card else defaults.val_steps,
         "val_ensemble": card.default_ensemble if card else defaults.val_ensemble,
         "val_start_timestep": card.scheduler_config.get("start_timestep") if card else defaults.val_start_timestep,
+        "val_tiles": card.tile_padding if card and card.tile else defaults.val_tiles,
     }
-    return {key: value if getattr(args, key) is None else getattr(args, key) for key, value in settings.items()}
+    return {key: value if getattr(args, key, None) is None else getattr(args, key) for key, value in settings.items()}
 
 
 def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
@@ -258,6 +261,8 @@ def validation_settings_text(run: RunConfig, options: TrainOptions) -> str:
     config = dict(family.scheduler_config)
     start = options.val_start_timestep if options.val_start_timestep is not None else config.get("num_train_timesteps", 1000) - 1
     text = f"validation every {options.val_every} steps on {cases} held-out cases: {options.val_steps} sampling steps x {options.val_ensemble} samples from t={start}"
+    if options.val_tiles and run.spatial_dims == 2:
+        text += f" in {options.crop} px tiles"
     card = bundled_card(run)
     if card is not None:
         card_start = card.scheduler_config.get("start_timestep", config.get("num_train_timesteps", 1000) - 1)

@@ -85,6 +85,7 @@ class TrainOptions:
     val_steps: int = 5
     val_ensemble: int = 3
     val_start_timestep: int | None = None  # prior-shifted families: validate sampling from this timestep, as a card's defaults do
+    val_tiles: str | None = None  # validate sampling 2D slices in tiles of ``crop`` with this ``input.tile_padding`` ("none", "zeros"), as the card does; None: whole slices
     patience: int = 0  # stop after this many validations without improvement; 0: never
     min_delta: float = 0.0
     init: str | None = None  # start from these weights (a second stage continuing an earlier run)
@@ -406,6 +407,8 @@ class Trainer:
             data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble, edge_padding_px=inference_edge_padding(options.edge_pad))
             if options.val_start_timestep is not None and "scheduler" in data:
                 data["scheduler"]["start_timestep"] = options.val_start_timestep
+            if options.val_tiles and run.spatial_dims == 2:  # sampled as the card the run replaces samples (models, tiles)
+                data["input"].update(tile_px=options.crop, tile_padding=options.val_tiles)
             card = parse_card(data, self.out_dir / f"{run.name}.json")
             network.eval()
             result = evaluate(card, split_cases(run, self.data_root, self.split, "validation", options.val_limit), network=network, device=self.device.type)

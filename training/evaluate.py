@@ -65,9 +65,12 @@ def trained_edge_pad(run_dir: Path) -> int:
     return int(((json.loads(info.read_text()) if info.exists() else {}).get("settings") or {}).get("edge_pad") or 0)
 
 
-def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemble: int, version: str = "0.1.0", edge_padding_px: int = 0) -> dict:
+def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemble: int, version: str = "0.1.0", edge_padding_px: int = 0,
+              tiles: tuple[int, str] | None = None) -> dict:
     """A model card for ``run``'s network (the same fields ``export`` writes); ``edge_padding_px``
-    from the run's ``--edge-pad`` (``inference_edge_padding``)."""
+    from the run's ``--edge-pad`` (``inference_edge_padding``); ``tiles`` (the run's training
+    crop and a ``tile_padding``; None: whole slices) samples a 2D run's slices in tiles
+    (``input.tile_px``, ``input.tile_padding``: the bundled card's decision, session 27)."""
     recipe = run.recipe_settings
     channels = list(run.channels)
     family = get_family(run.family)
@@ -94,6 +97,8 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         card["input"]["context_distance_mm"] = run.context_distance_mm
     if edge_padding_px:  # absent when 0: the cards written before it stay as they were
         card["input"]["edge_padding_px"] = int(edge_padding_px)
+    if tiles and run.spatial_dims == 2:  # absent: whole slices, as every card written before it
+        card["input"].update(tile_px=int(tiles[0]), tile_padding=tiles[1])
     if run.spatial_dims == 3:
         card["input"]["spacing_note"] = "isotropic: the slices are resampled to spacing_mm too; volumes only"
         card["input"]["patch_size"] = list(run.patch_size)

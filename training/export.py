@@ -168,11 +168,13 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
     weights = models_dir / f"{run.name}.pt"
     path = models_dir / f"{run.name}.json"
     carried = carried_settings(path)
+    crop = (run_info.get("settings") or {}).get("crop")
+    tiles = (int(crop), carried["tiles"]["tile_padding"]) if carried.get("tiles") and crop else None  # tiles of the new run's crop
 
     def write(dtype: torch.dtype) -> dict:
         """Save the weights in ``dtype`` and their card; returns the card (no figures yet)."""
         atomic_save({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}, weights)
-        card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version, inference_edge_padding(trained_edge_pad(run_dir)))
+        card = card_data(run, weights.name, sha256_of(weights), steps, ensemble, version, inference_edge_padding(trained_edge_pad(run_dir)), tiles)
         if start_timestep is not None and "scheduler" in card:
             card["scheduler"]["start_timestep"] = start_timestep
         card["training"] = {
@@ -190,8 +192,6 @@ def export(model_name: str, run_dir: Path, models_dir: Path, data_root: Path, st
         if carried.get("edge_padding") and "edge_padding_px" not in card["input"]:  # a run trained padded sets its own
             card["input"].update(carried["edge_padding"])
         card["input"].update(carried.get("picture_reading", {}))
-        if carried.get("tiles") and (run_info.get("settings") or {}).get("crop"):
-            card["input"].update(tile_px=int(run_info["settings"]["crop"]), **carried["tiles"])  # the new run's crop
         if carried.get("planar_model") and card["input"].get("context_slices"):
             card["input"]["planar_model"] = carried["planar_model"]
         card["licence"] = "Weights derived from the training data named above; follow its licence and cite its authors."

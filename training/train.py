@@ -404,11 +404,10 @@ class Trainer:
         run, options, network, progress = self.run, self.options, self.state.network, self.state.progress
         outcome, result, started_at = None, None, time.time()
         if self.world.is_main:
-            data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble, edge_padding_px=inference_edge_padding(options.edge_pad))
+            tiles = (options.crop, options.val_tiles) if options.val_tiles else None  # sampled as the card the run replaces samples
+            data = card_data(run, "checkpoint.pt", "", options.val_steps, options.val_ensemble, edge_padding_px=inference_edge_padding(options.edge_pad), tiles=tiles)
             if options.val_start_timestep is not None and "scheduler" in data:
                 data["scheduler"]["start_timestep"] = options.val_start_timestep
-            if options.val_tiles and run.spatial_dims == 2:  # sampled as the card the run replaces samples (models, tiles)
-                data["input"].update(tile_px=options.crop, tile_padding=options.val_tiles)
             card = parse_card(data, self.out_dir / f"{run.name}.json")
             network.eval()
             result = evaluate(card, split_cases(run, self.data_root, self.split, "validation", options.val_limit), network=network, device=self.device.type)

@@ -405,8 +405,8 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     channels built by ``preparation.slice_channels``. A card's ``edge_padding`` pads each slice
     by that many pixels on every side (``edge_padding_sides`` "superior": the top only), the
     border repeated, and the result is cropped back (``models``, edge padding). A card's
-    ``tile`` samples slices larger than it in overlapping tiles of that size, blended
-    (``sample_tiles``; ``models``, tiles)."""
+    ``tile`` samples the slices in overlapping tiles of that size, blended (``sample_tiles``;
+    ``models``, tiles)."""
     if len(offsets) != 1 + 2 * card.context_slices:  # a caller's mistake, not a user's: the network would fail obscurely
         raise ValueError(f"model {card.name} reads {1 + 2 * card.context_slices} input channel(s); got offsets for {len(offsets)} (pass PreparedImage.input_offsets)")
     margin = card.edge_padding
@@ -463,18 +463,28 @@ def sample_tiles(sampler, images: torch.Tensor, tile: int, pad_short_axes: bool 
 
     def predict(windows: torch.Tensor) -> torch.Tensor:
         nonlocal diffused
-        parts, sampled = [], 0
-        while sampled < len(windows):  # in smaller batches after an out-of-memory error
-            mean, std, n = sampler.sample(windows[sampled:])
-            parts.append(np.concatenate([mean, std], axis=1))
-            sampled += len(mean)
-            diffused = max(diffused, n)
-        return torch.from_numpy(np.concatenate(parts))
+        both, n = sample_windows(sampler, windows)
+        diffused += n
+        return torch.from_numpy(both)
 
     # one window of every slice per call: the sampler's batch is the slices' batch
     blended = sliding_window_inference(images, patch, predict, TILE_OVERLAP, "gaussian", 1).numpy()
     classes = blended.shape[1] // 2
     return blended[:, :classes], blended[:, classes:], len(images) if diffused else 0
+
+
+def sample_windows(sampler, windows: torch.Tensor) -> tuple[np.ndarray, int]:
+    """``sampler.sample`` on every window of ``windows``, in as many calls as an out-of-memory
+    error leaves (the sampler returns fewer than asked when its batch shrank): the mean and
+    spread concatenated along the channels [N, 2K, ...] (as ``sliding_window_inference``
+    blends them), and the number diffused. Shared by 2D tiles and 3D windows."""
+    parts, sampled, diffused = [], 0, 0
+    while sampled < len(windows):
+        mean, std, n = sampler.sample(windows[sampled:])
+        parts.append(np.concatenate([mean, std], axis=1))
+        sampled += len(mean)
+        diffused += n
+    return np.concatenate(parts), diffused
 
 
 def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_device, batch_size, progress, cancel, fallback=None, warnings=None):
@@ -501,16 +511,12 @@ def sample_volume(stack, card, network, scheduler, ensemble, generator, torch_de
         nonlocal done, diffused
         if cancel is not None and cancel():
             raise Cancelled()
-        parts, sampled = [], 0
-        while sampled < len(patches):  # in smaller batches after an out-of-memory error
-            mean, std, n = sampler.sample(patches[sampled:])
-            parts.append(np.concatenate([mean, std], axis=1))
-            sampled += len(mean)
-            diffused += n
+        both, n = sample_windows(sampler, patches)
+        diffused += n
         done += len(patches)
         if progress is not None:
             progress("inference", done, total)
-        return torch.from_numpy(np.concatenate(parts)).to(patches.device)
+        return torch.from_numpy(both).to(patches.device)
 
     volume = torch.from_numpy(np.ascontiguousarray(stack[None, None])).to(torch_device)
     try:

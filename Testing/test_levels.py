@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 from PIL import Image
@@ -34,6 +33,7 @@ from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
 from VerdiffSegmentLib.ribs import RibCounter  # noqa: E402
 from VerdiffSegmentLib.terminology import SLICER_VERTEBRAE, parse_terminology, terminology_for_label  # noqa: E402
+from training.datasets import read_landmarks  # noqa: E402
 
 LUMBAR = ["L1", "L2", "L3", "L4", "L5"]
 
@@ -197,7 +197,7 @@ def test_cobb_procedure_reproduces_the_aasce_angles_from_the_landmarks():
     truth = np.loadtxt(XRAY / "labels" / "training" / "angles.csv", delimiter=",")
     measured = []
     for name in names:
-        points = scipy.io.loadmat(str(XRAY / "labels" / "training" / f"{name}.mat"))["p2"]
+        points = read_landmarks(XRAY / "labels" / "training" / f"{name}.mat").reshape(68, 2)
         height = Image.open(XRAY / "data" / "training" / name).size[1]
         measured.append(cobb.cobb_from_landmarks(points, height))
     differences = np.abs(np.array([[m[k] for k in cobb.NAMES] for m in measured]) - truth)
@@ -234,7 +234,7 @@ def test_endplate_fit_follows_the_landmark_tilts():
     name = "sunhl-1th-10-Jan-2017-221 A AP"
     mat = XRAY / "labels" / "training" / f"{name}.jpg.mat"
     truth = sitk.GetArrayFromImage(aasce_mask(sitk.ReadImage(str(XRAY / "data" / "training" / f"{name}.jpg")), mat))
-    corners = scipy.io.loadmat(str(mat))["p2"].astype(float).reshape(17, 4, 2)
+    corners = read_landmarks(mat)
     reference = np.degrees(np.arctan2(*((corners[:, 1] + corners[:, 3]) - (corners[:, 0] + corners[:, 2])).T[::-1]))
     tilts, _ = cobb.vertebra_geometry(truth, list(range(1, 18)))
     fitted = np.degrees(np.arctan2(tilts[:, 1], tilts[:, 0]))
@@ -280,7 +280,7 @@ def test_an_absurd_tilt_is_left_out_of_the_angles():
     """One vertebra's tilt turned 60 degrees (what a merged chain fitted as one gives) is
     left out; the landmark tilts themselves are all kept."""
     name = "sunhl-1th-10-Jan-2017-221 A AP"
-    corners = scipy.io.loadmat(str(XRAY / "labels" / "training" / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2)
+    corners = read_landmarks(XRAY / "labels" / "training" / f"{name}.jpg.mat")
     tilts = ((corners[:, 1] + corners[:, 3]) - (corners[:, 0] + corners[:, 2])) / 2
     centre = np.stack([(corners[:, 0] + corners[:, 1]) / 2, (corners[:, 2] + corners[:, 3]) / 2], axis=1).reshape(-1, 2)
     assert cobb.plausible_tilts(tilts, centre).all()
@@ -342,7 +342,7 @@ def _cut_and_named(name: str, keep: range, first_level: int) -> tuple[sitk.Image
     labels, segments = levels.vertebrae(union_of(truth, keep=keep), "vertebral body", levels=levels.card_levels(get_card("verdiff-xray")))
     for segment, level in zip(segments, levels.card_levels(get_card("verdiff-xray"))[first_level:]):
         segment["level"] = level
-    corners = scipy.io.loadmat(str(mat))["p2"].astype(float).reshape(17, 4, 2)
+    corners = read_landmarks(mat)
     return image, labels, segments, corners.mean(axis=1)[:, ::-1]
 
 
@@ -370,7 +370,7 @@ def test_missing_end_vertebrae_are_placed_by_the_spine_proportions():
         assert np.linalg.norm(e["centre"] - centres[index]) < allowed, (e["level"], e["centre"], centres[index])
     # the tilts read there are close to the landmarks' (the network's held-out error is about 2.5 degrees)
     tilts = predict_tilts(load_tilt_network(card), sitk.GetArrayFromImage(image).astype(np.float32), np.array([e["centre"] for e in estimated]), np.array([e["width"] for e in estimated]))
-    corners = scipy.io.loadmat(str(XRAY / "labels" / "training" / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2)
+    corners = read_landmarks(XRAY / "labels" / "training" / f"{name}.jpg.mat")
     right, left = (corners[:, 1] + corners[:, 3]) / 2, (corners[:, 0] + corners[:, 2]) / 2
     truth_tilts = np.degrees(np.arctan2(-(right - left)[:, 1], (right - left)[:, 0]))
     assert np.abs(tilts - truth_tilts[[0, 1, 16]]).max() < 6.0, (tilts, truth_tilts[[0, 1, 16]])

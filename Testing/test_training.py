@@ -229,7 +229,7 @@ def test_aasce_mask_from_landmarks_fills_each_quadrilateral_with_its_level(data_
     name, image_path, mat_path = datasets.aasce_cases(data_dir / "xray-aasce")[0]
     image = sitk.ReadImage(str(image_path))
     labels = sitk.GetArrayFromImage(datasets.aasce_mask(image, mat_path))
-    points = scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)
+    points = datasets.read_landmarks(mat_path)
     assert set(np.unique(labels)) == set(range(18))
     union = np.zeros(labels.shape, bool)
     rows = []
@@ -240,6 +240,36 @@ def test_aasce_mask_from_landmarks_fills_each_quadrilateral_with_its_level(data_
         rows.append(np.nonzero(labels == level)[0].mean())
     assert dice(labels > 0, union) > 0.97
     assert np.all(np.diff(rows) > 0)  # T1 at the top, L5 at the bottom
+
+
+def test_aasce_landmarks_are_read_t1_to_l5_top_to_bottom_whatever_order_the_file_keeps(data_dir):
+    """The held-out 258 A lists T1 last and 163 B has a vertebra's top and bottom corners swapped;
+    read, every one of the 481 files runs T1..L5 down the rows with each vertebra's corners
+    top-left, top-right, bottom-left, bottom-right; a file with one vertebra annotated twice
+    (61 A: L4 twice, no L5) is flagged and left out of what the X-ray recipes train and validate on."""
+    root = data_dir / "xray-aasce" / "labels" / "training"
+    raw = scipy.io.loadmat(str(root / "sunhl-1th-12-Jan-2017-258 A AP.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2)
+    assert np.diff(raw.mean(axis=1)[:, 1]).min() < 0  # as stored: out of order
+    read = datasets.read_landmarks(root / "sunhl-1th-12-Jan-2017-258 A AP.jpg.mat")
+    np.testing.assert_array_equal(read[0], raw[-1])  # the T1 the file lists last
+    np.testing.assert_array_equal(read[1:], raw[:-1])
+    flagged = []
+    for mat in sorted(root.glob("*.jpg.mat")):
+        corners = datasets.read_landmarks(mat)
+        assert np.all(np.diff(corners.mean(axis=1)[:, 1]) >= 0), mat.name
+        assert np.all(corners[:, :2, 1].mean(axis=1) < corners[:, 2:, 1].mean(axis=1)), mat.name
+        assert np.all(corners[:, [0, 2], 0].mean(axis=1) < corners[:, [1, 3], 0].mean(axis=1)), mat.name
+        if datasets.landmark_problem(mat):
+            flagged.append(mat.name.removesuffix(".jpg.mat"))
+    assert "sunhl-1th-25-Jul-2016-61 A AP" in flagged and "sunhl-1th-12-Jan-2017-258 A AP" not in flagged
+    assert len(flagged) == 7, flagged
+    assert "vertebrae 16 and 17" in datasets.landmark_problem(root / "sunhl-1th-25-Jul-2016-61 A AP.jpg.mat")
+    usable = {name for name, _, _ in datasets.aasce_cases(data_dir / "xray-aasce", usable_only=True)}
+    assert len(usable) == 481 - 7 and not usable & set(flagged)
+    labels = sitk.GetArrayFromImage(datasets.aasce_mask(sitk.ReadImage(str(data_dir / "xray-aasce" / "data" / "training" / "sunhl-1th-12-Jan-2017-258 A AP.jpg")),
+                                                        root / "sunhl-1th-12-Jan-2017-258 A AP.jpg.mat"))
+    rows = [np.nonzero(labels == level)[0].mean() for level in range(1, 18)]
+    assert rows == sorted(rows)  # label 1 (T1) at the top
 
 
 def test_aasce_items_are_grouped_by_patient_and_split_without_leaks(data_dir):

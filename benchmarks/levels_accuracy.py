@@ -47,7 +47,9 @@ def mr_cases(subjects=MR_VALIDATION):
 
 
 def xray_cases(card):
-    from training.datasets import aasce_mask
+    """The card's held-out radiographs whose landmarks describe 17 vertebrae (``training.datasets.landmark_problem``:
+    the held-out 61 A has L4 annotated twice and no L5)."""
+    from training.datasets import aasce_mask, landmark_problem
 
     root = DATA / "xray-aasce"
     names = [line.strip() for line in (root / "labels" / "training" / "filenames.csv").read_text().splitlines() if line.strip()]
@@ -56,6 +58,8 @@ def xray_cases(card):
     level_names = levels.card_levels(card)
     for name in card.validation_cases:
         path = root / "data" / "training" / f"{name}.jpg"
+        if landmark_problem(root / "labels" / "training" / f"{name}.jpg.mat"):
+            continue
         truth = aasce_mask(sitk.ReadImage(str(path)), root / "labels" / "training" / f"{name}.jpg.mat")
         yield name, path, truth, {i + 1: level for i, level in enumerate(level_names)}, by_name[name]
 

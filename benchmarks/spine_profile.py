@@ -19,7 +19,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "VerdiffSegment"), str(ROOT)]
@@ -27,6 +26,7 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 from VerdiffSegmentLib.cobb import placed_centres  # noqa: E402
 from VerdiffSegmentLib.models import get_card  # noqa: E402
+from training.datasets import aasce_cases, read_landmarks  # noqa: E402
 
 
 def main(argv=None) -> None:
@@ -34,14 +34,11 @@ def main(argv=None) -> None:
     parser.add_argument("--card", default="verdiff-xray")
     parser.add_argument("--data", type=Path, default=DATA)
     args = parser.parse_args(argv)
-    labels = args.data / "xray-aasce" / "labels" / "training"
     held_out = set(get_card(args.card).validation_cases)
-    names = [line.strip().removesuffix(".jpg") for line in (labels / "filenames.csv").read_text().splitlines() if line.strip()]
+    files = {name: mat for name, _, mat in aasce_cases(args.data / "xray-aasce", usable_only=True) if name not in held_out}
     steps, widths = [], []
-    for name in names:
-        if name in held_out:
-            continue
-        corners = scipy.io.loadmat(str(labels / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2)  # TL, TR, BL, BR
+    for mat in files.values():
+        corners = read_landmarks(mat)  # TL, TR, BL, BR
         step = np.linalg.norm(np.diff(corners.mean(axis=1), axis=0), axis=1)
         width = np.linalg.norm((corners[:, 1] + corners[:, 3]) / 2 - (corners[:, 0] + corners[:, 2]) / 2, axis=1)
         steps.append(step / step.mean())
@@ -49,10 +46,8 @@ def main(argv=None) -> None:
     steps, widths = np.array(steps), np.array(widths)
     level_steps = np.median(steps, axis=0)
     errors: dict[str, list[float]] = {}
-    for name in names:
-        if name in held_out:
-            continue
-        centres = scipy.io.loadmat(str(labels / f"{name}.jpg.mat"))["p2"].astype(float).reshape(17, 4, 2).mean(axis=1)
+    for mat in files.values():
+        centres = read_landmarks(mat).mean(axis=1)
         local = np.linalg.norm(np.diff(centres, axis=0), axis=1)
         for end, inner in [(top, top + 1) for top in range(1, 8)] + [(bottom, bottom - 1) for bottom in (13, 14, 15)]:
             above = inner > end

@@ -23,7 +23,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
@@ -32,17 +31,12 @@ from VerdiffSegmentLib.cobb import cobb_from_landmarks, cobb_from_vertebrae, sma
 from VerdiffSegmentLib.endplate_tilt import CENTRE_JITTER, TILT_UNIT_DEG, WIDTH_JITTER, EndplateTiltNetwork, at_patch_scale, patches, predict_tilts, tilt_in_patch
 from VerdiffSegmentLib.io import read_image
 
-from .datasets import aasce_cases
+from .datasets import aasce_cases, read_landmarks
 from .xray_helpers import export_into_xray_cards, train_on_split
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.1  # in TILT_UNIT_DEG: quadratic below one degree
 WEIGHTS = "endplate-tilt-xray.pt"
-
-
-def read_landmarks(mat_path: Path) -> np.ndarray:
-    """An AASCE landmark file's corners [17, 4, (x, y)]: top-left, top-right, bottom-left, bottom-right."""
-    return scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)
 
 
 def edge_middles(mat_path: Path) -> np.ndarray:
@@ -68,7 +62,7 @@ def vertebrae_of(mat: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def load_samples(root: Path, names: set[str]):
     """[(picture float32 at patch scale, centres, widths, tilts)] per named radiograph."""
     out = []
-    for name, image_path, mat in aasce_cases(root):
+    for name, image_path, mat in aasce_cases(root, usable_only=True):
         if name not in names:
             continue
         picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)

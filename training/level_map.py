@@ -26,7 +26,6 @@ import math
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
@@ -35,7 +34,7 @@ from VerdiffSegmentLib.io import read_image
 from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_level_map
 from VerdiffSegmentLib.networks import UNetBaseline
 
-from .datasets import aasce_cases, aasce_mask
+from .datasets import aasce_cases, aasce_mask, read_landmarks
 from .xray_helpers import export_into_xray_cards, train_on_split
 
 BAND = 0.75  # vertebra widths either side of the centre line
@@ -48,7 +47,7 @@ STORE_ROWS = 512  # pictures are kept this tall (aspect kept) for the augmentati
 
 def vertebra_centres(mat_path: Path) -> tuple[np.ndarray, np.ndarray]:
     """(centres [17, 2] as (row, col), widths [17]) from an AASCE landmark file."""
-    points = scipy.io.loadmat(str(mat_path))["p2"].astype(float).reshape(17, 4, 2)  # TL, TR, BL, BR as (x, y)
+    points = read_landmarks(mat_path)  # TL, TR, BL, BR as (x, y)
     centres = points.mean(axis=1)[:, ::-1]
     widths = 0.5 * (np.linalg.norm(points[:, 1] - points[:, 0], axis=1) + np.linalg.norm(points[:, 3] - points[:, 2], axis=1))
     return centres, widths
@@ -77,7 +76,7 @@ def coordinate_target(centres: np.ndarray, widths: np.ndarray, shape) -> tuple[n
 def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(picture float32 [STORE_ROWS, cols] normalised 0..1 by fit_to_box's rule, centres, widths) per named image."""
     out = []
-    for name, image_path, mat in aasce_cases(root):
+    for name, image_path, mat in aasce_cases(root, usable_only=True):
         if name not in names:
             continue
         picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)  # as inference reads it

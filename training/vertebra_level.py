@@ -53,7 +53,7 @@ def extended_vertebrae(mat: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_samples(root: Path, names: set[str]):
     """[(picture float32 at patch scale, centres [19], widths [19], the indices of ``LEVELS`` inside the picture)] per named radiograph."""
     out = []
-    for name, image_path, mat in aasce_cases(root):
+    for name, image_path, mat in aasce_cases(root, usable_only=True):
         if name not in names:
             continue
         picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)

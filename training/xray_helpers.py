@@ -25,7 +25,7 @@ def bundled_card(name: str = "verdiff-xray") -> dict:
 def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
     """(image, landmarks) of the card split's validation radiographs."""
     names = set(card["training"]["split"]["validation"])
-    return [(image, mat) for name, image, mat in aasce_cases(Path(data_root) / "xray-aasce") if name in names]
+    return [(image, mat) for name, image, mat in aasce_cases(Path(data_root) / "xray-aasce", usable_only=True) if name in names]
 
 
 def train_on_split(network: torch.nn.Module, load: Callable, batch_loss: Callable, evaluate: Callable[[torch.nn.Module, list], dict], data_root: Path,

@@ -314,11 +314,13 @@ def cobb_measurements(labels: sitk.Image, segments: list[dict], gaps: np.ndarray
     }
 
 
-# The AASCE spine's proportions, from the landmarks of the 433 training radiographs of the X-ray
-# cards' split (``benchmarks/spine_profile.py``): per radiograph each quantity over its mean along
-# the spine, then the median. Interquartile ranges of the steps: 0.07-0.18 of the mean.
-LEVEL_STEPS = (0.69, 0.756, 0.806, 0.847, 0.874, 0.882, 0.9, 0.924, 0.968, 1.037, 1.103, 1.162, 1.21, 1.26, 1.3, 1.277)  # T1-T2 .. L4-L5 centres
-LEVEL_WIDTHS = (0.914, 0.845, 0.806, 0.795, 0.814, 0.831, 0.863, 0.905, 0.937, 0.977, 1.032, 1.085, 1.13, 1.173, 1.221, 1.282, 1.37)  # T1 .. L5
+# The AASCE spine's proportions, from the landmarks of the 427 usable training radiographs of the
+# X-ray cards' split (``benchmarks/spine_profile.py``; the landmarks in T1..L5 order, files with a
+# vertebra annotated twice left out: ``training.datasets.read_landmarks``, session 28, which moved
+# no value by more than 0.008): per radiograph each quantity over its mean along the spine, then
+# the median. Interquartile ranges of the steps: 0.07-0.18 of the mean.
+LEVEL_STEPS = (0.693, 0.763, 0.807, 0.85, 0.878, 0.884, 0.902, 0.926, 0.97, 1.04, 1.107, 1.165, 1.214, 1.263, 1.307, 1.269)  # T1-T2 .. L4-L5 centres
+LEVEL_WIDTHS = (0.915, 0.848, 0.807, 0.794, 0.811, 0.829, 0.861, 0.903, 0.932, 0.975, 1.032, 1.084, 1.13, 1.165, 1.215, 1.282, 1.378)  # T1 .. L5
 ESTIMATED_HEIGHT = 0.8  # an estimated vertebra's height over its step to its neighbour (the disc takes the rest)
 
 

@@ -60,8 +60,8 @@ def read_landmarks(mat_path: Path) -> np.ndarray:
     """An AASCE landmark file's corners [17, 4, (x, y)]: T1..L5 top to bottom, each vertebra's
     top-left, top-right, bottom-left, bottom-right, as the data README describes them.
 
-    Decision: the files do not all keep that order. 19 of the 481 list T1 last or swap two
-    neighbours, 3 swap a vertebra's top and bottom corners and one its left and right. Read
+    Decision: the files do not all keep that order. 19 of the 481 list one vertebra last (T1
+    in 18), 3 swap a vertebra's top and bottom corners and one its left and right. Read
     as given, every level of such a file is one off (the held-out 258 A: all 17 bodies named
     right scored as named wrong), and the training gap "between neighbours" 16 and 17 ran the
     length of the spine. So the vertebrae are sorted by their centre's row (on an AP

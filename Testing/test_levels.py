@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.io
 import scipy.ndimage as ndi
 import SimpleITK as sitk
 from PIL import Image
@@ -193,11 +194,15 @@ def test_named_segments_in_the_seg_nrrd_and_scene_carry_slicers_codes_and_colour
 
 
 def test_cobb_procedure_reproduces_the_aasce_angles_from_the_landmarks():
+    """``angles.csv`` was computed on the landmarks as each file lists them: the reference
+    procedure picks its end vertebrae by index, so on the 19 files that list a vertebra out of
+    order (and the one with a vertebra's corners mirrored, 161 A: 156 degrees) it is reproduced
+    from the file's own order, not from ``read_landmarks`` (docs/levels.md, session 28)."""
     names = [line.strip() for line in (XRAY / "labels" / "training" / "filenames.csv").read_text(encoding="utf-8").splitlines() if line.strip()]
     truth = np.loadtxt(XRAY / "labels" / "training" / "angles.csv", delimiter=",")
     measured = []
     for name in names:
-        points = read_landmarks(XRAY / "labels" / "training" / f"{name}.mat").reshape(68, 2)
+        points = scipy.io.loadmat(str(XRAY / "labels" / "training" / f"{name}.mat"))["p2"]  # as listed
         height = Image.open(XRAY / "data" / "training" / name).size[1]
         measured.append(cobb.cobb_from_landmarks(points, height))
     differences = np.abs(np.array([[m[k] for k in cobb.NAMES] for m in measured]) - truth)

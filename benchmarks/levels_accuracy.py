@@ -153,6 +153,11 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     summary = {"modality": args.modality, "model": card.name, "cases": len(rows)}
+    if args.modality == "xray":  # held-out radiographs whose landmarks are no truth (``xray_cases``)
+        from training.datasets import landmark_problem
+
+        problems = {name: landmark_problem(DATA / "xray-aasce" / "labels" / "training" / f"{name}.jpg.mat") for name in card.validation_cases}
+        summary["left_out"] = {name: why for name, why in problems.items() if why}
     for source in ("truth", "model"):
         scored = [row[source] for row in rows if source in row]
         if not scored:

@@ -46,10 +46,18 @@ def mr_cases(subjects=MR_VALIDATION):
         yield subject, DATA / "mr-lumbar-vb3" / f"{subject}_img.nii.gz", truth, {i: f"L{i}" for i in range(1, 6)}, None
 
 
-def xray_cases(card):
-    """The card's held-out radiographs whose landmarks describe 17 vertebrae (``training.datasets.landmark_problem``:
-    the held-out 61 A has L4 annotated twice and no L5)."""
-    from training.datasets import aasce_mask, landmark_problem
+def xray_left_out(card) -> dict[str, str]:
+    """The card's held-out radiographs whose landmarks describe no 17 vertebrae, with why
+    (``training.datasets.landmark_problem``: 61 A has L4 annotated twice and no L5)."""
+    from training.datasets import landmark_problem
+
+    problems = {name: landmark_problem(DATA / "xray-aasce" / "labels" / "training" / f"{name}.jpg.mat") for name in card.validation_cases}
+    return {name: why for name, why in problems.items() if why}
+
+
+def xray_cases(card, left_out: dict[str, str]):
+    """The card's held-out radiographs but those ``left_out`` (``xray_left_out``)."""
+    from training.datasets import aasce_mask
 
     root = DATA / "xray-aasce"
     names = [line.strip() for line in (root / "labels" / "training" / "filenames.csv").read_text().splitlines() if line.strip()]
@@ -58,7 +66,7 @@ def xray_cases(card):
     level_names = levels.card_levels(card)
     for name in card.validation_cases:
         path = root / "data" / "training" / f"{name}.jpg"
-        if landmark_problem(root / "labels" / "training" / f"{name}.jpg.mat"):
+        if name in left_out:
             continue
         truth = aasce_mask(sitk.ReadImage(str(path)), root / "labels" / "training" / f"{name}.jpg.mat")
         yield name, path, truth, {i + 1: level for i, level in enumerate(level_names)}, by_name[name]
@@ -113,7 +121,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default=None, help="a bundled model of that modality (default: verdiff-mr, verdiff-xray, verdiff-ct)")
     args = parser.parse_args(argv)
     card = get_card(args.model or {"mr": "verdiff-mr", "xray": "verdiff-xray", "ct": "verdiff-ct"}[args.modality])
-    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card), "ct": lambda: ct_cases(card, args.include_trained)}[args.modality]()
+    left_out = xray_left_out(card) if args.modality == "xray" else {}
+    cases = {"mr": mr_cases, "xray": lambda: xray_cases(card, left_out), "ct": lambda: ct_cases(card, args.include_trained)}[args.modality]()
     structure = levels.structure_of(card.labels[0])
     card_levels = levels.card_levels(card)
     level_map_network, level_network = load_level_map(card), load_level_network(card)  # None for a card without them
@@ -153,11 +162,8 @@ def main(argv=None) -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     summary = {"modality": args.modality, "model": card.name, "cases": len(rows)}
-    if args.modality == "xray":  # held-out radiographs whose landmarks are no truth (``xray_cases``)
-        from training.datasets import landmark_problem
-
-        problems = {name: landmark_problem(DATA / "xray-aasce" / "labels" / "training" / f"{name}.jpg.mat") for name in card.validation_cases}
-        summary["left_out"] = {name: why for name, why in problems.items() if why}
+    if args.modality == "xray":  # held-out radiographs whose landmarks are no truth
+        summary["left_out"] = left_out
     for source in ("truth", "model"):
         scored = [row[source] for row in rows if source in row]
         if not scored:

@@ -262,8 +262,7 @@ def _recipe_training_cases(run: RunConfig, data_root: Path, limit: int | None):
         order = np.random.default_rng(run.split["seed"]).permutation(len(items))
         n_val = len(items) // 10
         validation = sorted(items[i].name for i in order[:n_val])
-        usable = {name for name, _, _ in aasce_cases(Path(data_root) / "xray-aasce", usable_only=True)}
-        train_items = [items[i] for i in sorted(order[n_val:]) if items[i].name in usable][:limit]
+        train_items = [items[i] for i in sorted(order[n_val:]) if not landmark_problem(items[i].labels)][:limit]
         return [run_case(item, run) for item in train_items], {"train": [i.name for i in train_items], "validation": validation}
     if run.recipe == "verdiff-ct":
         # Two labelled CTs exist here. The whole chest CT (C5-L3) is trained on; the abdominal CT
@@ -317,9 +316,8 @@ def evaluation_cases(run: RunConfig, data_root: Path, split: dict, which: str = 
             # The recipe's own list: splits written by early runs also name a VB3_19 that does not exist.
             items = [mr_item(data_root, s) for s in (MR_VALIDATION if which == "validation" else split[which])]
         elif run.recipe == "verdiff-xray":
-            usable = {name for name, _, _ in aasce_cases(Path(data_root) / "xray-aasce", usable_only=True)}
             by_name = {item.name: item for item in aasce_items(Path(data_root) / "xray-aasce")}
-            items = [by_name[name] for name in split[which] if name in usable]  # ``landmark_problem``
+            items = [by_name[name] for name in split[which] if not landmark_problem(by_name[name].labels)]
         elif run.recipe == "verdiff-ct":
             if which != "validation":
                 raise ValueError("the CT recipe has a validation half only")

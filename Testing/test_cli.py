@@ -120,7 +120,8 @@ def test_the_chest_cts_vertebrae_are_named_from_the_last_rib_bearing_one(chest_c
     are named from the ribs (``ribs``, level source "ribs"): at least six named, each with the
     level of the truth vertebra it overlaps most (TotalSegmentator ids 29-46 = L3..C5), and
     T12 and L1 among them, and T10 and T11, which the model draws as one piece with two rib
-    pairs that the per-vertebra step cuts in two (``levels._split_two_rib_pairs``)."""
+    pairs that the per-vertebra step cuts in two (``levels._split_two_rib_pairs``), and T1,
+    whose ribs are not found, counted up from T2 (``levels.one_vertebra_above``)."""
     from training.labels import SOURCES
 
     report, labels = chest_ct
@@ -130,7 +131,7 @@ def test_the_chest_cts_vertebrae_are_named_from_the_last_rib_bearing_one(chest_c
     for segment in named:
         overlap = truth[(labels == segment["value"]) & np.isin(truth, range(29, 47))]
         assert SOURCES["totalsegmentator"][int(np.bincount(overlap).argmax())] == segment["level"], segment["name"]
-    assert {"T10", "T11", "T12", "L1"} <= {s["level"] for s in named}
+    assert {"T1", "T10", "T11", "T12", "L1"} <= {s["level"] for s in named}
 
 
 def test_a_lumbar_ct_is_named_up_from_the_sacrum(tmp_path, data_dir):

@@ -668,7 +668,10 @@ def test_ribs_meet_the_thoracic_vertebrae_of_a_real_chest_ct_and_none_of_its_lum
     """The chest CT's truth vertebrae C5-L3 (TotalSegmentator ids 29-46) against its HU: ribs
     are found at T3-T12 and at none of L1-L3 or C5-C7 (ribs 1-2 meet the clavicles and
     scapulae and are not told apart: T1-T2 carry none here), so the truth is named T3-L3
-    from T12, right, and nothing above the first vertebra without a rib is named."""
+    from T12, right, and nothing above the first vertebra without a rib is named; with the
+    vertebrae's centres and heights, T2, T1 and C7 are counted up above T3 one by one
+    (``levels.one_vertebra_above``), and the C6 that the field of view cuts is not; nor is
+    the top piece where it reaches the superior edge (it may hold a cut vertebra, merged)."""
     from training.labels import SOURCES
 
     ids = {k: v for k, v in SOURCES["totalsegmentator"].items() if 29 <= k <= 46}
@@ -681,6 +684,15 @@ def test_ribs_meet_the_thoracic_vertebrae_of_a_real_chest_ct_and_none_of_its_lum
     assert all(ribs[level] == 0 for level in ("C5", "C6", "C7", "L1", "L2", "L3")), ribs
     names = levels.levels_from_ribs(counts, levels.EXTENDED_LEVELS)
     assert names == [None] * 5 + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
+    union = sitk.GetImageFromArray((truth > 0).astype(np.uint8))
+    union.CopyInformation(ct)
+    spacing, head = levels._spacing(union), levels._head_direction(levels.superior_axis(union), levels._spacing(union))
+    points = {v: np.argwhere(truth == v) for v in order}
+    centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in order]
+    names = levels.levels_from_ribs(counts, levels.EXTENDED_LEVELS, centres, levels._piece_heights(order, points, spacing, head))
+    assert names == [None] * 2 + ["C7", "T1", "T2"] + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
+    below_c6 = levels.levels_from_ribs(counts[2:], levels.EXTENDED_LEVELS, centres[2:], levels._piece_heights(order[2:], points, spacing, head), top_cut=True)
+    assert below_c6 == [None, "T1", "T2"] + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
 
 
 def test_rib_counts_name_from_t12_count_merged_pieces_as_two_and_ignore_the_pelvis():

@@ -83,7 +83,9 @@ Method (the bundled models are binary, so the vertebrae are separated and then n
    count names nothing from the ribs read in the CT's Hounsfield units (``ribs``): the lowest
    rib-bearing piece above two without ribs is T12, the others counted from it
    (``levels_from_ribs``; a piece with two rib pairs and two vertebrae's height is first cut in
-   two, ``_split_two_rib_pairs``); without the thoracolumbar junction in view, a lowest piece
+   two, ``_split_two_rib_pairs``; above the ribs found, pieces without ribs, T1-T2 and the
+   cervical spine, are counted up one by one while their steps and heights say one vertebra
+   each, ``one_vertebra_above``); without the thoracolumbar junction in view, a lowest piece
    that meets both iliac wings is S1 and the pieces are counted up from it
    (``levels_from_sacrum``; L5 merged with S1 is first cut in two, ``_split_sacrum``); with
    neither anchor in view nothing is named.
@@ -667,6 +669,11 @@ def cut_at_the_feet(piece: np.ndarray, shape, head: np.ndarray, spacing: np.ndar
     return float((piece * spacing).dot(head).min()) - lowest_in_grid < FEET_EDGE_MM
 
 
+def cut_at_the_head(piece: np.ndarray, shape, head: np.ndarray, spacing: np.ndarray) -> bool:
+    """``cut_at_the_feet`` at the picture's superior edge."""
+    return cut_at_the_feet(piece, shape, -head, spacing)
+
+
 def below_the_range(sizes: list[int]) -> bool:
     """Whether the lowest of these vertebrae (sizes in voxels, head to feet) lies below the
     card's range: smaller than ``BELOW_RANGE_SHARE`` of the median vertebra.
@@ -803,7 +810,9 @@ def vertebrae(
             volumes_cm3 = [len(points[v]) * float(np.prod(spacing)) / 1000.0 for v in ordered]
             sacrum_names = levels_from_sacrum(ribs, ilia, volumes_cm3, EXTENDED_LEVELS)  # before a split changes the order
             ordered, ribs = _split_two_rib_pairs(instances, ordered, ribs, points, spacing, superior)
-            names, source = levels_from_ribs(ribs, EXTENDED_LEVELS), "ribs"
+            centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in ordered]
+            top_cut = cut_at_the_head(points[ordered[0]], instances.shape, head, spacing)
+            names, source = levels_from_ribs(ribs, EXTENDED_LEVELS, centres, _piece_heights(ordered, points, spacing, head), top_cut), "ribs"
             if not any(names) and any(sacrum_names) and len(sacrum_names) == len(ordered):  # no junction in view: the sacrum
                 names, source = sacrum_names, "sacrum"
         if level_reader is not None and not any(names):  # the count decides nothing: each piece's look does
@@ -848,7 +857,8 @@ def vertebrae(
     return out, segments + left_out
 
 
-def levels_from_ribs(ribs: list[int], levels: list[str]) -> list[str | None]:
+def levels_from_ribs(ribs: list[int], levels: list[str], centres_mm: list[float] | None = None,
+                     heights_mm: list[float] | None = None, top_cut: bool = False) -> list[str | None]:
     """Names top-down from each vertebra's rib count (top-down, ``ribs_per_vertebra``) along
     ``levels`` (cranio-caudal, containing T12); None where a name is not decided.
 
@@ -860,7 +870,16 @@ def levels_from_ribs(ribs: list[int], levels: list[str]) -> list[str | None]:
     piece with 4 ribs), left unnamed and counted as two; with none, three, or more than four
     (the ribs 1-2, which meet the clavicles and scapulae and are not found; a rib credited to
     its neighbour) the count is lost, and that piece and those above are left unnamed. No
-    anchor: None for each."""
+    anchor: None for each.
+
+    With the pieces' ``centres_mm`` (along the head direction, top-down) and ``heights_mm``,
+    a piece without ribs above a vertebra named singly is counted as the next vertebra up
+    when its geometry says it is one (``one_vertebra_above``): the ribs 1-2 and the cervical
+    spine carry no rib found, and on the chest CT T1 and C7 were left unnamed above a named
+    T2 although the model had drawn each apart (session 29, docs/levels.md). ``top_cut``: the
+    top piece reaches the field of view's superior edge (``cut_at_the_head``), and is not
+    counted so: it may hold the vertebra the edge cuts, merged (the model's C7 with the cut C6
+    on the chest CT)."""
     junction = [i for i in range(len(ribs) - 2) if ribs[i] and not ribs[i + 1] and not ribs[i + 2]]
     if not junction or "T12" not in levels:
         return [None] * len(ribs)
@@ -871,11 +890,36 @@ def levels_from_ribs(ribs: list[int], levels: list[str]) -> list[str | None]:
     lowest = t12  # the level of the lowest vertebra in the piece looked at, counting up
     for i in range(anchor, -1, -1):
         span = {1: 1, 2: 1, 4: 2}.get(ribs[i])
+        if span is None and ribs[i] == 0 and centres_mm is not None and heights_mm is not None:
+            span = 1 if one_vertebra_above(i, names, centres_mm, heights_mm) and not (i == 0 and top_cut) else None
         if span is None or lowest - span + 1 < 0:
             break
         names[i] = levels[lowest] if span == 1 else None
         lowest -= span
     return names
+
+
+STEP_RATIO = (0.6, 1.5)  # of the step below: a step between centres within this is one vertebra further (``one_vertebra_above``)
+
+
+def one_vertebra_above(index: int, names: list[str | None], centres_mm: list[float], heights_mm: list[float]) -> bool:
+    """Whether piece ``index`` (top-down) is one vertebra directly above piece ``index + 1``,
+    which is named: the step between their centres is ``STEP_RATIO`` times the step below
+    (a wider one: a vertebra missed between them; a narrower one: a fragment, or a vertebra
+    cut by the field of view's edge), and the piece is under ``TWO_VERTEBRAE_HEIGHT[0]`` times
+    the height of the one below (not two merged).
+
+    Decided on the chest CT (the CT model's training image, C5-L3; its truth and the model's
+    pieces alike): steps up the upper thorax and the cervicothoracic junction are 0.78-0.95 of
+    the step below, the C6 that the field of view cuts 0.47; heights fall going up. Judged
+    piece by piece against the one below, so the spine's gradual change does not count."""
+    below = index + 1
+    if below + 1 >= len(centres_mm) or names[below] is None:
+        return False
+    step, step_below = centres_mm[index] - centres_mm[below], centres_mm[below] - centres_mm[below + 1]
+    if step_below <= 0 or not STEP_RATIO[0] <= step / step_below <= STEP_RATIO[1]:
+        return False
+    return heights_mm[index] < TWO_VERTEBRAE_HEIGHT[0] * heights_mm[below]
 
 
 LUMBAR_MIN_CM3 = 30.0  # ``levels_from_sacrum``: whole lumbar vertebrae are 45-65 cm3 (the development CTs), C6-C7 under 15

@@ -24,6 +24,13 @@ from training.train import TrainOptions, train
 
 
 SLAB_SLICES = 16  # of 77 sagittal slices (1 mm): the middle of the lumbar bodies
+TINY_RUN = {  # a small network on the slabs, VB3_17 held out
+    "name": "tiny-mr",
+    "recipe": "verdiff-mr",
+    "channels": [8, 16, 32],
+    "split": {"validation_subjects": ["VB3_17"]},
+    "datasets": [{"images": "mr-lumbar-vb3/*_img.nii.gz", "labels": "mr-lumbar-vb3/*_seg.nii.gz", "source": "lumbar-1-5", "include": ["VB3_01", "VB3_17"]}],
+}
 
 
 @pytest.fixture(scope="module")
@@ -51,15 +58,7 @@ def tiny_run(tmp_path_factory, slab_data):
     """Three steps on VB3_01, VB3_17 held out: a model to export, not a good one."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    run = RunConfig.from_dict(
-        {
-            "name": "tiny-mr",
-            "recipe": "verdiff-mr",
-            "channels": [8, 16, 32],
-            "split": {"validation_subjects": ["VB3_17"]},
-            "datasets": [{"images": "mr-lumbar-vb3/*_img.nii.gz", "labels": "mr-lumbar-vb3/*_seg.nii.gz", "source": "lumbar-1-5", "include": ["VB3_01", "VB3_17"]}],
-        }
-    )
+    run = RunConfig.from_dict(TINY_RUN)
     out = tmp_path_factory.mktemp("run")
     train(run, slab_data, out, TrainOptions(steps=3, batch_size=2, crop=48, tensorboard=False))
     yield out
@@ -102,6 +101,57 @@ def test_defaults_revalidates_the_card_and_keeps_the_figures_it_replaces(tmp_pat
     assert card["validation_history"][0]["settings"] == before["validation"]["settings"]
     assert card["validation_history"][0]["dice_mean"] == before["validation"]["dice_mean"]
     assert get_card("tiny-mr", tmp_path).default_ensemble == 2
+
+
+def test_soup_averages_weights_fine_tuned_from_a_card_and_revalidates_it(tmp_path, tiny_run, slab_data, capsys):
+    """``soup``: the exported tiny card's weights, a run of two steps fine-tuned from them, and
+    that run's resumable checkpoint; the card's weights become their element-wise mean (in
+    fp16), its sha256, history (the run's stage, then the soup), command and validation follow,
+    and the figures it replaces are kept. Weights of another network are refused with the
+    card left as it was."""
+    main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
+    card_path, weights = tmp_path / "tiny-mr.json", tmp_path / "tiny-mr.pt"
+    before = json.loads(card_path.read_text(encoding="utf-8"))
+    kept = tmp_path / "bundled-before.pt"
+    kept.write_bytes(weights.read_bytes())
+    tuned = tmp_path / "tuned"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        train(RunConfig.from_dict(TINY_RUN), slab_data, tuned, TrainOptions(steps=2, batch_size=2, crop=48, tensorboard=False, init=str(weights), seed=7, lr=1e-2),
+              command=f"python -m training train --init {weights} (test)")
+    finally:
+        torch.set_num_threads(threads)
+    ingredients = [kept, tuned / "model.pt", tuned / "checkpoint.pt"]
+    expected = {k: (torch.load(kept, weights_only=True)[k].float() * 1 + 2 * torch.load(tuned / "model.pt", weights_only=True)[k].float()) / 3
+                for k, v in torch.load(kept, weights_only=True).items() if v.is_floating_point()}
+    assert any(not torch.equal(v, torch.load(kept, weights_only=True)[k].float()) for k, v in expected.items()), "the tuned run must have moved"
+
+    other = tmp_path / "other.pt"
+    torch.save({"prior_net.only": torch.zeros(3)}, other)
+    with pytest.raises(SystemExit):
+        main(["soup", "tiny-mr", str(kept), str(other), "--models-dir", str(tmp_path), "--data", str(slab_data)])
+    assert json.loads(card_path.read_text(encoding="utf-8")) == before and weights.read_bytes() == kept.read_bytes()
+
+    capsys.readouterr()
+    main(["soup", "tiny-mr", *map(str, ingredients), "--models-dir", str(tmp_path), "--data", str(slab_data)])
+    card = json.loads(card_path.read_text(encoding="utf-8"))
+    state = torch.load(weights, weights_only=True)
+    assert {v.dtype for v in state.values() if v.is_floating_point()} == {torch.float16}
+    for key, value in expected.items():
+        assert torch.allclose(state[key].float(), value, atol=2e-3, rtol=2e-3), key
+    assert card["sha256"] == sha256_of(weights) != before["sha256"]
+    history = card["training"]["history"]
+    assert history[:-2] == before["training"]["history"]
+    assert history[-2]["optimiser_steps"] == 2 and history[-1]["optimiser_steps"] == 0 and "average of 3" in history[-1]["what"]
+    assert card["training"]["command"].startswith(before["training"]["command"] or history[-2]["command"])
+    assert card["training"]["command"].endswith(history[-1]["command"])
+    assert card["training"]["cumulative"]["optimiser_steps"] == before["training"]["cumulative"]["optimiser_steps"] + 2
+    assert card["validation_history"][-1]["dice_mean"] == before["validation"]["dice_mean"]
+    assert card["validation"]["settings"]["steps"] == 1 and [c["case"] for c in card["validation"]["cases"]] == ["VB3_17"]
+    assert json.loads(capsys.readouterr().out)["dice_mean"] == card["validation"]["dice_mean"]
+    network = load_network(get_card("tiny-mr", tmp_path))
+    assert all(p.dtype == torch.float32 for p in network.parameters())
 
 
 def test_evaluate_a_run_on_its_split_and_on_a_folder(tmp_path, tiny_run, slab_data, capsys):

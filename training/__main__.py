@@ -303,6 +303,12 @@ def main(argv=None) -> None:
     d.add_argument("--models-dir", type=Path, default=None, help="the card's folder (default: the bundled models' folder, models_dir())")
     d.add_argument("--data", type=Path, default=DATA)
     d.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+    s = sub.add_parser("soup", help="replace a bundled model's weights by the average of weights fine-tuned from them, and re-validate its card")
+    s.add_argument("model")
+    s.add_argument("ingredients", type=Path, nargs="+", help="weights or run checkpoints of the card's network (the card's own .pt among them, if it is one)")
+    s.add_argument("--models-dir", type=Path, default=None, help="the card's folder (default: the bundled models' folder, models_dir())")
+    s.add_argument("--data", type=Path, default=DATA)
+    s.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
     helper_networks = {  # small X-ray networks beside the diffusion models: command -> (module, help, default steps, batch)
         "level-map": ("level_map", "train the X-ray level map that names the vertebrae (training/level_map.py)", 2500, 16),
         "endplate-tilt": ("endplate_tilt", "train the X-ray endplate-tilt network the Cobb angles use (training/endplate_tilt.py)", 3000, 64),
@@ -374,6 +380,12 @@ def main(argv=None) -> None:
             from .export import set_defaults
 
             card = set_defaults(args.model, args.models_dir or models_dir(), args.data, args.steps, args.ensemble, args.start_timestep)
+            print(json.dumps({k: v for k, v in card["validation"].items() if k != "cases"}, indent=1))
+            return
+        if args.command == "soup":
+            from .soup import soup_into_card
+
+            card = soup_into_card(args.model, args.ingredients, args.models_dir or models_dir(), args.data, _command_line(argv))
             print(json.dumps({k: v for k, v in card["validation"].items() if k != "cases"}, indent=1))
             return
         if args.command == "evaluate":

@@ -107,8 +107,8 @@ def test_soup_averages_weights_fine_tuned_from_a_card_and_revalidates_it(tmp_pat
     """``soup``: the exported tiny card's weights, a run of two steps fine-tuned from them, and
     that run's resumable checkpoint; the card's weights become their element-wise mean (in
     fp16), its sha256, history (the run's stage, then the soup), command and validation follow,
-    and the figures it replaces are kept. Weights of another network are refused with the
-    card left as it was."""
+    and the figures it replaces are kept. Weights of another network, or a re-validation that
+    cannot run, leave the card and its weights as they were."""
     main(["export", "tiny-mr", "--run", str(tiny_run), "--models-dir", str(tmp_path), "--data", str(slab_data), "--steps", "1", "--ensemble", "1", "--precision", "fp32"])
     card_path, weights = tmp_path / "tiny-mr.json", tmp_path / "tiny-mr.pt"
     before = json.loads(card_path.read_text(encoding="utf-8"))
@@ -131,6 +131,9 @@ def test_soup_averages_weights_fine_tuned_from_a_card_and_revalidates_it(tmp_pat
     torch.save({"prior_net.only": torch.zeros(3)}, other)
     with pytest.raises(SystemExit):
         main(["soup", "tiny-mr", str(kept), str(other), "--models-dir", str(tmp_path), "--data", str(slab_data)])
+    assert json.loads(card_path.read_text(encoding="utf-8")) == before and weights.read_bytes() == kept.read_bytes()
+    with pytest.raises((SystemExit, OSError)):  # no validation data: the re-validation cannot run
+        main(["soup", "tiny-mr", *map(str, ingredients), "--models-dir", str(tmp_path), "--data", str(tmp_path / "no-data")])
     assert json.loads(card_path.read_text(encoding="utf-8")) == before and weights.read_bytes() == kept.read_bytes()
 
     capsys.readouterr()

@@ -74,7 +74,8 @@ def _run_stage(path: Path) -> dict | None:
 
 def soup_into_card(model_name: str, ingredients: list[Path], models_dir: Path, data_root: Path, command: str) -> dict:
     """Replace ``models_dir/model_name.pt`` by the average of ``ingredients`` and re-validate its
-    card (module docstring); returns the card. Nothing is written if an ingredient does not fit."""
+    card (module docstring); returns the card. Nothing is changed if an ingredient does not fit
+    or the re-validation fails."""
     models_dir = Path(models_dir)
     card_path, weights_path = models_dir / f"{model_name}.json", models_dir / f"{model_name}.pt"
     card = read_card(card_path)  # checked on the way in
@@ -89,7 +90,6 @@ def soup_into_card(model_name: str, ingredients: list[Path], models_dir: Path, d
         if stage is not None and stage not in stages:
             stages.append(stage)
     raw = card.raw
-    atomic_save({k: v.half() if v.is_floating_point() else v for k, v in soup.items()}, weights_path)
     training = raw["training"]
     soup_stage = {"command": command, "optimiser_steps": 0, "wall_seconds": round(time.time() - started, 3), "device": "cpu", "threads": 1,
                   "what": f"uniform average of {len(ingredients)} weights (training/soup.py): " + ", ".join(str(p) for p in ingredients)}
@@ -97,7 +97,14 @@ def soup_into_card(model_name: str, ingredients: list[Path], models_dir: Path, d
     training["cumulative"] = cumulative_training(training["history"])
     training["command"] = " && ".join(c for c in [training.get("command")] + [s.get("command") for s in stages] + [command] if c)
     training["weights_from"] = soup_stage["what"]
-    raw["sha256"] = sha256_of(weights_path)
-    card_path.write_text(json.dumps(raw, indent=2))
-    scheduler = raw.get("scheduler", {})
-    return set_defaults(model_name, models_dir, data_root, card.default_steps, card.default_ensemble, scheduler.get("start_timestep"))
+    before = card_path.read_bytes(), weights_path.read_bytes()
+    try:
+        atomic_save({k: v.half() if v.is_floating_point() else v for k, v in soup.items()}, weights_path)
+        raw["sha256"] = sha256_of(weights_path)
+        card_path.write_text(json.dumps(raw, indent=2))
+        scheduler = raw.get("scheduler", {})
+        return set_defaults(model_name, models_dir, data_root, card.default_steps, card.default_ensemble, scheduler.get("start_timestep"))
+    except BaseException:  # a validation that cannot run (data missing, interrupted) leaves the card as it was
+        card_path.write_bytes(before[0])
+        weights_path.write_bytes(before[1])
+        raise

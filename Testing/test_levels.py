@@ -688,7 +688,7 @@ def test_ribs_meet_the_thoracic_vertebrae_of_a_real_chest_ct_and_none_of_its_lum
     union.CopyInformation(ct)
     spacing, head = levels._spacing(union), levels._head_direction(levels.superior_axis(union), levels._spacing(union))
     points = {v: np.argwhere(truth == v) for v in order}
-    centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in order]
+    centres = levels._piece_centres(order, points, spacing, head)
     names = levels.levels_from_ribs(counts, levels.EXTENDED_LEVELS, centres, levels._piece_heights(order, points, spacing, head))
     assert names == [None] * 2 + ["C7", "T1", "T2"] + [f"T{i}" for i in range(3, 13)] + ["L1", "L2", "L3"]
     below_c6 = levels.levels_from_ribs(counts[2:], levels.EXTENDED_LEVELS, centres[2:], levels._piece_heights(order[2:], points, spacing, head), top_cut=True)

@@ -123,9 +123,9 @@ def test_soup_averages_weights_fine_tuned_from_a_card_and_revalidates_it(tmp_pat
     finally:
         torch.set_num_threads(threads)
     ingredients = [kept, tuned / "model.pt", tuned / "checkpoint.pt"]
-    expected = {k: (torch.load(kept, weights_only=True)[k].float() * 1 + 2 * torch.load(tuned / "model.pt", weights_only=True)[k].float()) / 3
-                for k, v in torch.load(kept, weights_only=True).items() if v.is_floating_point()}
-    assert any(not torch.equal(v, torch.load(kept, weights_only=True)[k].float()) for k, v in expected.items()), "the tuned run must have moved"
+    start, moved = torch.load(kept, weights_only=True), torch.load(tuned / "model.pt", weights_only=True)
+    expected = {k: (v.float() + 2 * moved[k].float()) / 3 for k, v in start.items() if v.is_floating_point()}
+    assert any(not torch.equal(v, start[k].float()) for k, v in expected.items()), "the tuned run must have moved"
 
     other = tmp_path / "other.pt"
     torch.save({"prior_net.only": torch.zeros(3)}, other)

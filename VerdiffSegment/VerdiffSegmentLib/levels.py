@@ -802,17 +802,16 @@ def vertebrae(
         if lowest_level_in_view and cut_at_the_feet(points[ordered[-1]], instances.shape, head, spacing):
             names = [None] * len(ordered)  # the lowest level need not be in view: count from nothing
         elif lowest_level_in_view and not any(names):  # fewer than the card's levels: a body missed at the top?
-            centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in ordered]
-            names = levels_of_a_short_chain(centres, _piece_heights(ordered, points, spacing, head), levels)
+            names = levels_of_a_short_chain(_piece_centres(ordered, points, spacing, head), _piece_heights(ordered, points, spacing, head), levels)
         if rib_counter is not None and not any(names):  # a CT: the last rib-bearing vertebra is T12
             ribs, ilia = rib_counter.ribs_and_ilia(instances, ordered)
             ordered, ribs, ilia = _split_sacrum(instances, ordered, ribs, ilia, points, spacing, superior)
             volumes_cm3 = [len(points[v]) * float(np.prod(spacing)) / 1000.0 for v in ordered]
             sacrum_names = levels_from_sacrum(ribs, ilia, volumes_cm3, EXTENDED_LEVELS)  # before a split changes the order
             ordered, ribs = _split_two_rib_pairs(instances, ordered, ribs, points, spacing, superior)
-            centres = [float((points[v] * spacing).mean(axis=0) @ head) for v in ordered]
             top_cut = cut_at_the_head(points[ordered[0]], instances.shape, head, spacing)
-            names, source = levels_from_ribs(ribs, EXTENDED_LEVELS, centres, _piece_heights(ordered, points, spacing, head), top_cut), "ribs"
+            names, source = levels_from_ribs(ribs, EXTENDED_LEVELS, _piece_centres(ordered, points, spacing, head),
+                                             _piece_heights(ordered, points, spacing, head), top_cut), "ribs"
             if not any(names) and any(sacrum_names) and len(sacrum_names) == len(ordered):  # no junction in view: the sacrum
                 names, source = sacrum_names, "sacrum"
         if level_reader is not None and not any(names):  # the count decides nothing: each piece's look does
@@ -1004,6 +1003,11 @@ def _head_direction(superior: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """The head direction as a unit vector in mm, numpy order (``superior``: per voxel step)."""
     head = superior / spacing
     return head / np.linalg.norm(head)
+
+
+def _piece_centres(ordered: list[int], points: dict[int, np.ndarray], spacing: np.ndarray, axis: np.ndarray) -> list[float]:
+    """Each piece's centre along ``axis`` (mm), in the order of ``ordered``."""
+    return [float((points[v] * spacing).mean(axis=0) @ axis) for v in ordered]
 
 
 def _piece_heights(ordered: list[int], points: dict[int, np.ndarray], spacing: np.ndarray, axis: np.ndarray) -> list[float]:

@@ -58,10 +58,13 @@ def card_json(**changes) -> dict:
         ({"input": {**card_json()["input"], "tile_px": 100}}, "tile_px must be a whole number of pixels, a multiple of input.pad_multiple"),
         ({"input": {**card_json()["input"], "tile_px": True}}, "tile_px must be a whole number of pixels"),
         ({"input": {**card_json()["input"], "tile_px": 176, "tile_padding": "edge"}}, "tile_padding must be one of none, zeros"),
+        ({"input": {**card_json()["input"], "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5, "bias_field": "n3"}}},
+         "normalisation.bias_field must be one of None, n4, got 'n3'"),
     ],
     ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share",
          "gap-channel-text", "gap-channel-without-output", "extra-vertebrae",
-         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool", "edge-padding-sides", "tile-not-multiple", "tile-bool", "tile-padding"],
+         "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool", "edge-padding-sides", "tile-not-multiple", "tile-bool", "tile-padding",
+         "bias-field"],
 )
 def test_a_malformed_card_is_one_clear_error_naming_the_card(tmp_path, changes, message):
     path = tmp_path / "broken.json"

@@ -35,7 +35,8 @@ RECIPES = {
     "verdiff-mr": {
         "modality": "MR",
         "spacing_mm": 1.25,
-        "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5},
+        # the bias field divided out first (preparation, decision 6; session 30)
+        "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5, "bias_field": "n4"},
         "labels": [{"value": 1, "name": "Lumbar vertebral bodies", "covers": "vertebral bodies L1-L5 (no posterior elements)", "color": [0.9, 0.75, 0.5]}],
         "data": "mr-lumbar-vb3 (MyoSegmenTUM spine, Burian et al. 2019; GPL-3.0 redistribution, cite the authors)",
         "sources": ["lumbar-1-5"],

@@ -116,7 +116,7 @@ import torch
 from .errors import VerdiffError
 from .families import Family, get_family
 from .inferers import memory_layout
-from .preparation import BIAS_FIELDS  # input.normalisation.bias_field (preparation, decision 6)
+from .transforms import BIAS_FIELDS  # input.normalisation.bias_field (preparation, decision 6); transforms imports no image reader
 from .settings import MAX_ENSEMBLE  # the request's limits live in settings.py
 
 # Which card "auto" takes for each detected modality.

@@ -69,7 +69,7 @@ import SimpleITK as sitk
 
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .io import as_plane, plane_axes, plane_of, restore_from_plane
-from .transforms import context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
+from .transforms import BIAS_FIELDS, context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
 
 
 def in_pixel_units(image: sitk.Image) -> bool:
@@ -89,7 +89,6 @@ def picture_pixel_mm(image: sitk.Image, field_of_view: tuple[float, tuple[float,
     return 1.0 if low <= longer <= high else typical / longer
 
 
-BIAS_FIELDS = (None, "n4")  # input.normalisation.bias_field: none, or N4 (decision 6)
 BIAS_GRID_MM = 4.0  # voxel size the bias field is fitted at (decision 6)
 BIAS_ITERATIONS = (50, 50, 30)  # N4's iterations per fitting level, coarse to fine (decision 6)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+BIAS_FIELDS = (None, "n4")  # normalisation["bias_field"]: none, or N4 (``preparation`` decision 6)
+
 
 def intensity_range(values: np.ndarray, normalisation: dict) -> tuple[float, float]:
     """The (low, high) intensities that map to 0 and 1 for this image."""

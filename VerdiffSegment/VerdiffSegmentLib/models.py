@@ -116,7 +116,7 @@ import torch
 from .errors import VerdiffError
 from .families import Family, get_family
 from .inferers import memory_layout
-from .transforms import BIAS_FIELDS  # input.normalisation.bias_field (preparation, decision 6); transforms imports no image reader
+from .transforms import bias_field_of  # input.normalisation.bias_field (preparation, decision 6); transforms imports no image reader
 from .settings import MAX_ENSEMBLE  # the request's limits live in settings.py
 
 # Which card "auto" takes for each detected modality.
@@ -348,8 +348,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
     try:
         spacing = float(source["spacing_mm"])
         normalisation = dict(source["normalisation"])
-        if normalisation.get("bias_field") not in BIAS_FIELDS:
-            raise ValueError(f"input.normalisation.bias_field must be one of {', '.join(map(str, BIAS_FIELDS))}, got {normalisation['bias_field']!r}")
+        bias_field_of(normalisation, "input.normalisation")
         patch = source.get("patch_size")
         patch_size = None if patch is None else tuple(int(n) for n in patch)
         steps, ensemble = int(data["defaults"]["steps"]), int(data["defaults"]["ensemble"])

@@ -69,7 +69,7 @@ import SimpleITK as sitk
 
 from .inferers.sagittal import from_sagittal_stack, sagittal_reference, to_sagittal_stack
 from .io import as_plane, plane_axes, plane_of, restore_from_plane
-from .transforms import BIAS_FIELDS, context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
+from .transforms import bias_field_of, context_offsets, intensity_range, normalise, slice_at, slice_channels  # noqa: F401 (the 2.5D helpers are used from here too)
 
 
 def in_pixel_units(image: sitk.Image) -> bool:
@@ -170,9 +170,7 @@ def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, sli
     side in the network's input, ``context_distance_mm`` apart (None, the default: ``spacing_mm``;
     decision 4). ``normalisation["bias_field"]`` "n4": the intensities corrected first (decision 6)."""
     planar = plane_of(image)
-    if normalisation.get("bias_field") not in BIAS_FIELDS:
-        raise ValueError(f"unknown normalisation bias_field {normalisation['bias_field']!r} (known: n4)")
-    intensities = bias_corrected(planar) if normalisation.get("bias_field") == "n4" else planar
+    intensities = bias_corrected(planar) if bias_field_of(normalisation) == "n4" else planar
     reference = sagittal_reference(planar, spacing_mm, slice_spacing_mm)
     stack = to_sagittal_stack(intensities, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(intensities), normalisation)

@@ -13,6 +13,15 @@ import numpy as np
 BIAS_FIELDS = (None, "n4")  # normalisation["bias_field"]: none, or N4 (``preparation`` decision 6)
 
 
+def bias_field_of(normalisation: dict, where: str = "normalisation") -> str | None:
+    """``normalisation``'s bias-field correction (``BIAS_FIELDS``), or a ValueError naming ``where``;
+    the cards and the training recipes check it alike."""
+    value = normalisation.get("bias_field")
+    if value not in BIAS_FIELDS:
+        raise ValueError(f"{where}.bias_field must be one of {', '.join(map(str, BIAS_FIELDS))}, got {value!r}")
+    return value
+
+
 def intensity_range(values: np.ndarray, normalisation: dict) -> tuple[float, float]:
     """The (low, high) intensities that map to 0 and 1 for this image."""
     kind = normalisation["kind"]

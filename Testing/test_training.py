@@ -212,6 +212,36 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir):
     assert distance(a, b) < 0.02 * distance(b, initial)
 
 
+
+def test_accumulated_micro_batches_give_the_mean_gradient_of_the_steps_they_would_have_been(tmp_path, data_dir):
+    """--accumulate 2 draws each micro-batch as a step draws its batch, so its one step's gradient
+    is the mean of the gradients of two plain steps from the same seed (the learning rate 0
+    keeps the weights where they were; clipping off), and the global batch is batch x 2."""
+    from training.distributed import World
+    from training.train import Trainer
+
+    def gradients(trainer):
+        return {name: p.grad.detach().clone() for name, p in trainer.state.network.named_parameters() if p.grad is not None}
+
+    options = dict(steps=4, lr=0.0, clip_grad=0.0, weight_decay=0.0)
+    accumulated = Trainer(mr_run(), data_dir, tmp_path / "accumulated", tiny_options(accumulate=2, **options), World())
+    terms, _ = accumulated.step(1)
+    plain = Trainer(mr_run(), data_dir, tmp_path / "plain", tiny_options(**options), World())
+    first_terms, _ = plain.step(1)
+    first = gradients(plain)
+    second_terms, _ = plain.step(2)
+    mean = {name: (first[name] + gradient) / 2 for name, gradient in gradients(plain).items()}
+
+    got = gradients(accumulated)
+    assert got.keys() == mean.keys() and len(got) > 10
+    for name in got:
+        torch.testing.assert_close(got[name], mean[name], rtol=1e-4, atol=1e-7, msg=name)
+    assert terms == pytest.approx([(a + b) / 2 for a, b in zip(first_terms, second_terms)], rel=1e-5)
+    assert not torch.allclose(first[next(iter(first))], mean[next(iter(first))])  # two different micro-batches
+    assert json.loads((tmp_path / "accumulated" / "run.json").read_text(encoding="utf-8"))["settings"]["global_batch"] == 4
+    with pytest.raises(ValueError, match="--accumulate"):
+        Trainer(mr_run(), data_dir, tmp_path / "none", tiny_options(accumulate=0), World())
+
 # -- data adapters -------------------------------------------------------------------------
 def _inside_quadrilateral(points: np.ndarray, shape) -> np.ndarray:
     """Pixel centres inside the convex quadrilateral TL, TR, BR, BL (cross-product signs):

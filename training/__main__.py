@@ -96,7 +96,10 @@ def _train_parser(sub) -> None:
     defaults = TrainOptions()
     loop.add_argument("--train-steps", dest="steps", type=int, default=defaults.steps, metavar="N", help=f"optimiser steps (default {defaults.steps})")
     loop.add_argument("--steps", dest="steps", type=int, action=_DeprecatedTrainSteps, help=argparse.SUPPRESS)
-    loop.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process; global batch = this x world size")
+    loop.add_argument("--batch-size", type=int, default=defaults.batch_size, help="per process; global batch = this x world size x --accumulate")
+    loop.add_argument("--accumulate", type=int, default=defaults.accumulate, metavar="K",
+                      help="add up the gradients of K micro-batches of --batch-size per optimiser step, "
+                           "so a CPU or a small GPU trains with a large GPU's batch (default 1)")
     loop.add_argument("--crop", type=int, default=defaults.crop, help="training crop size in pixels (2D)")
     loop.add_argument("--crop-centre", choices=CROP_CENTRES, default=defaults.crop_centre,
                       help="what a spine-centred crop is centred on: a random spine pixel (default) or a row drawn along the spine with its ends extended by half a crop, so the end vertebrae are seen more often")

@@ -33,6 +33,7 @@ Outputs in the run folder: ``model.pt`` (final weights, a plain state dict), ``b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
@@ -62,7 +63,8 @@ class TrainOptions:
     """Loop settings; each default is the bundled recipes' (module docstring)."""
 
     steps: int = 1500
-    batch_size: int = 8  # per process; the global batch is batch_size x world size
+    batch_size: int = 8  # per process; the global batch is batch_size x world size x accumulate
+    accumulate: int = 1  # micro-batches whose gradients add up to one optimiser step (a GPU's batch on a CPU)
     crop: int = 160
     crop_centre: str = "pixel"  # spine-centred crops on a random spine pixel, or along the spine (``sampler.spine_centre``)
     edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
@@ -99,7 +101,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "crop", "crop_centre", "edge_pad", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -244,6 +246,8 @@ class Trainer:
     def __init__(self, run: RunConfig, data_root: Path, out_dir: Path, options: TrainOptions, world: World, command: str | None = None):
         if options.augmentation not in PRESETS:
             raise ValueError(f"unknown augmentation {options.augmentation!r}; use {', '.join(PRESETS)}")
+        if options.accumulate < 1:
+            raise ValueError(f"--accumulate must be 1 or more micro-batches per step, not {options.accumulate}")
         self.run, self.data_root, self.out_dir, self.options, self.world = run, data_root, out_dir, options, world
         out_dir.mkdir(parents=True, exist_ok=True)
         seed_everything(options.seed)
@@ -256,7 +260,7 @@ class Trainer:
                   f"{', ...' if len(leaked) > 3 else ''}): its held-out figures would no longer be held out", flush=True)
         if options.val_every and not self.split.get("validation"):
             raise ValueError("--val-every needs validation subjects, and this run's split has none")
-        self.settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size, "threads": torch.get_num_threads()}
+        self.settings = {**asdict(options), "world_size": world.size, "global_batch": options.batch_size * world.size * options.accumulate, "threads": torch.get_num_threads()}
         self._write_run_files(command)
         sampler = self._sampler(cases)
         network = self._network()
@@ -378,23 +382,34 @@ class Trainer:
 
     def step(self, step: int) -> tuple[list[float], float]:
         """One optimiser step on a fresh global batch; returns the loss terms (mean over the
-        ranks) and the gradient norm before clipping."""
+        ranks and micro-batches) and the gradient norm before clipping.
+
+        With ``accumulate`` K > 1 the step's gradient is the mean of K micro-batches', each
+        drawn as a whole step's batch is (K = 1 is the plain step, the same draws bit for bit):
+        a CPU or a small GPU trains with the batch a large GPU's recipe had. Not identical to
+        one large batch: the MSFM's BatchNorm sees one micro-batch's statistics at a time. DDP
+        synchronises the gradients once, on the last micro-batch."""
         state, world, options = self.state, self.world, self.options
-        global_batch, shard = options.batch_size * world.size, world.shard(options.batch_size)
-        image, mask = state.sampler.batch(global_batch, shard)
-        draws = {k: v[shard].to(self.device) for k, v in self.objective.draw(global_batch, mask.shape[1:], state.noise_generator).items()}
-        losses = self.step_module(image.to(self.device), mask.to(self.device), **draws)
-        terms = all_mean(world, torch.stack([losses[k].detach().float() for k in self.loss_terms]))
-        if not torch.isfinite(terms).all():
-            bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss_terms, terms.tolist()))
-            raise FloatingPointError(f"loss is not finite at step {step} ({bad}); lower --lr, or check the data of this run")
+        micro_batch, shard = options.batch_size * world.size, world.shard(options.batch_size)
         state.optimiser.zero_grad(set_to_none=True)
-        losses["total"].backward()
+        summed = None
+        for micro in range(options.accumulate):
+            image, mask = state.sampler.batch(micro_batch, shard)
+            draws = {k: v[shard].to(self.device) for k, v in self.objective.draw(micro_batch, mask.shape[1:], state.noise_generator).items()}
+            last = micro == options.accumulate - 1
+            with self.step_module.no_sync() if world.distributed and not last else contextlib.nullcontext():
+                losses = self.step_module(image.to(self.device), mask.to(self.device), **draws)
+                terms = all_mean(world, torch.stack([losses[k].detach().float() for k in self.loss_terms]))
+                if not torch.isfinite(terms).all():
+                    bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss_terms, terms.tolist()))
+                    raise FloatingPointError(f"loss is not finite at step {step} ({bad}); lower --lr, or check the data of this run")
+                (losses["total"] / options.accumulate).backward()
+            summed = terms if summed is None else summed + terms
         max_norm = options.clip_grad if options.clip_grad > 0 else float("inf")
         grad_norm = float(torch.nn.utils.clip_grad_norm_(state.network.parameters(), max_norm))
         state.optimiser.step()
         state.lr_schedule.step()
-        return terms.tolist(), grad_norm
+        return (summed / options.accumulate).tolist(), grad_norm
 
     def validate(self, step: int) -> None:
         """Validation Dice/IoU through ``segment`` on rank 0 (``best.pt`` when it improves);

@@ -184,23 +184,25 @@ def test_a_diverging_loss_stops_naming_the_step(tmp_path, data_dir):
         train(mr_run(), data_dir, tmp_path, tiny_options(steps=5, lr=1e12, clip_grad=0))
 
 
-def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir):
-    """torchrun, 2 CPU processes (gloo) x batch 2 against 1 process x batch 4: both ranks end with
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir, accumulate):
+    """torchrun, 2 CPU processes (gloo) x batch 2 against 1 process x batch 4 (each step of K
+    accumulated micro-batches, the gradients synchronised once per step): both ranks end with
     identical weights, the first step's loss is the same global batch's, and the weights differ
     from the single process's by under 2 % of the update (float summation order; a run that saw
     only one rank's shard differs by ~14 %)."""
     ddp, single = tmp_path / "ddp", tmp_path / "single"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "training", "train", "verdiff-mr",
-               "--out", str(ddp), "--data", str(data_dir), "--steps", "3", "--lr", "1e-4", *TINY_ARGS]
+               "--out", str(ddp), "--data", str(data_dir), "--steps", "3", "--lr", "1e-4", "--accumulate", str(accumulate), *TINY_ARGS]
     result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((ddp / "summary.json").read_text(encoding="utf-8"))
     assert summary["world_size"] == 2 and len(summary["rank_weight_sha256"]) == 2
     assert summary["rank_weight_sha256"][0] == summary["rank_weight_sha256"][1]
-    assert json.loads((ddp / "run.json").read_text(encoding="utf-8"))["settings"]["global_batch"] == 4
+    assert json.loads((ddp / "run.json").read_text(encoding="utf-8"))["settings"]["global_batch"] == 4 * accumulate
     assert "torchrun --nnodes 1 --nproc_per_node 2" in (ddp / "command.txt").read_text(encoding="utf-8")
 
-    train(mr_run(), data_dir, single, tiny_options(steps=3, lr=1e-4, batch_size=4))
+    train(mr_run(), data_dir, single, tiny_options(steps=3, lr=1e-4, batch_size=4, accumulate=accumulate))
     assert float(log_rows(ddp)[0]["total"]) == pytest.approx(float(log_rows(single)[0]["total"]), rel=1e-5)
     torch.manual_seed(35)
     initial = VerdiffNet(channels=TINY).state_dict()

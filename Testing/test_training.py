@@ -214,7 +214,6 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, data_dir, 
     assert distance(a, b) < 0.02 * distance(b, initial)
 
 
-
 def test_accumulated_micro_batches_give_the_mean_gradient_of_the_steps_they_would_have_been(tmp_path, data_dir):
     """--accumulate 2 draws each micro-batch as a step draws its batch, so its one step's gradient
     is the mean of the gradients of two plain steps from the same seed (the learning rate 0
@@ -243,6 +242,7 @@ def test_accumulated_micro_batches_give_the_mean_gradient_of_the_steps_they_woul
     assert json.loads((tmp_path / "accumulated" / "run.json").read_text(encoding="utf-8"))["settings"]["global_batch"] == 4
     with pytest.raises(ValueError, match="--accumulate"):
         Trainer(mr_run(), data_dir, tmp_path / "none", tiny_options(accumulate=0), World())
+
 
 # -- data adapters -------------------------------------------------------------------------
 def _inside_quadrilateral(points: np.ndarray, shape) -> np.ndarray:

@@ -399,6 +399,8 @@ class Trainer:
             last = micro == options.accumulate - 1
             with self.step_module.no_sync() if world.distributed and not last else contextlib.nullcontext():
                 losses = self.step_module(image.to(self.device), mask.to(self.device), **draws)
+                # Checked per micro-batch, before its backward, and reduced over the ranks so all of them stop:
+                # a diverged network's NaN terms carry no graph (``objectives.non_finite``).
                 terms = all_mean(world, torch.stack([losses[k].detach().float() for k in self.loss_terms]))
                 if not torch.isfinite(terms).all():
                     bad = ", ".join(f"{k}={v:.4g}" for k, v in zip(self.loss_terms, terms.tolist()))

@@ -881,6 +881,55 @@ def test_a_sampler_with_edge_padding_draws_crops_past_the_image_edge(data_dir):
     assert (plain > 2).sum() == 0, np.bincount(plain)
 
 
+def test_a_coronal_bend_reads_each_row_from_its_own_slice_and_keeps_labels_with_it(data_dir):
+    """``sampler.bent_slice`` on a real 2.5D MR case: with no shift it is the sampler's own
+    slice (channels and labels bit for bit); with a shift of whole slices each row of each channel
+    and of the label map is that row of the shifted slice, the edge slice beyond the ends; a
+    fractional shift lies between its two slices."""
+    from training.sampler import bent_slice, coronal_bend
+
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    sampler = SliceSampler([case], 96, 3, PRESETS["none"], context_slices=1, context_distance_mm=run.input_spacing_mm)
+    s, rows = int(np.argmax(case.labels.reshape(len(case.labels), -1).sum(1))), case.images.shape[1]
+    image, labels = sampler.sample_image(s)
+    flat, flat_labels = bent_slice(case.images, case.labels, s, np.zeros(rows), sampler.offsets[0])
+    assert np.allclose(flat, image, atol=1e-6) and np.array_equal(flat_labels, labels)
+    shifts = np.where(np.arange(rows) < rows // 2, -8.0, 100.0)  # the top half 8 slices to one side, the rest past the last slice
+    bent, bent_labels = bent_slice(case.images, case.labels, s, shifts, [0.0])
+    top, last = slice(0, rows // 2), len(case.images) - 1
+    assert np.array_equal(bent[0, top], case.images[s - 8, top]) and np.array_equal(bent_labels[top], case.labels[s - 8, top])
+    assert np.array_equal(bent[0, rows // 2 :], case.images[last, rows // 2 :]) and np.array_equal(bent_labels[rows // 2 :], case.labels[last, rows // 2 :])
+    half, _ = bent_slice(case.images, case.labels, s, np.full(rows, 0.5), [0.0])
+    assert np.allclose(half[0], 0.5 * (case.images[s] + case.images[s + 1]), atol=1e-6)
+    rng = np.random.default_rng(0)
+    drawn = np.array([coronal_bend(rows, 12.0, run.input_spacing_mm, rng) for _ in range(200)])
+    assert np.abs(drawn).max() <= 12.0 and np.abs(drawn).max() > 11.0
+    assert np.abs(np.diff(drawn, axis=1)).max() < 12.0 * np.pi * run.input_spacing_mm / 120.0 + 1e-9  # smooth: no steeper than the shortest half-wave allows
+
+
+def test_a_sampler_with_a_coronal_bend_moves_the_spine_across_slices_only_when_asked(data_dir):
+    """``SliceSampler(coronal_bend_mm=12)`` on a real MR case, no other augmentation: the same
+    seeds give the plain sampler's samples bit for bit where no bend is drawn, and about half the
+    samples differ (a bend's draws come from a generator of their own), their masks still masks;
+    0 mm gives the plain sampler's stream exactly, and a negative bend is refused."""
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    kwargs = dict(context_slices=1, context_distance_mm=run.input_spacing_mm, pixel_mm=run.input_spacing_mm)
+    plain = SliceSampler([case], 96, 5, PRESETS["none"], **kwargs)
+    bent = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=12.0, **kwargs)
+    unbent = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=0.0, **kwargs)
+    differ = 0
+    for seed in range(60):
+        (a, ma), (b, mb), (c, mc) = plain.sample(seed), bent.sample(seed), unbent.sample(seed)
+        assert np.array_equal(a, c) and np.array_equal(ma, mc)
+        differ += not np.array_equal(a, b)
+        assert set(np.unique(mb)) <= {0.0, 1.0}
+    assert 15 <= differ <= 45
+    with pytest.raises(ValueError, match="coronal bend"):
+        SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=-1.0, **kwargs)
+
+
 def test_a_max_timestep_draws_the_training_timesteps_from_0_to_it_only():
     """``--max-timestep``: the noise levels around the card's start timestep (t = 150), not all T."""
     network = VerdiffNet(channels=TINY)

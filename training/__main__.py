@@ -106,6 +106,8 @@ def _train_parser(sub) -> None:
     loop.add_argument("--edge-pad", type=int, default=defaults.edge_pad, metavar="N",
                       help="2D: pad each side of a slice by a random 0..N border rows (the edge repeated, image and labels) before the crop, "
                            "so the model learns the image edge a padded inference shows it (default 0: none)")
+    loop.add_argument("--coronal-bend", dest="coronal_bend_mm", type=float, default=defaults.coronal_bend_mm, metavar="MM",
+                      help="2D: read half the slices along a random coronal bend of up to MM mm, as a sagittal plane cuts a scoliotic spine (default 0: none)")
     loop.add_argument("--max-timestep", type=int, default=defaults.max_timestep, metavar="N",
                       help="verdiff-net: draw the training timesteps from 0..N only, around the card's start timestep (default: all T)")
     loop.add_argument("--detach-prior-features", action="store_true",

@@ -43,6 +43,21 @@ view cuts (held-out VB3_51's L1 at the top edge) is not drawn by a model that on
 crops inside the image; padding the slices at inference drew it (session 18), but the model had
 never seen a padded border and drew the sacrum's top, padded below L5, at larger margins. Trained
 on padded borders, the padded region is known ground: what it repeats is labelled as it is.
+
+Coronal bend (``SliceSampler`` with ``coronal_bend_mm`` a > 0; issue 15, session 32): in
+``CORONAL_BEND_FRACTION`` of the samples that are not thick slabs, row r of the drawn slice s is
+read from the fractional slice s + A sin(pi (r - r0) / L) (each 2.5D channel at its offset from
+there, linear between slices; the label map from the nearest slice), A uniform in -a..a mm, the
+half-wave L uniform in ``CORONAL_BEND_HALF_WAVE_MM`` and r0 anywhere: the slice a sagittal plane
+cuts through a spine curved in the coronal plane (scoliosis), each row real anatomy at its own
+lateral position. Why: the held-out VB3_49's lumbar curve takes its L4 and L5 out of the
+midsagittal slices and the model misses a third of both on nearly every slice (session 31), while
+the training subjects' spines are nearly straight; in-plane warps cannot show a body leaving the
+slice sideways. Decisions: a sine (one smooth curve over the crop, as a lumbar or thoracolumbar
+curve spans 4-6 vertebrae, about 120-300 mm) and no axial rotation of the vertebrae (not
+modelled); drawn from a generator of its own (the sample's seed and 1), so the other draws are
+the plain sampler's: a sample not bent is the plain one bit for bit, and the bundled recipes'
+streams are unchanged.
 """
 
 from __future__ import annotations
@@ -59,6 +74,8 @@ from .labels import bit_masks
 
 SPINE_SLICE_FRACTION = 0.8
 SPINE_CENTRED_CROP_FRACTION = 0.7
+CORONAL_BEND_FRACTION = 0.5  # of the samples that are not thick slabs (module docstring, coronal bend)
+CORONAL_BEND_HALF_WAVE_MM = (120.0, 300.0)
 
 
 class SeededSampler:
@@ -192,6 +209,32 @@ def thick_slice(images: np.ndarray, index: int, half_width: int, offsets=None) -
     return np.stack(channels)
 
 
+def bent_slice(stack: np.ndarray, labels: np.ndarray, index: int, shifts: np.ndarray, offsets) -> tuple[np.ndarray, np.ndarray]:
+    """Slice ``index`` of ``stack`` [S, rows, cols] read along a coronal bend (module docstring):
+    row r of channel c from the fractional slice ``index + shifts[r] + offsets[c]`` (linear
+    between slices, the edge slice beyond the ends, as ``slice_at``), and row r of the label map
+    from the slice nearest ``index + shifts[r]``. Returns (image [C, rows, cols], labels [rows, cols])."""
+    last, rows = stack.shape[0] - 1, np.arange(stack.shape[1])
+    channels = []
+    for offset in offsets:
+        position = np.clip(index + shifts + float(offset), 0.0, float(last))
+        low = np.floor(position).astype(np.intp)
+        weight = (position - low)[:, None].astype(np.float32)
+        high = np.minimum(low + 1, last)
+        channels.append(stack[low, rows] * (1.0 - weight) + stack[high, rows] * weight)
+    nearest = np.rint(np.clip(index + shifts, 0.0, float(last))).astype(np.intp)
+    return np.stack(channels).astype(stack.dtype, copy=False), labels[nearest, rows]
+
+
+def coronal_bend(rows: int, most_slices: float, pixel_mm: float, rng: np.random.Generator) -> np.ndarray:
+    """Each row's slice shift of one drawn coronal bend (module docstring): A sin(pi (r - r0) / L),
+    A uniform in +-``most_slices``, L uniform in ``CORONAL_BEND_HALF_WAVE_MM`` (rows of ``pixel_mm``)."""
+    amplitude = rng.uniform(-most_slices, most_slices)
+    half_wave = rng.uniform(*CORONAL_BEND_HALF_WAVE_MM) / pixel_mm
+    start = rng.uniform(0.0, 2.0 * half_wave)
+    return amplitude * np.sin(np.pi * (np.arange(rows) - start) / half_wave)
+
+
 class SliceSampler(SeededSampler):
     """Args: cases (``datasets.Case``), crop size in pixels, seed, augmentation, number of
     product labels (mask channels: label k is channel k-1; ``bits``: channel k is bit k, the
@@ -200,14 +243,19 @@ class SliceSampler(SeededSampler):
     spacing, as ``preparation`` takes the card's), and what a spine-centred crop is centred on
     (``spine_centre``: "pixel", the bundled recipes', or "along-spine"), and the most rows
     (columns) each side of a slice is padded by before the crop (``edge_pad``, module docstring;
-    0, the default, pads none)."""
+    0, the default, pads none), and the largest coronal bend in mm (``coronal_bend_mm``, module
+    docstring; 0, the default, bends none) with the slices' in-plane pixel size (``pixel_mm``)."""
 
     def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0,
-                 bits: bool = False, crop_centre: str = "pixel", edge_pad: int = 0):
+                 bits: bool = False, crop_centre: str = "pixel", edge_pad: int = 0, coronal_bend_mm: float = 0.0, pixel_mm: float = 1.0):
         super().__init__(cases, seed, augmentation, num_classes, bits)
         if edge_pad < 0:
             raise ValueError(f"edge padding must be 0 or more pixels, got {edge_pad}")
-        self.edge_pad = int(edge_pad)
+        if not coronal_bend_mm >= 0 or not pixel_mm > 0:
+            raise ValueError(f"a coronal bend must be 0 or more mm on pixels of a positive size, got {coronal_bend_mm} mm, {pixel_mm} mm pixels")
+        if coronal_bend_mm and any(case.slice_spacing_mm is None for case in cases):
+            raise ValueError("a coronal bend needs each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
+        self.edge_pad, self.coronal_bend_mm, self.pixel_mm = int(edge_pad), float(coronal_bend_mm), float(pixel_mm)
         if crop_centre not in CROP_CENTRES:
             raise ValueError(f"crop centre {crop_centre!r}: choose one of {', '.join(CROP_CENTRES)}")
         self.crop, self.crop_centre = crop, crop_centre
@@ -235,11 +283,16 @@ class SliceSampler(SeededSampler):
         rng = np.random.default_rng(seed)
         pool = self.spine_index if rng.random() < SPINE_SLICE_FRACTION else self.index
         c, s = pool[rng.integers(len(pool))]
-        images, offsets = self.cases[c].images, self.offsets[c]
-        image = self.sample_image(s, c)[0]
+        case, offsets = self.cases[c], self.offsets[c]
+        image, labels = self.sample_image(s, c)
         if self.augmentation.slab_p and rng.random() < self.augmentation.slab_p:
-            image = thick_slice(images, s, int(rng.integers(1, 3)), offsets)
-        image, labels = self.augmentation.spatial(image, self.cases[c].labels[s], rng)
+            image = thick_slice(case.images, s, int(rng.integers(1, 3)), offsets)
+        elif self.coronal_bend_mm:
+            bend_rng = np.random.default_rng((seed, 1))  # its own draws: an unbent sample is the plain sampler's, bit for bit
+            if bend_rng.random() < CORONAL_BEND_FRACTION:
+                shifts = coronal_bend(case.images.shape[1], self.coronal_bend_mm / case.slice_spacing_mm, self.pixel_mm, bend_rng)
+                image, labels = bent_slice(case.images, case.labels, s, shifts, offsets)
+        image, labels = self.augmentation.spatial(image, labels, rng)
         image, labels = self._crop(image, labels, rng)
         image = self.augmentation.intensity(image, rng, channels=True)
         return image.astype(np.float32), self.masks(labels)

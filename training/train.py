@@ -68,6 +68,7 @@ class TrainOptions:
     crop: int = 160
     crop_centre: str = "pixel"  # spine-centred crops on a random spine pixel, or along the spine (``sampler.spine_centre``)
     edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
+    coronal_bend_mm: float = 0.0  # 2D: read half the slices along a random coronal bend of up to this many mm (``sampler``, coronal bend)
     max_timestep: int | None = None  # verdiff-net: draw training timesteps from 0..N only (``objectives.verdiff_net``); None: all
     detach_prior_features: bool = False  # verdiff-net: the diffusion loss stops at the prior's image features (``objectives.verdiff_net``)
     lr: float = 1e-3
@@ -101,7 +102,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -311,7 +312,7 @@ class Trainer:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
             sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.context_mm, bits,
-                                   options.crop_centre, options.edge_pad)
+                                   options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler

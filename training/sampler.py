@@ -216,16 +216,9 @@ def bent_slice(stack: np.ndarray, labels: np.ndarray, index: int, shifts: np.nda
     row r of channel c from the fractional slice ``index + shifts[r] + offsets[c]`` (linear
     between slices, the edge slice beyond the ends, as ``slice_at``), and row r of the label map
     from the slice nearest ``index + shifts[r]``. Returns (image [C, rows, cols], labels [rows, cols])."""
-    last, rows = stack.shape[0] - 1, np.arange(stack.shape[1])
-    channels = []
-    for offset in offsets:
-        position = np.clip(index + shifts + float(offset), 0.0, float(last))
-        low = np.floor(position).astype(np.intp)
-        weight = (position - low)[:, None].astype(np.float32)
-        high = np.minimum(low + 1, last)
-        channels.append(stack[low, rows] * (1.0 - weight) + stack[high, rows] * weight)
-    nearest = np.rint(np.clip(index + shifts, 0.0, float(last))).astype(np.intp)
-    return np.stack(channels).astype(stack.dtype, copy=False), labels[nearest, rows]
+    channels = [np.stack([slice_at(stack[:, r], index + shift + float(offset)) for r, shift in enumerate(shifts)]) for offset in offsets]
+    nearest = np.rint(np.clip(index + shifts, 0.0, stack.shape[0] - 1.0)).astype(np.intp)
+    return np.stack(channels).astype(stack.dtype, copy=False), labels[nearest, np.arange(stack.shape[1])]
 
 
 def coronal_bend(rows: int, most_slices: float, pixel_mm: float, rng: np.random.Generator) -> np.ndarray:
@@ -255,16 +248,14 @@ class SliceSampler(SeededSampler):
             raise ValueError(f"edge padding must be 0 or more pixels, got {edge_pad}")
         if not coronal_bend_mm >= 0 or not pixel_mm > 0:
             raise ValueError(f"a coronal bend must be 0 or more mm on pixels of a positive size, got {coronal_bend_mm} mm, {pixel_mm} mm pixels")
-        if coronal_bend_mm and any(case.slice_spacing_mm is None for case in cases):
-            raise ValueError("a coronal bend needs each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
         self.edge_pad, self.coronal_bend_mm, self.pixel_mm = int(edge_pad), float(coronal_bend_mm), float(pixel_mm)
         if crop_centre not in CROP_CENTRES:
             raise ValueError(f"crop centre {crop_centre!r}: choose one of {', '.join(CROP_CENTRES)}")
         self.crop, self.crop_centre = crop, crop_centre
         self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
         self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
-        if context_slices and any(case.slice_spacing_mm is None for case in cases):
-            raise ValueError("2.5D sampling needs each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
+        if (context_slices or coronal_bend_mm) and any(case.slice_spacing_mm is None for case in cases):
+            raise ValueError("2.5D sampling and a coronal bend need each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
         # per case: the channels' offsets in its own slices
         self.offsets = [context_offsets(context_slices, case.slice_spacing_mm or 1.0, context_distance_mm) for case in cases]
 

@@ -788,6 +788,81 @@ def test_a_levels_run_warm_started_from_a_bundled_binary_model_starts_each_level
             assert torch.allclose(got[:, level : level + 1], expected, atol=5e-4), float((got[:, level : level + 1] - expected).abs().max())
 
 
+def test_the_band_under_the_lowest_vertebra_lies_under_l5_and_outside_every_vertebra(data_dir):
+    """Real landmarks (binary-gaps labels of four training radiographs on the 4 px grid): the
+    band (``--sacral-band-weight``) is under L5 (in L5's columns, below its top there, centred low),
+    touches no vertebra, and is about L5's size, not a sliver or the whole lower image."""
+    from training.sampler import band_under_lowest_vertebra
+
+    recipe = RECIPES["verdiff-xray"]
+    gaps = LabelScheme("binary-gaps", tuple(source_levels("aasce")))
+    for item in datasets.aasce_items(data_dir / "xray-aasce")[:4]:
+        labels = datasets.load_case(item, gaps, 4.0, recipe["normalisation"]).labels[0]
+        levels = datasets.load_case(item, LabelScheme("levels", gaps.levels), 4.0, recipe["normalisation"]).labels[0]
+        band = band_under_lowest_vertebra(labels)
+        l5_rows = np.nonzero(levels == 17)[0]
+        rows, cols = np.nonzero(band)
+        assert not (band & (levels > 0)).any(), item.name
+        top_of_l5 = np.where((levels == 17).any(axis=0), (levels == 17).argmax(axis=0), levels.shape[0])  # per column
+        assert (rows > top_of_l5[cols]).all() and rows.mean() > l5_rows.mean() + 0.5 * np.ptp(l5_rows), item.name  # under L5 in its columns
+        assert 0.5 * len(l5_rows) < band.sum() < 4 * len(l5_rows), item.name
+    assert not band_under_lowest_vertebra(np.zeros((20, 20), np.uint8)).any()
+
+
+def test_a_sampler_with_the_band_adds_its_channel_and_keeps_the_plain_samples(data_dir):
+    """``SliceSampler(band_under_lowest=True)`` on a real radiograph: the same seeds give the
+    plain sampler's images and masks, and one channel more, the band, nonzero in some crops and
+    never on a vertebra; without binary-gaps labels it is refused."""
+    from training.sampler import SliceSampler
+
+    run = recipe_config("verdiff-xray", "binary-gaps", channels=TINY)
+    case = datasets.run_case(datasets.aasce_items(data_dir / "xray-aasce")[0], run)
+    plain = SliceSampler([case], 96, 5, PRESETS["paper"], 2, bits=True)
+    banded = SliceSampler([case], 96, 5, PRESETS["paper"], 2, bits=True, band_under_lowest=True)
+    shown = 0
+    for seed in range(40):
+        (a, ma), (b, mb) = plain.sample(seed), banded.sample(seed)
+        assert np.array_equal(a, b) and np.array_equal(ma, mb[:2]) and mb.shape[0] == 3
+        assert not (mb[2] * mb[0]).any()
+        shown += bool(mb[2].any())
+    assert 3 <= shown <= 37
+    with pytest.raises(ValueError, match="binary-gaps"):
+        SliceSampler([case], 96, 5, PRESETS["paper"], 1, band_under_lowest=True)
+
+
+def test_a_pixel_weight_of_one_is_the_plain_loss_and_a_weighted_band_raises_only_the_bce_terms():
+    from VerdiffSegmentLib.losses import verdiff_loss
+
+    torch.manual_seed(0)
+    eps, noise, x0, logits = torch.randn(2, 2, 16, 16), torch.randn(2, 2, 16, 16), torch.rand(2, 2, 16, 16) * 2 - 1, torch.randn(2, 2, 16, 16)
+    mask = (torch.rand(2, 2, 16, 16) > 0.5).float()
+    plain = verdiff_loss(eps, noise, x0, mask, logits)
+    ones = verdiff_loss(eps, noise, x0, mask, logits, torch.ones(2, 1, 16, 16))
+    band = torch.zeros(2, 1, 16, 16)
+    band[:, :, 8:] = 1
+    weighted = verdiff_loss(eps, noise, x0, mask, logits, 1 + 5 * band)
+    for term in plain:
+        assert torch.allclose(plain[term], ones[term]), term
+    assert weighted["simple"] == plain["simple"]
+    assert weighted["bce"] > 2 * plain["bce"] and weighted["prior"] > plain["prior"]
+
+
+def test_a_sacral_band_run_trains_and_is_refused_without_binary_gaps_labels(tmp_path, data_dir):
+    """``train verdiff-xray --label-scheme binary-gaps --sacral-band-weight 5``: real training
+    steps with finite losses; the option on a binary run, or negative, is one clear error."""
+    from training.__main__ import main
+
+    common = ["verdiff-xray", "--train-steps", "2", "--data", str(data_dir), *TINY_ARGS]
+    main(["train", *common, "--label-scheme", "binary-gaps", "--sacral-band-weight", "5", "--out", str(tmp_path / "band")])
+    rows = log_rows(tmp_path / "band")
+    assert len(rows) == 2 and all(math.isfinite(float(row["bce"])) for row in rows)
+    assert json.loads((tmp_path / "band" / "run.json").read_text())["settings"]["sacral_band_weight"] == 5
+    for arguments in (["--sacral-band-weight", "5"], ["--label-scheme", "binary-gaps", "--sacral-band-weight", "-1"]):
+        with pytest.raises(ValueError, match="sacral-band-weight"):
+            main(["train", *common, *arguments, "--out", str(tmp_path / "refused")])
+    assert "sacral_band_weight" in RESUME_KEYS
+
+
 def test_crops_drawn_along_the_spine_show_the_top_vertebrae_more_often_and_l5_as_often(data_dir):
     """Real landmarks (binary-gaps labels of three training radiographs on the 4 px grid):
     224-row crops centred ``along-spine`` contain T1 and T2 more often than crops centred on a

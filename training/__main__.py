@@ -108,6 +108,9 @@ def _train_parser(sub) -> None:
                            "so the model learns the image edge a padded inference shows it (default 0: none)")
     loop.add_argument("--coronal-bend", dest="coronal_bend_mm", type=float, default=defaults.coronal_bend_mm, metavar="MM",
                       help="2D: read half the slices along a random coronal bend of up to MM mm, as a sagittal plane cuts a scoliotic spine (default 0: none)")
+    loop.add_argument("--sacral-band-weight", type=float, default=defaults.sacral_band_weight, metavar="W",
+                      help="binary-gaps, verdiff-net: weigh the BCE 1 + W in the band under the lowest vertebra, "
+                           "the sacrum's top under an X-ray's L5 (default 0: none)")
     loop.add_argument("--max-timestep", type=int, default=defaults.max_timestep, metavar="N",
                       help="verdiff-net: draw the training timesteps from 0..N only, around the card's start timestep (default: all T)")
     loop.add_argument("--detach-prior-features", action="store_true",

@@ -69,6 +69,7 @@ class TrainOptions:
     crop_centre: str = "pixel"  # spine-centred crops on a random spine pixel, or along the spine (``sampler.spine_centre``)
     edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
     coronal_bend_mm: float = 0.0  # 2D: read half the slices along a random coronal bend of up to this many mm (``sampler``, coronal bend)
+    sacral_band_weight: float = 0.0  # verdiff-net, binary-gaps: BCE weight 1 + W under the lowest vertebra (``sampler``, band); 0: none
     max_timestep: int | None = None  # verdiff-net: draw training timesteps from 0..N only (``objectives.verdiff_net``); None: all
     detach_prior_features: bool = False  # verdiff-net: the diffusion loss stops at the prior's image features (``objectives.verdiff_net``)
     lr: float = 1e-3
@@ -102,7 +103,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "sacral_band_weight", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -254,6 +255,9 @@ class Trainer:
         seed_everything(options.seed)
         self.device = world.device
         amp_dtype = autocast_dtype(options, self.device)
+        if options.sacral_band_weight and (options.sacral_band_weight < 0 or run.family != "verdiff-net" or not run.labels.gaps or run.spatial_dims != 2):
+            raise ValueError(f"--sacral-band-weight must be 0 or more, on a 2D verdiff-net run with --label-scheme binary-gaps (got {options.sacral_band_weight}, "
+                             f"{run.family}, {run.labels.scheme}, {run.spatial_dims}D)")
         cases, self.split = self._cases()
         leaked = sorted(held_out_of(options.init) & set(self.split.get("train", [])))
         if leaked and world.is_main:  # a deliberate final stage may train on all; say so, loudly
@@ -312,7 +316,7 @@ class Trainer:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
             sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.context_mm, bits,
-                                   options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm)
+                                   options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm, options.sacral_band_weight > 0)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler
@@ -396,10 +400,14 @@ class Trainer:
         summed = None
         for micro in range(options.accumulate):
             image, mask = state.sampler.batch(micro_batch, shard)
+            weighted = {}
+            if options.sacral_band_weight:  # the masks' last channel is the band (``sampler``): a loss weight, no target
+                mask, band = mask[:, :-1], mask[:, -1:]
+                weighted["pixel_weight"] = (1.0 + options.sacral_band_weight * band).to(self.device)
             draws = {k: v[shard].to(self.device) for k, v in self.objective.draw(micro_batch, mask.shape[1:], state.noise_generator).items()}
             last = micro == options.accumulate - 1
             with self.step_module.no_sync() if world.distributed and not last else contextlib.nullcontext():
-                losses = self.step_module(image.to(self.device), mask.to(self.device), **draws)
+                losses = self.step_module(image.to(self.device), mask.to(self.device), **draws, **weighted)
                 # Checked per micro-batch, before its backward, and reduced over the ranks so all of them stop:
                 # a diverged network's NaN terms carry no graph (``objectives.non_finite``).
                 terms = all_mean(world, torch.stack([losses[k].detach().float() for k in self.loss_terms]))

@@ -55,7 +55,9 @@ class Objective(nn.Module):
         t = torch.randint(0, self.timesteps_drawn, (batch,), generator=generator)
         return {"t": t, "noise": torch.randn((batch, *mask_shape), generator=generator)}
 
-    def forward(self, image, mask, t, noise) -> dict[str, torch.Tensor]:
+    def forward(self, image, mask, t, noise, pixel_weight=None) -> dict[str, torch.Tensor]:
+        """``pixel_weight`` (None: 1 everywhere): weights of the BCE terms, broadcast over the
+        channels (``train --sacral-band-weight``)."""
         with autocast(image.device, self.autocast_dtype):
             condition = self.network.condition(image)
         prior = condition.prior.detach().float()  # the shift is a fixed input of the diffusion, trained by its own loss
@@ -67,4 +69,4 @@ class Objective(nn.Module):
         bad = non_finite(self.terms, eps, condition.prior_logits)
         if bad is not None:
             return bad
-        return verdiff_loss(eps, noise, self.scheduler.predict_x0(eps, x_t, t, prior=prior), mask, condition.prior_logits.float())
+        return verdiff_loss(eps, noise, self.scheduler.predict_x0(eps, x_t, t, prior=prior), mask, condition.prior_logits.float(), pixel_weight)

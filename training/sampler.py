@@ -96,6 +96,8 @@ class SeededSampler:
     """The reproducible, shardable batches of both samplers: a subclass's ``sample(seed)``
     builds one (image, masks) pair from its own seed."""
 
+    band_under_lowest = False  # ``SliceSampler``: the masks' last channel is the band under the lowest vertebra
+
     def __init__(self, cases, seed: int, augmentation: Augmentation, num_classes: int, bits: bool = False):
         if not cases:
             raise ValueError("no training cases")
@@ -119,8 +121,6 @@ class SeededSampler:
 
     def load_state_dict(self, state: dict) -> None:
         self.rng.bit_generator.state = state["bit_generator"]
-
-    band_under_lowest = False  # ``SliceSampler``: the masks' last channel is the band under the lowest vertebra
 
     def masks(self, labels: np.ndarray) -> np.ndarray:
         """Label map [*spatial] -> one-hot float32 masks [classes, *spatial] (label k is channel k-1);

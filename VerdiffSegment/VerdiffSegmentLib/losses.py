@@ -37,7 +37,7 @@ def verdiff_loss(eps_pred, eps, x0_pred, mask, prior_logits, pixel_weight=None) 
     """
     simple = F.mse_loss(eps_pred, eps)
     probability = ((x0_pred + 1) / 2).clamp(1e-4, 1 - 1e-4)
-    bce = F.binary_cross_entropy(probability, mask, weight=None if pixel_weight is None else pixel_weight.expand_as(mask))
+    bce = F.binary_cross_entropy(probability, mask, weight=pixel_weight)
     prior_terms = bce_dice_terms(prior_logits, mask, pixel_weight)
     prior = prior_terms["bce"] + prior_terms["dice"]
     return {"simple": simple, "bce": bce, "prior": prior, "total": simple + bce + prior}

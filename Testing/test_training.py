@@ -806,7 +806,19 @@ def test_the_band_under_the_lowest_vertebra_lies_under_l5_and_outside_every_vert
         top_of_l5 = np.where((levels == 17).any(axis=0), (levels == 17).argmax(axis=0), levels.shape[0])  # per column
         assert (rows > top_of_l5[cols]).all() and rows.mean() > l5_rows.mean() + 0.5 * np.ptp(l5_rows), item.name  # under L5 in its columns
         assert 0.5 * len(l5_rows) < band.sum() < 4 * len(l5_rows), item.name
+        # started 0.3 of L5's height lower: the rows right under L5 (its disc) leave the band, none is added above
+        lower = band_under_lowest_vertebra(labels, 0.3)
+        bottom_of_l5 = np.where((levels == 17).any(axis=0), levels.shape[0] - 1 - (levels == 17)[::-1].argmax(axis=0), -1)
+        skip = round(0.3 * np.ptp(l5_rows))
+        rows, cols = np.nonzero(lower)
+        assert (rows > bottom_of_l5[cols] + skip - 2).all() and lower.sum() > 0.5 * len(l5_rows), item.name
+        assert (band & (rows_under(band, bottom_of_l5) <= skip - 2)).any() and not (lower & (rows_under(lower, bottom_of_l5) <= skip - 2)).any(), item.name
     assert not band_under_lowest_vertebra(np.zeros((20, 20), np.uint8)).any()
+
+
+def rows_under(band: np.ndarray, bottom: np.ndarray) -> np.ndarray:
+    """Per pixel of a [rows, cols] map: its rows under ``bottom`` (a row per column)."""
+    return np.arange(band.shape[0])[:, None] - bottom[None, :]
 
 
 def test_a_sampler_with_the_band_adds_its_channel_and_keeps_the_plain_samples(data_dir):
@@ -860,7 +872,10 @@ def test_a_sacral_band_run_trains_and_is_refused_without_binary_gaps_labels(tmp_
     for arguments in (["--sacral-band-weight", "5"], ["--label-scheme", "binary-gaps", "--sacral-band-weight", "-1"]):
         with pytest.raises(ValueError, match="sacral-band-weight"):
             main(["train", *common, *arguments, "--out", str(tmp_path / "refused")])
-    assert "sacral_band_weight" in RESUME_KEYS
+    for arguments in (["--sacral-band-offset", "0.3"], ["--sacral-band-weight", "5", "--sacral-band-offset", "1.5"]):
+        with pytest.raises(ValueError, match="sacral-band-offset"):
+            main(["train", *common, "--label-scheme", "binary-gaps", *arguments, "--out", str(tmp_path / "refused")])
+    assert "sacral_band_weight" in RESUME_KEYS and "sacral_band_offset" in RESUME_KEYS
 
 
 def test_crops_drawn_along_the_spine_show_the_top_vertebrae_more_often_and_l5_as_often(data_dir):

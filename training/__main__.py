@@ -111,6 +111,9 @@ def _train_parser(sub) -> None:
     loop.add_argument("--sacral-band-weight", type=float, default=defaults.sacral_band_weight, metavar="W",
                       help="binary-gaps, verdiff-net: weigh the BCE 1 + W in the band under the lowest vertebra, "
                            "the sacrum's top under an X-ray's L5 (default 0: none)")
+    loop.add_argument("--sacral-band-offset", type=float, default=defaults.sacral_band_offset, metavar="F",
+                      help="with --sacral-band-weight: start the band F of the lowest vertebra's height under it, "
+                           "past the disc (0..1; default 0: right under it)")
     loop.add_argument("--max-timestep", type=int, default=defaults.max_timestep, metavar="N",
                       help="verdiff-net: draw the training timesteps from 0..N only, around the card's start timestep (default: all T)")
     loop.add_argument("--detach-prior-features", action="store_true",

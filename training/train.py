@@ -70,6 +70,7 @@ class TrainOptions:
     edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
     coronal_bend_mm: float = 0.0  # 2D: read half the slices along a random coronal bend of up to this many mm (``sampler``, coronal bend)
     sacral_band_weight: float = 0.0  # verdiff-net, binary-gaps: BCE weight 1 + W under the lowest vertebra (``sampler``, band); 0: none
+    sacral_band_offset: float = 0.0  # with sacral_band_weight: the band starts this many of the vertebra's heights under it (0..1)
     max_timestep: int | None = None  # verdiff-net: draw training timesteps from 0..N only (``objectives.verdiff_net``); None: all
     detach_prior_features: bool = False  # verdiff-net: the diffusion loss stops at the prior's image features (``objectives.verdiff_net``)
     lr: float = 1e-3
@@ -103,7 +104,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "sacral_band_weight", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "sacral_band_weight", "sacral_band_offset", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -258,6 +259,8 @@ class Trainer:
         if options.sacral_band_weight and (options.sacral_band_weight < 0 or run.family != "verdiff-net" or not run.labels.gaps or run.spatial_dims != 2):
             raise ValueError(f"--sacral-band-weight must be 0 or more, on a 2D verdiff-net run with --label-scheme binary-gaps (got {options.sacral_band_weight}, "
                              f"{run.family}, {run.labels.scheme}, {run.spatial_dims}D)")
+        if options.sacral_band_offset and not (options.sacral_band_weight and 0 <= options.sacral_band_offset <= 1):
+            raise ValueError(f"--sacral-band-offset must be 0..1 (of the lowest vertebra's height) and comes with --sacral-band-weight (got {options.sacral_band_offset})")
         cases, self.split = self._cases()
         leaked = sorted(held_out_of(options.init) & set(self.split.get("train", [])))
         if leaked and world.is_main:  # a deliberate final stage may train on all; say so, loudly
@@ -316,7 +319,8 @@ class Trainer:
             sampler = PatchSampler(cases, run.patch_size, options.seed, augmentation, channels, bits)
         else:
             sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.context_mm, bits,
-                                   options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm, options.sacral_band_weight > 0)
+                                   options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm, options.sacral_band_weight > 0,
+                                   options.sacral_band_offset)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler

@@ -9,7 +9,7 @@ import csv
 import dataclasses
 import json
 import math
-import shutil
+import os
 import signal
 import subprocess
 import sys
@@ -138,30 +138,54 @@ def test_a_killed_run_resumes_bit_exactly(tmp_path, data_dir, uninterrupted):
 
 
 def test_a_run_killed_inside_a_checkpoint_write_resumes_bit_exactly(tmp_path, data_dir, uninterrupted):
-    """SIGKILL while ``checkpoint.pt.tmp`` is being written over an earlier complete checkpoint
-    (polled for: the tiny model's write takes milliseconds, so a run may end before it is
-    caught; up to five runs are tried): the half-written file never replaces
-    ``checkpoint.pt``, and ``--resume`` continues bit-exactly from the last complete one."""
+    """SIGKILL while ``checkpoint.pt.tmp`` is being written over an earlier complete checkpoint:
+    the half-written file never replaces ``checkpoint.pt``, and ``--resume`` continues
+    bit-exactly from the last complete one, over the half file a kill leaves behind.
+
+    The tiny model's write takes milliseconds, so polling for it is a race (it failed CI
+    once). Instead, once the first checkpoint is on disk, ``checkpoint.pt.tmp`` is made a
+    named pipe: the run's next write opens it and blocks once the pipe's 64 KiB buffer is
+    full (the checkpoint is ~1.6 MB), the test reads a first part of it and kills the run
+    there, then puts those bytes back as the regular half file a kill mid-write leaves."""
     checkpoint, temporary = tmp_path / "checkpoint.pt", tmp_path / "checkpoint.pt.tmp"
     command = [sys.executable, "-m", "training", "train", "verdiff-mr", "--out", str(tmp_path), "--data", str(data_dir), "--steps", "10", "--checkpoint-every", "1", *TINY_ARGS]
-    for _ in range(5):
-        for leftover in tmp_path.iterdir():  # a fresh run each try
-            if leftover.is_dir():
-                shutil.rmtree(leftover)
-            else:
-                leftover.unlink()
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while process.poll() is None and not (temporary.exists() and checkpoint.exists()):
-            pass
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    try:
+        while not checkpoint.exists():
+            assert process.poll() is None and time.time() < deadline, "the run wrote no first checkpoint"
+            time.sleep(0.005)
+        while True:  # between two writes: no .tmp exists, the pipe can take its name
+            try:
+                os.mkfifo(temporary)
+                break
+            except FileExistsError:
+                assert process.poll() is None and time.time() < deadline, "the run ended before the pipe was made"
+        reader = os.open(temporary, os.O_RDONLY | os.O_NONBLOCK)  # opens without a writer
+        written = b""
+        while len(written) < 4096:
+            assert process.poll() is None and time.time() < deadline, "the run ended outside a checkpoint write"
+            try:
+                written += os.read(reader, 65536)  # b"" until the run opens the pipe
+            except BlockingIOError:
+                pass
+            time.sleep(0.001)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        if process.returncode == -signal.SIGKILL and temporary.exists():
-            break
-    else:
-        pytest.fail("no run was caught inside a checkpoint write in five tries")
+        os.close(reader)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()[-2000:]
+    temporary.unlink()
+    temporary.write_bytes(written)  # what the disk holds after a kill mid-write
+    with pytest.raises(Exception):
+        torch.load(temporary, weights_only=True)
     killed_at = torch.load(checkpoint, weights_only=True)["progress"]["step"]
     assert 1 <= killed_at < 10 and not (tmp_path / "model.pt").exists()
     train(mr_run(), data_dir, tmp_path, tiny_options(steps=10, resume=True, checkpoint_every=1))
+    assert not temporary.exists()
     reference, resumed = load_weights(uninterrupted / "model.pt"), load_weights(tmp_path / "model.pt")
     assert all(torch.equal(reference[k], resumed[k]) for k in reference)
 

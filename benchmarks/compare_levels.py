@@ -40,13 +40,10 @@ def per_case(paths: list[Path]) -> tuple[str, dict[str, dict[str, float]]]:
     modalities = {run["modality"] for run in runs}
     if len(modalities) != 1:
         raise SystemExit(f"the files mix modalities: {sorted(modalities)}")
-    cases = [[row["case"] for row in run["rows"]] for run in runs]
-    if any(sorted(c) != sorted(cases[0]) for c in cases):
+    by_case = [{row["case"]: row["model"] for row in run["rows"]} for run in runs]
+    if any(sorted(scores) != sorted(by_case[0]) for scores in by_case):
         raise SystemExit("the files do not hold the same cases")
-    table = {}
-    for case in cases[0]:
-        rows = [next(row["model"] for row in run["rows"] if row["case"] == case) for run in runs]
-        table[case] = {key: float(np.mean([row[key] for row in rows])) for key in (*MEANS, *COUNTS)}
+    table = {case: {key: float(np.mean([scores[case][key] for scores in by_case])) for key in (*MEANS, *COUNTS)} for case in by_case[0]}
     return modalities.pop(), table
 
 
@@ -68,7 +65,7 @@ def compare(base: dict, candidate: dict, resamples: int = 10_000, seed: int = 0)
             statistic = lambda b, c, v, axis=-1: (np.sum(c, axis=axis) - np.sum(b, axis=axis)) / np.sum(v, axis=axis)  # noqa: E731
             base_value, candidate_value = data[0].sum() / vertebrae.sum(), data[1].sum() / vertebrae.sum()
         result = stats.bootstrap(data, statistic, paired=True, vectorized=True, n_resamples=resamples, method="percentile",
-                                 random_state=np.random.default_rng(seed), bootstrap_result=None)
+                                 rng=np.random.default_rng(seed))
         distribution = result.bootstrap_distribution
         figures[key] = {
             "base": round(float(base_value), 4),

@@ -15,6 +15,8 @@ endplate-tilt        --out DIR [...as level-map]   the X-ray endplate-tilt netwo
 export-endplate-tilt --checkpoint DIR/stepN.pt     the same for it (cards' cobb.tilt_network)
 vertebra-level        --out DIR [...as level-map]  the X-ray vertebra-level network (training/vertebra_level.py)
 export-vertebra-level --checkpoint DIR/stepN.pt    the same for it (cards' naming.level_network)
+vertebra-outline     --out DIR [...as level-map]   the X-ray vertebra-outline network (training/vertebra_outline.py)
+export-vertebra-outline --checkpoint DIR/stepN.pt  the same for it (cards' outline.network)
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
 command runs data-parallel; ``--batch-size`` is per process.
@@ -324,6 +326,7 @@ def main(argv=None) -> None:
         "level-map": ("level_map", "train the X-ray level map that names the vertebrae (training/level_map.py)", 2500, 16),
         "endplate-tilt": ("endplate_tilt", "train the X-ray endplate-tilt network the Cobb angles use (training/endplate_tilt.py)", 3000, 64),
         "vertebra-level": ("vertebra_level", "train the X-ray vertebra-level network that names the pieces (training/vertebra_level.py)", 8000, 64),
+        "vertebra-outline": ("vertebra_outline", "train the X-ray vertebra-outline network that draws each piece's corners (training/vertebra_outline.py)", 6000, 64),
     }
     for command, (module, help_text, default_steps, default_batch) in helper_networks.items():
         m = sub.add_parser(command, help=help_text)

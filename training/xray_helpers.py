@@ -46,13 +46,21 @@ def train_on_split(network: torch.nn.Module, load: Callable, batch_loss: Callabl
 
 def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], validate: Callable[[], dict], out: Path, steps: int, batch_size: int,
         lr: float, seed: int, val_every: int, init: Path | None, command: str | None, training_images: int, print_every: int = 25) -> dict:
-    """Warm-start ``network`` from ``init`` (a state dict; fp16 is read as float32), then
+    """Warm-start ``network`` from ``init`` (a state dict; fp16 is read as float32; a head of
+    another shape is left fresh and the rest must match), then
     AdamW (weight decay 1e-4) with a one-cycle schedule (5 % warm-up) on ``batch_loss()`` (a
     fresh batch of ``batch_size`` each call); every ``val_every`` steps and at the end
     ``validate()`` is appended to the run's log and ``out/stepN.pt`` and ``out/log.json``
     (the settings, ``command`` and the validations) are written. Returns the last validation."""
     if init is not None:
-        network.load_state_dict({k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()})
+        state = {k: v.float() for k, v in torch.load(init, map_location="cpu", weights_only=True).items()}
+        own = network.state_dict()
+        # a sibling helper's weights (same patch stages, another head: the outline network from the
+        # tilt network's) warm-start the features; anything else must match whole
+        head = {k for k in own if k.startswith("head.") and (k not in state or state[k].shape != own[k].shape)}
+        network.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=not head)
+        if head:
+            print(json.dumps({"warm_start": str(init), "fresh": sorted(head)}), flush=True)
     log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,
            "training_images": training_images, "validation": []}
     optimiser = torch.optim.AdamW(network.parameters(), lr=lr, weight_decay=1e-4)

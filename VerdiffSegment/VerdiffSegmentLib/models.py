@@ -90,7 +90,10 @@ the per-vertebra step names the pieces from it where their count names nothing
 Endplate tilts: ``cobb.tilt_network`` (an object: ``weights``, ``sha256``, ``network`` with
 the ``EndplateTiltNetwork`` keywords) names a small network that reads each vertebra's tilt
 from a patch of the radiograph (``endplate_tilt``) for the Cobb angles; loaded and checked
-the same way (``load_tilt_network``). ``cobb.estimate_missing_ends`` (measured on each AP X-ray
+the same way (``load_tilt_network``). Vertebra outlines: ``outline.network`` (the same kind of
+object, ``VertebraOutlineNetwork`` keywords) names a small network that reads each piece's four
+corners from a patch of the radiograph; the named pieces are replaced by their quadrilaterals
+(``vertebra_outline``, ``load_outline_network``). ``cobb.estimate_missing_ends`` (measured on each AP X-ray
 card, session 17: true on verdiff-xray, SMAPE 10.63 -> 10.04 %, and unet-xray, 14.40 -> 14.39 %;
 not on imgx-xray, 14.74 -> 15.15 %, whose names are wrong for 31 % of the vertebrae and a
 placement continues a wrong name; needs the tilt network) places the end vertebrae a segmentation stops short of by the
@@ -237,6 +240,7 @@ class ModelCard:
     extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
     level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
     tilt_network: dict | None = None  # cobb.tilt_network: weights, sha256, network (module docstring)
+    outline_network: dict | None = None  # outline.network: weights, sha256, network (module docstring)
     estimate_missing_ends: bool = False  # cobb.estimate_missing_ends: end vertebrae the segmentation misses placed for the angles (module docstring)
     level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
@@ -397,6 +401,9 @@ def parse_card(data: dict, path: Path) -> ModelCard:
             raise TypeError(f"cobb.estimate_missing_ends must be true or false, got {estimate_missing_ends!r}")
         if estimate_missing_ends and tilt_network is None:
             raise ValueError("cobb.estimate_missing_ends needs cobb.tilt_network (the tilts are read from the picture)")
+        outline_network = (data.get("outline") or {}).get("network")
+        if outline_network is not None:
+            outline_network = _checked_patch_network(outline_network, "outline.network")
         level_network = (data.get("naming") or {}).get("level_network")
         if level_network is not None:
             level_network = _checked_level_network(level_network)
@@ -463,6 +470,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         extra_vertebrae=extra_vertebrae,
         level_map=level_map,
         tilt_network=tilt_network,
+        outline_network=outline_network,
         estimate_missing_ends=estimate_missing_ends,
         level_network=level_network,
         rib_anchor=rib_anchor,
@@ -593,6 +601,17 @@ def load_tilt_network(card: ModelCard, device: str | torch.device = "cpu") -> to
 
     entry = card.tilt_network
     network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the endplate-tilt network of model {card.name}", lambda: EndplateTiltNetwork(entry["network"]["channels"]))
+    return network.to(device).eval()
+
+
+def load_outline_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
+    """The card's vertebra-outline network (``outline.network``), checked like the card's weights; None without one."""
+    if card.outline_network is None:
+        return None
+    from .vertebra_outline import VertebraOutlineNetwork
+
+    entry = card.outline_network
+    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the vertebra-outline network of model {card.name}", lambda: VertebraOutlineNetwork(entry["network"]["channels"]))
     return network.to(device).eval()
 
 

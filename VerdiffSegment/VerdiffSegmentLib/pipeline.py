@@ -54,7 +54,8 @@ from .ribs import RibCounter
 from .endplate_tilt import predict_tilts, vertebra_tilts
 from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
-from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_tilt_network, make_scheduler
+from .vertebra_outline import outline_vertebrae
+from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_outline_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
 from .radiograph import segment_radiograph
@@ -189,8 +190,9 @@ def segment(
     level_map_network = load_level_map(card, torch_device) if per_vertebra else None
     level_network = load_level_network(card, torch_device) if per_vertebra else None
     tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
+    outline_network = load_outline_network(card, torch_device) if per_vertebra else None
     timings["load_model"] = time.perf_counter() - clock
-    networks = (network, level_map_network, level_network, tilt_network)
+    networks = (network, level_map_network, level_network, tilt_network, outline_network)
 
     def run(picture: sitk.Image, scale: float = 1.0) -> SegmentationResult:
         """One pass of the model over ``picture``, whose lengths times ``scale`` are in the
@@ -249,7 +251,7 @@ def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: 
 def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:
     """``segment`` after its checks and loading: one pass of the model over ``image`` on
     ``card``'s grid."""
-    network, level_map_network, level_network, tilt_network = networks
+    network, level_map_network, level_network, tilt_network, outline_network = networks
     timings = {}
     volumetric = card.spatial_dims == 3
 
@@ -291,6 +293,12 @@ def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_de
             if foreground is not None:
                 foreground = sitk.Mask(foreground, sitk.Cast(named > 0, sitk.sitkUInt8))
         labels = named
+        if outline_network is not None and picture is not None and label_info:  # the pieces' corners read from the picture (vertebra_outline.py)
+            outlined, replaced = outline_vertebrae(outline_network, picture, sitk.GetArrayViewFromImage(labels), [int(s["value"]) for s in label_info])
+            outlined = sitk.Cast(sitk.GetImageFromArray(outlined), labels.GetPixelID())
+            outlined.CopyInformation(labels)
+            labels = outlined
+            measurements["vertebrae_outlined"] = len(replaced)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
             tilts, estimated, range_levels = None, None, card_levels(card)

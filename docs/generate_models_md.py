@@ -105,6 +105,13 @@ def main() -> None:
                 f"- Endplate-tilt network (the Cobb angles' tilts): `{tilt_network['weights']}`, sha256 `{tilt_network['sha256']}`; "
                 f"on held-out truth vertebrae: tilt error {tv['tilt_mean_abs_error_deg']}° (mean), Cobb SMAPE {tv['cobb_smape_on_truth_vertebrae_percent']} %"
             )
+        outline_network = (c.get("outline") or {}).get("network")
+        if outline_network:
+            ov = outline_network["validation"]
+            out.append(
+                f"- Vertebra-outline network (each named piece completed with its quadrilateral): `{outline_network['weights']}`, sha256 `{outline_network['sha256']}`; "
+                f"on held-out truth vertebrae: corner error {ov['corner_mean_error_widths']} widths (mean), quadrilateral Dice {ov['quadrilateral_dice_mean']}"
+            )
         out += [f"- Seconds per case at defaults on the 2-core CPU (other jobs may have run): {v.get('seconds_per_case')}", f"- Weights: `{c['weights']}`, sha256 `{c['sha256']}`", ""]
     out += [
         "## Caveats",

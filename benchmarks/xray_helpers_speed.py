@@ -1,6 +1,8 @@
 """Seconds the X-ray helper networks add to a run, printed as JSON: loading (with the sha256
-check) and predicting the level map (``level_map``) and the endplate tilts of 17 vertebrae
-(``endplate_tilt``) on a held-out AASCE radiograph, the median of ``--repeats`` runs.
+check) and predicting the level map (``level_map``), the endplate tilts of 17 vertebrae
+(``endplate_tilt``) and completing 17 pieces (the truth quadrilaterals) with their outline
+network's quadrilaterals (``vertebra_outline``) on a held-out AASCE radiograph, the median of
+``--repeats`` runs.
 
 Usage: python benchmarks/xray_helpers_speed.py [--threads N] [--repeats R]
 """
@@ -23,7 +25,9 @@ sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 from VerdiffSegmentLib.endplate_tilt import predict_tilts  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.level_map import predict_level_map  # noqa: E402
-from VerdiffSegmentLib.models import get_card, load_level_map, load_tilt_network  # noqa: E402
+from VerdiffSegmentLib.models import get_card, load_level_map, load_outline_network, load_tilt_network  # noqa: E402
+from VerdiffSegmentLib.vertebra_outline import outline_vertebrae  # noqa: E402
+from training.datasets import aasce_mask  # noqa: E402
 from training.endplate_tilt import vertebrae_of  # noqa: E402
 from training.xray_helpers import bundled_card, validation_items  # noqa: E402
 
@@ -48,7 +52,8 @@ def main(argv=None) -> None:
     image_path, mat = validation_items(args.data, bundled_card())[0]
     picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
     centres, widths, _ = vertebrae_of(mat)
-    level_network, tilt_network = load_level_map(card), load_tilt_network(card)
+    level_network, tilt_network, outline_network = load_level_map(card), load_tilt_network(card), load_outline_network(card)
+    pieces = sitk.GetArrayFromImage(aasce_mask(read_image(image_path), mat))
     print(json.dumps({
         "image": image_path.name,
         "shape": list(picture.shape),
@@ -57,6 +62,8 @@ def main(argv=None) -> None:
         "level_map_predict_s": median_seconds(lambda: predict_level_map(level_network, picture), args.repeats),
         "tilt_network_load_s": median_seconds(lambda: load_tilt_network(card), args.repeats),
         "tilts_17_vertebrae_s": median_seconds(lambda: predict_tilts(tilt_network, picture, centres, widths), args.repeats),
+        "outline_network_load_s": median_seconds(lambda: load_outline_network(card), args.repeats),
+        "outline_17_pieces_s": median_seconds(lambda: outline_vertebrae(outline_network, picture, pieces, list(range(1, 18))), args.repeats),
     }, indent=1))
 
 

@@ -212,3 +212,10 @@ def test_pipeline_refuses_a_missing_outline_network_before_sampling(tmp_path):
     with pytest.raises(VerdiffError, match="vertebra-outline network of model verdiff-xray not found"):
         segment(read_image(xray_image()), card, device="cpu", progress=lambda *stage: stages.append(stage))
     assert stages == []  # refused before any slice was sampled
+
+
+def test_a_warm_start_from_weights_of_another_network_is_refused(tmp_path):
+    """Only a head of another shape may differ (the tilt network's features start the outline
+    network); the level map's weights share no stages with it and are refused, not half-loaded."""
+    with pytest.raises(ValueError, match="does not hold this network's features"):
+        training_outline.train(DATA, tmp_path / "run", steps=1, batch_size=2, val_every=1, limit=1, init=MODELS / "level-map-xray.pt")

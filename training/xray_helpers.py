@@ -58,7 +58,10 @@ def fit(network: torch.nn.Module, batch_loss: Callable[[], torch.Tensor], valida
         # a sibling helper's weights (same patch stages, another head: the outline network from the
         # tilt network's) warm-start the features; anything else must match whole
         head = {k for k in own if k.startswith("head.") and (k not in state or state[k].shape != own[k].shape)}
-        network.load_state_dict({k: v for k, v in state.items() if k not in head}, strict=not head)
+        features = {k: v for k, v in state.items() if k in own and k not in head}
+        if head and (set(own) - head != set(features) or any(v.shape != own[k].shape for k, v in features.items())):
+            raise ValueError(f"{init} does not hold this network's features (only a head of another shape may differ)")
+        network.load_state_dict(features if head else state, strict=not head)
         if head:
             print(json.dumps({"warm_start": str(init), "fresh": sorted(head)}), flush=True)
     log = {"command": command, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "init": str(init) if init else None,

@@ -293,12 +293,12 @@ def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_de
             if foreground is not None:
                 foreground = sitk.Mask(foreground, sitk.Cast(named > 0, sitk.sitkUInt8))
         labels = named
-        if outline_network is not None and picture is not None and label_info:  # the pieces' corners read from the picture (vertebra_outline.py)
-            outlined, replaced = outline_vertebrae(outline_network, picture, sitk.GetArrayViewFromImage(labels), [int(s["value"]) for s in label_info])
+        if outline_network is not None and picture is not None and label_info:  # each piece completed with the quadrilateral of its corners read from the picture (vertebra_outline.py)
+            outlined, completed = outline_vertebrae(outline_network, picture, sitk.GetArrayViewFromImage(labels), [int(s["value"]) for s in label_info])
             outlined = sitk.Cast(sitk.GetImageFromArray(outlined), labels.GetPixelID())
             outlined.CopyInformation(labels)
             labels = outlined
-            measurements["vertebrae_outlined"] = len(replaced)
+            measurements["vertebrae_outlined"] = len(completed)
         vertebra_count_check(reliability, len(label_info), len(card_levels(card) or ()), card.min_vertebrae_share)
         if card.modality == "XR":  # angles, end vertebrae, their tilts (the tilt network's where the card has one, else the gaps)
             tilts, estimated, range_levels = None, None, card_levels(card)

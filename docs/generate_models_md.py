@@ -85,33 +85,20 @@ def main() -> None:
             cobb = f", Cobb SMAPE {v['cobb_smape_percent']} %" if v.get("cobb_smape_percent") is not None else ""
             where = "on training data (not validation)" if v.get("trained_on_only") else "held out"
             out.append(f"- Per vertebra, {where}: level Dice {v['level_dice_mean']}, named with the right level {v['correctly_named_share']:.1%}{cobb}")
-        level_network = (c.get("naming") or {}).get("level_network")
-        if level_network:
-            lv = level_network["validation"]
-            out.append(
-                f"- Vertebra-level network (names the pieces where their count cannot): `{level_network['weights']}`, sha256 `{level_network['sha256']}`; "
-                f"held-out truth vertebrae by their chain alone: {lv['named_right']:.1%} named right, {lv['named_wrong']:.1%} wrong"
-            )
-        level_map = (c.get("naming") or {}).get("level_map")
-        if level_map:
-            out.append(
-                f"- Level map (names the vertebrae the count and the level network leave unnamed): `{level_map['weights']}`, sha256 `{level_map['sha256']}`; "
-                f"held-out vertebrae named right by the map alone: {level_map['validation']['named_right']:.1%}"
-            )
-        tilt_network = (c.get("cobb") or {}).get("tilt_network")
-        if tilt_network:
-            tv = tilt_network["validation"]
-            out.append(
-                f"- Endplate-tilt network (the Cobb angles' tilts): `{tilt_network['weights']}`, sha256 `{tilt_network['sha256']}`; "
-                f"on held-out truth vertebrae: tilt error {tv['tilt_mean_abs_error_deg']}° (mean), Cobb SMAPE {tv['cobb_smape_on_truth_vertebrae_percent']} %"
-            )
-        outline_network = (c.get("outline") or {}).get("network")
-        if outline_network:
-            ov = outline_network["validation"]
-            out.append(
-                f"- Vertebra-outline network (each named piece completed with its quadrilateral): `{outline_network['weights']}`, sha256 `{outline_network['sha256']}`; "
-                f"on held-out truth vertebrae: corner error {ov['corner_mean_error_widths']} widths (mean), quadrilateral Dice {ov['quadrilateral_dice_mean']}"
-            )
+        helpers = [  # (where the card names it, what it does, its held-out figures)
+            (("naming", "level_network"), "Vertebra-level network (names the pieces where their count cannot)",
+             lambda f: f"held-out truth vertebrae by their chain alone: {f['named_right']:.1%} named right, {f['named_wrong']:.1%} wrong"),
+            (("naming", "level_map"), "Level map (names the vertebrae the count and the level network leave unnamed)",
+             lambda f: f"held-out vertebrae named right by the map alone: {f['named_right']:.1%}"),
+            (("cobb", "tilt_network"), "Endplate-tilt network (the Cobb angles' tilts)",
+             lambda f: f"on held-out truth vertebrae: tilt error {f['tilt_mean_abs_error_deg']}° (mean), Cobb SMAPE {f['cobb_smape_on_truth_vertebrae_percent']} %"),
+            (("outline", "network"), "Vertebra-outline network (each named piece completed with its quadrilateral)",
+             lambda f: f"on held-out truth vertebrae: corner error {f['corner_mean_error_widths']} widths (mean), quadrilateral Dice {f['quadrilateral_dice_mean']}"),
+        ]
+        for (section, key), label, figures in helpers:
+            helper = (c.get(section) or {}).get(key)
+            if helper:
+                out.append(f"- {label}: `{helper['weights']}`, sha256 `{helper['sha256']}`; {figures(helper['validation'])}")
         out += [f"- Seconds per case at defaults on the 2-core CPU (other jobs may have run): {v.get('seconds_per_case')}", f"- Weights: `{c['weights']}`, sha256 `{c['sha256']}`", ""]
     out += [
         "## Caveats",

@@ -566,16 +566,23 @@ def _load_checked(path: Path, sha256: str, what: str, build) -> torch.nn.Module:
     return network
 
 
+def _load_helper(card: ModelCard, entry: dict | None, what: str, build, device) -> torch.nn.Module | None:
+    """A helper network the card names in ``entry`` (weights, sha256, network), checked like the
+    card's weights (``_load_checked``) and built by ``build(entry["network"])``; None without one."""
+    if entry is None:
+        return None
+    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the {what} of model {card.name}", lambda: build(entry["network"]))
+    return network.to(device).eval()
+
+
 def load_level_map(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
     """The card's level-map network (``naming.level_map``), checked like the card's weights; None without one."""
-    if card.level_map is None:
-        return None
     from .networks import UNetBaseline
 
-    entry = card.level_map
-    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the level map of model {card.name}", lambda: UNetBaseline(1, 1, entry["network"]["channels"]))
-    network.box = tuple(entry["box"])
-    return network.to(device).eval()
+    network = _load_helper(card, card.level_map, "level map", lambda entry: UNetBaseline(1, 1, entry["channels"]), device)
+    if network is not None:
+        network.box = tuple(card.level_map["box"])
+    return network
 
 
 def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
@@ -595,34 +602,20 @@ def make_scheduler(card: ModelCard):
 
 def load_tilt_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
     """The card's endplate-tilt network (``cobb.tilt_network``), checked like the card's weights; None without one."""
-    if card.tilt_network is None:
-        return None
     from .endplate_tilt import EndplateTiltNetwork
 
-    entry = card.tilt_network
-    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the endplate-tilt network of model {card.name}", lambda: EndplateTiltNetwork(entry["network"]["channels"]))
-    return network.to(device).eval()
+    return _load_helper(card, card.tilt_network, "endplate-tilt network", lambda entry: EndplateTiltNetwork(entry["channels"]), device)
 
 
 def load_outline_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
     """The card's vertebra-outline network (``outline.network``), checked like the card's weights; None without one."""
-    if card.outline_network is None:
-        return None
     from .vertebra_outline import VertebraOutlineNetwork
 
-    entry = card.outline_network
-    network = _load_checked(card.path.parent / entry["weights"], entry["sha256"], f"the vertebra-outline network of model {card.name}", lambda: VertebraOutlineNetwork(entry["network"]["channels"]))
-    return network.to(device).eval()
+    return _load_helper(card, card.outline_network, "vertebra-outline network", lambda entry: VertebraOutlineNetwork(entry["channels"]), device)
 
 
 def load_level_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
     """The card's vertebra-level network (``naming.level_network``), checked like the card's weights; None without one."""
-    if card.level_network is None:
-        return None
     from .vertebra_level import VertebraLevelNetwork
 
-    entry = card.level_network
-    network = _load_checked(
-        card.path.parent / entry["weights"], entry["sha256"], f"the vertebra-level network of model {card.name}", lambda: VertebraLevelNetwork(**entry["network"])
-    )
-    return network.to(device).eval()
+    return _load_helper(card, card.level_network, "vertebra-level network", lambda entry: VertebraLevelNetwork(**entry), device)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -42,6 +43,36 @@ def pytest_unconfigure(config):
     folder = getattr(config, "_verdiff_temporary_folder", None)
     if folder:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def copy_models(folder: Path, names=None) -> Path:
+    """A scratch models folder a test may change: ``folder`` with the bundled models' files
+    copied into it, all of them (``names`` None) or those named; a name without a suffix is a
+    card, its .json and .pt both."""
+    if names is None:
+        shutil.copytree(MODELS, folder)
+        return folder
+    folder.mkdir(parents=True)
+    for name in names:
+        for file in [name] if Path(name).suffix else [f"{name}.json", f"{name}.pt"]:
+            shutil.copy(MODELS / file, folder / file)
+    return folder
+
+
+def drop_from_card(folder: Path, name: str, key: str) -> None:
+    """The card ``name`` in a scratch models folder without its entry ``key`` (e.g. the
+    X-ray card without its outline network: the pipeline as it was before that step)."""
+    path = folder / f"{name}.json"
+    card = json.loads(path.read_text())
+    del card[key]
+    path.write_text(json.dumps(card))
+
+
+def flip_a_byte(path: Path) -> None:
+    """Tamper with a file: its middle byte inverted (same size, another sha256)."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
 
 
 def xray_image() -> Path:

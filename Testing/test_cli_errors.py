@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from conftest import MODELS, MR_IMAGE
+from conftest import MR_IMAGE, copy_models, flip_a_byte
 
 
 def run_verdiff(*args, env_models: Path | None = None):
@@ -98,12 +97,8 @@ def test_constant_image(outdir, tmp_path):
 
 
 def test_tampered_weights_leave_existing_outdir_unchanged(outdir, tmp_path):
-    models = tmp_path / "models"
-    shutil.copytree(MODELS, models)
-    weights = models / "verdiff-mr.pt"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    models = copy_models(tmp_path / "models")
+    flip_a_byte(models / "verdiff-mr.pt")
     path = tmp_path / "mr.nii.gz"
     sitk.WriteImage(mr_small(), str(path))
     outdir.mkdir()

@@ -6,7 +6,6 @@ radiographs, its use by the pipeline's Cobb angles, and tampered or missing weig
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-from conftest import DATA, MODELS, xray_image  # noqa: E402
+from conftest import DATA, MODELS, copy_models, flip_a_byte, xray_image  # noqa: E402
 from VerdiffSegmentLib import endplate_tilt  # noqa: E402
 from VerdiffSegmentLib.endplate_tilt import PATCH, SPAN, at_patch_scale, patches, tilt_in_patch  # noqa: E402
 from VerdiffSegmentLib.vertebra_patches import piece_geometry  # noqa: E402
@@ -130,11 +129,7 @@ def test_segment_measures_cobb_tilts_with_the_network():
 def test_training_steps_and_export_into_the_xray_cards(tmp_path):
     """Real training steps on real radiographs, then export into a copy of the bundled cards:
     every X-ray card names the new network, its sha256 checks, and a changed byte is refused."""
-    models = tmp_path / "models"
-    models.mkdir()
-    for card in ("verdiff-xray", "unet-xray"):
-        for suffix in (".json", ".pt"):
-            shutil.copy(MODELS / f"{card}{suffix}", models / f"{card}{suffix}")
+    models = copy_models(tmp_path / "models", ["verdiff-xray", "unet-xray"])
     result = training_tilt.train(DATA, tmp_path / "run", steps=3, batch_size=4, val_every=3, limit=3)
     assert result["step"] == 3 and result["vertebrae"] == 3 * 17
     entry = training_tilt.export(tmp_path / "run" / "step3.pt", models, DATA, tmp_path / "run" / "log.json")
@@ -144,10 +139,7 @@ def test_training_steps_and_export_into_the_xray_cards(tmp_path):
         assert card.tilt_network["sha256"] == entry["sha256"]
         tilts = endplate_tilt.predict_tilts(load_tilt_network(card), np.zeros((300, 200), np.float32), np.array([[150.0, 100.0]]), np.array([60.0]))
         assert tilts.shape == (1,) and np.isfinite(tilts).all()
-    weights = models / training_tilt.WEIGHTS
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_a_byte(models / training_tilt.WEIGHTS)
     with pytest.raises(VerdiffError, match="endplate-tilt network of model verdiff-xray do not match the sha256"):
         load_tilt_network(get_card("verdiff-xray", models))
 
@@ -176,10 +168,7 @@ def test_pipeline_refuses_a_missing_tilt_network_before_sampling(tmp_path):
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.pipeline import segment
 
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in ("verdiff-xray.json", "verdiff-xray.pt", "level-map-xray.pt", "vertebra-level-xray.pt"):  # all but the tilt network
-        shutil.copy(MODELS / name, models / name)
+    models = copy_models(tmp_path / "models", ["verdiff-xray", "level-map-xray.pt", "vertebra-level-xray.pt"])  # all but the tilt network
     card = get_card("verdiff-xray", models)
     stages = []
     with pytest.raises(VerdiffError, match="endplate-tilt network of model verdiff-xray not found"):

@@ -5,7 +5,6 @@ export into a card, the bundled map's accuracy on held-out radiographs, and tamp
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-from conftest import DATA, MODELS, xray_image  # noqa: E402
+from conftest import DATA, MODELS, copy_models, flip_a_byte, xray_image  # noqa: E402
 from VerdiffSegmentLib.errors import VerdiffError  # noqa: E402
 from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_level_map, read_back  # noqa: E402
 from VerdiffSegmentLib.levels import levels_from_coordinates  # noqa: E402
@@ -165,11 +164,7 @@ def test_segment_loads_the_level_map_and_keeps_names_in_order():
 def test_training_steps_and_export_into_the_xray_cards(tmp_path):
     """Real training steps on real radiographs, then export into a copy of the bundled cards:
     every X-ray card names the new map, its sha256 checks, and a changed byte is refused."""
-    models = tmp_path / "models"
-    models.mkdir()
-    for card in ("verdiff-xray", "unet-xray"):
-        for suffix in (".json", ".pt"):
-            shutil.copy(MODELS / f"{card}{suffix}", models / f"{card}{suffix}")
+    models = copy_models(tmp_path / "models", ["verdiff-xray", "unet-xray"])
     result = level_map.train(DATA, tmp_path / "run", steps=3, batch_size=2, val_every=3, limit=3)
     assert result["step"] == 3 and result["vertebrae"] == 3 * 17
     log = json.loads((tmp_path / "run" / "log.json").read_text())
@@ -180,10 +175,7 @@ def test_training_steps_and_export_into_the_xray_cards(tmp_path):
         assert card.level_map["sha256"] == entry["sha256"]
         network = load_level_map(card)
         assert predict_level_map(network, np.zeros((200, 80), np.float32)).shape == (200, 80)
-    weights = models / level_map.WEIGHTS
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_a_byte(models / level_map.WEIGHTS)
     with pytest.raises(VerdiffError, match="level map of model verdiff-xray do not match the sha256"):
         load_level_map(get_card("verdiff-xray", models))
 
@@ -204,10 +196,7 @@ def test_pipeline_refuses_a_missing_level_map_before_sampling(tmp_path):
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.pipeline import segment
 
-    models = tmp_path / "models"
-    models.mkdir()
-    for suffix in (".json", ".pt"):
-        shutil.copy(MODELS / f"verdiff-xray{suffix}", models / f"verdiff-xray{suffix}")
+    models = copy_models(tmp_path / "models", ["verdiff-xray"])
     card = get_card("verdiff-xray", models)
     stages = []
     with pytest.raises(VerdiffError, match="level map of model verdiff-xray not found"):

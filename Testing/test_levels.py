@@ -466,20 +466,17 @@ def xray_run(tmp_path_factory):
 def test_union_of_vertebrae_is_the_binary_result_but_for_the_vertebrae_left_out(tmp_path):
     """Before the outline network completes the pieces (``vertebra_outline``; its own test shows
     the pipeline's labels are these pieces completed), their union is the model's binary result."""
-    import shutil
 
     import torch
 
     from VerdiffSegmentLib.io import read_image
     from VerdiffSegmentLib.pipeline import segment
-    from conftest import MODELS, xray_image
+    from conftest import copy_models, drop_from_card, xray_image
 
     torch.set_num_threads(1)
-    shutil.copytree(MODELS, tmp_path / "models")
-    raw = json.loads((tmp_path / "models" / "verdiff-xray.json").read_text())
-    del raw["outline"]
-    (tmp_path / "models" / "verdiff-xray.json").write_text(json.dumps(raw))
-    card = get_card("verdiff-xray", tmp_path / "models")
+    models = copy_models(tmp_path / "models")
+    drop_from_card(models, "verdiff-xray", "outline")
+    card = get_card("verdiff-xray", models)
     image = read_image(xray_image())
     binary = segment(image, card, device="cpu", per_vertebra=False)
     per_vertebra = segment(image, card, device="cpu", keep_probability=True)

@@ -15,7 +15,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-from conftest import DATA, MODELS  # noqa: E402
+from conftest import DATA, MODELS, copy_models, flip_a_byte  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
 from VerdiffSegmentLib.levels import levels_from_log_probabilities  # noqa: E402
 from VerdiffSegmentLib.models import sha256_of  # noqa: E402
@@ -102,7 +102,6 @@ def test_a_real_training_step_writes_a_checkpoint_and_a_validation(tmp_path):
 def test_tampered_level_network_weights_stop_the_run_before_sampling(tmp_path):
     """A changed byte in the vertebra-level weights: one clear error from ``segment``, before
     the model samples anything (the helper networks load with the card's own)."""
-    import shutil
 
     import pytest
 
@@ -113,16 +112,11 @@ def test_tampered_level_network_weights_stop_the_run_before_sampling(tmp_path):
 
     card = json.loads((MODELS / "verdiff-xray.json").read_text())
     helpers = [card["weights"], card["naming"]["level_map"]["weights"], card["naming"]["level_network"]["weights"], card["cobb"]["tilt_network"]["weights"]]
-    shutil.copy(MODELS / "verdiff-xray.json", tmp_path)
-    for name in helpers:
-        shutil.copy(MODELS / name, tmp_path)
-    weights = tmp_path / card["naming"]["level_network"]["weights"]
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    copy_models(tmp_path / "models", ["verdiff-xray.json", *helpers])
+    flip_a_byte(tmp_path / "models" / card["naming"]["level_network"]["weights"])
     progress = []
     with pytest.raises(VerdiffError, match="vertebra-level network of model verdiff-xray do not match the sha256"):
-        segment(read_image(xray_image()), get_card("verdiff-xray", tmp_path), device="cpu", progress=lambda *a: progress.append(a))
+        segment(read_image(xray_image()), get_card("verdiff-xray", tmp_path / "models"), device="cpu", progress=lambda *a: progress.append(a))
     assert progress == []  # nothing sampled
 
 

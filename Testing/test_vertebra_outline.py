@@ -7,7 +7,6 @@ training steps and export into the X-ray cards, and tampered, missing or malform
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +18,7 @@ from scipy import ndimage as ndi
 REPO = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO / "VerdiffSegment"), str(REPO)]
 
-from conftest import DATA, MODELS, xray_image  # noqa: E402
+from conftest import DATA, MODELS, copy_models, drop_from_card, flip_a_byte, xray_image  # noqa: E402
 from VerdiffSegmentLib import vertebra_outline  # noqa: E402
 from VerdiffSegmentLib.errors import VerdiffError  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
@@ -149,11 +148,8 @@ def test_segment_completes_the_named_pieces(tmp_path):
     image = read_image(xray_image())
     card = get_card("verdiff-xray")
     result = segment(image, card, device="cpu")
-    models = tmp_path / "models"
-    shutil.copytree(MODELS, models)
-    raw = json.loads((models / "verdiff-xray.json").read_text())
-    del raw["outline"]
-    (models / "verdiff-xray.json").write_text(json.dumps(raw))
+    models = copy_models(tmp_path / "models")
+    drop_from_card(models, "verdiff-xray", "outline")
     plain = segment(image, get_card("verdiff-xray", models), device="cpu")
     assert [s.get("level") for s in result.segments] == [s.get("level") for s in plain.segments]
     assert "vertebrae_outlined" not in plain.measurements
@@ -170,11 +166,7 @@ def test_training_steps_and_export_into_the_xray_cards(tmp_path):
     """Real training steps on real radiographs, warm-started from the tilt network's features,
     then export into a copy of the bundled cards: every X-ray card names the new network, its
     sha256 checks, and a changed byte is refused."""
-    models = tmp_path / "models"
-    models.mkdir()
-    for card in ("verdiff-xray", "unet-xray"):
-        for suffix in (".json", ".pt"):
-            shutil.copy(MODELS / f"{card}{suffix}", models / f"{card}{suffix}")
+    models = copy_models(tmp_path / "models", ["verdiff-xray", "unet-xray"])
     result = training_outline.train(DATA, tmp_path / "run", steps=3, batch_size=4, val_every=3, limit=3, init=MODELS / "endplate-tilt-xray.pt")
     assert result["step"] == 3 and result["vertebrae"] == 3 * 17
     entry = training_outline.export(tmp_path / "run" / "step3.pt", models, DATA, tmp_path / "run" / "log.json")
@@ -184,10 +176,7 @@ def test_training_steps_and_export_into_the_xray_cards(tmp_path):
         assert card.outline_network["sha256"] == entry["sha256"]
         corners = vertebra_outline.predict_corners(load_outline_network(card), np.zeros((300, 200), np.float32), np.array([[150.0, 100.0]]), np.array([60.0]))
         assert corners.shape == (1, 4, 2) and np.isfinite(corners).all()
-    weights = models / training_outline.WEIGHTS
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    weights.write_bytes(bytes(data))
+    flip_a_byte(models / training_outline.WEIGHTS)
     with pytest.raises(VerdiffError, match="vertebra-outline network of model verdiff-xray do not match the sha256"):
         load_outline_network(get_card("verdiff-xray", models))
 
@@ -203,10 +192,7 @@ def test_a_malformed_outline_entry_is_a_card_error(tmp_path):
 def test_pipeline_refuses_a_missing_outline_network_before_sampling(tmp_path):
     from VerdiffSegmentLib.pipeline import segment
 
-    models = tmp_path / "models"
-    models.mkdir()
-    for name in ("verdiff-xray.json", "verdiff-xray.pt", "level-map-xray.pt", "vertebra-level-xray.pt", "endplate-tilt-xray.pt"):  # all but the outline network
-        shutil.copy(MODELS / name, models / name)
+    models = copy_models(tmp_path / "models", ["verdiff-xray", "level-map-xray.pt", "vertebra-level-xray.pt", "endplate-tilt-xray.pt"])  # all but the outline network
     card = get_card("verdiff-xray", models)
     stages = []
     with pytest.raises(VerdiffError, match="vertebra-outline network of model verdiff-xray not found"):

@@ -31,8 +31,8 @@ from VerdiffSegmentLib.cobb import cobb_from_landmarks, cobb_from_vertebrae, sma
 from VerdiffSegmentLib.endplate_tilt import CENTRE_JITTER, TILT_UNIT_DEG, WIDTH_JITTER, EndplateTiltNetwork, at_patch_scale, patches, predict_tilts, tilt_in_patch
 from VerdiffSegmentLib.io import read_image
 
-from .datasets import aasce_cases, read_landmarks
-from .xray_helpers import export_into_xray_cards, train_on_split
+from .datasets import read_landmarks
+from .xray_helpers import PatchHelper, named_radiographs
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.1  # in TILT_UNIT_DEG: quadratic below one degree
@@ -62,10 +62,7 @@ def vertebrae_of(mat: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def load_samples(root: Path, names: set[str]):
     """[(picture float32 at patch scale, centres, widths, tilts)] per named radiograph."""
     out = []
-    for name, image_path, mat in aasce_cases(root, usable_only=True):
-        if name not in names:
-            continue
-        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
+    for picture, mat in named_radiographs(root, names):
         centres, widths, tilts = vertebrae_of(mat)
         out.append((*at_patch_scale(picture, centres, widths), tilts))
     return out
@@ -117,28 +114,10 @@ def evaluate(network, items) -> dict:
     }
 
 
-def train(data_root: Path, out: Path, steps: int = 3000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, val_every: int = 500,
-          init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
-    """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
-    validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
-    ``out/log.json`` and returns the last validation (``xray_helpers.train_on_split``)."""
-    network = EndplateTiltNetwork()
-
-    def batch_loss(samples, rng) -> torch.Tensor:
-        images, targets = draw(samples, rng, batch_size)
-        return F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
-
-    return train_on_split(network, load_samples, batch_loss, evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit, command, print_every=50)
-
-
-def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
-    """Write ``checkpoint``'s weights (fp16) as ``models_dir/endplate-tilt-xray.pt``, validate
-    them on the card split's validation images, and set ``cobb.tilt_network`` in every X-ray
-    card there (``xray_helpers.export_into_xray_cards``)."""
-    network = EndplateTiltNetwork()
-    return export_into_xray_cards(
-        checkpoint, models_dir, data_root, run_log, WEIGHTS, network, evaluate, ("cobb", "tilt_network"),
-        {"network": {"channels": list(network.channels)},
-         "what": "each vertebra's endplate tilt from a patch of the radiograph around it (VerdiffSegmentLib/endplate_tilt.py); the Cobb angles' tilts"},
-        "the card's validation images (truth landmark centres and widths)",
-    )
+TILT = PatchHelper(
+    network=EndplateTiltNetwork, load_samples=load_samples, draw=draw, loss=lambda outputs, targets: F.smooth_l1_loss(outputs, targets, beta=L1_BETA),
+    evaluate=evaluate, weights=WEIGHTS, place=("cobb", "tilt_network"),
+    what="each vertebra's endplate tilt from a patch of the radiograph around it (VerdiffSegmentLib/endplate_tilt.py); the Cobb angles' tilts",
+    split_note="the card's validation images (truth landmark centres and widths)",
+)
+train, export = TILT.train, TILT.export

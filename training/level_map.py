@@ -34,8 +34,8 @@ from VerdiffSegmentLib.io import read_image
 from VerdiffSegmentLib.level_map import BOX, fit_geometry, fit_to_box, predict_level_map
 from VerdiffSegmentLib.networks import UNetBaseline
 
-from .datasets import aasce_cases, aasce_mask, read_landmarks
-from .xray_helpers import export_into_xray_cards, train_on_split
+from .datasets import aasce_mask, read_landmarks
+from .xray_helpers import export_into_xray_cards, named_radiographs, train_on_split
 
 BAND = 0.75  # vertebra widths either side of the centre line
 OUTSIDE_WEIGHT = 0.05
@@ -76,10 +76,7 @@ def coordinate_target(centres: np.ndarray, widths: np.ndarray, shape) -> tuple[n
 def load_pictures(root: Path, names: set[str]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """(picture float32 [STORE_ROWS, cols] normalised 0..1 by fit_to_box's rule, centres, widths) per named image."""
     out = []
-    for name, image_path, mat in aasce_cases(root, usable_only=True):
-        if name not in names:
-            continue
-        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)  # as inference reads it
+    for picture, mat in named_radiographs(root, names):
         centres, widths = vertebra_centres(mat)
         scale = STORE_ROWS / picture.shape[0]
         cols = max(8, round(picture.shape[1] * scale))

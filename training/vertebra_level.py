@@ -32,9 +32,8 @@ from VerdiffSegmentLib.levels import levels_from_log_probabilities
 from VerdiffSegmentLib.vertebra_level import LEVEL_PATCH, LEVELS, VertebraLevelNetwork, level_log_probabilities
 from VerdiffSegmentLib.vertebra_patches import at_scale, patches
 
-from .datasets import aasce_cases
 from .endplate_tilt import vertebrae_of
-from .xray_helpers import export_into_xray_cards, train_on_split
+from .xray_helpers import PatchHelper, named_radiographs
 
 CENTRE_JITTER = 0.2  # widths, each way
 WIDTH_JITTER = (0.8, 1.25)
@@ -53,10 +52,7 @@ def extended_vertebrae(mat: Path) -> tuple[np.ndarray, np.ndarray]:
 def load_samples(root: Path, names: set[str]):
     """[(picture float32 at patch scale, centres [19], widths [19], the indices of ``LEVELS`` inside the picture)] per named radiograph."""
     out = []
-    for name, image_path, mat in aasce_cases(root, usable_only=True):
-        if name not in names:
-            continue
-        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
+    for picture, mat in named_radiographs(root, names):
         picture, centres, widths = at_scale(picture, *extended_vertebrae(mat), LEVEL_PATCH)
         inside = [k for k, (row, col) in enumerate(centres) if 0 <= row < picture.shape[0] and 0 <= col < picture.shape[1]]
         out.append((picture, centres, widths, inside))
@@ -107,28 +103,12 @@ def evaluate(network, items) -> dict:
     }
 
 
-def train(data_root: Path, out: Path, steps: int = 8000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, val_every: int = 1000,
-          init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
-    """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
-    validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
-    ``out/log.json`` and returns the last validation (``xray_helpers.train_on_split``)."""
-    network = VertebraLevelNetwork()
-
-    def batch_loss(samples, rng) -> torch.Tensor:
-        images, targets = draw(samples, rng, batch_size)
-        return F.cross_entropy(network(images), targets, label_smoothing=LABEL_SMOOTHING)
-
-    return train_on_split(network, load_samples, batch_loss, evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit, command, print_every=50)
-
-
-def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
-    """Write ``checkpoint``'s weights (fp16) as ``models_dir/vertebra-level-xray.pt``, validate
-    them on the card split's validation images, and set ``naming.level_network`` in every X-ray
-    card there (``xray_helpers.export_into_xray_cards``)."""
-    network = VertebraLevelNetwork()
-    return export_into_xray_cards(
-        checkpoint, models_dir, data_root, run_log, WEIGHTS, network, evaluate, ("naming", "level_network"),
-        {"network": {"channels": list(network.channels), "levels": list(network.levels)},
-         "what": "each vertebra's level (C7, T1..L5, S1) from a patch of the radiograph around it (VerdiffSegment/VerdiffSegmentLib/vertebra_level.py); names the pieces"},
-        "the card's validation images (truth landmark centres and widths)",
-    )
+LEVEL = PatchHelper(
+    network=VertebraLevelNetwork, load_samples=load_samples, draw=draw,
+    loss=lambda outputs, targets: F.cross_entropy(outputs, targets, label_smoothing=LABEL_SMOOTHING),
+    evaluate=evaluate, weights=WEIGHTS, place=("naming", "level_network"),
+    what="each vertebra's level (C7, T1..L5, S1) from a patch of the radiograph around it (VerdiffSegment/VerdiffSegmentLib/vertebra_level.py); names the pieces",
+    split_note="the card's validation images (truth landmark centres and widths)",
+    describe=lambda network: {"channels": list(network.channels), "levels": list(network.levels)},
+)
+train, export = LEVEL.train, LEVEL.export

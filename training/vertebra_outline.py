@@ -36,9 +36,9 @@ from VerdiffSegmentLib.vertebra_outline import (CENTRE_JITTER, OUTLINE_PATCH, WI
                                                 mirrored, predict_corners)
 from VerdiffSegmentLib.vertebra_patches import at_scale, patches
 
-from .datasets import aasce_cases, read_landmarks
+from .datasets import read_landmarks
 from .endplate_tilt import vertebrae_of
-from .xray_helpers import export_into_xray_cards, train_on_split
+from .xray_helpers import PatchHelper, named_radiographs
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.02  # widths: quadratic below about a pixel at 32 pixels a width
@@ -53,10 +53,7 @@ def corners_of(mat: Path) -> np.ndarray:
 def load_samples(root: Path, names: set[str]):
     """[(picture float32 at patch scale, centres, widths, corners)] per named radiograph."""
     out = []
-    for name, image_path, mat in aasce_cases(root, usable_only=True):
-        if name not in names:
-            continue
-        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
+    for picture, mat in named_radiographs(root, names):
         centres, widths, _ = vertebrae_of(mat)
         scaled, scaled_centres, scaled_widths = at_scale(picture, centres, widths, OUTLINE_PATCH)
         factor = scaled_widths[0] / widths[0]
@@ -113,28 +110,10 @@ def evaluate(network, items, jitter: float = CENTRE_JITTER / 2, seed: int = 0) -
     }
 
 
-def train(data_root: Path, out: Path, steps: int = 6000, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, val_every: int = 500,
-          init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
-    """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
-    validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
-    ``out/log.json`` and returns the last validation (``xray_helpers.train_on_split``)."""
-    network = VertebraOutlineNetwork()
-
-    def batch_loss(samples, rng) -> torch.Tensor:
-        images, targets = draw(samples, rng, batch_size)
-        return F.smooth_l1_loss(network(images), targets, beta=L1_BETA)
-
-    return train_on_split(network, load_samples, batch_loss, evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit, command, print_every=50)
-
-
-def export(checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
-    """Write ``checkpoint``'s weights (fp16) as ``models_dir/vertebra-outline-xray.pt``, validate
-    them on the card split's validation images, and set ``outline.network`` in every X-ray
-    card there (``xray_helpers.export_into_xray_cards``)."""
-    network = VertebraOutlineNetwork()
-    return export_into_xray_cards(
-        checkpoint, models_dir, data_root, run_log, WEIGHTS, network, evaluate, ("outline", "network"),
-        {"network": {"channels": list(network.channels)},
-         "what": "each vertebra's four corners from a patch of the radiograph around it (VerdiffSegmentLib/vertebra_outline.py); each piece completed with their quadrilateral"},
-        "the card's validation images (truth landmark centres moved by up to 0.125 widths)",
-    )
+OUTLINE = PatchHelper(
+    network=VertebraOutlineNetwork, load_samples=load_samples, draw=draw, loss=lambda outputs, targets: F.smooth_l1_loss(outputs, targets, beta=L1_BETA),
+    evaluate=evaluate, weights=WEIGHTS, place=("outline", "network"),
+    what="each vertebra's four corners from a patch of the radiograph around it (VerdiffSegmentLib/vertebra_outline.py); each piece completed with their quadrilateral",
+    split_note="the card's validation images (truth landmark centres moved by up to 0.125 widths)",
+)
+train, export = OUTLINE.train, OUTLINE.export

@@ -1,18 +1,22 @@
 """What the small X-ray networks beside the diffusion models share: their training loop and
-their export into every X-ray card (the level map, ``level_map.py``; the endplate-tilt
-network, ``endplate_tilt.py``). Both train on the ``verdiff-xray`` card split's training
-images and validate on its validation images; all X-ray cards share that split, so none
-has seen its own validation images."""
+their export into every X-ray card (the level map, ``level_map.py``; the patch networks:
+endplate tilt, vertebra level, vertebra outline, each a ``PatchHelper``). All train on the
+``verdiff-xray`` card split's training images and validate on its validation images; all
+X-ray cards share that split, so none has seen its own validation images."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
+
+from VerdiffSegmentLib.io import read_image
 
 from .datasets import aasce_cases
 
@@ -20,6 +24,15 @@ from .datasets import aasce_cases
 def bundled_card(name: str = "verdiff-xray") -> dict:
     """The bundled card's JSON (its ``training.split`` is every X-ray helper's split)."""
     return json.loads((Path(__file__).resolve().parents[1] / "Resources" / "Models" / f"{name}.json").read_text())
+
+
+def named_radiographs(aasce_root: Path, names: set[str]):
+    """(picture float32 [rows, cols] as inference reads it, landmark file) of each named AASCE
+    radiograph whose landmarks describe 17 vertebrae (``aasce_cases(usable_only=True)``): what
+    every helper's ``load_samples`` starts from."""
+    for name, image_path, mat in aasce_cases(aasce_root, usable_only=True):
+        if name in names:
+            yield sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32), mat
 
 
 def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
@@ -115,3 +128,57 @@ def export_into_xray_cards(checkpoint: Path, models_dir: Path, data_root: Path, 
         card.setdefault(section, {})[key] = entry
         card_path.write_text(json.dumps(card, indent=2))
     return entry
+
+
+@dataclass(frozen=True)
+class PatchHelper:
+    """One patch network beside the diffusion models (``VerdiffSegmentLib.vertebra_patches``):
+    what it is, how its samples are drawn and scored, and where the cards name it; ``train``
+    and ``export`` are the same for all of them.
+
+    Args:
+        network: builds the untrained network.
+        load_samples: ``load_samples(aasce_root, names)`` -> the named radiographs' samples.
+        draw: ``draw(samples, rng, batch_size)`` -> one augmented batch (patches, targets).
+        loss: ``loss(outputs, targets)`` -> the scalar training loss.
+        evaluate: ``evaluate(network, validation_items)`` -> the validation figures (dict).
+        weights: the file name of the exported weights in the models folder.
+        place: (section, key) of the X-ray cards' entry that names the weights.
+        what: the entry's ``what``: what the network reads and what the pipeline does with it.
+        split_note: the entry's ``validation.split``: what the validation figures are measured on.
+        describe: ``describe(network)`` -> the entry's ``network`` (its constructor keywords;
+            default: its ``channels``).
+    """
+
+    network: Callable[[], torch.nn.Module]
+    load_samples: Callable
+    draw: Callable
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    evaluate: Callable[[torch.nn.Module, list], dict]
+    weights: str
+    place: tuple[str, str]
+    what: str
+    split_note: str
+    describe: Callable[[torch.nn.Module], dict] = lambda network: {"channels": list(network.channels)}
+
+    def train(self, data_root: Path, out: Path, steps: int, batch_size: int = 64, lr: float = 2e-3, seed: int = 0, val_every: int = 500,
+              init: Path | None = None, limit: int | None = None, command: str | None = None) -> dict:
+        """Train on the ``verdiff-xray`` card split's training images (``limit``: the first N),
+        validate on its validation images every ``val_every`` steps; writes ``out/stepN.pt``,
+        ``out/log.json`` and returns the last validation (``train_on_split``)."""
+        network = self.network()
+
+        def batch_loss(samples, rng) -> torch.Tensor:
+            images, targets = self.draw(samples, rng, batch_size)
+            return self.loss(network(images), targets)
+
+        return train_on_split(network, self.load_samples, batch_loss, self.evaluate, data_root, out, steps, batch_size, lr, seed, val_every, init, limit,
+                              command, print_every=50)
+
+    def export(self, checkpoint: Path, models_dir: Path, data_root: Path, run_log: Path | None = None) -> dict:
+        """Write ``checkpoint``'s weights (fp16) as ``models_dir/<weights>``, validate them on the
+        card split's validation images, and set the entry at ``place`` in every X-ray card there
+        (``export_into_xray_cards``)."""
+        network = self.network()
+        return export_into_xray_cards(checkpoint, models_dir, data_root, run_log, self.weights, network, self.evaluate, self.place,
+                                      {"network": self.describe(network), "what": self.what}, self.split_note)

@@ -18,8 +18,8 @@ variant. The captures hold the pictures (about 20 MB a radiograph): write them o
 
 Usage:
     python benchmarks/naming_replay.py capture --seed 0 --out /tmp/names0.pkl [--limit N]
-    python benchmarks/naming_replay.py replay /tmp/names0.pkl [--level-network W.pt] [--temperature T]
-        [--min-confidence P] > variant0.json
+    python benchmarks/naming_replay.py replay /tmp/names0.pkl [--level-network W.pt] [--strip-network S.pt |
+        --without-strip] [--temperature T] [--min-confidence P] > variant0.json
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ import levels_accuracy as la  # noqa: E402  (puts the module and the repository 
 
 from VerdiffSegmentLib import levels, pipeline  # noqa: E402
 from VerdiffSegmentLib.io import read_image  # noqa: E402
-from VerdiffSegmentLib.models import get_card, load_level_network, load_outline_network  # noqa: E402
+from VerdiffSegmentLib.models import get_card, load_level_network, load_outline_network, load_strip_network  # noqa: E402
+from VerdiffSegmentLib.spine_strip import SpineStripNetwork  # noqa: E402
 from VerdiffSegmentLib.vertebra_level import PieceLevelReader, VertebraLevelNetwork  # noqa: E402
 from VerdiffSegmentLib.vertebra_outline import outline_vertebrae  # noqa: E402
 
@@ -71,14 +72,15 @@ def capture(seed: int, out: Path, limit: int | None) -> None:
         pickle.dump({"seed": seed, "rows": rows}, f)
 
 
-def _name(call: dict, card, network, outline) -> tuple[np.ndarray, list[dict]]:
-    """The call's pieces named by ``card``'s naming with ``network`` as the level network, then
-    completed by ``outline`` (the card's outline network, or None), as ``pipeline`` does after naming."""
+def _name(call: dict, card, network, strip, outline) -> tuple[np.ndarray, list[dict]]:
+    """The call's pieces named by ``card``'s naming with ``network`` as the level network and
+    ``strip`` as the spine-strip reader (or None), then completed by ``outline`` (the card's
+    outline network, or None), as ``pipeline`` does after naming."""
     labels = sitk.GetImageFromArray(call["labels"])
     labels.SetSpacing(call["spacing"]), labels.SetOrigin(call["origin"]), labels.SetDirection(call["direction"])
     with torch.no_grad():
         named, segments, _ = levels.name_vertebrae(labels, card, gaps=call["gaps"], coordinates=call["coordinates"],
-                                                   level_reader=PieceLevelReader(network, call["picture"]))
+                                                   level_reader=PieceLevelReader(network, call["picture"], strip))
         array = sitk.GetArrayFromImage(named)
         if outline is not None and segments:
             picture = call["picture"]
@@ -86,21 +88,24 @@ def _name(call: dict, card, network, outline) -> tuple[np.ndarray, list[dict]]:
     return array, segments
 
 
-def replay(path: Path, level_network: Path | None, temperature: float | None, min_confidence: float | None) -> dict:
+def _weights(network: torch.nn.Module, path: Path) -> torch.nn.Module:
+    network.load_state_dict({k: v.float() for k, v in torch.load(path, map_location="cpu", weights_only=True).items()})
+    return network.eval()
+
+
+def replay(path: Path, level_network: Path | None, strip_network: Path | None, without_strip: bool, temperature: float | None,
+           min_confidence: float | None) -> dict:
     card = get_card("verdiff-xray")
-    bundled, outline = load_level_network(card), load_outline_network(card)
-    variant = bundled
-    if level_network is not None:
-        variant = VertebraLevelNetwork(**card.level_network["network"])
-        variant.load_state_dict({k: v.float() for k, v in torch.load(level_network, map_location="cpu", weights_only=True).items()})
-        variant.eval()
+    bundled, bundled_strip, outline = load_level_network(card), load_strip_network(card), load_outline_network(card)
+    variant = bundled if level_network is None else _weights(VertebraLevelNetwork(**card.level_network["network"]), level_network)
+    strip = None if without_strip else bundled_strip if strip_network is None else _weights(SpineStripNetwork(), strip_network)
     with open(path, "rb") as f:
         captured = pickle.load(f)
     rows, unmatched = [], []
     for row in captured["rows"]:
         truth, final = row["truth"], row["final_labels"]
         call = next((c for c in row["calls"] if c["picture"] is not None
-                     and np.array_equal(_name(c, card, bundled, outline)[0].reshape(final.shape), final)), None)
+                     and np.array_equal(_name(c, card, bundled, bundled_strip, outline)[0].reshape(final.shape), final)), None)
         if call is None:
             unmatched.append(row["case"])
             array, segments = final, row["final_segments"]
@@ -109,7 +114,7 @@ def replay(path: Path, level_network: Path | None, temperature: float | None, mi
             levels.LEVEL_TEMPERATURE = chain[0] if temperature is None else temperature
             levels.MIN_LEVEL_CONFIDENCE = chain[1] if min_confidence is None else min_confidence
             try:
-                array, segments = _name(call, card, variant, outline)
+                array, segments = _name(call, card, variant, strip, outline)
             finally:
                 levels.LEVEL_TEMPERATURE, levels.MIN_LEVEL_CONFIDENCE = chain
         scores = la.case_scores(array.reshape(truth.shape), segments, truth, row["names"])
@@ -117,7 +122,8 @@ def replay(path: Path, level_network: Path | None, temperature: float | None, mi
     if unmatched:
         print(f"no captured call reproduces the final labels of: {', '.join(unmatched)}", file=sys.stderr)
     return {"modality": "xray", "seed": captured["seed"], "cases": len(rows), "replay_of": str(path),
-            "level_network": str(level_network) if level_network else "bundled", "temperature": temperature, "min_confidence": min_confidence,
+            "level_network": str(level_network) if level_network else "bundled",
+            "strip_network": None if without_strip else str(strip_network) if strip_network else "bundled" if bundled_strip is not None else None, "temperature": temperature, "min_confidence": min_confidence,
             "unmatched": unmatched, "model": la.shares([r["model"] for r in rows]), "rows": rows}
 
 
@@ -131,6 +137,8 @@ def main(argv=None) -> None:
     again = commands.add_parser("replay", help="name the captured pieces again, complete them, score")
     again.add_argument("capture", type=Path)
     again.add_argument("--level-network", type=Path, default=None, help="other weights for the card's level network")
+    again.add_argument("--strip-network", type=Path, default=None, help="weights for the spine-strip reader (the card's, or one added)")
+    again.add_argument("--without-strip", action="store_true", help="name with the level network alone")
     again.add_argument("--temperature", type=float, default=None, help=f"the chain's temperature (default levels.LEVEL_TEMPERATURE, {levels.LEVEL_TEMPERATURE})")
     again.add_argument("--min-confidence", type=float, default=None, help=f"the posterior a name needs (default levels.MIN_LEVEL_CONFIDENCE, {levels.MIN_LEVEL_CONFIDENCE})")
     args = parser.parse_args(argv)
@@ -138,7 +146,7 @@ def main(argv=None) -> None:
     if args.command == "capture":
         capture(args.seed, args.out, args.limit)
     else:
-        print(json.dumps(replay(args.capture, args.level_network, args.temperature, args.min_confidence), indent=1))
+        print(json.dumps(replay(args.capture, args.level_network, args.strip_network, args.without_strip, args.temperature, args.min_confidence), indent=1))
 
 
 if __name__ == "__main__":

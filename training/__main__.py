@@ -17,6 +17,8 @@ vertebra-level        --out DIR [...as level-map]  the X-ray vertebra-level netw
 export-vertebra-level --checkpoint DIR/stepN.pt    the same for it (cards' naming.level_network)
 vertebra-outline     --out DIR [...as level-map]   the X-ray vertebra-outline network (training/vertebra_outline.py)
 export-vertebra-outline --checkpoint DIR/stepN.pt  the same for it (cards' outline.network)
+spine-strip          --out DIR [...as level-map]   the X-ray spine-strip level reader (training/spine_strip.py)
+export-spine-strip   --checkpoint DIR/stepN.pt     the same for it (cards' naming.strip_network)
 
 Under ``torchrun --nproc_per_node N [--nnodes M ...] -m training train ...`` the same train
 command runs data-parallel; ``--batch-size`` is per process.
@@ -327,6 +329,7 @@ def main(argv=None) -> None:
         "endplate-tilt": ("endplate_tilt", "train the X-ray endplate-tilt network the Cobb angles use (training/endplate_tilt.py)", 3000, 64),
         "vertebra-level": ("vertebra_level", "train the X-ray vertebra-level network that names the pieces (training/vertebra_level.py)", 8000, 64),
         "vertebra-outline": ("vertebra_outline", "train the X-ray vertebra-outline network that draws each piece's corners (training/vertebra_outline.py)", 6000, 64),
+        "spine-strip": ("spine_strip", "train the X-ray spine-strip level reader whose names join the level network's (training/spine_strip.py)", 6000, 16),
     }
     for command, (module, help_text, default_steps, default_batch) in helper_networks.items():
         m = sub.add_parser(command, help=help_text)

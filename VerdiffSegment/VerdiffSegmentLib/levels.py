@@ -138,6 +138,7 @@ SKIP_PROBABILITY = 0.05  # of skipping one level between neighbouring pieces (``
 REPEAT_PROBABILITY = 0.05  # of two neighbouring pieces being one vertebra (``levels_from_log_probabilities``)
 MIN_LEVEL_CONFIDENCE = 0.9  # posterior probability a piece's level needs to be named (``levels_from_log_probabilities``)
 LEVEL_TEMPERATURE = 2.0  # the level network's log-probabilities are divided by it (``levels_from_log_probabilities``)
+UNITED_LEAST_SHARED = 3  # pieces two level readers must name alike before their names are united (``united_names``)
 EQUAL_CUT_HEIGHT = 2.0  # typical heights: a piece this long without a narrowing is cut into equal lengths  # of the component heights: the typical height, robust to merged blobs
 
 # Vertebrae whose level is not decided have no terminology colour: two shades alternating
@@ -630,6 +631,24 @@ def levels_from_log_probabilities(log_probabilities: np.ndarray, level_names, sk
     return [str(level_names[j]) if posterior[i, j] >= least else None for i, j in enumerate(path)]
 
 
+def united_names(first: list[str | None], second: list[str | None], least_shared: int = None) -> list[str | None]:
+    """Names of the same pieces (top-down) from two level readers' chains, united: where neither
+    names a piece otherwise than the other and at least ``least_shared`` pieces (default
+    ``UNITED_LEAST_SHARED``) carry the same name from both, each piece takes the name either
+    gives it; otherwise ``first``'s names alone.
+
+    Why (docs/levels.md, session 38): the vertebra-level network (``first``) and the spine strip
+    (``second``) leave different radiographs' chains unnamed, and a shared stretch of agreeing names
+    fixes both chains' count, so each fills in what the other left undecided. Where they name any
+    piece differently, one of them counts wrong and nothing says which: the level network's names
+    stand, as without the strip."""
+    least = UNITED_LEAST_SHARED if least_shared is None else least_shared
+    shared = [(a, b) for a, b in zip(first, second) if a is not None and b is not None]
+    if len(first) != len(second) or any(a != b for a, b in shared) or len(shared) < least:
+        return list(first)
+    return [a if a is not None else b for a, b in zip(first, second)]
+
+
 def levels_of_a_short_chain(centres_mm: list[float], heights_mm: list[float], levels: list[str] | None) -> list[str | None]:
     """Levels of fewer vertebrae than the card has (top-down: centres along the head direction,
     mm, decreasing; heights along it), on a card whose images always show its lowest level
@@ -766,10 +785,11 @@ def vertebrae(
     (``name_vertebrae`` takes them off); unnamed pieces stay.
     ``coordinates``: a level map on the label map's grid; where the count names nothing,
     the vertebrae are named by their median coordinate (``levels_from_coordinates``).
-    ``level_reader``: ``reader(instances, values)`` -> [n, len(reader.levels)] log-probabilities
-    of each piece's level (``vertebra_level.PieceLevelReader``); where the count names nothing,
-    the pieces are named from them (``levels_from_log_probabilities``) before the level map is
-    asked, and neighbouring pieces given one level become one vertebra (two pieces of one body).
+    ``level_reader``: ``reader.names(instances, values)`` -> each piece's level or None
+    (``vertebra_level.PieceLevelReader``: the chain over its level log-probabilities,
+    ``levels_from_log_probabilities``, united with a spine strip's where the card has one); where
+    the count names nothing, the pieces are named so before the level map is asked, and
+    neighbouring pieces given one level become one vertebra (two pieces of one body).
 
     ``label_levels`` (multi-class results): label value -> level; the values are kept
     as instances and as values. Otherwise the foreground is separated (``separate_instances``) and
@@ -815,7 +835,7 @@ def vertebrae(
             if not any(names) and any(sacrum_names) and len(sacrum_names) == len(ordered):  # no junction in view: the sacrum
                 names, source = sacrum_names, "sacrum"
         if level_reader is not None and not any(names):  # the count decides nothing: each piece's look does
-            names, source = levels_from_log_probabilities(level_reader(instances, ordered), level_reader.levels), "level network"
+            names, source = level_reader.names(instances, ordered), "level network"
             ordered, names = _merge_repeated_levels(ordered, names, points)
         if coordinates is not None and not any(names):  # nor the pieces' look: the level map does
             coordinates = np.asarray(coordinates).reshape(instances.shape)

@@ -86,6 +86,11 @@ the ``VertebraLevelNetwork`` keywords ``channels`` and ``levels``) names a small
 reads each vertebra's level from a patch of the radiograph around it (``vertebra_level``);
 the per-vertebra step names the pieces from it where their count names nothing
 (``levels.vertebrae``). Loaded and checked the same way (``load_level_network``).
+``naming.strip_network`` (the same kind of object, ``SpineStripNetwork`` keywords ``channels``,
+``hidden`` and ``levels``) names a second level reader, a strip of the radiograph along the whole
+spine (``spine_strip``), whose names are united with the level network's where the two agree
+(``levels.united_names``); it needs the level network. Loaded and checked the same way
+(``load_strip_network``).
 
 Endplate tilts: ``cobb.tilt_network`` (an object: ``weights``, ``sha256``, ``network`` with
 the ``EndplateTiltNetwork`` keywords) names a small network that reads each vertebra's tilt
@@ -243,6 +248,7 @@ class ModelCard:
     outline_network: dict | None = None  # outline.network: weights, sha256, network (module docstring)
     estimate_missing_ends: bool = False  # cobb.estimate_missing_ends: end vertebrae the segmentation misses placed for the angles (module docstring)
     level_network: dict | None = None  # naming.level_network: weights, sha256, network (module docstring)
+    strip_network: dict | None = None  # naming.strip_network: weights, sha256, network (module docstring)
     rib_anchor: bool = False  # naming.rib_anchor: name CT vertebrae from the last rib-bearing one (module docstring)
     lowest_level_in_view: bool = False  # naming.lowest_level_in_view: a short unbroken chain is named up from the lowest level (module docstring)
     leave_out_beyond_levels: bool = False  # naming.leave_out_beyond_levels: vertebrae named beyond the card's levels are left out (module docstring)
@@ -407,6 +413,15 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         level_network = (data.get("naming") or {}).get("level_network")
         if level_network is not None:
             level_network = _checked_level_network(level_network)
+        strip_network = (data.get("naming") or {}).get("strip_network")
+        if strip_network is not None:
+            strip_network = _checked_level_network(strip_network, "naming.strip_network")
+            hidden = data["naming"]["strip_network"]["network"].get("hidden", 64)
+            if isinstance(hidden, bool) or not isinstance(hidden, int) or hidden < 1:
+                raise ValueError(f"naming.strip_network.network.hidden must be a positive whole number, got {hidden!r}")
+            strip_network["network"]["hidden"] = hidden
+            if level_network is None:
+                raise ValueError("naming.strip_network needs naming.level_network (its names are united with the level network's)")
         rib_anchor = (data.get("naming") or {}).get("rib_anchor", False)
         if not isinstance(rib_anchor, bool):
             raise TypeError(f"naming.rib_anchor must be true or false, got {rib_anchor!r}")
@@ -473,6 +488,7 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         outline_network=outline_network,
         estimate_missing_ends=estimate_missing_ends,
         level_network=level_network,
+        strip_network=strip_network,
         rib_anchor=rib_anchor,
         lowest_level_in_view=lowest_level_in_view,
         leave_out_beyond_levels=leave_out_beyond_levels,
@@ -538,12 +554,13 @@ def _checked_tilt_network(entry) -> dict:
     return _checked_patch_network(entry, "cobb.tilt_network")
 
 
-def _checked_level_network(entry) -> dict:
-    """``naming.level_network`` with its types checked, its ``network.levels`` too."""
-    checked = _checked_patch_network(entry, "naming.level_network")
+def _checked_level_network(entry, place: str = "naming.level_network") -> dict:
+    """A level reader's entry (``naming.level_network``, ``naming.strip_network``) with its types
+    checked, its ``network.levels`` too."""
+    checked = _checked_patch_network(entry, place)
     levels = entry["network"].get("levels")
     if not isinstance(levels, list) or len(levels) < 2 or not all(isinstance(level, str) and level for level in levels):
-        raise ValueError(f"naming.level_network.network.levels must be a list of level names, got {levels!r}")
+        raise ValueError(f"{place}.network.levels must be a list of level names, got {levels!r}")
     checked["network"]["levels"] = list(levels)
     return checked
 
@@ -619,3 +636,10 @@ def load_level_network(card: ModelCard, device: str | torch.device = "cpu") -> t
     from .vertebra_level import VertebraLevelNetwork
 
     return _load_helper(card, card.level_network, "vertebra-level network", lambda entry: VertebraLevelNetwork(**entry), device)
+
+
+def load_strip_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module | None:
+    """The card's spine-strip level reader (``naming.strip_network``), checked like the card's weights; None without one."""
+    from .spine_strip import SpineStripNetwork
+
+    return _load_helper(card, card.strip_network, "spine-strip network", lambda entry: SpineStripNetwork(**entry), device)

@@ -55,7 +55,7 @@ from .endplate_tilt import predict_tilts, vertebra_tilts
 from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
 from .vertebra_outline import outline_vertebrae
-from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_outline_network, load_tilt_network, make_scheduler
+from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_outline_network, load_strip_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
 from .radiograph import segment_radiograph
@@ -189,10 +189,11 @@ def segment(
     # the helper networks (tens of ms to check and load) fail here when missing or tampered, before sampling
     level_map_network = load_level_map(card, torch_device) if per_vertebra else None
     level_network = load_level_network(card, torch_device) if per_vertebra else None
+    strip_network = load_strip_network(card, torch_device) if per_vertebra else None
     tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
     outline_network = load_outline_network(card, torch_device) if per_vertebra else None
     timings["load_model"] = time.perf_counter() - clock
-    networks = (network, level_map_network, level_network, tilt_network, outline_network)
+    networks = (network, level_map_network, level_network, strip_network, tilt_network, outline_network)
 
     def run(picture: sitk.Image, scale: float = 1.0) -> SegmentationResult:
         """One pass of the model over ``picture``, whose lengths times ``scale`` are in the
@@ -251,7 +252,7 @@ def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: 
 def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:
     """``segment`` after its checks and loading: one pass of the model over ``image`` on
     ``card``'s grid."""
-    network, level_map_network, level_network, tilt_network, outline_network = networks
+    network, level_map_network, level_network, strip_network, tilt_network, outline_network = networks
     timings = {}
     volumetric = card.spatial_dims == 3
 
@@ -284,7 +285,7 @@ def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_de
         if level_map_network is not None and picture is not None:
             coordinates = predict_level_map(level_map_network, picture)
         if level_network is not None and picture is not None:
-            level_reader = PieceLevelReader(level_network, picture)
+            level_reader = PieceLevelReader(level_network, picture, strip_network)
         # the ribs are read in Hounsfield units: not on an MR given to the CT model by hand
         rib_counter = RibCounter(prepared.planar) if card.rib_anchor and prepared.planar.GetDimension() == 3 and looks_like_ct(prepared.planar) else None
         named, label_info, left_out = name_vertebrae(labels, card, gaps=result.gaps, coordinates=coordinates, level_reader=level_reader, rib_counter=rib_counter)

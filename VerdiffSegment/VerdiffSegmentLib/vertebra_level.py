@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .levels import EXTENDED_LEVELS
+from .levels import EXTENDED_LEVELS, levels_from_log_probabilities, united_names
 from .vertebra_patches import PatchNetwork, PatchShape, at_scale, large_pieces, patches, piece_geometry
 
 LEVEL_PATCH = PatchShape(96, 64, 6.0, 4.0)
@@ -68,12 +68,15 @@ def level_log_probabilities(network: VertebraLevelNetwork, picture: np.ndarray, 
 
 
 class PieceLevelReader:
-    """Reads each piece of a label map's level log-probabilities from the picture under it;
-    what ``levels.vertebrae`` calls with its separated pieces (``reader(labels, values)``).
-    Pieces under 3 pixels (no width) get equal probabilities: only their neighbours place them."""
+    """Reads each piece of a label map's level log-probabilities from the picture under it
+    (``reader(labels, values)``), and names the pieces (``reader.names(labels, values)``): what
+    ``levels.vertebrae`` calls with its separated pieces. Pieces under 3 pixels (no width) get
+    equal probabilities: only their neighbours place them. ``strip_network``
+    (``spine_strip.SpineStripNetwork``, optional): a second reader along the whole spine, whose
+    chain's names are united with this network's (``levels.united_names``)."""
 
-    def __init__(self, network: VertebraLevelNetwork, picture: np.ndarray):
-        self.network, self.picture = network, np.asarray(picture, np.float32)
+    def __init__(self, network: VertebraLevelNetwork, picture: np.ndarray, strip_network=None):
+        self.network, self.picture, self.strip_network = network, np.asarray(picture, np.float32), strip_network
         self.levels = network.levels
 
     def __call__(self, labels: np.ndarray, values: list[int]) -> np.ndarray:
@@ -84,3 +87,14 @@ class PieceLevelReader:
             rows = [values.index(v) for v in measurable]
             out[rows] = level_log_probabilities(self.network, self.picture, *piece_geometry(labels, measurable))
         return out
+
+    def names(self, labels: np.ndarray, values: list[int]) -> list[str | None]:
+        """Each piece's level (head to feet) or None: the chain over this network's reading, united
+        with the strip's chain where there is a strip network."""
+        names = levels_from_log_probabilities(self(labels, values), self.levels)
+        if self.strip_network is None:
+            return names
+        from .spine_strip import piece_strip_log_probabilities
+
+        strip = piece_strip_log_probabilities(self.strip_network, self.picture, labels, values)
+        return united_names(names, levels_from_log_probabilities(strip, self.strip_network.levels))

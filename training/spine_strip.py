@@ -22,18 +22,14 @@ import math
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from VerdiffSegmentLib.io import read_image
-from VerdiffSegmentLib.levels import levels_from_log_probabilities
 from VerdiffSegmentLib.spine_strip import COLUMNS, ROWS_PER_FEATURE, SpineStripNetwork, centre_line, sample_strip, strip_log_probabilities
-from VerdiffSegmentLib.vertebra_level import LEVEL_PATCH, LEVELS
+from VerdiffSegmentLib.vertebra_level import LEVEL_PATCH
 from VerdiffSegmentLib.vertebra_patches import at_scale
 
-from .endplate_tilt import vertebrae_of
-from .vertebra_level import extended_vertebrae
+from .vertebra_level import extended_vertebrae, reader_figures
 from .xray_helpers import export_into_xray_cards, named_radiographs, train_on_split
 
 CENTRE_JITTER = 0.08  # widths, standard deviation
@@ -111,29 +107,8 @@ def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tens
 
 
 def evaluate(network, items) -> dict:
-    """On the truth vertebrae T1..L5 (landmark centres and widths) of held-out radiographs: the
-    share whose most probable level is theirs, and the shares named right and wrong by the chain
-    decoding (``levels.levels_from_log_probabilities``, its defaults) of the 17."""
-    was_training = network.training
-    network.eval()
-    alone = right = wrong = total = 0
-    truth = np.array(LEVELS[1:-1])
-    for image_path, mat in items:
-        picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
-        centres, widths, _ = vertebrae_of(mat)
-        scores = strip_log_probabilities(network, picture, centres, widths)
-        alone += int((np.array(network.levels)[scores.argmax(axis=1)] == truth).sum())
-        names = np.array([str(n) for n in levels_from_log_probabilities(scores, network.levels)])
-        right += int((names == truth).sum())
-        wrong += int(((names != truth) & (names != "None")).sum())
-        total += len(truth)
-    network.train(was_training)
-    return {
-        "vertebrae": total,
-        "most_probable_right": round(alone / max(total, 1), 4),
-        "named_right": round(right / max(total, 1), 4),
-        "named_wrong": round(wrong / max(total, 1), 4),
-    }
+    """``vertebra_level.reader_figures`` of the strip reader (one strip through the truth centres)."""
+    return reader_figures(network, items, strip_log_probabilities)
 
 
 def train(data_root: Path, out: Path, steps: int, batch_size: int = 16, lr: float = 2e-3, seed: int = 0, val_every: int = 1000,

@@ -77,10 +77,11 @@ def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tens
     return torch.stack(images), torch.tensor(targets, dtype=torch.long)
 
 
-def evaluate(network, items) -> dict:
-    """On the truth vertebrae T1..L5 (landmark centres and widths) of held-out radiographs:
-    the share whose most probable level is theirs, and the share named right and wrong by the
-    chain decoding (``levels.levels_from_log_probabilities``, its defaults) of the 17."""
+def reader_figures(network, items, read) -> dict:
+    """On the truth vertebrae T1..L5 (landmark centres and widths) of held-out radiographs, for a
+    level reader ``read(network, picture, centres, widths)`` -> log-probabilities: the share whose
+    most probable level is theirs, and the shares named right and wrong by the chain decoding
+    (``levels.levels_from_log_probabilities``, its defaults) of the 17."""
     was_training = network.training
     network.eval()
     alone = right = wrong = total = 0
@@ -88,7 +89,7 @@ def evaluate(network, items) -> dict:
     for image_path, mat in items:
         picture = sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32)
         centres, widths, _ = vertebrae_of(mat)
-        scores = level_log_probabilities(network, picture, centres, widths)
+        scores = read(network, picture, centres, widths)
         alone += int((np.array(network.levels)[scores.argmax(axis=1)] == truth).sum())
         names = np.array([str(n) for n in levels_from_log_probabilities(scores, network.levels)])
         right += int((names == truth).sum())
@@ -101,6 +102,11 @@ def evaluate(network, items) -> dict:
         "named_right": round(right / max(total, 1), 4),
         "named_wrong": round(wrong / max(total, 1), 4),
     }
+
+
+def evaluate(network, items) -> dict:
+    """``reader_figures`` of the vertebra-level network (each vertebra's own patch)."""
+    return reader_figures(network, items, level_log_probabilities)
 
 
 LEVEL = PatchHelper(

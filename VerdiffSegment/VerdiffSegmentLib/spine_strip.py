@@ -41,7 +41,7 @@ from torch import nn
 
 from .transforms import normalise
 from .vertebra_level import LEVEL_PATCH, LEVELS
-from .vertebra_patches import at_scale, large_pieces, piece_geometry
+from .vertebra_patches import at_scale, large_pieces, piece_geometry, stage_layers
 
 WIDTH_PX = LEVEL_PATCH.width_px  # 16 pixels a vertebra width, the level network's scale
 COLUMNS = 80  # five widths across: the pedicles, the rib heads
@@ -101,14 +101,7 @@ class SpineStripNetwork(nn.Module):
         self.channels, self.hidden, self.levels = tuple(int(c) for c in channels), int(hidden), tuple(str(level) for level in levels)
         layers, previous = [], 1
         for index, width in enumerate(self.channels):
-            layers += [
-                nn.Conv2d(previous, width, 3, stride=2 if index < 2 else 1, padding=1),
-                nn.GroupNorm(min(8, width), width),
-                nn.SiLU(),
-                nn.Conv2d(width, width, 3, padding=1),
-                nn.GroupNorm(min(8, width), width),
-                nn.SiLU(),
-            ]
+            layers += stage_layers(previous, width, stride=2 if index < 2 else 1)
             previous = width
         self.features = nn.Sequential(*layers)
         self.gru = nn.GRU(previous, self.hidden, num_layers=2, batch_first=True, bidirectional=True)

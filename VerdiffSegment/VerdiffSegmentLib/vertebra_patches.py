@@ -52,6 +52,19 @@ class PatchShape:
         return self.cols / self.span_cols
 
 
+def stage_layers(previous: int, width: int, stride: int) -> list[nn.Module]:
+    """One stage of two 3 x 3 convolutions (GroupNorm, SiLU), the first with ``stride``: the
+    layers every helper network stacks (decision 4; ``spine_strip`` too)."""
+    return [
+        nn.Conv2d(previous, width, 3, stride=stride, padding=1),
+        nn.GroupNorm(min(8, width), width),
+        nn.SiLU(),
+        nn.Conv2d(width, width, 3, padding=1),
+        nn.GroupNorm(min(8, width), width),
+        nn.SiLU(),
+    ]
+
+
 class PatchNetwork(nn.Module):
     """A small CNN: [B, 1, rows, cols] -> [B, outputs] (decision 4).
 
@@ -65,14 +78,7 @@ class PatchNetwork(nn.Module):
         self.channels = tuple(int(n) for n in channels)
         layers, previous = [], 1
         for width in self.channels:
-            layers += [
-                nn.Conv2d(previous, width, 3, stride=2, padding=1),
-                nn.GroupNorm(min(8, width), width),
-                nn.SiLU(),
-                nn.Conv2d(width, width, 3, padding=1),
-                nn.GroupNorm(min(8, width), width),
-                nn.SiLU(),
-            ]
+            layers += stage_layers(previous, width, stride=2)
             previous = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(previous, int(outputs))

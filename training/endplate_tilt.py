@@ -32,7 +32,7 @@ from VerdiffSegmentLib.endplate_tilt import CENTRE_JITTER, TILT_UNIT_DEG, WIDTH_
 from VerdiffSegmentLib.io import read_image
 
 from .datasets import read_landmarks
-from .xray_helpers import PatchHelper, named_radiographs
+from .xray_helpers import PatchHelper, named_radiographs, random_gamma, random_placement
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.1  # in TILT_UNIT_DEG: quadratic below one degree
@@ -74,15 +74,12 @@ def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tens
     for index in rng.integers(0, len(samples), batch_size):
         picture, centres, widths, tilts = samples[index]
         k = int(rng.integers(0, len(centres)))
-        width = widths[k] * rng.uniform(*WIDTH_JITTER)
-        centre = centres[k] + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2) * widths[k]
-        angle = rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES)
+        centre, width, angle = random_placement(rng, centres[k], widths[k], CENTRE_JITTER, WIDTH_JITTER, ROTATION_DEGREES)
         patch = patches(picture, centre[None], np.array([width]), np.array([angle]))[0]
         target = tilt_in_patch(tilts[k], angle)
         if rng.random() < 0.5:
             patch, target = patch.flip(-1), -target
-        if rng.random() < 0.8:
-            patch = patch.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25)))
+        patch = random_gamma(patch, rng)
         images.append(patch)
         targets.append(target / TILT_UNIT_DEG)
     return torch.stack(images), torch.tensor(targets, dtype=torch.float32)

@@ -30,7 +30,7 @@ from VerdiffSegmentLib.vertebra_level import LEVEL_PATCH
 from VerdiffSegmentLib.vertebra_patches import at_scale
 
 from .vertebra_level import extended_vertebrae, reader_figures
-from .xray_helpers import export_into_xray_cards, named_radiographs, train_on_split
+from .xray_helpers import export_into_xray_cards, named_radiographs, random_gamma, train_on_split
 
 CENTRE_JITTER = 0.08  # widths, standard deviation
 MISS_END, EXTRA_TOP, EXTRA_BOTTOM = 0.2, 0.15, 0.25
@@ -88,8 +88,7 @@ def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tens
         target = target[np.clip(np.floor((np.arange(zoomed) + 0.5) / zoom).astype(int), 0, rows - 1)]
         if rng.random() < 0.5:
             strip = strip.flip(-1)
-        if rng.random() < 0.8:
-            strip = strip.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25)))
+        strip = random_gamma(strip, rng)
         if strip.shape[1] > MAX_ROWS:
             start = int(rng.integers(0, strip.shape[1] - MAX_ROWS + 1))
             strip, target = strip[:, start : start + MAX_ROWS], target[start : start + MAX_ROWS]

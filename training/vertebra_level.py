@@ -33,7 +33,7 @@ from VerdiffSegmentLib.vertebra_level import LEVEL_PATCH, LEVELS, VertebraLevelN
 from VerdiffSegmentLib.vertebra_patches import at_scale, patches
 
 from .endplate_tilt import vertebrae_of
-from .xray_helpers import PatchHelper, named_radiographs
+from .xray_helpers import PatchHelper, named_radiographs, random_gamma, random_placement
 
 CENTRE_JITTER = 0.2  # widths, each way
 WIDTH_JITTER = (0.8, 1.25)
@@ -65,13 +65,11 @@ def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tens
     for index in rng.integers(0, len(samples), batch_size):
         picture, centres, widths, inside = samples[index]
         k = inside[int(rng.integers(0, len(inside)))]
-        width = widths[k] * rng.uniform(*WIDTH_JITTER)
-        centre = centres[k] + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2) * widths[k]
-        patch = patches(picture, centre[None], np.array([width]), LEVEL_PATCH, np.array([rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES)]))[0]
+        centre, width, angle = random_placement(rng, centres[k], widths[k], CENTRE_JITTER, WIDTH_JITTER, ROTATION_DEGREES)
+        patch = patches(picture, centre[None], np.array([width]), LEVEL_PATCH, np.array([angle]))[0]
         if rng.random() < 0.5:
             patch = patch.flip(-1)
-        if rng.random() < 0.8:
-            patch = patch.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25)))
+        patch = random_gamma(patch, rng)
         images.append(patch)
         targets.append(k)
     return torch.stack(images), torch.tensor(targets, dtype=torch.long)

@@ -38,7 +38,7 @@ from VerdiffSegmentLib.vertebra_patches import at_scale, patches
 
 from .datasets import read_landmarks
 from .endplate_tilt import vertebrae_of
-from .xray_helpers import PatchHelper, named_radiographs
+from .xray_helpers import PatchHelper, named_radiographs, random_gamma, random_placement
 
 ROTATION_DEGREES = 20.0
 L1_BETA = 0.02  # widths: quadratic below about a pixel at 32 pixels a width
@@ -67,15 +67,12 @@ def draw(samples, rng: np.random.Generator, batch_size: int) -> tuple[torch.Tens
     for index in rng.integers(0, len(samples), batch_size):
         picture, centres, widths, corners = samples[index]
         k = int(rng.integers(0, len(centres)))
-        width = widths[k] * rng.uniform(*WIDTH_JITTER)
-        centre = centres[k] + rng.uniform(-CENTRE_JITTER, CENTRE_JITTER, 2) * widths[k]
-        angle = rng.uniform(-ROTATION_DEGREES, ROTATION_DEGREES)
+        centre, width, angle = random_placement(rng, centres[k], widths[k], CENTRE_JITTER, WIDTH_JITTER, ROTATION_DEGREES)
         patch = patches(picture, centre[None], np.array([width]), OUTLINE_PATCH, np.array([angle]))[0]
         target = torch.from_numpy(corners_in_patch(corners[k], centre, width, angle).astype(np.float32))
         if rng.random() < 0.5:
             patch, target = patch.flip(-1), mirrored(target)
-        if rng.random() < 0.8:
-            patch = patch.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25)))
+        patch = random_gamma(patch, rng)
         images.append(patch)
         targets.append(target)
     return torch.stack(images), torch.stack(targets)

@@ -35,6 +35,25 @@ def named_radiographs(aasce_root: Path, names: set[str]):
             yield sitk.GetArrayFromImage(read_image(image_path)).astype(np.float32), mat
 
 
+def random_placement(rng: np.random.Generator, centre: np.ndarray, width: float, centre_jitter: float, width_jitter: tuple[float, float],
+                     rotation_degrees: float) -> tuple[np.ndarray, float, float]:
+    """(centre, width, angle in degrees) of a training patch on a vertebra at ``centre`` ``width``
+    wide, placed as roughly as a segmentation's piece places it: the width scaled within
+    ``width_jitter``, the centre moved by up to ``centre_jitter`` widths each way, the frame turned
+    by up to ``rotation_degrees`` (drawn in that order)."""
+    placed_width = width * rng.uniform(*width_jitter)
+    placed_centre = centre + rng.uniform(-centre_jitter, centre_jitter, 2) * width
+    return placed_centre, placed_width, rng.uniform(-rotation_degrees, rotation_degrees)
+
+
+def random_gamma(image: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+    """A 0..1 training image (patch or strip) raised to exp(N(0, 0.25)) on four draws of five,
+    negatives clamped first: the helpers' intensity augmentation."""
+    if rng.random() < 0.8:
+        return image.clamp(min=0) ** float(np.exp(rng.normal(0, 0.25)))
+    return image
+
+
 def validation_items(data_root: Path, card: dict) -> list[tuple[Path, Path]]:
     """(image, landmarks) of the card split's validation radiographs."""
     names = set(card["training"]["split"]["validation"])

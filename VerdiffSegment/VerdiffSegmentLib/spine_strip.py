@@ -41,7 +41,7 @@ from torch import nn
 
 from .transforms import normalise
 from .vertebra_level import LEVEL_PATCH, LEVELS
-from .vertebra_patches import at_scale, large_pieces, piece_geometry, stage_layers
+from .vertebra_patches import at_scale, stage_layers
 
 WIDTH_PX = LEVEL_PATCH.width_px  # 16 pixels a vertebra width, the level network's scale
 COLUMNS = 80  # five widths across: the pedicles, the rib heads
@@ -128,14 +128,3 @@ def strip_log_probabilities(network: SpineStripNetwork, picture: np.ndarray, cen
     below = np.floor(place).astype(int)
     above, share = np.minimum(below + 1, len(scores) - 1), (place - below)[:, None]
     return (1 - share) * scores[below] + share * scores[above]
-
-
-def piece_strip_log_probabilities(network: SpineStripNetwork, picture: np.ndarray, labels: np.ndarray, values: list[int]) -> np.ndarray:
-    """What ``strip_log_probabilities`` reads for the pieces ``values`` (head to feet) of a 2D label
-    map: pieces under 3 pixels (no width) get equal probabilities and stay off the line."""
-    labels = np.asarray(labels).reshape(picture.shape)
-    out = np.full((len(values), len(network.levels)), -np.log(len(network.levels)))
-    measurable = large_pieces(labels, values)
-    if measurable:
-        out[[values.index(v) for v in measurable]] = strip_log_probabilities(network, picture, *piece_geometry(labels, measurable))
-    return out

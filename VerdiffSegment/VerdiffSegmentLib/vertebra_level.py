@@ -80,13 +80,7 @@ class PieceLevelReader:
         self.levels = network.levels
 
     def __call__(self, labels: np.ndarray, values: list[int]) -> np.ndarray:
-        labels = np.asarray(labels).reshape(self.picture.shape)
-        out = np.full((len(values), len(self.levels)), -np.log(len(self.levels)))
-        measurable = large_pieces(labels, values)
-        if measurable:
-            rows = [values.index(v) for v in measurable]
-            out[rows] = level_log_probabilities(self.network, self.picture, *piece_geometry(labels, measurable))
-        return out
+        return self._read(level_log_probabilities, self.network, labels, values)
 
     def names(self, labels: np.ndarray, values: list[int]) -> list[str | None]:
         """Each piece's level (head to feet) or None: the chain over this network's reading, united
@@ -94,7 +88,17 @@ class PieceLevelReader:
         names = levels_from_log_probabilities(self(labels, values), self.levels)
         if self.strip_network is None:
             return names
-        from .spine_strip import piece_strip_log_probabilities
+        from .spine_strip import strip_log_probabilities  # spine_strip imports this module
 
-        strip = piece_strip_log_probabilities(self.strip_network, self.picture, labels, values)
+        strip = self._read(strip_log_probabilities, self.strip_network, labels, values)
         return united_names(names, levels_from_log_probabilities(strip, self.strip_network.levels))
+
+    def _read(self, read, network, labels: np.ndarray, values: list[int]) -> np.ndarray:
+        """[len(values), len(network.levels)]: ``read(network, picture, centres, widths)`` of the
+        pieces with 3 pixels or more, equal probabilities for the others."""
+        labels = np.asarray(labels).reshape(self.picture.shape)
+        out = np.full((len(values), len(network.levels)), -np.log(len(network.levels)))
+        measurable = large_pieces(labels, values)
+        if measurable:
+            out[[values.index(v) for v in measurable]] = read(network, self.picture, *piece_geometry(labels, measurable))
+        return out

@@ -39,9 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transforms import normalise
 from .vertebra_level import LEVEL_PATCH, LEVELS
-from .vertebra_patches import at_scale, stage_layers
+from .vertebra_patches import at_scale, pixel_grid, sampled_normalised, stage_layers
 
 WIDTH_PX = LEVEL_PATCH.width_px  # 16 pixels a vertebra width, the level network's scale
 COLUMNS = 80  # five widths across: the pedicles, the rib heads
@@ -78,13 +77,7 @@ def sample_strip(picture: np.ndarray, line: np.ndarray, columns: int = COLUMNS) 
         normal = -normal
     across = np.arange(columns) - (columns - 1) / 2
     points = line[:, None, :] + across[None, :, None] * normal[:, None, :]
-    image = torch.as_tensor(np.asarray(picture, np.float32))[None, None]
-    image = image - image.min()  # outside the picture: its darkest value
-    rows, cols = picture.shape
-    grid = np.stack([(2 * points[..., 1] + 1) / cols - 1, (2 * points[..., 0] + 1) / rows - 1], axis=-1)
-    strip = F.grid_sample(image, torch.from_numpy(grid.astype(np.float32))[None], mode="bilinear", padding_mode="zeros", align_corners=False)[0, 0].numpy()
-    low, high = np.percentile(strip, (1, 99))
-    return torch.from_numpy(normalise(strip, float(low), float(max(high, low + 1e-6))).astype(np.float32))[None]
+    return sampled_normalised(picture, pixel_grid(points[..., 0], points[..., 1], np.shape(picture))[None])[0]
 
 
 class SpineStripNetwork(nn.Module):

@@ -100,7 +100,13 @@ def patch_grid(centres: np.ndarray, widths: np.ndarray, image_shape, shape: Patc
     # the frame's columns axis is (cos, -sin) in (x, y): turned counter-clockwise on the screen (y down) by the angle
     x = centres[:, 1, None, None] + across * cos + down * sin
     y = centres[:, 0, None, None] - across * sin + down * cos
-    grid = np.stack([(2 * x + 1) / image_shape[1] - 1, (2 * y + 1) / image_shape[0] - 1], axis=-1)
+    return pixel_grid(y, x, image_shape)
+
+
+def pixel_grid(rows: np.ndarray, cols: np.ndarray, image_shape) -> torch.Tensor:
+    """``grid_sample`` coordinates [..., 2] (``align_corners`` False) of the pixel positions
+    ``rows``, ``cols`` (arrays of one shape) in a picture of ``image_shape``."""
+    grid = np.stack([(2 * cols + 1) / image_shape[1] - 1, (2 * rows + 1) / image_shape[0] - 1], axis=-1)
     return torch.from_numpy(grid.astype(np.float32))
 
 
@@ -116,10 +122,16 @@ def at_scale(picture: np.ndarray, centres: np.ndarray, widths: np.ndarray, shape
 
 def patches(picture: np.ndarray | torch.Tensor, centres: np.ndarray, widths: np.ndarray, shape: PatchShape, angles_deg: np.ndarray | None = None) -> torch.Tensor:
     """[n, 1, rows, cols] patches of a 2D picture [rows, cols], each normalised to 0..1 by its own 1st and 99th percentiles."""
+    return sampled_normalised(picture, patch_grid(centres, widths, np.shape(picture)[-2:], shape, angles_deg))
+
+
+def sampled_normalised(picture: np.ndarray | torch.Tensor, grids: torch.Tensor) -> torch.Tensor:
+    """[n, 1, rows, cols]: a 2D picture sampled (bilinear) at ``grids`` [n, rows, cols, 2]
+    (``pixel_grid``), the darkest value outside it, each sample normalised to 0..1 by its own
+    1st and 99th percentiles (a flat one: all zero). The patches' and the spine strip's sampling."""
     image = torch.as_tensor(np.asarray(picture, np.float32))[None, None]
     image = image - image.min()  # zero outside is the darkest value (decision 1)
-    grid = patch_grid(centres, widths, image.shape[-2:], shape, angles_deg)
-    sampled = F.grid_sample(image.expand(len(grid), -1, -1, -1), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    sampled = F.grid_sample(image.expand(len(grids), -1, -1, -1), grids, mode="bilinear", padding_mode="zeros", align_corners=False)
     out = []
     for patch in sampled.numpy():
         low, high = np.percentile(patch, (1, 99))

@@ -567,15 +567,18 @@ def test_scene_holds_the_per_vertebra_table_and_tagged_segments(xray_run):
         assert [t.GetName() for t in tables] == [f"{Path(report['input']).name.removesuffix('.jpg')} vertebra statistics"]
         table = tables[0].GetTable()
         columns = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())]
-        assert columns == ["Segment", "Level", "Level from", "Label value", "Voxels", "Area", "Height", "Mean uncertainty", "Max uncertainty"]
+        assert columns == ["Segment", "Level", "Level from", "Level posterior", "Label value", "Voxels", "Area", "Height", "Mean uncertainty", "Max uncertainty"]
         assert table.GetNumberOfRows() == len(report["segments"])
         for row, segment in enumerate(report["segments"]):
             assert table.GetValue(row, 0).ToString() == segment["name"]
             assert table.GetValue(row, 1).ToString() == (segment["level"] or "")
             assert table.GetValue(row, 2).ToString() == (segment["level_source"] or "")
             assert (segment["level_source"] is None) == (segment["level"] is None)
-            assert table.GetValue(row, 4).ToInt() == segment["voxels"]
-            assert table.GetValue(row, 6).ToDouble() == pytest.approx(segment["height_px"])  # a JPG: pixels (the spacing read is 1)
+            posterior = table.GetValue(row, 3).ToDouble()  # the level network's chain posterior, NaN for the count's names
+            assert np.isnan(posterior) if segment["level_posterior"] is None else posterior == pytest.approx(segment["level_posterior"])
+            assert (segment["level_posterior"] is not None) == (segment["level_source"] == "level network")
+            assert table.GetValue(row, 5).ToInt() == segment["voxels"]
+            assert table.GetValue(row, 7).ToDouble() == pytest.approx(segment["height_px"])  # a JPG: pixels (the spacing read is 1)
         segmentation = mrml.nodes_by_class(scene, "vtkMRMLSegmentationNode")[0].GetSegmentation()
         assert segmentation.GetNumberOfSegments() == len(report["segments"])
         import vtk

@@ -50,6 +50,22 @@ def test_an_undecided_count_is_left_unnamed():
     assert None not in levels_from_log_probabilities(scores, LEVELS, min_confidence=0.0)
 
 
+def test_each_name_carries_its_posterior_on_the_chain():
+    """``chain_levels``: clear evidence gives posteriors near 1; a count split between two
+    neighbouring levels gives about one half, and below the threshold neither name nor posterior."""
+    from VerdiffSegmentLib.levels import chain_levels
+
+    names, posteriors = chain_levels(one_hot_scores([3, 4, 5, 6]), LEVELS)
+    assert names == [LEVELS[3], LEVELS[4], LEVELS[5], LEVELS[6]] and all(p > 0.999 for p in posteriors)
+    scores = np.full((3, len(LEVELS)), -20.0)
+    for i in range(3):
+        scores[i, 5 + i] = scores[i, 6 + i] = 0.0
+    names, posteriors = chain_levels(scores, LEVELS, min_confidence=0.0)
+    assert None not in names and all(abs(p - 0.5) < 0.05 for p in posteriors), posteriors
+    assert chain_levels(scores, LEVELS, min_confidence=0.6) == ([None] * 3, [None] * 3)
+    assert chain_levels(np.zeros((0, len(LEVELS))), LEVELS) == ([], [])
+
+
 def test_a_repeated_level_lets_two_pieces_of_one_vertebra_share_it():
     scores = one_hot_scores([3, 4, 4, 5])
     assert levels_from_log_probabilities(scores, LEVELS, repeat_probability=0.0)[1:3] != [LEVELS[4], LEVELS[4]]
@@ -148,6 +164,9 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
         named = [EXTENDED_LEVELS.index(s["level"]) for s in result.segments if s["level"]]
         assert named == sorted(set(named)), name  # top-down, each level once
         assert {s["level_source"] for s in result.segments if s["level"]} == {"level network"}, name
+        # each level-network name carries its chain posterior, at least the naming threshold; unnamed pieces none
+        assert all((s["level_posterior"] is None) == (s["level"] is None) for s in result.segments), name
+        assert all(0.9 <= s["level_posterior"] <= 1.0 for s in result.segments if s["level"]), name
         truth = sitk.GetArrayFromImage(aasce_mask(sitk.ReadImage(str(path)), DATA / "xray-aasce" / "labels" / "training" / f"{name}.jpg.mat"))
         predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
         scores = level_scores(predicted, {s["value"]: s["level"] for s in result.segments}, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})

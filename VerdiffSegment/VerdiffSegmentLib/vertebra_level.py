@@ -31,7 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .levels import EXTENDED_LEVELS, levels_from_log_probabilities, united_names
+from .levels import EXTENDED_LEVELS, chain_levels, united_names
 from .vertebra_patches import PatchNetwork, PatchShape, at_scale, large_pieces, patches, piece_geometry
 
 LEVEL_PATCH = PatchShape(96, 64, 6.0, 4.0)
@@ -69,11 +69,11 @@ def level_log_probabilities(network: VertebraLevelNetwork, picture: np.ndarray, 
 
 class PieceLevelReader:
     """Reads each piece of a label map's level log-probabilities from the picture under it
-    (``reader(labels, values)``), and names the pieces (``reader.names(labels, values)``): what
-    ``levels.vertebrae`` calls with its separated pieces. Pieces under 3 pixels (no width) get
-    equal probabilities: only their neighbours place them. ``strip_network``
-    (``spine_strip.SpineStripNetwork``, optional): a second reader along the whole spine, whose
-    chain's names are united with this network's (``levels.united_names``)."""
+    (``reader(labels, values)``), and names the pieces with each name's posterior
+    (``reader.read_levels(labels, values)``): what ``levels.vertebrae`` calls with its separated
+    pieces. Pieces under 3 pixels (no width) get equal probabilities: only their neighbours place
+    them. ``strip_network`` (``spine_strip.SpineStripNetwork``, optional): a second reader along
+    the whole spine, whose chain's names are united with this network's (``levels.united_names``)."""
 
     def __init__(self, network: VertebraLevelNetwork, picture: np.ndarray, strip_network=None):
         self.network, self.picture, self.strip_network = network, np.asarray(picture, np.float32), strip_network
@@ -82,16 +82,21 @@ class PieceLevelReader:
     def __call__(self, labels: np.ndarray, values: list[int]) -> np.ndarray:
         return self._read(level_log_probabilities, self.network, labels, values)
 
-    def names(self, labels: np.ndarray, values: list[int]) -> list[str | None]:
-        """Each piece's level (head to feet) or None: the chain over this network's reading, united
-        with the strip's chain where there is a strip network."""
-        names = levels_from_log_probabilities(self(labels, values), self.levels)
+    def read_levels(self, labels: np.ndarray, values: list[int]) -> tuple[list[str | None], list[float | None]]:
+        """(each piece's level head to feet or None, its posterior on the chain that named it or
+        None): the chain over this network's reading (``levels.chain_levels``), united with the
+        strip's chain where there is a strip network; a name the union takes from the strip
+        carries the strip chain's posterior."""
+        names, posteriors = chain_levels(self(labels, values), self.levels)
         if self.strip_network is None:
-            return names
+            return names, posteriors
         from .spine_strip import strip_log_probabilities  # spine_strip imports this module
 
         strip = self._read(strip_log_probabilities, self.strip_network, labels, values)
-        return united_names(names, levels_from_log_probabilities(strip, self.strip_network.levels))
+        strip_names, strip_posteriors = chain_levels(strip, self.strip_network.levels)
+        united = united_names(names, strip_names)
+        return united, [None if name is None else own if name == mine else other
+                        for name, mine, own, other in zip(united, names, posteriors, strip_posteriors)]
 
     def _read(self, read, network, labels: np.ndarray, values: list[int]) -> np.ndarray:
         """[len(values), len(network.levels)]: ``read(network, picture, centres, widths)`` of the

@@ -287,16 +287,18 @@ def segment_voxel_counts(segmentation_node: slicer.vtkMRMLSegmentationNode) -> d
 
 
 def add_statistics_table(scene: slicer.vtkMRMLScene, statistics: list[dict], name: str, unit_size: float, planar: bool) -> slicer.vtkMRMLTableNode:
-    """A locked table node with one row per segment: name, level, what decided it, label value, voxels,
+    """A locked table node with one row per segment: name, level, what decided it and its posterior, label value, voxels,
     volume (mm3; area in mm2 when ``planar``), height along the spine (mm), mean and max
     uncertainty. ``statistics``: ``pipeline.segment_statistics`` rows (``value``, ``name``,
-    ``voxels``, optional ``level``, ``level_source``, ``height_mm``, ``mean_uncertainty``, ``max_uncertainty``);
+    ``voxels``, optional ``level``, ``level_source``, ``level_posterior``, ``height_mm``, ``mean_uncertainty``, ``max_uncertainty``);
     ``unit_size``: mm3 (mm2) per voxel. Missing numbers are NaN, a missing level empty."""
     measure, unit = ("Area", "mm2") if planar else ("Volume", "mm3")
     columns = [
         ("Segment", vtk.vtkStringArray, "segment name", ""),
         ("Level", vtk.vtkStringArray, "vertebral level (empty where it could not be decided)", ""),
         ("Level from", vtk.vtkStringArray, "what decided the level: count, level network, level map or labels (empty without a level)", ""),
+        ("Level posterior", vtk.vtkDoubleArray, "the level network's chain posterior of the level (NaN where something else named it or no level): "
+         "a ranking, not calibrated; held-out X-ray names at 0.9-0.99 were right 80 % of the time, at 0.99 and above 94 %", ""),
         ("Label value", vtk.vtkIntArray, "value of the segment in the label map", ""),
         ("Voxels", vtk.vtkIntArray, "number of voxels of the segment", ""),
         (measure, vtk.vtkDoubleArray, f"{measure.lower()} of the segment", unit),
@@ -319,6 +321,7 @@ def add_statistics_table(scene: slicer.vtkMRMLScene, statistics: list[dict], nam
             str(row["name"]),
             str(row.get("level") or ""),
             str(row.get("level_source") or ""),
+            number(row.get("level_posterior")),
             int(row["value"]),
             voxels,
             round(voxels * unit_size, 3),

@@ -350,6 +350,8 @@ def check_outputs(scene, volume_node, outputs, computation, parent_item: int | N
         check(row["Segment"] == label["name"], f"table row names {row['Segment']!r}")
         check(row["Level"] == (label.get("level") or ""), f"table row level {row['Level']!r}")
         check(row["Level from"] == (label.get("level_source") or ""), f"table row's level source {row['Level from']!r}")
+        posterior = label.get("level_posterior")
+        check(np.isnan(row["Level posterior"]) if posterior is None else abs(row["Level posterior"] - posterior) < 1e-9, f"table row's level posterior {row['Level posterior']!r}")
         check(int(row["Label value"]) == int(label["value"]), "table label value differs from the segment's")
         if label.get("height_mm") is not None:
             check(abs(row["Height"] - label["height_mm"]) < 1e-6, "table height differs from the result")

@@ -57,6 +57,10 @@ def test_a_batch_with_one_bad_file_gives_the_other_results_and_fails(tmp_path):
     assert list(dict.fromkeys((row["case"], row["status"]) for row in rows)) == [("broken", "failed"), ("case_a", "ok"), ("case_b", "ok")]
     ok = [row for row in rows if row["status"] == "ok"]
     assert all(row["unit"] == "mm3" and float(row["size"]) > 0 and float(row["mean_uncertainty"]) >= 0 for row in ok)
+    # each segment's level as its case's report gives it (an MR slab: named by count or not at all, no posterior)
+    reports = {case: json.loads((outdir / case / f"{case}.json").read_text(encoding="utf-8")) for case in ("case_a", "case_b")}
+    assert [(row["level"], row["level_source"], row["level_posterior"]) for row in ok] == [
+        (s["level"] or "", s["level_source"] or "", "") for case in ("case_a", "case_b") for s in reports[case]["segments"]]
     assert "2 of 3 succeeded, 1 failed" in result.stdout
 
 

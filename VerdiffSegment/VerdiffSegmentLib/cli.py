@@ -331,11 +331,13 @@ def shard_of(items: list, shard: tuple[int, int] | None) -> list:
     return items[k - 1 :: n]
 
 
-SUMMARY_COLUMNS = ["case", "input", "status", "error", "model", "steps", "ensemble", "device", "seconds", "segment", "label", "voxels", "size", "unit", "mean_uncertainty", "max_uncertainty"]
+SUMMARY_COLUMNS = ["case", "input", "status", "error", "model", "steps", "ensemble", "device", "seconds", "segment", "label", "level", "level_source", "level_posterior",
+                   "voxels", "size", "unit", "mean_uncertainty", "max_uncertainty"]
 
 
 def write_summary(outdir: Path, cases: list[dict], shard: tuple[int, int] | None) -> dict[str, Path]:
-    """``summary.json`` (the cases) and ``summary.csv`` (one row per case and segment; a
+    """``summary.json`` (the cases) and ``summary.csv`` (one row per case and segment, with the
+    segment's level, what decided it and the level network's posterior where it named it; a
     failed case has one row with its error); ``summary-K-of-N.*`` for a shard."""
     base = "summary" if shard is None else f"summary-{shard[0]}-of-{shard[1]}"
     paths = {"json": outdir / f"{base}.json", "csv": outdir / f"{base}.csv"}
@@ -355,7 +357,9 @@ def write_summary(outdir: Path, cases: list[dict], shard: tuple[int, int] | None
             common = {key: case.get(key) for key in ("case", "input", "status", "error", "model", "steps", "ensemble", "device", "seconds")}
             for entry in case.get("segments") or [{}]:  # not ``segment``: that is the pipeline's function here
                 unit, size = segment_size(entry) if entry else (None, None)
-                writer.writerow({**common, "segment": entry.get("name"), "label": entry.get("value"), "voxels": entry.get("voxels"), "size": size, "unit": unit if entry else None, "mean_uncertainty": entry.get("mean_uncertainty"), "max_uncertainty": entry.get("max_uncertainty")})
+                writer.writerow({**common, "segment": entry.get("name"), "label": entry.get("value"), "level": entry.get("level"), "level_source": entry.get("level_source"),
+                                 "level_posterior": entry.get("level_posterior"), "voxels": entry.get("voxels"), "size": size, "unit": unit if entry else None,
+                                 "mean_uncertainty": entry.get("mean_uncertainty"), "max_uncertainty": entry.get("max_uncertainty")})
     return paths
 
 

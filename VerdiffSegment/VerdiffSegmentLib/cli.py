@@ -144,12 +144,6 @@ def run_segment(
     if output_format not in FORMATS:
         raise VerdiffError(f"unknown output format {output_format!r}; use {' or '.join(FORMATS)}")
     report_stage = progress or (lambda stage, done, total: None)
-    # slicer-core (for the .seg.nrrd and .mrb) takes 1-4 s to import, mostly loading shared
-    # libraries: import it on a side thread while the image is read and segmented (torch
-    # releases the GIL in its kernels), so an X-ray does not wait for it at the end.
-    prefetch = threading.Thread(target=_import_quietly, args=(".slicer_bound.mrml",), daemon=True)
-    if slicer_files:
-        prefetch.start()
     clock = time.perf_counter()
     source = Path(input)
     check_output_folder(output)  # a folder that cannot be written fails now, not after the work
@@ -161,6 +155,17 @@ def run_segment(
     modality = detect_modality(image)
     check_card_fits(image, card)  # an impossible model is an error, not first a warning
     settings = settings.for_card(card)  # steps and ensemble out of this model's range: an error before the model loads
+    # slicer-core (for the .seg.nrrd and .mrb) takes 1-4 s to import, mostly loading shared
+    # libraries: import it on a side thread while the model loads and segments (torch releases
+    # the GIL in its kernels), so an X-ray does not wait for it at the end. Started once the
+    # input has been read and checked, so a bad file fails at once; not a daemon, so an error
+    # later waits for it: a daemon thread still inside the libraries' C++ when the interpreter
+    # exits is unwound by force and aborts the process ("FATAL: exception not rethrown", exit
+    # -6 instead of the one error line: seen once in a fresh-clone CI run of the truncated gzip
+    # NRRD case, session 40; 36 runs of it alone did not repeat it).
+    prefetch = threading.Thread(target=_import_quietly, args=(".slicer_bound.mrml",))
+    if slicer_files:
+        prefetch.start()
     warnings = [w for w in [modality_warning(modality, card, source.name)] if w]
     for warning in warnings:
         if warn is not None:

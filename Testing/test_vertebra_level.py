@@ -171,6 +171,14 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
         predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
         scores = level_scores(predicted, {s["value"]: s["level"] for s in result.segments}, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})
         assert scores["correctly_named"] >= least_right and scores["wrongly_named"] <= (1 if least_right > 1 else 0), (name, scores)
+        # the benchmark's posterior figures (benchmarks/levels_accuracy.py): one [posterior, right] per named segment,
+        # right as the level scores count it, every one in a bin
+        sys.path.insert(0, str(REPO / "benchmarks"))
+        from levels_accuracy import named_posteriors, posterior_bins
+
+        pairs = named_posteriors(predicted, result.segments, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})
+        assert [p for p, _ in pairs] == [s["level_posterior"] for s in result.segments if s["level"]], name
+        assert sum(right for _, right in pairs) >= least_right - 1 and sum(row["names"] for row in posterior_bins(pairs)) == len(pairs), name
 
 
 def test_a_malformed_level_network_entry_is_a_card_error(tmp_path):

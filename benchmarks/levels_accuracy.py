@@ -95,18 +95,50 @@ def truth_levels_present(truth: np.ndarray, names: dict[int, str]) -> dict[int, 
     return {value: level for value, level in names.items() if value in present}
 
 
+POSTERIOR_BINS = (0.9, 0.95, 0.99, 0.999, 1.0)  # the level network's chain posteriors, binned (``posterior_bins``)
+
+
+def named_posteriors(predicted: np.ndarray, segments: list[dict], truth: np.ndarray, names: dict[int, str]) -> list[list]:
+    """[posterior, right] of each segment the level network named (``level_posterior``): right when
+    the truth vertebra under most of the segment carries its level (background counts as wrong)."""
+    out = []
+    for entry in segments:
+        if entry.get("level_posterior") is None:
+            continue
+        under = truth[predicted == entry["value"]]
+        counts = np.bincount(under.astype(np.int64), minlength=max(names, default=0) + 1)
+        out.append([entry["level_posterior"], names.get(int(counts.argmax())) == entry["level"]])
+    return out
+
+
+def posterior_bins(pairs: list[list]) -> list[dict]:
+    """The named-right share per bin of ``POSTERIOR_BINS`` (session 40: a ranking, not calibrated)."""
+    rows = []
+    edges = list(POSTERIOR_BINS) + [np.inf]
+    for low, high in zip(edges[:-1], edges[1:]):
+        inside = [right for posterior, right in pairs if low <= posterior < high]
+        means = [posterior for posterior, _ in pairs if low <= posterior < high]
+        if inside:
+            rows.append({"from": low, "names": len(inside), "right_share": round(float(np.mean(inside)), 4),
+                         "mean_posterior": round(float(np.mean(means)), 4)})
+    return rows
+
+
 def case_scores(predicted: np.ndarray, segments: list[dict], truth: np.ndarray, names: dict[int, str]) -> dict:
-    """One result against the truth levels: ``levels.level_scores``, the segments found and the
-    binary Dice of the union (the scores every levels benchmark reports per case)."""
+    """One result against the truth levels: ``levels.level_scores``, the segments found, the
+    binary Dice of the union (the scores every levels benchmark reports per case) and the level
+    network's names with their posteriors (``named_posteriors``)."""
     scores = levels.level_scores(predicted, {s["value"]: s["level"] for s in segments}, truth, names)
     scores["found"] = len(segments)
     scores["binary_dice"] = round(float(2 * ((predicted > 0) & (truth > 0)).sum() / max((predicted > 0).sum() + (truth > 0).sum(), 1)), 4)
+    scores["named_posteriors"] = named_posteriors(predicted, segments, truth, names)
     return scores
 
 
 def shares(scored: list[dict]) -> dict:
-    """Over cases scored by ``case_scores``: the mean binary and level Dice, and the shares of all
-    their vertebrae named right and named wrong."""
+    """Over cases scored by ``case_scores``: the mean binary and level Dice, the shares of all
+    their vertebrae named right and named wrong, and the level network's names right per
+    posterior bin (``posterior_bins``)."""
     vertebrae = sum(s["vertebrae"] for s in scored)
     return {
         "level_dice_mean": round(float(np.mean([s["level_dice_mean"] for s in scored])), 4),
@@ -114,6 +146,7 @@ def shares(scored: list[dict]) -> dict:
         "wrongly_named_share": round(sum(s["wrongly_named"] for s in scored) / vertebrae, 4),
         "binary_dice_mean": round(float(np.mean([s["binary_dice"] for s in scored])), 4),
         "level_dice_names_aside": round(float(np.mean([s["level_dice_names_aside"] for s in scored])), 4),
+        "level_posterior_bins": posterior_bins([pair for s in scored for pair in s.get("named_posteriors", [])]),
     }
 
 

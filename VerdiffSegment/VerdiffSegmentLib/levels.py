@@ -601,7 +601,7 @@ def chain_levels(log_probabilities: np.ndarray, level_names, skip_probability: f
     their names are left undecided rather than guessed. The posterior is reported with each name
     (``vertebrae``: a segment's ``level_posterior``) but is not a calibrated probability of being
     right: on the 47 held-out radiographs' pieces (three sampling seeds) names at 0.9-0.99 were
-    right 80 % of the time, at 0.99 and above 94 % (docs/levels.md, session 40). It ranks the
+    right 78 % of the time, at 0.99 and above 94 % (docs/levels.md, session 40). It ranks the
     names by how far to trust them.
 
     ``temperature`` (default ``LEVEL_TEMPERATURE``): the log-probabilities are divided by it

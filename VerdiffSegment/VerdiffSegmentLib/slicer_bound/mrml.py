@@ -298,7 +298,7 @@ def add_statistics_table(scene: slicer.vtkMRMLScene, statistics: list[dict], nam
         ("Level", vtk.vtkStringArray, "vertebral level (empty where it could not be decided)", ""),
         ("Level from", vtk.vtkStringArray, "what decided the level: count, level network, level map or labels (empty without a level)", ""),
         ("Level posterior", vtk.vtkDoubleArray, "the level network's chain posterior of the level (NaN where something else named it or no level): "
-         "a ranking, not calibrated; held-out X-ray names at 0.9-0.99 were right 80 % of the time, at 0.99 and above 94 %", ""),
+         "a ranking, not calibrated; held-out X-ray names at 0.9-0.99 were right 78 % of the time, at 0.99 and above 94 %", ""),
         ("Label value", vtk.vtkIntArray, "value of the segment in the label map", ""),
         ("Voxels", vtk.vtkIntArray, "number of voxels of the segment", ""),
         (measure, vtk.vtkDoubleArray, f"{measure.lower()} of the segment", unit),

@@ -152,7 +152,11 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
     from VerdiffSegmentLib.models import get_card
     from VerdiffSegmentLib.pipeline import segment
 
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from levels_accuracy import named_posteriors, posterior_bins  # the benchmark's posterior figures
+
     torch.set_num_threads(1)
+    truth_names = {i + 1: level for i, level in enumerate(LEVELS[1:-1])}  # the landmarks' T1..L5
     card = get_card("verdiff-xray")
     for name, least_right, beyond in (("sunhl-1th-09-Jan-2017-205 B AP", 14, []), ("sunhl-1th-25-Jul-2016-15 A AP", 1, ["C7"])):
         assert name in card.validation_cases
@@ -169,14 +173,11 @@ def test_segment_names_pieces_the_count_cannot_with_the_level_network():
         assert all(0.9 <= s["level_posterior"] <= 1.0 for s in result.segments if s["level"]), name
         truth = sitk.GetArrayFromImage(aasce_mask(sitk.ReadImage(str(path)), DATA / "xray-aasce" / "labels" / "training" / f"{name}.jpg.mat"))
         predicted = sitk.GetArrayFromImage(result.labels).reshape(truth.shape)
-        scores = level_scores(predicted, {s["value"]: s["level"] for s in result.segments}, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})
+        scores = level_scores(predicted, {s["value"]: s["level"] for s in result.segments}, truth, truth_names)
         assert scores["correctly_named"] >= least_right and scores["wrongly_named"] <= (1 if least_right > 1 else 0), (name, scores)
         # the benchmark's posterior figures (benchmarks/levels_accuracy.py): one [posterior, right] per named segment,
         # right as the level scores count it, every one in a bin
-        sys.path.insert(0, str(REPO / "benchmarks"))
-        from levels_accuracy import named_posteriors, posterior_bins
-
-        pairs = named_posteriors(predicted, result.segments, truth, {i + 1: level for i, level in enumerate(LEVELS[1:-1])})
+        pairs = named_posteriors(predicted, result.segments, truth, truth_names)
         assert [p for p, _ in pairs] == [s["level_posterior"] for s in result.segments if s["level"]], name
         assert sum(right for _, right in pairs) >= least_right - 1 and sum(row["names"] for row in posterior_bins(pairs)) == len(pairs), name
 

@@ -116,11 +116,10 @@ def posterior_bins(pairs: list[list]) -> list[dict]:
     rows = []
     edges = list(POSTERIOR_BINS) + [np.inf]
     for low, high in zip(edges[:-1], edges[1:]):
-        inside = [right for posterior, right in pairs if low <= posterior < high]
-        means = [posterior for posterior, _ in pairs if low <= posterior < high]
-        if inside:
-            rows.append({"from": low, "names": len(inside), "right_share": round(float(np.mean(inside)), 4),
-                         "mean_posterior": round(float(np.mean(means)), 4)})
+        inside = np.array([pair for pair in pairs if low <= pair[0] < high], float).reshape(-1, 2)  # [posterior, right]
+        if len(inside):
+            rows.append({"from": low, "names": len(inside), "right_share": round(float(inside[:, 1].mean()), 4),
+                         "mean_posterior": round(float(inside[:, 0].mean()), 4)})
     return rows
 
 

@@ -210,3 +210,38 @@ def test_a_bias_field_is_divided_out_before_the_intensities_are_scaled_and_the_g
     # Nothing to fit (no foreground for the mask): the intensities as given.
     constant = sitk.Image(clean.GetSize(), sitk.sitkFloat32) + 7.0
     assert np.array_equal(sitk.GetArrayFromImage(bias_corrected(constant)), sitk.GetArrayFromImage(constant))
+
+
+def test_a_coronal_run_trains_on_the_coronal_planes_inference_samples(data_dir):
+    """``--view coronal``: the training case is, voxel for voxel, the stack inference prepares
+    from ``coronal_view`` of the image; its slices run front to back across the sagittal grid's
+    columns, the same voxels (the turned image's array is the image's), and its truth maps back
+    onto the sagittal grid as the sagittal truth."""
+    import pytest
+
+    from VerdiffSegmentLib.preparation import coronal_view
+    from training.configs import RunConfig
+
+    card = get_card("verdiff-mr")
+    item = datasets.mr_item(data_dir, "VB3_17")
+    run = RunConfig.from_dict({**recipe_config("verdiff-mr", channels=card.channels, context_slices=1).to_dict(), "view": "coronal"})
+    assert RunConfig.from_dict(run.to_dict()).view == "coronal" and "view" not in recipe_config("verdiff-mr").to_dict()
+    case = datasets.run_case(item, run)
+    image = read_image(str(item.image))
+    turned = coronal_view(image)
+    assert np.array_equal(sitk.GetArrayViewFromImage(turned), sitk.GetArrayViewFromImage(image)) and turned.GetDirection() != image.GetDirection()
+    coronal = prepare_for_card(turned, card)
+    sagittal = prepare_for_card(image, card)
+    assert np.array_equal(case.images, coronal.stack)
+    slices, rows, columns = sagittal.stack.shape
+    assert case.images.shape[1] == rows and case.images.shape[0] > slices  # front to back: more planes than the slab's sagittal slices
+    assert abs(case.images.shape[2] * card.spacing_mm - slices * sagittal.grid_spacing[0]) <= 2 * card.spacing_mm  # across: the slab's width
+    truth = sagittal.labels_on_grid(sitk.ReadImage(str(item.labels))) > 0
+    on_voxels = coronal.to_input_grid(case.labels.astype(np.float32), is_label=False)
+    on_voxels.CopyInformation(image)
+    back = sitk.GetArrayFromImage(sitk.Resample(on_voxels, sagittal.reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)) > 0.5
+    assert 2 * (back & truth).sum() / (back.sum() + truth.sum()) > 0.98
+    for bad in ({"view": "axial"}, {"view": "coronal", "recipe": "verdiff-xray", "context_slices": 0, "context_distance_mm": None}):
+        data = {**run.to_dict(), **bad}
+        with pytest.raises(ValueError, match="view"):
+            RunConfig.from_dict({k: v for k, v in data.items() if v is not None})

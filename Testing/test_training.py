@@ -1082,3 +1082,39 @@ def test_detached_prior_features_keep_the_diffusion_loss_out_of_the_prior_networ
     with pytest.raises(ValueError, match="--detach-prior-features is for the verdiff-net family"):
         objective_for("unet", network, detach_prior_features=True)
     assert "detach_prior_features" in RESUME_KEYS
+
+
+def test_a_coronal_run_exports_a_coronal_card_that_segments_the_volumes_coronal_planes(tmp_path, data_dir):
+    """``train verdiff-mr --view coronal``: the run's config and the card it validates and exports
+    with say ``view`` "coronal"; through ``segment`` that card samples the coronal planes of the
+    volume (``preparation.coronal_view``), which at step 0 is the bundled card run on the turned
+    volume, voxel for voxel, and its results come back in the volume's own geometry."""
+    import argparse
+
+    from training.__main__ import _train_parser, run_config_from_args
+    from training.evaluate import card_data
+    from VerdiffSegmentLib.models import get_card, parse_card
+    from VerdiffSegmentLib.pipeline import segment
+    from VerdiffSegmentLib.preparation import coronal_view
+
+    parser = argparse.ArgumentParser()
+    _train_parser(parser.add_subparsers(dest="command"))
+    run = run_config_from_args(parser.parse_args(["train", "verdiff-mr", "--out", str(tmp_path), "--init", str(MODELS / "verdiff-mr.pt"), "--view", "coronal"]))
+    assert run.view == "coronal" and run.to_dict()["view"] == "coronal" and run.context_slices == 1
+    bundled = get_card("verdiff-mr")
+    data = card_data(run, bundled.weights_path.name, bundled.sha256, 1, 2)
+    assert data["input"]["view"] == "coronal"
+    assert parse_card(json.loads(json.dumps(data)), bundled.path).view == "coronal"
+    card = bundled.derived(input={**bundled.raw["input"], "view": data["input"]["view"]})  # the bundled card's sampling, turned
+    volume = sitk.ReadImage(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))
+    slab = volume[:, :, 20:56]  # the 36 central sagittal slices (the third axis is left-right)
+    ours = segment(slab, card, device="cpu", seed=3, keep_probability=True, per_vertebra=False)
+    theirs = segment(coronal_view(slab), bundled, device="cpu", seed=3, keep_probability=True, per_vertebra=False)
+    assert ours.settings["slices"] == theirs.settings["slices"] == slab.GetSize()[1]  # coronal planes: one per voxel front to back
+    for a, b in ((ours.labels, theirs.labels), (ours.probability, theirs.probability), (ours.uncertainty, theirs.uncertainty)):
+        assert a.GetDirection() == slab.GetDirection() and a.GetOrigin() == slab.GetOrigin() and a.GetSize() == slab.GetSize()
+        assert b.GetDirection() != slab.GetDirection()
+        assert np.array_equal(sitk.GetArrayViewFromImage(a), sitk.GetArrayViewFromImage(b))
+    assert sitk.GetArrayViewFromImage(ours.labels).any()
+    with pytest.raises(ValueError, match="view 'coronal' is for 2D runs on volumes"):
+        run_config_from_args(parser.parse_args(["train", "verdiff-xray", "--out", str(tmp_path), "--view", "coronal"]))

@@ -96,6 +96,8 @@ def _train_parser(sub) -> None:
                            "(default 0, or the --init model's card's); with --init from a model of fewer, it starts as that model")
     data.add_argument("--context-distance", type=float, default=None, metavar="MM",
                       help="2.5D: mm between neighbouring input channels (default: the --init model's card's, else the grid spacing)")
+    data.add_argument("--view", choices=["sagittal", "coronal"], default="sagittal",
+                      help="2D volumes: the planes trained on (coronal: preparation.coronal_view; default sagittal)")
     loop = p.add_argument_group("the loop")
     defaults = TrainOptions()
     loop.add_argument("--train-steps", dest="steps", type=int, default=defaults.steps, metavar="N", help=f"optimiser steps (default {defaults.steps})")
@@ -191,7 +193,7 @@ def run_config_from_args(args) -> RunConfig:
     keep_init_architecture(args)
     levels = args.levels.split(",") if args.levels else None
     if args.config:
-        if args.model or args.images or args.kind == "aasce" or given_family or args.spatial_dims != 2 or args.patch or args.spacing:
+        if args.model or args.images or args.kind == "aasce" or given_family or args.spatial_dims != 2 or args.patch or args.spacing or args.view != "sagittal":
             raise ValueError("--config describes the whole run; do not also name a recipe, a family or data sets")
         run = load_config(args.config)
         if given_context not in (None, run.context_slices):
@@ -204,7 +206,7 @@ def run_config_from_args(args) -> RunConfig:
         return run
     channels = args.channels or DEFAULT_CHANNELS
     family = args.family or DEFAULT_FAMILY
-    geometry = {"spatial_dims": args.spatial_dims, **({"context_slices": args.context_slices} if args.context_slices else {})}
+    geometry = {"spatial_dims": args.spatial_dims, **({"context_slices": args.context_slices} if args.context_slices else {}), **({"view": args.view} if args.view != "sagittal" else {})}
     if args.context_distance is not None:
         geometry["context_distance_mm"] = args.context_distance
     if args.patch:
@@ -235,8 +237,9 @@ def run_config_from_args(args) -> RunConfig:
         )
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
-    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0,
-                         args.context_distance)
+    run = recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0,
+                        args.context_distance)
+    return RunConfig.from_dict({**run.to_dict(), "view": args.view}, "arguments") if args.view != "sagittal" else run
 
 
 def bundled_card(run: RunConfig) -> ModelCard | None:

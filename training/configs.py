@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from VerdiffSegmentLib.families import FAMILY_MODULES, get_family
-from VerdiffSegmentLib.models import checked_context_distance
+from VerdiffSegmentLib.models import VIEWS, checked_context_distance
 
 from .labels import LabelScheme, default_levels, source_levels
 
@@ -67,7 +67,7 @@ DEFAULT_CHANNELS = (8, 16, 32, 64)
 DATASET_KINDS = ("volume", "aasce")
 _DATASET_KEYS = {"kind", "images", "labels", "source", "subject", "include", "root"}
 _SPLIT_KEYS = {"seed", "validation", "test", "validation_subjects", "test_subjects"}
-_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm", "context_slices", "context_distance_mm"}
+_TOP_KEYS = {"name", "recipe", "family", "labels", "split", "datasets", "channels", "spatial_dims", "patch_size", "spacing_mm", "context_slices", "context_distance_mm", "view"}
 DEFAULT_FAMILY = "verdiff-net"
 
 
@@ -99,6 +99,7 @@ class RunConfig:
     spacing_mm: float | None = None  # None: the recipe's
     context_slices: int = 0  # 2.5D: neighbouring slices on each side in the input
     context_distance_mm: float | None = None  # 2.5D: mm between the input channels; None: the grid spacing
+    view: str = "sagittal"  # 2D: "coronal" trains on the volumes' coronal planes (``preparation.coronal_view``)
 
     @property
     def recipe_settings(self) -> dict:
@@ -149,6 +150,7 @@ class RunConfig:
             **({"spacing_mm": self.spacing_mm} if self.spacing_mm is not None else {}),
             **({"context_slices": self.context_slices} if self.context_slices else {}),
             **({"context_distance_mm": self.context_distance_mm} if self.context_distance_mm is not None else {}),
+            **({"view": self.view} if self.view != "sagittal" else {}),
         }
 
     @classmethod
@@ -200,7 +202,12 @@ class RunConfig:
         distance = checked_context_distance(data.get("context_distance_mm"), f"{origin}: context_distance_mm")
         if distance is not None and not context:
             raise ValueError(f"{origin}: context_distance_mm is for 2.5D runs (context_slices > 0)")
-        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm), context, distance)
+        view = data.get("view", "sagittal")
+        if view not in VIEWS:
+            raise ValueError(f"{origin}: view must be one of {VIEWS}, got {view!r}")
+        if view != "sagittal" and (spatial_dims != 2 or RECIPES[recipe]["modality"] == "XR" or any(d["kind"] == "aasce" for d in datasets)):
+            raise ValueError(f"{origin}: view {view!r} is for 2D runs on volumes")
+        return cls(name, recipe, scheme, datasets, split, channels, family, spatial_dims, patch_size, None if spacing_mm is None else float(spacing_mm), context, distance, view)
 
 
 def _check_dataset(entry: dict, where: str) -> dict:

@@ -29,7 +29,7 @@ import SimpleITK as sitk
 from PIL import Image, ImageDraw
 
 from VerdiffSegmentLib.io import read_image
-from VerdiffSegmentLib.preparation import prepare_image
+from VerdiffSegmentLib.preparation import coronal_view, prepare_image
 
 from .case import Case
 from .configs import RunConfig
@@ -220,8 +220,12 @@ def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation:
 
 
 def run_case(item: Item, run: RunConfig) -> Case:
-    """An item on the grid ``run`` trains on (its spacing; isotropic for a 3D run)."""
-    return load_case(item, run.labels, run.input_spacing_mm, run.recipe_settings["normalisation"], run.slice_spacing_mm)
+    """An item on the grid ``run`` trains on (its spacing; isotropic for a 3D run; its view: a
+    coronal run's image and labels turned by ``preparation.coronal_view``)."""
+    image, labels = read_item(item)
+    if run.view == "coronal":
+        image, labels = coronal_view(image), coronal_view(labels)
+    return slice_case(item.name, image, labels, item.source, run.labels, run.input_spacing_mm, run.recipe_settings["normalisation"], run.slice_spacing_mm)
 
 
 def truth_on_image_grid(item: Item, scheme: LabelScheme) -> tuple[sitk.Image, np.ndarray]:

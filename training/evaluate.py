@@ -95,6 +95,8 @@ def card_data(run: RunConfig, weights_name: str, sha256: str, steps: int, ensemb
         card["input"]["context_slices"] = run.context_slices
     if run.context_distance_mm is not None:  # absent: the grid spacing, as every card written before it
         card["input"]["context_distance_mm"] = run.context_distance_mm
+    if run.view != "sagittal":  # absent: sagittal, as every card written before it
+        card["input"]["view"] = run.view
     if edge_padding_px:  # absent when 0: the cards written before it stay as they were
         card["input"]["edge_padding_px"] = int(edge_padding_px)
     if tiles and run.spatial_dims == 2:  # absent: whole slices, as every card written before it

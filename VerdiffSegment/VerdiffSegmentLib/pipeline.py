@@ -55,9 +55,9 @@ from .endplate_tilt import predict_tilts, vertebra_tilts
 from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
 from .vertebra_outline import outline_vertebrae
-from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_outline_network, load_strip_network, load_tilt_network, make_scheduler
+from .models import AUTO_MODALITY, ModelCard, get_card, load_coronal_model, load_level_map, load_level_network, load_network, load_outline_network, load_strip_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
-from .preparation import PreparedImage, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
+from .preparation import PreparedImage, coronal_view, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
 from .radiograph import segment_radiograph
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
 from .settings import SegmentSettings
@@ -192,8 +192,9 @@ def segment(
     strip_network = load_strip_network(card, torch_device) if per_vertebra else None
     tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
     outline_network = load_outline_network(card, torch_device) if per_vertebra else None
+    coronal = load_coronal_model(card, torch_device) if not is_planar(image) and ensemble > 1 else None
     timings["load_model"] = time.perf_counter() - clock
-    networks = (network, level_map_network, level_network, strip_network, tilt_network, outline_network)
+    networks = (network, level_map_network, level_network, strip_network, tilt_network, outline_network, coronal)
 
     def run(picture: sitk.Image, scale: float = 1.0) -> SegmentationResult:
         """One pass of the model over ``picture``, whose lengths times ``scale`` are in the
@@ -203,8 +204,12 @@ def segment(
         spaced = picture if scale == 1.0 else scaled_spacing(picture, scale)
         if spaced is not picture:  # a finer grid than the input's own may hold more pixels
             refuse_segmentation_above_available(spaced, card, ensemble, batch_size)
+        if card.view == "coronal":  # a coronal card alone: its sagittal grid is the image's coronal planes
+            spaced = coronal_view(spaced)
         result = _segment_on_grid(spaced, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra)
-        if spaced is not picture:
+        if card.view == "coronal":  # the same voxels: the results take the image's geometry back
+            result = in_the_geometry_of(result, picture if scale == 1.0 else scaled_spacing(picture, scale))
+        if scale != 1.0:
             result = in_the_pictures_units(result, picture, scale)
         for stage, seconds in result.timings.items():  # a second look adds its time
             timings[stage] = timings.get(stage, 0.0) + seconds
@@ -235,6 +240,16 @@ def scaled_spacing(image: sitk.Image, scale: float) -> sitk.Image:
     return spaced
 
 
+def in_the_geometry_of(result: SegmentationResult, image: sitk.Image) -> SegmentationResult:
+    """``result``'s images (on the voxels of ``image`` under another geometry: a coronal card's
+    turned view) given ``image``'s geometry."""
+    for name in ("labels", "uncertainty", "probability"):
+        array = getattr(result, name)
+        if array is not None:
+            array.CopyInformation(image)
+    return result
+
+
 def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: float) -> SegmentationResult:
     """``result`` of ``image`` segmented with ``scaled_spacing`` put back into its own geometry:
     its images, and the segments' areas (volumes) and heights in the image's units."""
@@ -252,7 +267,7 @@ def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: 
 def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:
     """``segment`` after its checks and loading: one pass of the model over ``image`` on
     ``card``'s grid."""
-    network, level_map_network, level_network, strip_network, tilt_network, outline_network = networks
+    network, level_map_network, level_network, strip_network, tilt_network, outline_network, coronal = networks
     timings = {}
     volumetric = card.spatial_dims == 3
 
@@ -269,6 +284,8 @@ def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_de
     on_oom = {"fallback": cpu_fallback(torch_device), "warnings": run_warnings}
     if volumetric:
         probability, spread, diffused, windows = sample_volume(stack, *sample, batch_size, progress, cancel, **on_oom)
+    elif coronal is not None:  # half the ensemble in the image's coronal planes (sample_two_views)
+        probability, spread, diffused = sample_two_views(prepared, card, coronal, network, scheduler, steps, ensemble, generator, torch_device, batch_size, progress, cancel, on_oom)
     else:
         probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel, **on_oom, offsets=prepared.input_offsets)
     timings["inference"] = time.perf_counter() - clock
@@ -450,6 +467,51 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     finally:
         sampler.finish(warnings)
     return probability, spread, diffused
+
+
+def sample_two_views(prepared, card, coronal, network, scheduler, steps, ensemble, generator, torch_device, batch_size, progress, cancel, on_oom):
+    """A card with ``input.coronal_model``: of the ``ensemble`` members, ensemble // 2 sample the
+    coronal model on the image's coronal planes (``preparation.coronal_view``; its own grid,
+    normalisation and scheduler) and the rest the card's network on its sagittal slices; the
+    coronal mean and spread are mapped onto the sagittal grid (linearly, through the image's own
+    voxels) and the members pooled: mean of the means, spread from the pooled variance (each
+    view's spread and the views' distance from the mean, weighted by members). Returns what
+    ``sample_slices`` returns, on ``prepared``'s grid.
+
+    Why (issue 15, session 41): a spine curved in the coronal plane (held-out VB3_49) leaves each
+    sagittal slice sideways and every sagittal member misses the same part of its bodies, while
+    a coronal plane shows the curve whole; two views of the same voxels disagree where either is
+    unsure, so their spread is also an uncertainty the sagittal members alone cannot give.
+    Decisions: the members are split, not added, so the card's ensemble costs what it did; the
+    sagittal view keeps the odd member (it is the model's own); the results stay on the sagittal
+    grid, where the post-processing and naming were made."""
+    coronal_card, coronal_network = coronal
+    coronal_scheduler = make_scheduler(coronal_card)
+    if coronal_scheduler is not None:
+        coronal_scheduler.set_timesteps(steps)
+    n_coronal = ensemble // 2
+    n_sagittal = ensemble - n_coronal
+    halves = (lambda stage, done, total: progress(stage, done, 2 * total)) if progress is not None else None
+    later = (lambda stage, done, total: progress(stage, total + done, 2 * total)) if progress is not None else None
+    probability, spread, diffused = sample_slices(prepared.stack, card, network, scheduler, n_sagittal, generator, torch_device, batch_size, halves, cancel,
+                                                  **on_oom, offsets=prepared.input_offsets)
+    turned = prepare_for_card(coronal_view(prepared.planar), coronal_card)
+    coronal_mean, coronal_spread, coronal_diffused = sample_slices(turned.stack, coronal_card, coronal_network, coronal_scheduler, n_coronal, generator, torch_device,
+                                                                   batch_size, later, cancel, **on_oom, offsets=turned.input_offsets)
+
+    def on_sagittal_grid(stack: np.ndarray) -> np.ndarray:
+        """[slices, classes, rows, cols] on the coronal grid -> the same on the sagittal grid."""
+        channels = []
+        for k in range(stack.shape[1]):
+            on_voxels = turned.to_input_grid(np.ascontiguousarray(stack[:, k]), is_label=False)
+            on_voxels.CopyInformation(prepared.planar)  # the same voxels in the image's geometry
+            channels.append(sitk.GetArrayFromImage(sitk.Resample(on_voxels, prepared.reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
+        return np.stack(channels, axis=1)
+
+    coronal_mean, coronal_spread = on_sagittal_grid(coronal_mean), on_sagittal_grid(coronal_spread)
+    mean = (n_sagittal * probability + n_coronal * coronal_mean) / ensemble
+    second_moment = (n_sagittal * (spread**2 + probability**2) + n_coronal * (coronal_spread**2 + coronal_mean**2)) / ensemble
+    return mean.astype(np.float32), np.sqrt(np.clip(second_moment - mean**2, 0.0, None)).astype(np.float32), diffused + coronal_diffused
 
 
 def sample_tiles(sampler, images: torch.Tensor, tile: int, pad_short_axes: bool = False):

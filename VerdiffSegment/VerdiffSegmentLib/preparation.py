@@ -93,6 +93,29 @@ def picture_pixel_mm(image: sitk.Image, field_of_view: tuple[float, tuple[float,
     return 1.0 if low <= longer <= high else typical / longer
 
 
+def coronal_view(image: sitk.Image) -> sitk.Image:
+    """``image`` with its geometry turned 90 degrees about the patient's head-feet axis (its
+    voxels and their array untouched), so that the canonical sagittal grid of the result cuts
+    the coronal planes of ``image``: its slices run anterior to posterior, its rows superior to
+    inferior and its columns across the patient (issue 15, session 41: a second view of a
+    spine curved in the coronal plane, whose bodies leave every sagittal slice sideways).
+
+    Decisions: the turn is about the world's head-feet axis (LPS z, which is Slicer's S axis
+    too) through the world's origin; the grid it leaves does not matter, since only arrays are
+    compared: a result computed on the turned image lies on the very voxels of ``image`` and
+    takes its geometry back by ``CopyInformation``. Training (``training.datasets.run_case``
+    with a run's ``view`` "coronal") and inference (a card's ``input.view``) turn image and
+    labels with this one function."""
+    turn = np.array([[0.0, -1.0, 0.0], [1.0, 0.0, 0.0], [0.0, 0.0, 1.0]])  # x (L) -> y (P), y -> -x
+    direction = np.asarray(image.GetDirection(), np.float64).reshape(image.GetDimension(), image.GetDimension())
+    if direction.shape != (3, 3):
+        raise ValueError("a coronal view needs a 3D volume")
+    turned = sitk.Image(image)
+    turned.SetDirection(tuple((turn @ direction).ravel()))
+    turned.SetOrigin(tuple(turn @ np.asarray(image.GetOrigin(), np.float64)))
+    return turned
+
+
 BIAS_GRID_MM = 6.0  # voxel size the bias field is fitted at (decision 6)
 BIAS_ITERATIONS = (50, 50, 30)  # N4's iterations per fitting level, coarse to fine (decision 6)
 

@@ -247,3 +247,50 @@ def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_leve
     assert dice(labels > 0, truth > 0) > dice(staircase > 0, truth > 0) + 0.001, (dice(labels > 0, truth > 0), dice(staircase > 0, truth > 0))
     for level in range(1, 6):
         assert dice(labels == level, truth == level) > 0.9, level
+
+
+def test_two_views_pool_a_sagittal_and_a_coronal_member_on_the_sagittal_grid(data_dir):
+    """A card with ``input.coronal_model`` and 2 members (``pipeline.sample_two_views``): one
+    member samples the sagittal slices, the other the coronal model on the volume's coronal planes;
+    the coronal result, moved onto the sagittal grid by the physical 90-degree turn (an
+    independent resampling, not the pipeline's), and the sagittal one average to the pooled mean,
+    and the pooled spread is half their distance (each view one member, no spread of its own).
+    With one member the coronal model is not used: the result is the sagittal card's, bit for bit."""
+    from VerdiffSegmentLib.pipeline import sample_two_views
+    from VerdiffSegmentLib.preparation import coronal_view
+
+    card = get_card("verdiff-mr")
+    coronal_card = card.derived(input={**card.raw["input"], "view": "coronal"})  # the bundled weights reading coronal planes
+    two_views = card.derived(input={**card.raw["input"], "coronal_model": "verdiff-mr-coronal"})
+    network = load_network(card, "cpu")
+    scheduler = make_scheduler(card)
+    scheduler.set_timesteps(1)
+    slab = sitk.ReadImage(str(data_dir / "mr-lumbar-vb3" / "VB3_17_img.nii.gz"))[:, 50:122, :]  # the bodies' 72 coronal planes (the second axis is front-back)
+    prepared = prepare_for_card(slab, card)
+    on_oom = {"fallback": None, "warnings": []}
+    pooled, spread, diffused = sample_two_views(prepared, two_views, (coronal_card, network), network, scheduler, 1, 2, torch.Generator().manual_seed(4),
+                                                torch.device("cpu"), 8, None, None, on_oom)
+    generator = torch.Generator().manual_seed(4)  # the same draws in the same order: sagittal first
+    sagittal, sagittal_spread, _ = sample_slices(prepared.stack, card, network, scheduler, 1, generator, torch.device("cpu"), 8, None, None, offsets=prepared.input_offsets)
+    turned = prepare_for_card(coronal_view(slab), coronal_card)
+    coronal, _, _ = sample_slices(turned.stack, coronal_card, network, scheduler, 1, generator, torch.device("cpu"), 8, None, None, offsets=turned.input_offsets)
+    assert not sagittal_spread.any() and diffused > 0
+    on_coronal_grid = sitk.GetImageFromArray(coronal[:, 0])
+    on_coronal_grid.CopyInformation(turned.reference)  # in the turned world
+    unturn = sitk.AffineTransform(3)
+    unturn.SetMatrix((0.0, -1.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0))  # a sagittal-grid point in the image's world -> the turned world (coronal_view's turn)
+    coronal_on_sagittal = sitk.GetArrayFromImage(sitk.Resample(on_coronal_grid, prepared.reference, unturn, sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    expected = (sagittal[:, 0] + coronal_on_sagittal) / 2
+    inside = np.ones_like(expected, bool)
+    inside[:, :, [0, -1]] = inside[:, [0, -1], :] = False  # the grids' borders: one resampling against two
+    assert np.abs(pooled[:, 0] - expected)[inside].mean() < 0.005
+    assert ((pooled[:, 0] > 0.5) == (expected > 0.5))[inside].mean() > 0.995
+    assert np.allclose(spread[:, 0], np.abs(pooled[:, 0] - sagittal[:, 0]), atol=1e-5)  # two members: the distance of each from their mean
+    assert (coronal_on_sagittal > 0.5).sum() > 0.3 * (sagittal[:, 0] > 0.5).sum()  # the coronal member sees bodies (the mapping is tested on them)
+    assert ((coronal_on_sagittal > 0.5) != (sagittal[:, 0] > 0.5)).any()  # and differs: the pooling is not trivially the sagittal member
+    # one member: the sagittal card alone, the coronal model not even loaded (its name is no card here)
+    alone = segment(slab, card, ensemble=1, device="cpu", seed=2, per_vertebra=False, keep_probability=True)
+    named = segment(slab, two_views, ensemble=1, device="cpu", seed=2, per_vertebra=False, keep_probability=True)
+    assert np.array_equal(sitk.GetArrayViewFromImage(alone.probability), sitk.GetArrayViewFromImage(named.probability))
+    with pytest.raises(VerdiffError, match="unknown model 'verdiff-mr-coronal'"):
+        segment(slab, two_views, ensemble=2, device="cpu", seed=2, per_vertebra=False)

@@ -17,6 +17,12 @@ slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_
 ``input.context_distance_mm`` d (absent: the card's ``spacing_mm``, as every 2.5D card written
 before it) is the distance between neighbouring input channels (``preparation`` decision 4).
 
+Views: ``input.view`` "coronal" (absent: "sagittal", as every card written before it) makes a 2D
+card of volumes sample the coronal planes (``preparation.coronal_view``; ``training`` ``--view``);
+``input.coronal_model`` names such a card, of the same labels, which samples half of this card's
+ensemble (``pipeline.sample_two_views``). Neither is for radiographs (one plane) or 3D networks
+(every plane already).
+
 Tiles: ``input.tile_px`` t (absent: whole slices) samples each sagittal slice of a 2D card in
 overlapping t x t tiles (half a tile apart, Gaussian-blended; ``pipeline.sample_tiles``), the
 size the network was trained on; an axis shorter than t is one window of its own length, or,
@@ -626,12 +632,13 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
 
 def load_coronal_model(card: ModelCard, device: str | torch.device = "cpu") -> tuple[ModelCard, torch.nn.Module] | None:
     """The card's coronal model (``input.coronal_model``: a card beside it with ``input.view``
-    "coronal" and the same labels) and its network, checked like the card's; None without one."""
+    "coronal", the same labels and normalisation) and its network, checked like the card's; None without one."""
     if card.coronal_model is None:
         return None
     coronal = get_card(card.coronal_model, card.path.parent)
-    if coronal.view != "coronal" or [label["value"] for label in coronal.labels] != [label["value"] for label in card.labels] or coronal.gap_channel != card.gap_channel:
-        raise VerdiffError(f"model {card.name}'s input.coronal_model {coronal.name} must read coronal planes (input.view) with the same labels")
+    same = ([label["value"] for label in coronal.labels], coronal.gap_channel, coronal.normalisation) == ([label["value"] for label in card.labels], card.gap_channel, card.normalisation)
+    if coronal.view != "coronal" or not same:  # the members are pooled voxel by voxel, and the bias field is fitted once
+        raise VerdiffError(f"model {card.name}'s input.coronal_model {coronal.name} must read coronal planes (input.view) with the same labels and normalisation")
     return coronal, load_network(coronal, device)
 
 

@@ -495,7 +495,7 @@ def sample_two_views(prepared, card, coronal, network, scheduler, steps, ensembl
     later = (lambda stage, done, total: progress(stage, total + done, 2 * total)) if progress is not None else None
     probability, spread, diffused = sample_slices(prepared.stack, card, network, scheduler, n_sagittal, generator, torch_device, batch_size, halves, cancel,
                                                   **on_oom, offsets=prepared.input_offsets)
-    turned = prepare_for_card(coronal_view(prepared.planar), coronal_card)
+    turned = prepare_for_card(coronal_view(prepared.planar), coronal_card, coronal_view(prepared.intensities))  # the same voxels: the bias field once
     coronal_mean, coronal_spread, coronal_diffused = sample_slices(turned.stack, coronal_card, coronal_network, coronal_scheduler, n_coronal, generator, torch_device,
                                                                    batch_size, later, cancel, **on_oom, offsets=turned.input_offsets)
 
@@ -510,8 +510,8 @@ def sample_two_views(prepared, card, coronal, network, scheduler, steps, ensembl
 
     coronal_mean, coronal_spread = on_sagittal_grid(coronal_mean), on_sagittal_grid(coronal_spread)
     mean = (n_sagittal * probability + n_coronal * coronal_mean) / ensemble
-    second_moment = (n_sagittal * (spread**2 + probability**2) + n_coronal * (coronal_spread**2 + coronal_mean**2)) / ensemble
-    return mean.astype(np.float32), np.sqrt(np.clip(second_moment - mean**2, 0.0, None)).astype(np.float32), diffused + coronal_diffused
+    variance = (n_sagittal * (spread**2 + (probability - mean) ** 2) + n_coronal * (coronal_spread**2 + (coronal_mean - mean) ** 2)) / ensemble
+    return mean.astype(np.float32), np.sqrt(variance).astype(np.float32), diffused + coronal_diffused
 
 
 def sample_tiles(sampler, images: torch.Tensor, tile: int, pad_short_axes: bool = False):

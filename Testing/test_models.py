@@ -164,32 +164,26 @@ def test_edge_padding_is_read_from_the_card_and_refused_on_a_3d_network(tmp_path
         volumetric.derived(input={**volumetric.raw["input"], "edge_padding_px": 8})
 
 
-def test_a_view_and_a_coronal_model_are_read_from_the_card_and_refused_where_they_mean_nothing(tmp_path, monkeypatch):
-    """``input.view`` (absent: sagittal, as every card written before it) and
-    ``input.coronal_model``: read as given on a 2D card of volumes, refused on a radiograph's
-    card and a 3D network's, and the coronal model must be a coronal card with the same labels
-    (``load_coronal_model``: one clear error, before any sampling)."""
-    from conftest import MODELS
-    from VerdiffSegmentLib.models import get_card, load_coronal_model
 
-    assert all(card.view == "sagittal" and card.coronal_model is None for card in CARDS if "view" not in card.raw["input"] and "coronal_model" not in card.raw["input"])
-    mr = next(card for card in CARDS if card.name == "verdiff-mr")
-    assert mr.derived(input={**mr.raw["input"], "view": "coronal"}).view == "coronal"
-    for bad, message in (("axial", "input.view must be one of sagittal, coronal"), ("", "input.view must be one of")):
-        with pytest.raises(VerdiffError, match=message):
+def test_a_view_is_read_from_the_card_and_refused_where_it_means_nothing():
+    """``input.view`` (absent: sagittal, as every card written before it): read as given on a
+    2D card of volumes, refused on a radiograph's card and a 3D network's; a coronal card refuses
+    a single picture (no coronal planes) with one clear error."""
+    from VerdiffSegmentLib.pipeline import check_card_fits
+    from conftest import xray_image
+    from VerdiffSegmentLib.io import read_image
+
+    assert all(card.view == "sagittal" for card in CARDS if "view" not in card.raw["input"])
+    mr = next(card for card in CARDS if card.name == "verdiff-mr-2d")
+    coronal = mr.derived(input={**mr.raw["input"], "view": "coronal"})
+    assert coronal.view == "coronal"
+    for bad in ("axial", ""):
+        with pytest.raises(VerdiffError, match="input.view must be one of sagittal, coronal"):
             mr.derived(input={**mr.raw["input"], "view": bad})
-    with pytest.raises(VerdiffError, match="coronal_model must be a model name"):
-        mr.derived(input={**mr.raw["input"], "coronal_model": 3})
     for other in (next(c for c in CARDS if c.modality == "XR"), next(c for c in CARDS if c.spatial_dims == 3)):
-        for key, value in (("view", "coronal"), ("coronal_model", "verdiff-mr")):
-            with pytest.raises(VerdiffError, match="are for 2D cards of volumes"):
-                other.derived(input={**other.raw["input"], key: value})
-    # the coronal model named must read coronal planes: the sagittal planar card does not
-    for path in MODELS.iterdir():
-        if path.name != "verdiff-mr.json":
-            (tmp_path / path.name).symlink_to(path)
-    (tmp_path / "verdiff-mr.json").write_text(json.dumps({**mr.raw, "input": {**mr.raw["input"], "coronal_model": "verdiff-mr-2d"}}))
-    monkeypatch.setenv("VERDIFF_MODELS_DIR", str(tmp_path))
-    with pytest.raises(VerdiffError, match="coronal_model verdiff-mr-2d must read coronal planes"):
-        load_coronal_model(get_card("verdiff-mr"))
-    assert load_coronal_model(mr) is None
+        with pytest.raises(VerdiffError, match="input.view is for 2D cards of volumes"):
+            other.derived(input={**other.raw["input"], "view": "coronal"})
+    picture = read_image(str(xray_image()))
+    check_card_fits(picture, mr)  # the planar MR card takes a picture
+    with pytest.raises(VerdiffError, match="reads a volume's coronal planes"):
+        check_card_fits(picture, coronal)

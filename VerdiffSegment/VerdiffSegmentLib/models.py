@@ -18,9 +18,8 @@ slice (a 2D MR picture) when the model is chosen by modality (``pipeline.choose_
 before it) is the distance between neighbouring input channels (``preparation`` decision 4).
 
 Views: ``input.view`` "coronal" (absent: "sagittal", as every card written before it) makes a 2D
-card of volumes sample the coronal planes (``preparation.coronal_view``; ``training`` ``--view``);
-``input.coronal_model`` names such a card, of the same labels, which samples half of this card's
-ensemble (``pipeline.sample_two_views``). Neither is for radiographs (one plane) or 3D networks
+card of volumes sample the coronal planes (``preparation.coronal_view``; ``training`` ``--view``) and
+give its results back in the volume's geometry. Not for radiographs (one plane) or 3D networks
 (every plane already).
 
 Tiles: ``input.tile_px`` t (absent: whole slices) samples each sagittal slice of a 2D card in
@@ -249,7 +248,6 @@ class ModelCard:
     min_vertebrae_share: float | None = None  # ``reliability.vertebra_count_check``; None: no count check
     planar_model: str | None = None  # 2.5D: the model for a single slice (module docstring)
     view: str = "sagittal"  # input.view: the planes the network reads, "sagittal" or "coronal" (module docstring)
-    coronal_model: str | None = None  # input.coronal_model: the card whose network samples half the ensemble in coronal planes (module docstring)
     gap_channel: int | None = None  # the network output with the gaps between vertebrae (module docstring)
     extra_vertebrae: str = "above"  # where vertebrae beyond the card's levels can lie: "above" or "either" (module docstring)
     level_map: dict | None = None  # naming.level_map: weights, sha256, network, box (module docstring)
@@ -402,9 +400,6 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         view = source.get("view", "sagittal")
         if view not in VIEWS:
             raise ValueError(f"input.view must be one of {', '.join(VIEWS)}, got {view!r}")
-        coronal_model = source.get("coronal_model")
-        if coronal_model is not None and not (isinstance(coronal_model, str) and coronal_model):
-            raise TypeError(f"input.coronal_model must be a model name, got {coronal_model!r}")
         gap_channel = (data.get("separation") or {}).get("gap_channel")
         if gap_channel is not None and (isinstance(gap_channel, bool) or not isinstance(gap_channel, int)):
             raise TypeError(f"separation.gap_channel must be an integer, got {gap_channel!r}")
@@ -460,8 +455,8 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         fail("input.context_distance_mm is for 2.5D cards (input.context_slices > 0)")
     if planar is not None and not context:
         fail("input.planar_model is for 2.5D cards (input.context_slices > 0): a 1-channel model segments single slices itself")
-    if (view != "sagittal" or coronal_model is not None) and (int(data["network"].get("spatial_dims", 2)) != 2 or data["modality"] == "XR"):
-        fail("input.view and input.coronal_model are for 2D cards of volumes (CT, MR): a 3D network sees every plane, a radiograph has one")
+    if view != "sagittal" and (int(data["network"].get("spatial_dims", 2)) != 2 or data["modality"] == "XR"):
+        fail("input.view is for 2D cards of volumes (CT, MR): a 3D network sees every plane, a radiograph has one")
     if gap_channel is not None and (len(labels) != 1 or gap_channel != 1 or int(data["network"].get("num_classes", 1)) != 2):
         fail(f"separation.gap_channel is for a binary label with the gaps as the second of the network's 2 outputs (gap_channel 1, num_classes 2), got gap_channel {gap_channel}")
     if context and int(data["network"].get("spatial_dims", 2)) != 2:
@@ -499,7 +494,6 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         min_vertebrae_share=share,
         planar_model=planar,
         view=view,
-        coronal_model=coronal_model,
         gap_channel=gap_channel,
         extra_vertebrae=extra_vertebrae,
         level_map=level_map,
@@ -628,18 +622,6 @@ def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.n
     # the bundled networks, CPU); the inputs are made channels-last by the sampler. The 3D
     # networks' 5D weights take its volume form.
     return network.to(device, memory_format=memory_layout(card.spatial_dims)).eval()
-
-
-def load_coronal_model(card: ModelCard, device: str | torch.device = "cpu") -> tuple[ModelCard, torch.nn.Module] | None:
-    """The card's coronal model (``input.coronal_model``: a card beside it with ``input.view``
-    "coronal", the same labels and normalisation) and its network, checked like the card's; None without one."""
-    if card.coronal_model is None:
-        return None
-    coronal = get_card(card.coronal_model, card.path.parent)
-    same = ([label["value"] for label in coronal.labels], coronal.gap_channel, coronal.normalisation) == ([label["value"] for label in card.labels], card.gap_channel, card.normalisation)
-    if coronal.view != "coronal" or not same:  # the members are pooled voxel by voxel, and the bias field is fitted once
-        raise VerdiffError(f"model {card.name}'s input.coronal_model {coronal.name} must read coronal planes (input.view) with the same labels and normalisation")
-    return coronal, load_network(coronal, device)
 
 
 def make_scheduler(card: ModelCard):

@@ -55,7 +55,7 @@ from .endplate_tilt import predict_tilts, vertebra_tilts
 from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
 from .vertebra_outline import outline_vertebrae
-from .models import AUTO_MODALITY, ModelCard, get_card, load_coronal_model, load_level_map, load_level_network, load_network, load_outline_network, load_strip_network, load_tilt_network, make_scheduler
+from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_outline_network, load_strip_network, load_tilt_network, make_scheduler
 from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
 from .preparation import PreparedImage, coronal_view, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
 from .radiograph import segment_radiograph
@@ -101,8 +101,10 @@ def check_card_fits(image: sitk.Image, card: ModelCard) -> None:
     neighbouring slices, and replicating it into the neighbour channels would show the
     network an input it never saw in training (anatomy that does not change across the
     slices); the run is refused with a clear error instead. Training refuses 2.5D X-ray runs
-    alike (``training.configs``)."""
+    alike (``training.configs``). A coronal card (``input.view``) segments volumes only too."""
     planar = is_planar(image)
+    if card.view == "coronal" and planar:  # a picture has one plane: there are no coronal planes to cut
+        raise VerdiffError(f"model {card.name} reads a volume's coronal planes: it segments volumes, not 2D images or single slices; choose a sagittal model")
     if card.spatial_dims == 3 and planar:
         raise VerdiffError(f"model {card.name} is a 3D model: it segments volumes, not 2D images or single slices (an X-ray); choose a 2D model")
     if card.context_slices and planar:
@@ -192,9 +194,8 @@ def segment(
     strip_network = load_strip_network(card, torch_device) if per_vertebra else None
     tilt_network = load_tilt_network(card, torch_device) if per_vertebra else None
     outline_network = load_outline_network(card, torch_device) if per_vertebra else None
-    coronal = load_coronal_model(card, torch_device) if not is_planar(image) and ensemble > 1 else None
     timings["load_model"] = time.perf_counter() - clock
-    networks = (network, level_map_network, level_network, strip_network, tilt_network, outline_network, coronal)
+    networks = (network, level_map_network, level_network, strip_network, tilt_network, outline_network)
 
     def run(picture: sitk.Image, scale: float = 1.0) -> SegmentationResult:
         """One pass of the model over ``picture``, whose lengths times ``scale`` are in the
@@ -267,7 +268,7 @@ def in_the_pictures_units(result: SegmentationResult, image: sitk.Image, scale: 
 def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra) -> SegmentationResult:
     """``segment`` after its checks and loading: one pass of the model over ``image`` on
     ``card``'s grid."""
-    network, level_map_network, level_network, strip_network, tilt_network, outline_network, coronal = networks
+    network, level_map_network, level_network, strip_network, tilt_network, outline_network = networks
     timings = {}
     volumetric = card.spatial_dims == 3
 
@@ -284,8 +285,6 @@ def _segment_on_grid(image, card, networks, scheduler, steps, ensemble, torch_de
     on_oom = {"fallback": cpu_fallback(torch_device), "warnings": run_warnings}
     if volumetric:
         probability, spread, diffused, windows = sample_volume(stack, *sample, batch_size, progress, cancel, **on_oom)
-    elif coronal is not None:  # half the ensemble in the image's coronal planes (sample_two_views)
-        probability, spread, diffused = sample_two_views(prepared, card, coronal, network, scheduler, steps, ensemble, generator, torch_device, batch_size, progress, cancel, on_oom)
     else:
         probability, spread, diffused = sample_slices(stack, *sample, batch_size, progress, cancel, **on_oom, offsets=prepared.input_offsets)
     timings["inference"] = time.perf_counter() - clock
@@ -467,51 +466,6 @@ def sample_slices(stack, card, network, scheduler, ensemble, generator, torch_de
     finally:
         sampler.finish(warnings)
     return probability, spread, diffused
-
-
-def sample_two_views(prepared, card, coronal, network, scheduler, steps, ensemble, generator, torch_device, batch_size, progress, cancel, on_oom):
-    """A card with ``input.coronal_model``: of the ``ensemble`` members, ensemble // 2 sample the
-    coronal model on the image's coronal planes (``preparation.coronal_view``; its own grid,
-    normalisation and scheduler) and the rest the card's network on its sagittal slices; the
-    coronal mean and spread are mapped onto the sagittal grid (linearly, through the image's own
-    voxels) and the members pooled: mean of the means, spread from the pooled variance (each
-    view's spread and the views' distance from the mean, weighted by members). Returns what
-    ``sample_slices`` returns, on ``prepared``'s grid.
-
-    Why (issue 15, session 41): a spine curved in the coronal plane (held-out VB3_49) leaves each
-    sagittal slice sideways and every sagittal member misses the same part of its bodies, while
-    a coronal plane shows the curve whole; two views of the same voxels disagree where either is
-    unsure, so their spread is also an uncertainty the sagittal members alone cannot give.
-    Decisions: the members are split, not added, so the card's ensemble costs what it did; the
-    sagittal view keeps the odd member (it is the model's own); the results stay on the sagittal
-    grid, where the post-processing and naming were made."""
-    coronal_card, coronal_network = coronal
-    coronal_scheduler = make_scheduler(coronal_card)
-    if coronal_scheduler is not None:
-        coronal_scheduler.set_timesteps(steps)
-    n_coronal = ensemble // 2
-    n_sagittal = ensemble - n_coronal
-    halves = (lambda stage, done, total: progress(stage, done, 2 * total)) if progress is not None else None
-    later = (lambda stage, done, total: progress(stage, total + done, 2 * total)) if progress is not None else None
-    probability, spread, diffused = sample_slices(prepared.stack, card, network, scheduler, n_sagittal, generator, torch_device, batch_size, halves, cancel,
-                                                  **on_oom, offsets=prepared.input_offsets)
-    turned = prepare_for_card(coronal_view(prepared.planar), coronal_card, coronal_view(prepared.intensities))  # the same voxels: the bias field once
-    coronal_mean, coronal_spread, coronal_diffused = sample_slices(turned.stack, coronal_card, coronal_network, coronal_scheduler, n_coronal, generator, torch_device,
-                                                                   batch_size, later, cancel, **on_oom, offsets=turned.input_offsets)
-
-    def on_sagittal_grid(stack: np.ndarray) -> np.ndarray:
-        """[slices, classes, rows, cols] on the coronal grid -> the same on the sagittal grid."""
-        channels = []
-        for k in range(stack.shape[1]):
-            on_voxels = turned.to_input_grid(np.ascontiguousarray(stack[:, k]), is_label=False)
-            on_voxels.CopyInformation(prepared.planar)  # the same voxels in the image's geometry
-            channels.append(sitk.GetArrayFromImage(sitk.Resample(on_voxels, prepared.reference, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)))
-        return np.stack(channels, axis=1)
-
-    coronal_mean, coronal_spread = on_sagittal_grid(coronal_mean), on_sagittal_grid(coronal_spread)
-    mean = (n_sagittal * probability + n_coronal * coronal_mean) / ensemble
-    variance = (n_sagittal * (spread**2 + (probability - mean) ** 2) + n_coronal * (coronal_spread**2 + (coronal_mean - mean) ** 2)) / ensemble
-    return mean.astype(np.float32), np.sqrt(variance).astype(np.float32), diffused + coronal_diffused
 
 
 def sample_tiles(sampler, images: torch.Tensor, tile: int, pad_short_axes: bool = False):

@@ -98,7 +98,9 @@ def coronal_view(image: sitk.Image) -> sitk.Image:
     voxels and their array untouched), so that the canonical sagittal grid of the result cuts
     the coronal planes of ``image``: its slices run anterior to posterior, its rows superior to
     inferior and its columns across the patient (issue 15, session 41: a second view of a
-    spine curved in the coronal plane, whose bodies leave every sagittal slice sideways).
+    spine curved in the coronal plane, whose bodies leave every sagittal slice sideways; on the
+    VB3 slabs, 77 mm across, a coronal model reached binary Dice 0.60 and averaged with the
+    sagittal one lost, docs/levels.md).
 
     Decisions: the turn is about the world's head-feet axis (LPS z, which is Slicer's S axis
     too) through the world's origin; the grid it leaves does not matter, since only arrays are
@@ -155,7 +157,6 @@ class PreparedImage:
     spacing_mm: float
     context_slices: int = 0
     context_distance_mm: float | None = None  # between the input channels (decision 4); None: spacing_mm
-    intensities: sitk.Image | None = None  # ``planar``'s intensities the stack was resampled from (bias-corrected, decision 6)
 
     @property
     def input_offsets(self) -> np.ndarray:
@@ -190,26 +191,21 @@ class PreparedImage:
 
 
 def prepare_image(image: sitk.Image, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None, context_slices: int = 0,
-                  context_distance_mm: float | None = None, intensities: sitk.Image | None = None) -> PreparedImage:
+                  context_distance_mm: float | None = None) -> PreparedImage:
     """Prepare ``image`` for a network trained at ``spacing_mm`` with ``normalisation``.
 
     ``slice_spacing_mm``: resample the slice axis too (the 3D networks' isotropic grid);
     None (default) keeps the input's sagittal slices. ``context_slices``: neighbours on each
     side in the network's input, ``context_distance_mm`` apart (None, the default: ``spacing_mm``;
-    decision 4). ``normalisation["bias_field"]`` "n4": the intensities corrected first (decision 6).
-    ``intensities``: the image's intensities as this normalisation prepares them, where another
-    preparation of the same voxels has them already (``PreparedImage.intensities``, turned with
-    the image: the coronal view of a volume whose sagittal slices were prepared); None computes them."""
+    decision 4). ``normalisation["bias_field"]`` "n4": the intensities corrected first (decision 6)."""
     planar = plane_of(image)
-    if intensities is None:
-        intensities = bias_corrected(planar) if bias_field_of(normalisation) == "n4" else planar
+    intensities = bias_corrected(planar) if bias_field_of(normalisation) == "n4" else planar
     reference = sagittal_reference(planar, spacing_mm, slice_spacing_mm)
     stack = to_sagittal_stack(intensities, reference, spacing_mm)
     low, high = intensity_range(sitk.GetArrayViewFromImage(intensities), normalisation)
-    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm), int(context_slices), context_distance_mm, intensities)
+    return PreparedImage(image, planar, reference, normalise(stack, low, high), float(spacing_mm), int(context_slices), context_distance_mm)
 
 
-def prepare_for_card(image: sitk.Image, card, intensities: sitk.Image | None = None) -> PreparedImage:
+def prepare_for_card(image: sitk.Image, card) -> PreparedImage:
     """``prepare_image`` with a model card's input settings (``models.ModelCard``)."""
-    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None, card.context_slices, card.context_distance_mm,
-                         intensities)
+    return prepare_image(image, card.spacing_mm, card.normalisation, card.spacing_mm if card.spatial_dims == 3 else None, card.context_slices, card.context_distance_mm)

@@ -205,12 +205,12 @@ def segment(
         spaced = picture if scale == 1.0 else scaled_spacing(picture, scale)
         if spaced is not picture:  # a finer grid than the input's own may hold more pixels
             refuse_segmentation_above_available(spaced, card, ensemble, batch_size)
-        if card.view == "coronal":  # a coronal card alone: its sagittal grid is the image's coronal planes
-            spaced = coronal_view(spaced)
-        result = _segment_on_grid(spaced, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra)
-        if card.view == "coronal":  # the same voxels: the results take the image's geometry back
-            result = in_the_geometry_of(result, picture if scale == 1.0 else scaled_spacing(picture, scale))
-        if scale != 1.0:
+        # a coronal card: the canonical sagittal grid of the turned volume is its coronal planes
+        viewed = coronal_view(spaced) if card.view == "coronal" else spaced
+        result = _segment_on_grid(viewed, card, networks, scheduler, steps, ensemble, torch_device, seed, batch_size, progress, cancel, keep_probability, per_vertebra)
+        if viewed is not spaced:  # the same voxels: the results take the volume's geometry back
+            result = in_the_geometry_of(result, spaced)
+        if spaced is not picture:
             result = in_the_pictures_units(result, picture, scale)
         for stage, seconds in result.timings.items():  # a second look adds its time
             timings[stage] = timings.get(stage, 0.0) + seconds

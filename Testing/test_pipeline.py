@@ -247,4 +247,3 @@ def test_a_multi_class_result_keeps_the_binary_union_and_gives_each_voxel_a_leve
     assert dice(labels > 0, truth > 0) > dice(staircase > 0, truth > 0) + 0.001, (dice(labels > 0, truth > 0), dice(staircase > 0, truth > 0))
     for level in range(1, 6):
         assert dice(labels == level, truth == level) > 0.9, level
-

@@ -237,9 +237,8 @@ def run_config_from_args(args) -> RunConfig:
         )
     if not args.model:
         raise ValueError("name a bundled recipe (verdiff-mr, verdiff-ct, verdiff-xray) or give --config")
-    run = recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0,
-                        args.context_distance)
-    return RunConfig.from_dict({**run.to_dict(), "view": args.view}, "arguments") if args.view != "sagittal" else run
+    return recipe_config(args.model, args.label_scheme, levels, channels, args.name, family, args.spatial_dims, args.patch, args.spacing, args.context_slices or 0,
+                         args.context_distance, args.view)
 
 
 def bundled_card(run: RunConfig) -> ModelCard | None:

@@ -245,9 +245,10 @@ def load_config(path: Path) -> RunConfig:
 
 def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFAULT_CHANNELS, name: str | None = None, family: str = DEFAULT_FAMILY,
                   spatial_dims: int = 2, patch_size=None, spacing_mm: float | None = None, context_slices: int = 0,
-                  context_distance_mm: float | None = None) -> RunConfig:
+                  context_distance_mm: float | None = None, view: str = "sagittal") -> RunConfig:
     """A bundled recipe as a config (its own data and held-out split), for any model family,
-    in 2D (2.5D with ``context_slices``) or (``spatial_dims=3`` with a ``patch_size``) 3D."""
+    in 2D (2.5D with ``context_slices``; the coronal planes with ``view`` "coronal") or
+    (``spatial_dims=3`` with a ``patch_size``) 3D."""
     labels = {"scheme": scheme, **({"levels": list(levels)} if levels else {})}
     data = {"name": name or model, "recipe": model, "family": family, "labels": labels, "channels": list(channels), "spatial_dims": spatial_dims}
     if patch_size is not None:
@@ -258,4 +259,6 @@ def recipe_config(model: str, scheme: str = "binary", levels=None, channels=DEFA
         data["context_slices"] = context_slices
     if context_distance_mm is not None:
         data["context_distance_mm"] = context_distance_mm
+    if view != "sagittal":
+        data["view"] = view
     return RunConfig.from_dict(data, model)

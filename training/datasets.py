@@ -214,18 +214,18 @@ def slice_case(name: str, image: sitk.Image, source_labels: sitk.Image, source: 
     return Case(name, prepared.stack, labels, prepared.grid_spacing[0])
 
 
-def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None) -> Case:
+def load_case(item: Item, scheme: LabelScheme, spacing_mm: float, normalisation: dict, slice_spacing_mm: float | None = None, view: str = "sagittal") -> Case:
+    """``slice_case`` of the item's image and labels; ``view`` "coronal": both turned first by
+    ``preparation.coronal_view`` (a coronal run's planes)."""
     image, labels = read_item(item)
+    if view == "coronal":
+        image, labels = coronal_view(image), coronal_view(labels)
     return slice_case(item.name, image, labels, item.source, scheme, spacing_mm, normalisation, slice_spacing_mm)
 
 
 def run_case(item: Item, run: RunConfig) -> Case:
-    """An item on the grid ``run`` trains on (its spacing; isotropic for a 3D run; its view: a
-    coronal run's image and labels turned by ``preparation.coronal_view``)."""
-    image, labels = read_item(item)
-    if run.view == "coronal":
-        image, labels = coronal_view(image), coronal_view(labels)
-    return slice_case(item.name, image, labels, item.source, run.labels, run.input_spacing_mm, run.recipe_settings["normalisation"], run.slice_spacing_mm)
+    """An item on the grid ``run`` trains on (its spacing; isotropic for a 3D run; its view)."""
+    return load_case(item, run.labels, run.input_spacing_mm, run.recipe_settings["normalisation"], run.slice_spacing_mm, run.view)
 
 
 def truth_on_image_grid(item: Item, scheme: LabelScheme) -> tuple[sitk.Image, np.ndarray]:

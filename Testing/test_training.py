@@ -1044,6 +1044,63 @@ def test_a_sampler_with_a_coronal_bend_moves_the_spine_across_slices_only_when_a
         SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=-1.0, **kwargs)
 
 
+def test_an_axial_turn_reads_each_column_from_its_own_slice_through_the_bodies(data_dir):
+    """``sampler.bent_slice`` with a shift per pixel on a real MR case: a whole-slice shift per
+    column reads each column of image and labels from that slice; ``axial_turn`` shifts the
+    columns linearly, by nothing at the labelled columns' centroid and by at most tan(angle) per
+    column in slice units; the turned plane still cuts the bodies."""
+    from training.sampler import axial_turn, bent_slice
+
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    s, (rows, cols) = int(np.argmax(case.labels.reshape(len(case.labels), -1).sum(1))), case.images.shape[1:]
+    shifts = np.zeros((rows, cols))
+    shifts[:, : cols // 2] = -6.0  # the anterior half six slices to one side
+    turned, turned_labels = bent_slice(case.images, case.labels, s, shifts, [0.0])
+    front, back = slice(0, cols // 2), slice(cols // 2, cols)
+    assert np.array_equal(turned[0][:, front], case.images[s - 6][:, front]) and np.array_equal(turned_labels[:, front], case.labels[s - 6][:, front])
+    assert np.array_equal(turned[0][:, back], case.images[s][:, back]) and np.array_equal(turned_labels[:, back], case.labels[s][:, back])
+    rng = np.random.default_rng(0)
+    pivot = np.nonzero(case.labels[s])[1].mean()
+    slopes = []
+    for _ in range(100):
+        column_shifts = axial_turn(case.labels[s], 25.0, run.input_spacing_mm, case.slice_spacing_mm, rng)
+        slope = np.diff(column_shifts)
+        assert np.allclose(slope, slope[0]) and abs(np.interp(pivot, np.arange(cols), column_shifts)) < 1e-9
+        slopes.append(slope[0])
+    most = np.tan(np.deg2rad(25.0)) * run.input_spacing_mm / case.slice_spacing_mm
+    assert np.abs(slopes).max() <= most + 1e-12 and np.abs(slopes).max() > 0.9 * most
+    steepest = axial_turn(case.labels[s], 25.0, run.input_spacing_mm, case.slice_spacing_mm, np.random.default_rng(int(np.argmax(np.abs(slopes)))))
+    _, labels = bent_slice(case.images, case.labels, s, steepest[None, :], [0.0])
+    assert labels.astype(bool).sum() > 0.5 * case.labels[s].astype(bool).sum()
+
+
+def test_a_sampler_with_an_axial_turn_turns_about_half_its_samples_only_when_asked(data_dir):
+    """``SliceSampler(axial_turn_deg=25)`` on a real MR case, no other augmentation: where no turn
+    is drawn a sample is the plain sampler's bit for bit, about half differ, masks stay masks; a
+    coronal bend's samples are unchanged by a turn of 0; turns under 0 or from 90 degrees are refused."""
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    kwargs = dict(context_slices=1, context_distance_mm=run.input_spacing_mm, pixel_mm=run.input_spacing_mm)
+    plain = SliceSampler([case], 96, 5, PRESETS["none"], **kwargs)
+    turned = SliceSampler([case], 96, 5, PRESETS["none"], axial_turn_deg=25.0, **kwargs)
+    bent = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=12.0, **kwargs)
+    bent_unturned = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=12.0, axial_turn_deg=0.0, **kwargs)
+    differ = 0
+    for seed in range(60):
+        (a, ma), (b, mb) = plain.sample(seed), turned.sample(seed)
+        differ += not np.array_equal(a, b)
+        if np.array_equal(a, b):
+            assert np.array_equal(ma, mb)
+        assert set(np.unique(mb)) <= {0.0, 1.0}
+        (c, mc), (d, md) = bent.sample(seed), bent_unturned.sample(seed)
+        assert np.array_equal(c, d) and np.array_equal(mc, md)
+    assert 15 <= differ <= 45
+    for degrees in (-1.0, 90.0):
+        with pytest.raises(ValueError, match="axial turn"):
+            SliceSampler([case], 96, 5, PRESETS["none"], axial_turn_deg=degrees, **kwargs)
+
+
 def test_a_max_timestep_draws_the_training_timesteps_from_0_to_it_only():
     """``--max-timestep``: the noise levels around the card's start timestep (t = 150), not all T."""
     network = VerdiffNet(channels=TINY)

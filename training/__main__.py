@@ -114,6 +114,9 @@ def _train_parser(sub) -> None:
                            "so the model learns the image edge a padded inference shows it (default 0: none)")
     loop.add_argument("--coronal-bend", dest="coronal_bend_mm", type=float, default=defaults.coronal_bend_mm, metavar="MM",
                       help="2D: read half the slices along a random coronal bend of up to MM mm, as a sagittal plane cuts a scoliotic spine (default 0: none)")
+    loop.add_argument("--axial-turn", dest="axial_turn_deg", type=float, default=defaults.axial_turn_deg, metavar="DEG",
+                      help="2D: read half the slices on a plane turned about the head-feet axis by up to DEG degrees, "
+                           "as a sagittal slice cuts vertebral bodies rotated in scoliosis (default 0: none)")
     loop.add_argument("--sacral-band-weight", type=float, default=defaults.sacral_band_weight, metavar="W",
                       help="binary-gaps, verdiff-net: weigh the BCE 1 + W in the band under the lowest vertebra, "
                            "the sacrum's top under an X-ray's L5 (default 0: none)")

@@ -995,6 +995,13 @@ def test_a_sampler_with_edge_padding_draws_crops_past_the_image_edge(data_dir):
     assert (plain > 2).sum() == 0, np.bincount(plain)
 
 
+def turned_sampling_case(data_dir):
+    """VB3_01 as a tiny 2.5D MR run prepares it, and the sampler arguments the bend and turn tests share."""
+    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
+    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    return run, case, dict(context_slices=1, context_distance_mm=run.input_spacing_mm, pixel_mm=run.input_spacing_mm)
+
+
 def test_a_coronal_bend_reads_each_row_from_its_own_slice_and_keeps_labels_with_it(data_dir):
     """``sampler.bent_slice`` on a real 2.5D MR case: with no shift it is the sampler's own
     slice (channels and labels bit for bit); with a shift of whole slices each row of each channel
@@ -1002,9 +1009,8 @@ def test_a_coronal_bend_reads_each_row_from_its_own_slice_and_keeps_labels_with_
     fractional shift lies between its two slices."""
     from training.sampler import bent_slice, coronal_bend
 
-    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
-    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
-    sampler = SliceSampler([case], 96, 3, PRESETS["none"], context_slices=1, context_distance_mm=run.input_spacing_mm)
+    run, case, kwargs = turned_sampling_case(data_dir)
+    sampler = SliceSampler([case], 96, 3, PRESETS["none"], **kwargs)
     s, rows = int(np.argmax(case.labels.reshape(len(case.labels), -1).sum(1))), case.images.shape[1]
     image, labels = sampler.sample_image(s)
     flat, flat_labels = bent_slice(case.images, case.labels, s, np.zeros(rows), sampler.offsets[0])
@@ -1027,9 +1033,7 @@ def test_a_sampler_with_a_coronal_bend_moves_the_spine_across_slices_only_when_a
     seeds give the plain sampler's samples bit for bit where no bend is drawn, and about half the
     samples differ (a bend's draws come from a generator of their own), their masks still masks;
     0 mm gives the plain sampler's stream exactly, and a negative bend is refused."""
-    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
-    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
-    kwargs = dict(context_slices=1, context_distance_mm=run.input_spacing_mm, pixel_mm=run.input_spacing_mm)
+    run, case, kwargs = turned_sampling_case(data_dir)
     plain = SliceSampler([case], 96, 5, PRESETS["none"], **kwargs)
     bent = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=12.0, **kwargs)
     unbent = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=0.0, **kwargs)
@@ -1051,8 +1055,7 @@ def test_an_axial_turn_reads_each_column_from_its_own_slice_through_the_bodies(d
     column in slice units; the turned plane still cuts the bodies."""
     from training.sampler import axial_turn, bent_slice
 
-    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
-    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
+    run, case, _ = turned_sampling_case(data_dir)
     s, (rows, cols) = int(np.argmax(case.labels.reshape(len(case.labels), -1).sum(1))), case.images.shape[1:]
     shifts = np.zeros((rows, cols))
     shifts[:, : cols // 2] = -6.0  # the anterior half six slices to one side
@@ -1079,9 +1082,7 @@ def test_a_sampler_with_an_axial_turn_turns_about_half_its_samples_only_when_ask
     """``SliceSampler(axial_turn_deg=25)`` on a real MR case, no other augmentation: where no turn
     is drawn a sample is the plain sampler's bit for bit, about half differ, masks stay masks; a
     coronal bend's samples are unchanged by a turn of 0; turns under 0 or from 90 degrees are refused."""
-    run = recipe_config("verdiff-mr", channels=TINY, context_slices=1)
-    case = datasets.run_case(datasets.mr_item(data_dir, "VB3_01"), run)
-    kwargs = dict(context_slices=1, context_distance_mm=run.input_spacing_mm, pixel_mm=run.input_spacing_mm)
+    run, case, kwargs = turned_sampling_case(data_dir)
     plain = SliceSampler([case], 96, 5, PRESETS["none"], **kwargs)
     turned = SliceSampler([case], 96, 5, PRESETS["none"], axial_turn_deg=25.0, **kwargs)
     bent = SliceSampler([case], 96, 5, PRESETS["none"], coronal_bend_mm=12.0, **kwargs)

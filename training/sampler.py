@@ -340,9 +340,6 @@ class SliceSampler(SeededSampler):
         super().__init__(cases, seed, augmentation, num_classes, bits)
         if band_under_lowest and (not bits or coronal_bend_mm or axial_turn_deg):
             raise ValueError("the band under the lowest vertebra needs binary-gaps labels (--label-scheme binary-gaps) and no coronal bend or axial turn")
-        if not 0 <= axial_turn_deg < 90:
-            raise ValueError(f"an axial turn must be 0 or more degrees and under 90, got {axial_turn_deg}")
-        self.axial_turn_deg = float(axial_turn_deg)
         if not 0 <= band_offset <= 1:
             raise ValueError(f"the band's offset under the lowest vertebra must be 0..1 of its height, got {band_offset}")
         self.band_under_lowest, self.band_offset = bool(band_under_lowest), float(band_offset)
@@ -351,6 +348,9 @@ class SliceSampler(SeededSampler):
         if not coronal_bend_mm >= 0 or not pixel_mm > 0:
             raise ValueError(f"a coronal bend must be 0 or more mm on pixels of a positive size, got {coronal_bend_mm} mm, {pixel_mm} mm pixels")
         self.edge_pad, self.coronal_bend_mm, self.pixel_mm = int(edge_pad), float(coronal_bend_mm), float(pixel_mm)
+        if not 0 <= axial_turn_deg < 90:
+            raise ValueError(f"an axial turn must be 0 or more degrees and under 90, got {axial_turn_deg}")
+        self.axial_turn_deg = float(axial_turn_deg)
         if crop_centre not in CROP_CENTRES:
             raise ValueError(f"crop centre {crop_centre!r}: choose one of {', '.join(CROP_CENTRES)}")
         self.crop, self.crop_centre = crop, crop_centre

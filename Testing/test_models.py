@@ -48,6 +48,8 @@ def card_json(**changes) -> dict:
         ({"defaults": {"steps": 1, "ensemble": 0}}, "ensemble >= 1"),
         ({"network": [16, 32]}, "network must be an object"),
         ({"reliability": {"min_vertebrae_share": 1.5}}, "min_vertebrae_share must lie in"),
+        ({"postprocess": {"acquired_slice_threshold": 1.5}}, "acquired_slice_threshold must be a probability in"),
+        ({"postprocess": {"acquired_slice_threshold": "0.8"}}, "acquired_slice_threshold must be a probability in"),
         ({"separation": {"gap_channel": "1"}}, "gap_channel must be an integer"),
         ({"separation": {"gap_channel": 1}}, "gap_channel is for a binary label with the gaps"),  # the MR card's network has one output
         ({"naming": {"extra_vertebrae": "below"}}, "naming.extra_vertebrae must be one of above, either"),
@@ -61,7 +63,7 @@ def card_json(**changes) -> dict:
         ({"input": {**card_json()["input"], "normalisation": {"kind": "percentile", "low": 0.5, "high": 99.5, "bias_field": "n3"}}},
          "normalisation.bias_field must be one of None, n4, got 'n3'"),
     ],
-    ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share",
+    ids=["newer-schema", "schema-not-int", "modality", "no-labels", "spacing-text", "spacing-zero", "ensemble-zero", "network-list", "vertebrae-share", "acquired-threshold-above-1", "acquired-threshold-text",
          "gap-channel-text", "gap-channel-without-output", "extra-vertebrae",
          "edge-padding-negative", "edge-padding-fraction", "edge-padding-bool", "edge-padding-sides", "tile-not-multiple", "tile-bool", "tile-padding",
          "bias-field"],

@@ -375,6 +375,10 @@ def parse_card(data: dict, path: Path) -> ModelCard:
         share = None if share is None else float(share)
         if share is not None and not 0 < share <= 1:
             raise ValueError(f"reliability.min_vertebrae_share must lie in (0, 1], got {share}")
+        acquired_threshold = (data.get("postprocess") or {}).get("acquired_slice_threshold")
+        if acquired_threshold is not None and (isinstance(acquired_threshold, bool) or not isinstance(acquired_threshold, (int, float))
+                                               or not 0.5 <= acquired_threshold < 1):
+            raise ValueError(f"postprocess.acquired_slice_threshold must be a probability in [0.5, 1), got {acquired_threshold!r}")
         context = source.get("context_slices", 0)
         in_channels = data["network"].get("in_channels", 1)
         if not all(isinstance(n, int) and not isinstance(n, bool) for n in (context, in_channels)):

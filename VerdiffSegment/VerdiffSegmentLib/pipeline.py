@@ -56,7 +56,7 @@ from .level_map import predict_level_map
 from .vertebra_level import PieceLevelReader
 from .vertebra_outline import outline_vertebrae
 from .models import AUTO_MODALITY, ModelCard, get_card, load_level_map, load_level_network, load_network, load_outline_network, load_strip_network, load_tilt_network, make_scheduler
-from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty
+from .postprocess import postprocess, smooth_probability_across_slices, smooth_uncertainty, unite_interpolated_slices
 from .preparation import PreparedImage, coronal_view, in_pixel_units, picture_pixel_mm, prepare_for_card, slice_channels
 from .radiograph import segment_radiograph
 from .reliability import SELF_DICE_WARNING, reliability_estimate, vertebra_count_check
@@ -373,8 +373,8 @@ def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared
 
     The reliability estimate sees the labels of the probability as it was sampled (its
     thresholds were calibrated so); the labels are thresholded and post-processed again only
-    where the card smooths the probability across slices (post-processing a CT takes
-    seconds). The foreground probability says 0 where post-processing removed a voxel and 1
+    where the card smooths the probability across slices or unites interpolated slices with
+    their acquired neighbours (``postprocess``; post-processing a CT takes seconds). The foreground probability says 0 where post-processing removed a voxel and 1
     where it filled one, so that a binary model's labels, thresholded on the input grid, are
     the post-processed ones.
 
@@ -390,6 +390,7 @@ def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared
     labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)
     reliability = reliability_estimate(probability, spread, labels_stack, card.self_dice_warning or SELF_DICE_WARNING)
     smoothed = smooth_probability_across_slices(probability, prepared.grid_spacing[0], card.postprocess)
+    smoothed = unite_interpolated_slices(smoothed, prepared.stack, card.postprocess)
     if smoothed is not probability:
         probability, raw_labels = smoothed, labels_from_probability(smoothed)
         labels_stack = postprocess(raw_labels, prepared.grid_spacing, card.postprocess)

@@ -29,7 +29,7 @@ from training import datasets
 from training.augment import PRESETS
 from training.configs import RECIPES, RunConfig, load_config, recipe_config
 from training.labels import LabelScheme, source_levels
-from training.sampler import SliceSampler
+from training.sampler import SliceSampler, pad_up_to
 from training.splits import MR_VALIDATION, split_subjects
 from training.objectives import objective_for
 from training.train import RESUME_KEYS, TrainOptions, train
@@ -1101,6 +1101,26 @@ def test_a_sampler_with_an_axial_turn_turns_about_half_its_samples_only_when_ask
     for degrees in (-1.0, 90.0):
         with pytest.raises(ValueError, match="axial turn"):
             SliceSampler([case], 96, 5, PRESETS["none"], axial_turn_deg=degrees, **kwargs)
+
+
+def test_a_sampler_of_acquired_slices_only_draws_the_slices_the_volume_was_acquired_on(data_dir):
+    """``--acquired-slices-only`` on real VB3_01 (1 mm slices interpolated from slices acquired
+    4 mm apart): the sampler draws slices 0, 4, ..., 76 only, and the same samples as the plain
+    sampler would from those slices; a case of acquired slices alone keeps all of them."""
+    run, case, kwargs = tiny_mr_sampling_case(data_dir)
+    plain = SliceSampler([case], 96, 3, PRESETS["none"], **kwargs)
+    acquired = SliceSampler([case], 96, 3, PRESETS["none"], **kwargs, acquired_only=True)
+    assert [s for _, s in plain.index] == list(range(77))
+    assert [s for _, s in acquired.index] == list(range(0, 77, 4))
+    assert {s for _, s in acquired.spine_index} == {s for s in range(0, 77, 4) if case.labels[s].any()}
+    whole = SliceSampler([case], 192, 3, PRESETS["none"], **kwargs, acquired_only=True)  # a crop past the 180-pixel slices: the whole slice, padded
+    for seed in range(8):
+        image, _ = whole.sample(seed)
+        centre = image[image.shape[0] // 2]
+        matches = [s for s in range(77) if np.array_equal(pad_up_to(case.images[s], centre.shape), centre)]
+        assert matches and all(s % 4 == 0 for s in matches)
+    thick = dataclasses.replace(case, images=case.images[::4], labels=case.labels[::4], slice_spacing_mm=4.0)
+    assert [s for _, s in SliceSampler([thick], 96, 3, PRESETS["none"], **kwargs, acquired_only=True).index] == list(range(20))
 
 
 def test_a_max_timestep_draws_the_training_timesteps_from_0_to_it_only():

@@ -117,6 +117,9 @@ def _train_parser(sub) -> None:
     loop.add_argument("--axial-turn", dest="axial_turn_deg", type=float, default=defaults.axial_turn_deg, metavar="DEG",
                       help="2D: read half the slices on a plane turned about the head-feet axis by up to DEG degrees, "
                            "as a sagittal slice cuts vertebral bodies rotated in scoliosis (default 0: none)")
+    loop.add_argument("--acquired-slices-only", action="store_true", default=defaults.acquired_slices_only,
+                      help="2D: of a volume whose slices were interpolated between thicker acquired ones (the development MR), "
+                           "draw only the acquired slices, whose labels are the outlines drawn on them (default: every slice)")
     loop.add_argument("--sacral-band-weight", type=float, default=defaults.sacral_band_weight, metavar="W",
                       help="binary-gaps, verdiff-net: weigh the BCE 1 + W in the band under the lowest vertebra, "
                            "the sacrum's top under an X-ray's L5 (default 0: none)")

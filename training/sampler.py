@@ -86,6 +86,15 @@ draws the sacrum's top as a vertebra on 11 of 47 held-out and 28 of 107 training
 that piece then shifts every name by one level (session 33: 42 of the 56 wrong names). The band is
 carried as bit 2 of the label map from before the spatial augmentation to after the crop, so it
 moves with the image; centring a crop ignores it, so a run without it draws the same samples.
+
+Acquired slices only (``SliceSampler`` with ``acquired_only``; issue 15, session 43): of a case whose
+slices were interpolated linearly between thicker acquired ones (``postprocess.acquired_slices``:
+the development MR's 1 mm slices, acquired 4 mm apart), only the acquired slices are drawn. Why:
+their labels are the outlines drawn on what was acquired, while every interpolated slice's label is
+the union of its two acquired neighbours' (``postprocess``, ``acquired_slice_threshold``); a model
+taught both at once cannot tell them apart and draws neither. Taught the outlines alone, it draws
+the acquired slices' bodies, and inference unites the interpolated slices' labels as the reference
+does. A case acquired on its own slices keeps all of them.
 """
 
 from __future__ import annotations
@@ -96,6 +105,7 @@ import numpy as np
 import scipy.ndimage as ndi
 import torch
 
+from VerdiffSegmentLib.postprocess import acquired_slices
 from VerdiffSegmentLib.transforms import context_offsets, slice_at, slice_channels
 
 from .augment import Augmentation, warp
@@ -332,11 +342,13 @@ class SliceSampler(SeededSampler):
     largest axial turn in degrees (``axial_turn_deg``, module docstring; 0, the default, turns none), and
     whether the masks carry the band under the lowest vertebra as a last channel
     (``band_under_lowest``, ``bits`` only, module docstring; default False), starting
-    ``band_offset`` times the vertebra's height under it (``band_under_lowest_vertebra``; default 0)."""
+    ``band_offset`` times the vertebra's height under it (``band_under_lowest_vertebra``; default 0),
+    and whether only a case's acquired slices are drawn where its other slices were interpolated
+    (``acquired_only``, module docstring; default False: every slice)."""
 
     def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0,
                  bits: bool = False, crop_centre: str = "pixel", edge_pad: int = 0, coronal_bend_mm: float = 0.0, pixel_mm: float = 1.0,
-                 band_under_lowest: bool = False, band_offset: float = 0.0, axial_turn_deg: float = 0.0):
+                 band_under_lowest: bool = False, band_offset: float = 0.0, axial_turn_deg: float = 0.0, acquired_only: bool = False):
         super().__init__(cases, seed, augmentation, num_classes, bits)
         if band_under_lowest and (not bits or coronal_bend_mm or axial_turn_deg):
             raise ValueError("the band under the lowest vertebra needs binary-gaps labels (--label-scheme binary-gaps) and no coronal bend or axial turn")
@@ -354,12 +366,19 @@ class SliceSampler(SeededSampler):
         if crop_centre not in CROP_CENTRES:
             raise ValueError(f"crop centre {crop_centre!r}: choose one of {', '.join(CROP_CENTRES)}")
         self.crop, self.crop_centre = crop, crop_centre
-        self.index = [(c, s) for c, case in enumerate(cases) for s in range(case.images.shape[0])]
+        self.acquired_only = bool(acquired_only)
+        self.index = [(c, s) for c, case in enumerate(cases) for s in self.drawn_slices(case)]
         self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
         if (context_slices or coronal_bend_mm or axial_turn_deg) and any(case.slice_spacing_mm is None for case in cases):
             raise ValueError("2.5D sampling, a coronal bend and an axial turn need each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
         # per case: the channels' offsets in its own slices
         self.offsets = [context_offsets(context_slices, case.slice_spacing_mm or 1.0, context_distance_mm) for case in cases]
+
+    def drawn_slices(self, case) -> list[int]:
+        """The slices of ``case`` samples are drawn from: all, or with ``acquired_only`` its
+        acquired slices where ``postprocess.acquired_slices`` finds its others interpolated."""
+        acquired = acquired_slices(case.images) if self.acquired_only and case.images.ndim == 3 else None
+        return [int(s) for s in (range(case.images.shape[0]) if acquired is None else acquired)]
 
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         size = (self.crop, self.crop)

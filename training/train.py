@@ -70,6 +70,7 @@ class TrainOptions:
     edge_pad: int = 0  # pad each side of a 2D slice by a random 0..N border rows before the crop (``sampler``, edge padding)
     coronal_bend_mm: float = 0.0  # 2D: read half the slices along a random coronal bend of up to this many mm (``sampler``, coronal bend)
     axial_turn_deg: float = 0.0  # 2D: read half the slices on a plane turned about the head-feet axis by up to this many degrees (``sampler``, axial turn)
+    acquired_slices_only: bool = False  # 2D: draw only the acquired slices of a volume interpolated between them (``sampler``, acquired slices only)
     sacral_band_weight: float = 0.0  # verdiff-net, binary-gaps: BCE weight 1 + W under the lowest vertebra (``sampler``, band); 0: none
     sacral_band_offset: float = 0.0  # with sacral_band_weight: the band starts this many of the vertebra's heights under it (0..1)
     max_timestep: int | None = None  # verdiff-net: draw training timesteps from 0..N only (``objectives.verdiff_net``); None: all
@@ -105,7 +106,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "axial_turn_deg", "sacral_band_weight", "sacral_band_offset", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "axial_turn_deg", "acquired_slices_only", "sacral_band_weight", "sacral_band_offset", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -321,7 +322,7 @@ class Trainer:
         else:
             sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.context_mm, bits,
                                    options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm, options.sacral_band_weight > 0,
-                                   options.sacral_band_offset, options.axial_turn_deg)
+                                   options.sacral_band_offset, options.axial_turn_deg, options.acquired_slices_only)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler

@@ -374,9 +374,10 @@ def labels_and_uncertainty(probability: np.ndarray, spread: np.ndarray, prepared
     The reliability estimate sees the labels of the probability as it was sampled (its
     thresholds were calibrated so); the labels are thresholded and post-processed again only
     where the card smooths the probability across slices or unites interpolated slices with
-    their acquired neighbours (``postprocess``; post-processing a CT takes seconds). The foreground probability says 0 where post-processing removed a voxel and 1
-    where it filled one, so that a binary model's labels, thresholded on the input grid, are
-    the post-processed ones.
+    their acquired neighbours (``postprocess``; post-processing a CT takes seconds). The
+    foreground probability is the probability those steps leave, 0 where post-processing
+    removed a voxel and 1 where it filled one, so that a binary model's labels, thresholded on
+    the input grid, are the post-processed ones.
 
     A card's gap channel (``ModelCard.gap_channel``) is split off first: everything above reads
     the label channels only, and the gaps (mean probability > 0.5) come back on the input grid

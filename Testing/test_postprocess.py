@@ -244,7 +244,7 @@ def test_the_acquired_slices_probability_rebuilds_the_reference_labels_from_the_
     from VerdiffSegmentLib.inferers.ensemble import labels_from_probability
     from VerdiffSegmentLib.postprocess import probability_on_acquired_slices
 
-    image, truth = _vb3(data_dir)
+    _, truth = _vb3(data_dir)
     acquired = np.arange(0, 77, 4)
     probability = np.zeros((truth.shape[0], 5, *truth.shape[1:]), np.float32)
     for level in range(1, 6):

@@ -1105,8 +1105,8 @@ def test_a_sampler_with_an_axial_turn_turns_about_half_its_samples_only_when_ask
 
 def test_a_sampler_of_acquired_slices_only_draws_the_slices_the_volume_was_acquired_on(data_dir):
     """``--acquired-slices-only`` on real VB3_01 (1 mm slices interpolated from slices acquired
-    4 mm apart): the sampler draws slices 0, 4, ..., 76 only, and the same samples as the plain
-    sampler would from those slices; a case of acquired slices alone keeps all of them."""
+    4 mm apart): its index holds slices 0, 4, ..., 76 only, and every sample it draws (read whole,
+    past the slice's size) is one of them; a case of acquired slices alone keeps all of them."""
     run, case, kwargs = tiny_mr_sampling_case(data_dir)
     plain = SliceSampler([case], 96, 3, PRESETS["none"], **kwargs)
     acquired = SliceSampler([case], 96, 3, PRESETS["none"], **kwargs, acquired_only=True)

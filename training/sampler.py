@@ -377,7 +377,7 @@ class SliceSampler(SeededSampler):
     def drawn_slices(self, case) -> list[int]:
         """The slices of ``case`` samples are drawn from: all, or with ``acquired_only`` its
         acquired slices where ``postprocess.acquired_slices`` finds its others interpolated."""
-        acquired = acquired_slices(case.images) if self.acquired_only and case.images.ndim == 3 else None
+        acquired = acquired_slices(case.images) if self.acquired_only else None  # None for anything but a volume
         return [int(s) for s in (range(case.images.shape[0]) if acquired is None else acquired)]
 
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):

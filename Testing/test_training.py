@@ -1123,6 +1123,40 @@ def test_a_sampler_of_acquired_slices_only_draws_the_slices_the_volume_was_acqui
     assert [s for _, s in SliceSampler([thick], 96, 3, PRESETS["none"], **kwargs, acquired_only=True).index] == list(range(20))
 
 
+def test_blended_interpolated_labels_draw_each_from_an_acquired_neighbour_at_the_interpolation_weight(data_dir):
+    """``--blend-interpolated-labels`` on real VB3_01 (1 mm slices interpolated from slices
+    acquired 4 mm apart, each interpolated label the union of its neighbours'): an acquired slice
+    keeps its label; slice 4k + j takes slice 4k + 4's label j times in 4 and slice 4k's otherwise,
+    never the union; read whole (a crop past the slice's size, so the label cannot move the
+    crop) the samples' images are the plain sampler's, bit for bit; a case acquired on its own
+    slices keeps its labels."""
+    run, case, kwargs = tiny_mr_sampling_case(data_dir)
+    sampler = SliceSampler([case], 96, 3, PRESETS["none"], **kwargs, blend_interpolated=True)
+    assert [s for _, s in sampler.index] == list(range(77))  # every slice is drawn
+    rng = np.random.default_rng(0)
+    assert np.array_equal(sampler.blended_label(0, 40, rng), case.labels[40])
+    for below in (36, 40):  # slices whose acquired neighbours' labels differ
+        above = below + 4
+        assert not np.array_equal(case.labels[below], case.labels[above])
+        for j in (1, 2, 3):
+            draws = [sampler.blended_label(0, below + j, rng) for _ in range(400)]
+            upper = sum(np.array_equal(d, case.labels[above]) for d in draws)
+            lower = sum(np.array_equal(d, case.labels[below]) for d in draws)
+            assert upper + lower == 400 and not any(np.array_equal(d, case.labels[below + j]) for d in draws)
+            assert abs(upper / 400 - j / 4) < 0.08, (below, j, upper)
+    whole = SliceSampler([case], 192, 3, PRESETS["none"], **kwargs, blend_interpolated=True)
+    plain = SliceSampler([case], 192, 3, PRESETS["none"], **kwargs)
+    changed = 0
+    for seed in range(12):
+        (image, masks), (plain_image, plain_masks) = whole.sample(seed), plain.sample(seed)
+        assert np.array_equal(image, plain_image)
+        changed += not np.array_equal(masks, plain_masks)
+    assert changed  # some interpolated slice's union gave way to a neighbour's label
+    thick = dataclasses.replace(case, images=case.images[::4], labels=case.labels[::4], slice_spacing_mm=4.0)
+    own = SliceSampler([thick], 96, 3, PRESETS["none"], **kwargs, blend_interpolated=True)
+    assert own.acquired == [None] and np.array_equal(own.blended_label(0, 5, rng), thick.labels[5])
+
+
 def test_a_max_timestep_draws_the_training_timesteps_from_0_to_it_only():
     """``--max-timestep``: the noise levels around the card's start timestep (t = 150), not all T."""
     network = VerdiffNet(channels=TINY)

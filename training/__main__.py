@@ -120,6 +120,10 @@ def _train_parser(sub) -> None:
     loop.add_argument("--acquired-slices-only", action="store_true", default=defaults.acquired_slices_only,
                       help="2D: of a volume whose slices were interpolated between thicker acquired ones (the development MR), "
                            "draw only the acquired slices, whose labels are the outlines drawn on them (default: every slice)")
+    loop.add_argument("--blend-interpolated-labels", action="store_true", default=defaults.blend_interpolated_labels,
+                      help="2D: of a volume whose slices were interpolated between thicker acquired ones, give each interpolated slice "
+                           "the label of one of its two acquired neighbours, drawn with the weight of the interpolation, "
+                           "so its expected target is the blend its image is (default: the labels as given, the union)")
     loop.add_argument("--sacral-band-weight", type=float, default=defaults.sacral_band_weight, metavar="W",
                       help="binary-gaps, verdiff-net: weigh the BCE 1 + W in the band under the lowest vertebra, "
                            "the sacrum's top under an X-ray's L5 (default 0: none)")

@@ -95,6 +95,18 @@ the union of its two acquired neighbours' (``postprocess``, ``acquired_slice_thr
 taught both at once cannot tell them apart and draws neither. Taught the outlines alone, it draws
 the acquired slices' bodies, and inference unites the interpolated slices' labels as the reference
 does. A case acquired on its own slices keeps all of them.
+
+Blended interpolated labels (``SliceSampler`` with ``blend_interpolated``; issue 15, session 44): of
+a case whose slices were interpolated, every slice is drawn, but an interpolated slice's label is
+one of its two acquired neighbours' labels, the farther one drawn with the weight linear
+interpolation gives it (a slice 1 mm past an acquired slice of a 4 mm spacing takes that slice's
+label 3 times in 4). Why: its image is the linear blend of the two acquired slices, so the target
+whose expectation is the same blend of their labels is the one its image shows; the given label,
+the union, is larger than the image's body. The model then reads each slice's body as its image
+shows it, and inference unites the interpolated slices' labels as the reference does (the same
+``acquired_slice_threshold``). Unlike the acquired slices alone it keeps all the slices' images. The
+draw has its own random stream, so the plain sampler's samples are unchanged; the coronal bend and
+the axial turn read their labels as given.
 """
 
 from __future__ import annotations
@@ -344,11 +356,14 @@ class SliceSampler(SeededSampler):
     (``band_under_lowest``, ``bits`` only, module docstring; default False), starting
     ``band_offset`` times the vertebra's height under it (``band_under_lowest_vertebra``; default 0),
     and whether only a case's acquired slices are drawn where its other slices were interpolated
-    (``acquired_only``, module docstring; default False: every slice)."""
+    (``acquired_only``, module docstring; default False: every slice), and whether those other
+    slices' labels are drawn from their acquired neighbours' (``blend_interpolated``, module
+    docstring, blended interpolated labels; default False: the labels as given)."""
 
     def __init__(self, cases, crop: int, seed: int, augmentation: Augmentation, num_classes: int = 1, context_slices: int = 0, context_distance_mm: float = 1.0,
                  bits: bool = False, crop_centre: str = "pixel", edge_pad: int = 0, coronal_bend_mm: float = 0.0, pixel_mm: float = 1.0,
-                 band_under_lowest: bool = False, band_offset: float = 0.0, axial_turn_deg: float = 0.0, acquired_only: bool = False):
+                 band_under_lowest: bool = False, band_offset: float = 0.0, axial_turn_deg: float = 0.0, acquired_only: bool = False,
+                 blend_interpolated: bool = False):
         super().__init__(cases, seed, augmentation, num_classes, bits)
         if band_under_lowest and (not bits or coronal_bend_mm or axial_turn_deg):
             raise ValueError("the band under the lowest vertebra needs binary-gaps labels (--label-scheme binary-gaps) and no coronal bend or axial turn")
@@ -366,19 +381,32 @@ class SliceSampler(SeededSampler):
         if crop_centre not in CROP_CENTRES:
             raise ValueError(f"crop centre {crop_centre!r}: choose one of {', '.join(CROP_CENTRES)}")
         self.crop, self.crop_centre = crop, crop_centre
-        self.acquired_only = bool(acquired_only)
-        self.index = [(c, s) for c, case in enumerate(cases) for s in self.drawn_slices(case)]
+        self.acquired_only, self.blend_interpolated = bool(acquired_only), bool(blend_interpolated)
+        # per case: the slices it was acquired on where the others were interpolated (None: acquired on its own)
+        self.acquired = [acquired_slices(case.images) if acquired_only or blend_interpolated else None for case in cases]
+        self.index = [(c, s) for c in range(len(cases)) for s in self.drawn_slices(c)]
         self.spine_index = [(c, s) for c, s in self.index if cases[c].labels[s].any()] or self.index
         if (context_slices or coronal_bend_mm or axial_turn_deg) and any(case.slice_spacing_mm is None for case in cases):
             raise ValueError("2.5D sampling, a coronal bend and an axial turn need each case's slice spacing (Case.slice_spacing_mm); prepare the cases again")
         # per case: the channels' offsets in its own slices
         self.offsets = [context_offsets(context_slices, case.slice_spacing_mm or 1.0, context_distance_mm) for case in cases]
 
-    def drawn_slices(self, case) -> list[int]:
-        """The slices of ``case`` samples are drawn from: all, or with ``acquired_only`` its
+    def drawn_slices(self, c: int) -> list[int]:
+        """The slices of case ``c`` samples are drawn from: all, or with ``acquired_only`` its
         acquired slices where ``postprocess.acquired_slices`` finds its others interpolated."""
-        acquired = acquired_slices(case.images) if self.acquired_only else None  # None for anything but a volume
-        return [int(s) for s in (range(case.images.shape[0]) if acquired is None else acquired)]
+        acquired = self.acquired[c] if self.acquired_only else None
+        return [int(s) for s in (range(self.cases[c].images.shape[0]) if acquired is None else acquired)]
+
+    def blended_label(self, c: int, s: int, rng: np.random.Generator) -> np.ndarray:
+        """Slice ``s``'s label of case ``c`` with ``blend_interpolated`` (module docstring): an
+        interpolated slice between two acquired ones takes the upper one's label with probability
+        its distance from the lower one over theirs, else the lower one's; any other slice its own."""
+        labels, acquired = self.cases[c].labels, self.acquired[c]
+        if acquired is None or s in acquired or not acquired[0] < s < acquired[-1]:
+            return labels[s]
+        upper = int(np.searchsorted(acquired, s))
+        below, above = int(acquired[upper - 1]), int(acquired[upper])
+        return labels[above] if rng.random() < (s - below) / (above - below) else labels[below]
 
     def _crop(self, image: np.ndarray, labels: np.ndarray, rng: np.random.Generator):
         size = (self.crop, self.crop)
@@ -399,6 +427,8 @@ class SliceSampler(SeededSampler):
         c, s = pool[rng.integers(len(pool))]
         case, offsets = self.cases[c], self.offsets[c]
         image, labels = self.sample_image(s, c)
+        if self.blend_interpolated:
+            labels = self.blended_label(c, s, np.random.default_rng((seed, 3)))  # its own draws (module docstring)
         if self.band_under_lowest:
             labels = labels | (band_under_lowest_vertebra(labels, self.band_offset).astype(labels.dtype) << BAND_BIT)
         if self.augmentation.slab_p and rng.random() < self.augmentation.slab_p:

@@ -71,6 +71,7 @@ class TrainOptions:
     coronal_bend_mm: float = 0.0  # 2D: read half the slices along a random coronal bend of up to this many mm (``sampler``, coronal bend)
     axial_turn_deg: float = 0.0  # 2D: read half the slices on a plane turned about the head-feet axis by up to this many degrees (``sampler``, axial turn)
     acquired_slices_only: bool = False  # 2D: draw only the acquired slices of a volume interpolated between them (``sampler``, acquired slices only)
+    blend_interpolated_labels: bool = False  # 2D: an interpolated slice's label drawn from its acquired neighbours' (``sampler``, blended interpolated labels)
     sacral_band_weight: float = 0.0  # verdiff-net, binary-gaps: BCE weight 1 + W under the lowest vertebra (``sampler``, band); 0: none
     sacral_band_offset: float = 0.0  # with sacral_band_weight: the band starts this many of the vertebra's heights under it (0..1)
     max_timestep: int | None = None  # verdiff-net: draw training timesteps from 0..N only (``objectives.verdiff_net``); None: all
@@ -106,7 +107,7 @@ class TrainOptions:
 
 
 # Settings a resumed run must share with its checkpoint, or it would not continue the same run.
-RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "axial_turn_deg", "acquired_slices_only", "sacral_band_weight", "sacral_band_offset", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
+RESUME_KEYS = ("steps", "batch_size", "accumulate", "crop", "crop_centre", "edge_pad", "coronal_bend_mm", "axial_turn_deg", "acquired_slices_only", "blend_interpolated_labels", "sacral_band_weight", "sacral_band_offset", "max_timestep", "detach_prior_features", "lr", "seed", "optimizer", "weight_decay", "schedule", "warmup_steps", "clip_grad", "precision", "augmentation", "limit", "init")
 
 
 def learning_rate_factor(options: TrainOptions, seconds=lambda: 0.0):
@@ -322,7 +323,8 @@ class Trainer:
         else:
             sampler = SliceSampler(cases, options.crop, options.seed, augmentation, channels, run.context_slices, run.context_mm, bits,
                                    options.crop_centre, options.edge_pad, options.coronal_bend_mm, run.input_spacing_mm, options.sacral_band_weight > 0,
-                                   options.sacral_band_offset, options.axial_turn_deg, options.acquired_slices_only)
+                                   options.sacral_band_offset, options.axial_turn_deg, options.acquired_slices_only,
+                                   options.blend_interpolated_labels)
         if options.workers:
             sampler.start_workers(options.workers)
         return sampler
